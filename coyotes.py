@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Coyotes: you give me the command, I run it.
+
+Usage:
+  coyotes [options]
+  coyotes -h | --help
+  coyotes --version
+
+Every flag also works Go-style: -name value, -name=value, --name value;
+booleans as -name, -name=true or -name=false.
+
+Options (as in the Go daemon):
+  --redis-host=<host:port>     Redis address, port required [default: 127.0.0.1:6379]
+  --redis-password=<secret>    Redis password [default: ]
+  --redis-db=<n>               Redis database 0-15 [default: 0]
+  --host=<host:port>           Deprecated alias of -redis-host, used when -redis-host
+                               is left at its default [default: ]
+  --password=<secret>          Deprecated alias of -redis-password, used when
+                               -redis-password is empty [default: ]
+  --http-addr=<host:port>      HTTP API listen address [default: 127.0.0.1:60001]
+  --pidfile=<path>             pid file [default: /tmp/coyotes.pid]
+  --concurrent=<n>             Workers of channels created without a count (and of
+                               default, biz and cron) [default: 5]
+  --task-mode=<bool>           false: serve the HTTP API, consume nothing [default: true]
+  --colorful-tty=<bool>        Coloured console output and a banner [default: false]
+  --channel-default=<name>     Name of the default channel [default: default]
+  --biz-name=<name>            Prefix every Redis key with NAME: [default: ]
+  --log-file=<path>            Log to this file instead of stderr [default: ]
+  --debug=<bool>               Debug logging, HTTP access log [default: false]
+  --daemonize=<bool>           Detach from the terminal (not under supervisor or
+                               systemd) [default: false]
+
+Options (new in this version):
+  --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
+                               commands, then kill and requeue them; keep it below
+                               supervisor's stopwaitsecs [default: 50]
+  --node-id=<id>               This node's id in Redis [default: HOSTNAME:HTTP-PORT]
+  --node-ttl=<seconds>         Heartbeat lifetime: a node silent this long has its
+                               tasks requeued by the others [default: 30]
+  --allowed-hosts=<list>       Comma-separated Host names the API answers besides
+                               loopback ones ('*' for any) [default: ]
+  --max-body=<bytes>           Largest HTTP request body [default: 1048576]
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import sys
+
+from coyotes_lib import config as configuration
+from coyotes_lib import daemon
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = configuration.parse(argv, __doc__)
+    except configuration.UsageError as exc:
+        print(f"coyotes: {exc} (see coyotes -h)", file=sys.stderr)
+        return 2
+    return daemon.run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The HTTP API: ``make_app(...) -> Bottle`` and the guard in front of it.
+
+Every reply is the Go daemon's envelope ``{"status_code", "message", "data"}``
+with the matching HTTP status. Bodies may be forms (urlencoded or
+multipart) or JSON. ``guard`` wraps the app: it refuses bodies over the
+limit (413), and, because this API runs commands, requests a web page could
+make through the operator's browser (403): a cross-site ``Origin`` or
+``Sec-Fetch-Site``, and on a loopback listener a ``Host`` that is not a
+loopback name (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from urllib.parse import urlsplit
+
+import bottle
+import redis
+
+from . import __version__
+from .broker import Broker, ChannelSpec
+from .config import CHANNEL_NAME, Config, is_loopback
+from .task import BadTask, build, from_queue
+
+log = logging.getLogger("coyotes.api")
+
+MAX_LIMIT = 1000
+MAX_DELAY = 366 * 86400
+
+
+def envelope(status: int, message: str, data=None) -> str:
+    return json.dumps({"status_code": status, "message": message, "data": data},
+                      ensure_ascii=False)
+
+
+def fail(status: int, message: str) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(envelope(status, message), status,
+                               {"Content-Type": "application/json; charset=utf-8"})
+
+
+def ok(data=None) -> str:
+    bottle.response.content_type = "application/json; charset=utf-8"
+    return envelope(200, "ok", data)
+
+
+def describe(raw: str, channel: str, status: str) -> dict:
+    """A task in a listing: the Go fields, plus ours where known."""
+    try:
+        task = from_queue(raw, channel)
+    except BadTask as exc:
+        return {"task_name": raw, "channel": channel, "status": status, "task_id": None,
+                "error": str(exc)}
+    item = {"task_name": task.name, "channel": channel, "status": status,
+            "task_id": task.id, "command": {"name": task.argv[0], "args": list(task.argv[1:])}}
+    if task.payload.get("execute_at"):
+        item["execute_at"] = task.payload["execute_at"]
+    return item
+
+
+class Body:
+    """Fields of a form or JSON body, read the same way."""
+
+    def __init__(self, request: bottle.BaseRequest):
+        self.json = None
+        if (request.content_type or "").startswith("application/json"):
+            try:
+                self.json = json.loads(request.body.read() or b"{}")
+            except ValueError:
+                raise fail(400, "body is not valid JSON") from None
+            if not isinstance(self.json, dict):
+                raise fail(400, "JSON body must be an object")
+        else:
+            self.forms = request.forms.decode("utf-8")
+            self.query = request.query.decode("utf-8")
+
+    def get(self, name: str, default=None):
+        if self.json is not None:
+            return self.json.get(name, default)
+        value = self.forms.get(name)
+        return value if value is not None else self.query.get(name, default)
+
+    def get_list(self, name: str) -> list:
+        if self.json is not None:
+            value = self.json.get(name) or []
+            return value if isinstance(value, list) else [value]
+        values = self.forms.getall(name) or self.forms.getall(name + "[]")
+        if not values:  # PHP's http_build_query: args[0]=..&args[1]=..
+            indexed = [(k, v) for k, v in self.forms.allitems() if k.startswith(name + "[")]
+            values = [v for _, v in sorted(indexed, key=lambda kv: _index(kv[0]))]
+        return values
+
+
+def _index(key: str) -> int:
+    inner = key[key.index("[") + 1:-1]
+    return int(inner) if inner.isdigit() else 0
+
+
+def page_args() -> tuple[int, int]:
+    try:
+        limit = int(bottle.request.query.get("limit", 100))
+        offset = int(bottle.request.query.get("offset", 0))
+    except ValueError:
+        raise fail(400, "limit and offset must be integers") from None
+    if not 0 <= limit <= MAX_LIMIT or offset < 0:
+        raise fail(400, f"limit must be 0..{MAX_LIMIT} and offset >= 0")
+    return offset, limit
+
+
+def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bottle:
+    """The API app; ``on_channel_added()`` lets the scheduler start a new channel now."""
+    app = bottle.Bottle(autojson=False)
+
+    def spec_of(name: str) -> ChannelSpec:
+        spec = broker.channels().get(name)
+        if spec is None:
+            raise fail(404, f"channel {name!r} does not exist")
+        return spec
+
+    def listing(name: str) -> dict:
+        offset, limit = page_args()
+        entries, count = broker.channel_tasks(name, offset, limit)
+        return {"tasks": [describe(raw, name, status) for raw, status in entries],
+                "count": count}
+
+    def push(name: str, body: Body, with_command: bool) -> dict:
+        spec = spec_of(name)
+        name_field = body.get("task") or ""
+        command = None
+        if with_command and body.get("command"):
+            command = body.get("command")
+            if isinstance(command, str):
+                command = {"name": command, "args": body.get_list("args")}
+        execute_at = None
+        delay = body.get("delay") if with_command else None
+        if delay not in (None, "", 0, "0"):
+            try:
+                delay = float(delay)
+            except (TypeError, ValueError):
+                raise fail(400, "delay must be a number of seconds") from None
+            if not 0 <= delay <= MAX_DELAY:
+                raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
+            execute_at = broker.redis.time()[0] + delay
+        try:
+            task = build(name, name_field, command,
+                         body.get("id") if with_command else "", execute_at)
+        except BadTask as exc:
+            raise fail(400, str(exc)) from None
+        result = broker.push(task, spec.distinct)
+        log.info("channel %s: task %s %s via HTTP: %s", name, task.id,
+                 ("refused (distinct)", "queued", "delayed")[result], task.name)
+        return {"task_id": task.id, "task_name": task.name, "result": result != 0}
+
+    @app.get("/")
+    def home():
+        return ok({"name": "coyotes", "version": __version__, "node": broker.node,
+                   "task_mode": config.task_mode})
+
+    @app.get("/channels")
+    def channels():
+        return ok({name: listing(name) for name in sorted(broker.channels())})
+
+    @app.get("/channels/<name>")
+    def channel(name):
+        spec_of(name)
+        return ok(listing(name))
+
+    @app.post("/channels/<name>")
+    def push_task(name):
+        return ok(push(name, Body(bottle.request), with_command=False))
+
+    @app.post("/channels/<name>/tasks")
+    def push_task_v2(name):
+        return ok(push(name, Body(bottle.request), with_command=True))
+
+    @app.post("/channels")
+    def add_channel():
+        body = Body(bottle.request)
+        name = str(body.get("name") or "")
+        if not CHANNEL_NAME.match(name):
+            raise fail(400, "name must be 1-64 letters, digits, '_', '-' or '.'")
+        distinct = str(body.get("distinct", "false")).lower()
+        if distinct not in ("true", "false", "1", "0"):
+            raise fail(400, "distinct must be true or false")
+        worker = body.get("worker")
+        try:
+            worker = config.concurrent if worker in (None, "") else int(worker)
+        except (TypeError, ValueError):
+            raise fail(400, "worker must be an integer") from None
+        if not 1 <= worker <= 1000:
+            raise fail(400, "worker must be 1..1000")
+        spec = ChannelSpec(name, distinct in ("true", "1"), worker)
+        if not broker.add_channel(spec):
+            raise fail(409, f"channel {name!r} already exists")
+        log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
+        if on_channel_added:
+            on_channel_added()
+        return ok(None)
+
+    @app.get("/dead-letters")
+    def dead_letters():
+        offset, limit = page_args()
+        entries, count = broker.dead_letters(offset, limit)
+        items = []
+        for entry in entries:
+            try:
+                items.append(json.loads(entry))
+            except ValueError:
+                items.append({"entry": entry})
+        return ok({"entries": items, "count": count})
+
+    def on_error(error: bottle.HTTPError) -> str:
+        bottle.response.content_type = "application/json; charset=utf-8"
+        if isinstance(error.exception, redis.RedisError):
+            bottle.response.status = 503
+            return envelope(503, f"redis unavailable: {error.exception}")
+        if error.status_code >= 500:
+            log.error("api: %s %s failed: %r", bottle.request.method, bottle.request.path,
+                      error.exception)
+        message = {404: "not found", 405: "method not allowed"}.get(error.status_code,
+                                                                    "internal error")
+        return envelope(error.status_code, message)
+
+    app.default_error_handler = on_error
+    return app
+
+
+class Guard:
+    """WSGI middleware: body limit and browser (cross-site, rebinding) refusal."""
+
+    def __init__(self, app, config: Config):
+        self.app, self.config = app, config
+
+    def __call__(self, environ, start_response):
+        refusal = self.refuse(environ)
+        if refusal is not None:
+            status, message = refusal
+            body = envelope(status, message).encode()
+            start_response(f"{status} {'Forbidden' if status == 403 else 'Error'}",
+                           [("Content-Type", "application/json; charset=utf-8"),
+                            ("Content-Length", str(len(body)))])
+            return [body]
+        return self.app(environ, start_response)
+
+    def refuse(self, environ) -> tuple[int, str] | None:
+        host = environ.get("HTTP_HOST", "")
+        if host and not self.host_allowed(urlsplit("//" + host).hostname or ""):
+            return 403, f"host {host!r} is not allowed (DNS rebinding protection)"
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return 403, "cross-origin request refused"
+        if environ.get("HTTP_SEC_FETCH_SITE") == "cross-site":
+            return 403, "cross-site request refused"
+        return self.limit_body(environ)
+
+    def host_allowed(self, hostname: str) -> bool:
+        hostname = hostname.lower()
+        if hostname in self.config.allowed_hosts or "*" in self.config.allowed_hosts:
+            return True
+        if is_loopback(hostname):
+            return True
+        # a loopback listener answers loopback names only; others need -allowed-hosts
+        return not self.config.http_loopback and not self.config.allowed_hosts
+
+    def limit_body(self, environ) -> tuple[int, str] | None:
+        limit = self.config.max_body
+        too_big = (413, f"request body larger than {limit} bytes")
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            data = environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                return too_big
+            environ["wsgi.input"] = io.BytesIO(data)
+            environ["CONTENT_LENGTH"] = str(len(data))
+            del environ["HTTP_TRANSFER_ENCODING"]
+            return None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return 400, "bad Content-Length"
+        return too_big if length > limit else None

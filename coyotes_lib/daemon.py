@@ -1,0 +1,154 @@
+"""Process life: pid file, signals, start-up and the graceful drain.
+
+``run(config)`` is the whole daemon. USR2, HUP, INT and TERM stop claiming
+and let running commands finish within ``-grace`` seconds; then what is left
+is killed (whole process group) and requeued, the pid file removed, and the
+exit status is 0. A second signal cuts the wait short (still requeueing).
+Signal handlers only set events; the main greenlet does the work.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sys
+import tempfile
+
+import gevent
+import gevent.event
+from gevent import pywsgi
+
+from . import log as logsetup
+from .api import Guard, make_app
+from .broker import Broker, connect
+from .keys import Keys
+from .scheduler import Scheduler
+
+log = logging.getLogger("coyotes.daemon")
+
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
+class PidFileError(Exception):
+    pass
+
+
+class PidFile:
+    """gunicorn's rules: refuse a live owner, replace a stale file, write
+    atomically, and on exit remove the file only if it still names us."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.pid = 0
+
+    def acquire(self) -> None:
+        other = self.read()
+        if other and other != os.getpid() and alive(other):
+            raise PidFileError(f"pid file {self.path} names running process {other}; "
+                               "is another coyotes running?")
+        if other:
+            log.warning("pid file %s: replacing a stale file (pid %d is gone)", self.path, other)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".coyotes-", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.path)
+        self.pid = os.getpid()
+
+    def read(self) -> int:
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            return 0
+
+    def release(self) -> None:
+        if self.pid and self.read() == self.pid:
+            os.unlink(self.path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def daemonize() -> None:
+    """The classic double fork, for ``-daemonize`` (not under supervisor/systemd)."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def run(config) -> int:
+    if config.daemonize:
+        daemonize()
+    logsetup.setup(config.colorful_tty, config.debug, config.log_file)
+    if config.colorful_tty:
+        sys.stderr.write(logsetup.banner(config, colour=not config.log_file))
+    log.info("coyotes starting: node %s, redis %s:%d db %d, http %s:%d, task mode %s",
+             config.node_id, config.redis_host, config.redis_port, config.redis_db,
+             config.http_host, config.http_port, config.task_mode)
+
+    pidfile = PidFile(config.pidfile)
+    try:
+        pidfile.acquire()
+    except (PidFileError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+
+    stop, force = gevent.event.Event(), gevent.event.Event()
+
+    def on_signal(signum: int) -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in STOP_SIGNALS:
+        gevent.signal_handler(sig, on_signal, sig)
+
+    try:
+        client = connect(config.redis_host, config.redis_port, config.redis_password,
+                         config.redis_db)
+        broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl)
+        scheduler = Scheduler(broker, config, stop)
+        app = make_app(broker, config, scheduler.sync if config.task_mode else None)
+        server = pywsgi.WSGIServer((config.http_host, config.http_port), Guard(app, config),
+                                   log=logging.getLogger("coyotes.access") if config.debug
+                                   else None, error_log=logging.getLogger("coyotes.api"))
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("http: cannot listen on %s:%d: %s", config.http_host, config.http_port,
+                      exc.strerror or exc)
+            return 1
+        log.info("http: API listening on http://%s:%d", config.http_host, config.http_port)
+        if config.task_mode:
+            gevent.spawn(scheduler.start).join()   # waits for redis, with backoff
+            if not stop.is_set():
+                log.info("coyotes ready: %d channel(s): %s", len(scheduler.channels),
+                         ", ".join(sorted(scheduler.channels)))
+        else:
+            scheduler.give_up.set()
+            log.info("task mode off: serving the API only, consuming nothing")
+        stop.wait()
+        log.info("shutdown: signal received; no new tasks are claimed "
+                 "(a second signal kills and requeues running ones)")
+        clean = True
+        if config.task_mode:
+            clean = scheduler.drain(config.grace, force)
+        server.stop(timeout=1)
+        log.info("coyotes stopped%s", "" if clean else " (unfinished tasks were requeued)")
+        return 0
+    finally:
+        pidfile.release()

@@ -1,0 +1,40 @@
+"""Every Redis key name Coyotes uses, in one place.
+
+The names of the Go daemon are kept as they were (``task:prepare:queue``,
+``<chan>:tasks:queue`` ...), with no prefix unless ``-biz-name`` gives one.
+Keys that only this daemon uses live under ``task:`` too, so that one
+``-biz-name`` separates two deployments completely.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = ""):
+        self.prefix = f"{prefix}:" if prefix else ""
+        p = self.prefix
+        self.prepare = p + "task:prepare:queue"   # list: producers LPUSH, we take from the right
+        self.channels = p + "task:channels"       # hash: channel name -> JSON settings
+        self.dead = p + "task:prepare:dead"       # list: rejected entries with their reason
+        self.delayed = p + "task:delay:queue"     # zset: task JSON scored by execute_at
+        self.nodes = p + "task:nodes"             # set: ids of nodes that may hold work
+
+    def queue(self, chan: str) -> str:
+        return f"{self.prefix}{chan}:tasks:queue"
+
+    def running(self, chan: str) -> str:
+        return self.queue(chan) + ":exec"
+
+    def distinct(self, chan: str, name: str) -> str:
+        return f"{self.queue(chan)}:{name}:dis"
+
+    def heartbeat(self, node: str) -> str:
+        return f"{self.prefix}task:node:{node}"
+
+    def processing(self, node: str, chan: str) -> str:
+        """Entries of ``chan`` that ``node`` has claimed and not yet finished."""
+        return f"{self.prefix}task:node:{node}:processing:{chan}"
+
+    def staging(self, node: str) -> str:
+        """Prepare-queue entries that ``node`` is routing right now."""
+        return f"{self.prefix}task:node:{node}:prepare"

@@ -1,0 +1,342 @@
+"""Channels and the greenlets that feed them.
+
+``Channel`` is one queue with a ``gevent.pool.Pool`` of ``worker_count``
+greenlets: its dispatcher claims a task only when a worker is free, and the
+worker runs it and acks it. ``Scheduler`` owns the set of channels (new ones
+found in ``task:channels`` start at once), routes the prepare queue into
+channel queues, promotes due delayed tasks, keeps this node's heartbeat and
+requeues the work of dead nodes. Every loop survives Redis outages: it backs
+off, logs once, and carries on when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+
+import gevent
+import gevent.event
+import gevent.pool
+import redis
+
+from .broker import Broker, ChannelSpec
+from .command import Command
+from .task import BadTask, from_producer, from_queue
+
+log = logging.getLogger("coyotes.scheduler")
+output = logging.getLogger("coyotes.output")
+
+DEFAULT_CHANNELS = ("biz", "cron")   # besides -channel-default
+KILL_GRACE = 5.0                     # seconds between TERM and KILL of a group
+SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
+BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
+
+
+class Outage:
+    """Backoff and one log line per Redis outage, for loops that must go on."""
+
+    def __init__(self, what: str, wake: gevent.event.Event):
+        self.what, self.wake = what, wake
+        self.delay = 0.0
+        self.since = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        if not self.delay:
+            self.since = time.monotonic()
+            log.warning("%s: redis unavailable (%s), retrying", self.what, exc)
+        self.delay = min(5.0, (self.delay or 0.05) * 2)
+        self.wake.wait(self.delay)
+
+    def recovered(self) -> bool:
+        if not self.delay:
+            return False
+        log.info("%s: redis is back after %.1fs", self.what, time.monotonic() - self.since)
+        self.delay = 0.0
+        return True
+
+
+def persist(what: str, action, give_up: gevent.event.Event):
+    """Run ``action()`` until Redis takes it, or until ``give_up`` is set (-> None)."""
+    outage = Outage(what, give_up)
+    while True:
+        try:
+            result = action()
+            outage.recovered()
+            return result
+        except redis.RedisError as exc:
+            if give_up.is_set():
+                log.error("%s: gave up (%s); the task stays in redis and is requeued "
+                          "when this node starts again", what, exc)
+                return None
+            outage.failed(exc)
+
+
+class Channel:
+    def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
+                 give_up: gevent.event.Event):
+        self.spec, self.name, self.broker = spec, spec.name, broker
+        self.stop, self.give_up = stop, give_up
+        self.pool = gevent.pool.Pool(spec.worker_count)
+        self.commands: dict[int, Command] = {}        # worker number -> running command
+        self.claimed: collections.Counter[str] = collections.Counter()
+        self.free = list(range(spec.worker_count, 0, -1))
+        self.abandon = False   # set on a timed-out shutdown: requeue instead of ack
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._dispatch)
+
+    def _dispatch(self) -> None:
+        outage = Outage(f"channel {self.name}", self.stop)
+        while not self.stop.is_set():
+            if not self.pool.wait_available(timeout=1):
+                continue
+            try:
+                raw = self.broker.claim(self.name)
+            except redis.RedisError as exc:
+                outage.failed(exc)
+                continue
+            if outage.recovered():
+                self._reconcile()
+            if raw is None:
+                continue
+            self.claimed[raw] += 1
+            if self.stop.is_set():   # claimed while the stop signal arrived: give it back
+                persist(f"channel {self.name}", lambda r=raw: self.broker.requeue(self.name, r),
+                        self.give_up)
+                self._unclaim(raw)
+                break
+            self.pool.spawn(self._run, raw)
+
+    def _reconcile(self) -> None:
+        """After an outage, requeue entries of our processing list that no worker holds
+        (a claim whose reply was lost with the connection)."""
+        key = self.broker.keys.processing(self.broker.node, self.name)
+        try:
+            held = collections.Counter(self.broker.redis.lrange(key, 0, -1))
+            for raw, count in held.items():
+                for _ in range(count - self.claimed.get(raw, 0)):
+                    if self.broker.requeue(self.name, raw):
+                        log.warning("channel %s: requeued a claim lost in the outage", self.name)
+        except redis.RedisError as exc:
+            log.warning("channel %s: could not reconcile after the outage (%s)", self.name, exc)
+
+    def _unclaim(self, raw: str) -> None:
+        self.claimed[raw] -= 1
+        if self.claimed[raw] <= 0:
+            del self.claimed[raw]
+
+    def _run(self, raw: str) -> None:
+        worker = self.free.pop()
+        what = f"channel {self.name}"
+        try:
+            try:
+                task = from_queue(raw, self.name)
+            except BadTask as exc:
+                reason = str(exc)
+                log.error("%s: worker %d: bad entry %.200r: %s (moved to the dead-letter list)",
+                          what, worker, raw, reason)
+                persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
+                return
+            label = task.name if len(task.name) <= 80 else task.name[:77] + "..."
+
+            def on_line(stream: str, text: str) -> None:
+                output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
+                            stream, text, extra={"stream": stream})
+
+            command = self.commands[worker] = Command(task.argv, on_line)
+            log.info("%s: worker %d: task %s started: %s", what, worker, task.id, label)
+            result = command.run()
+            level = logging.INFO if result.ok else logging.WARNING
+            log.log(level, "%s: worker %d: task %s %s in %.3fs: %s", what, worker, task.id,
+                    result.describe(), result.duration, label)
+            if self.abandon:
+                persist(what, lambda: self.broker.requeue(self.name, raw), self.give_up)
+                log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
+            elif persist(what, lambda: self.broker.ack(self.name, raw, task.name),
+                         self.give_up) is False:
+                log.warning("%s: task %s finished after another node had requeued it "
+                            "(late ack; it may run again)", what, task.id)
+        finally:
+            self.commands.pop(worker, None)
+            self._unclaim(raw)
+            self.free.append(worker)
+
+    @property
+    def busy(self) -> int:
+        return len(self.pool)
+
+    def kill_running(self) -> None:
+        """Shutdown ran out of time: end every running group; workers requeue."""
+        self.abandon = True
+        gevent.joinall([gevent.spawn(c.stop, KILL_GRACE) for c in list(self.commands.values())])
+
+
+class Scheduler:
+    def __init__(self, broker: Broker, config, stop: gevent.event.Event):
+        self.broker, self.config, self.stop = broker, config, stop
+        self.give_up = gevent.event.Event()   # set at the very end of a shutdown
+        self.channels: dict[str, Channel] = {}
+        self.specs: dict[str, ChannelSpec] = {}
+        self.greenlets: list[gevent.Greenlet] = []
+        self.heart: gevent.Greenlet | None = None
+        self.started = False
+
+    # -- start ------------------------------------------------------------
+    def ensure_default_channels(self) -> None:
+        for name in (self.config.channel_default, *DEFAULT_CHANNELS):
+            if self.broker.add_channel(ChannelSpec(name, True, self.config.concurrent)):
+                log.info("channel %s: created (distinct, %d workers)", name,
+                         self.config.concurrent)
+
+    def start(self) -> None:
+        """Wait for Redis, requeue our leftovers, start channels and loops."""
+        persist("start-up", self._prepare_start, self.stop)
+        if self.stop.is_set():
+            return
+        self.greenlets = [gevent.spawn(self._route_prepared)]
+        self.heart = gevent.spawn(self._maintain)
+
+    def _prepare_start(self) -> None:
+        self.broker.redis.ping()
+        self.ensure_default_channels()
+        self.specs = self.broker.channels()
+        # a node id is ours alone (host + HTTP port, and we hold the port):
+        # whatever it holds was left by our previous life
+        moved = self.broker.requeue_node(self.broker.node, self.specs)
+        if moved:
+            log.warning("node %s: requeued %d task(s) left from a previous run",
+                        self.broker.node, moved)
+        self.broker.beat()
+        self.started = True
+        self.sync()
+
+    def sync(self, specs: dict[str, ChannelSpec] | None = None) -> None:
+        """Start channels that appeared in ``task:channels`` (no-op before ``start``)."""
+        if not self.started:
+            return
+        self.specs = specs if specs is not None else self.broker.channels()
+        for name, spec in self.specs.items():
+            if name not in self.channels:
+                channel = self.channels[name] = Channel(spec, self.broker, self.stop,
+                                                        self.give_up)
+                channel.start()
+                log.info("channel %s: consuming with %d worker(s)%s", name,
+                         spec.worker_count, ", distinct" if spec.distinct else "")
+            elif spec != self.channels[name].spec:
+                log.warning("channel %s: settings changed to %s; they apply after a restart",
+                            name, spec.to_json())
+                self.channels[name].spec = spec
+
+    # -- loops ------------------------------------------------------------
+    def _route_prepared(self) -> None:
+        """Move producer entries from the prepare queue into their channel queue."""
+        outage = Outage("prepare queue", self.stop)
+        while not self.stop.is_set():
+            try:
+                raw = self.broker.take_prepared()
+                outage.recovered()
+                if raw is not None:
+                    self._route(raw)
+            except redis.RedisError as exc:
+                outage.failed(exc)
+            except Exception:   # never let one entry stop the routing
+                log.exception("prepare queue: unexpected error")
+                self.stop.wait(1)
+
+    def _route(self, raw: str) -> None:
+        try:
+            task = from_producer(raw, self.config.channel_default)
+            spec = self.specs.get(task.channel)
+            if spec is None:   # perhaps created a moment ago through another node
+                self.specs = self.broker.channels()
+                spec = self.specs.get(task.channel)
+            if spec is None:
+                raise BadTask(f"unknown channel {task.channel!r}")
+        except BadTask as exc:
+            log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
+                      raw, exc)
+            self.broker.dead_letter(raw, str(exc))
+            return
+        outcome = self.broker.push(task, spec.distinct, source=raw)
+        if outcome == 0:
+            log.info("channel %s: task %s refused, already queued or running: %s",
+                     task.channel, task.id, task.name)
+        else:
+            log.debug("channel %s: task %s %s", task.channel, task.id,
+                      "delayed" if outcome == 2 else "queued")
+
+    def _maintain(self) -> None:
+        """Heartbeat, dead-node reaping, channel reloads and delayed tasks.
+
+        The heartbeat goes on while a shutdown drains (until ``give_up``), or
+        another node would requeue tasks that are still running here."""
+        outage = Outage("maintenance", self.give_up)
+        beat_every = self.config.node_ttl / 3
+        last_beat = last_sync = time.monotonic()
+        while not self.give_up.wait(0.5):
+            try:
+                now = time.monotonic()
+                if now - last_beat >= beat_every:
+                    self.broker.beat()
+                    for node, n in self.broker.reap_dead_nodes(self.specs).items():
+                        log.warning("node %s: heartbeat expired, requeued %d task(s)", node, n)
+                    last_beat = now
+                if self.stop.is_set():
+                    continue
+                if now - last_sync >= SYNC_EVERY:
+                    self.sync()
+                    last_sync = now
+                self.broker.promote_due(self._channel_of)
+                outage.recovered()
+            except redis.RedisError as exc:
+                outage.failed(exc)
+            except Exception:
+                log.exception("maintenance: unexpected error")
+
+    def _channel_of(self, raw: str) -> str:
+        try:
+            return json.loads(raw)["chan"]
+        except (ValueError, KeyError, TypeError):
+            return self.config.channel_default
+
+    # -- stop -------------------------------------------------------------
+    def running(self) -> int:
+        return sum(c.busy for c in self.channels.values())
+
+    def drain(self, grace: float, force: gevent.event.Event) -> bool:
+        """Called once ``stop`` is set: let running commands finish within ``grace``
+        seconds (or until ``force``), then kill and requeue what is left.
+        True when nothing had to be killed."""
+        gevent.joinall(self.greenlets + [c.greenlet for c in self.channels.values()
+                                         if c.greenlet], timeout=BLOCK_WAIT)
+        deadline = time.monotonic() + grace
+        while self.running() and not force.is_set() and time.monotonic() < deadline:
+            log.info("shutdown: waiting for %d running task(s), %.0fs left", self.running(),
+                     deadline - time.monotonic())
+            force.wait(min(5.0, max(0.0, deadline - time.monotonic())))
+        clean = not self.running()
+        if not clean:
+            log.warning("shutdown: %s; killing %d task(s) and requeueing them",
+                        "forced" if force.is_set() else "grace time exceeded", self.running())
+            gevent.joinall([gevent.spawn(c.kill_running) for c in self.channels.values()])
+            for channel in self.channels.values():
+                channel.pool.join(timeout=10)
+        self.give_up.set()
+        for channel in self.channels.values():
+            channel.pool.kill(timeout=1)
+        if self.heart is not None:
+            self.heart.join(timeout=2)
+        try:
+            # anything still in our lists (a worker that could not ack) goes back
+            moved = self.broker.requeue_node(self.broker.node, self.specs)
+            if moved:
+                log.warning("shutdown: requeued %d unfinished task(s)", moved)
+            self.broker.leave()
+        except redis.RedisError as exc:
+            log.warning("shutdown: redis unavailable (%s); this node's leftovers are "
+                        "requeued when it starts again or its heartbeat expires", exc)
+        return clean
+

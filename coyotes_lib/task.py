@@ -1,0 +1,141 @@
+"""What a task is: its payload, its argv, and how raw entries become tasks.
+
+Producers push JSON (``task``/``chan``/``ts``, later also ``id``,
+``command`` = ``{"name", "args"}`` and ``execute_at``); the Go v1.0-beta
+daemon left bare command strings in channel queues. ``from_producer``
+validates and normalises a producer's entry into the payload a channel queue
+holds (always with an ``id``); ``from_queue`` reads either form back.
+A bad entry raises ``BadTask`` with a reason fit for the dead-letter list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+import uuid
+
+MAX_COMMAND = 64 * 1024  # characters of command line, argv included
+MAX_ID = 128
+
+
+class BadTask(ValueError):
+    """An entry that cannot become a task; ``str()`` is the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    raw: str            # the entry exactly as it sits in Redis
+    id: str
+    name: str           # display name, also the distinct key
+    channel: str
+    argv: tuple[str, ...]
+    payload: dict       # the JSON object ({} for a legacy plain string)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def legacy_id(raw: str) -> str:
+    """A stable id for an entry that came without one (left by the Go daemon)."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, raw).hex
+
+
+def format_arg(value) -> str:
+    """Go formatted JSON numbers in args as plain numbers: 7 -> "7"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value
+    raise BadTask(f"command.args holds a {type(value).__name__}, not a string or number")
+
+
+def argv_of(name: str, command) -> tuple[str, ...]:
+    """argv from ``command`` (``{"name", "args"}``) or else the command line ``name``."""
+    if command is not None:
+        if not isinstance(command, dict) or not isinstance(command.get("name"), str) \
+                or not command["name"].strip():
+            raise BadTask('command must be {"name": "...", "args": [...]}')
+        args = command.get("args") or []
+        if not isinstance(args, list):
+            raise BadTask("command.args must be a list")
+        argv = (command["name"], *(format_arg(a) for a in args))
+    else:
+        try:
+            argv = tuple(shlex.split(name))
+        except ValueError as exc:
+            raise BadTask(f"cannot split command line: {exc}") from None
+    if not argv:
+        raise BadTask("no command")
+    if sum(len(a) + 1 for a in argv) > MAX_COMMAND:
+        raise BadTask(f"command longer than {MAX_COMMAND} characters")
+    if any("\0" in a for a in argv):
+        raise BadTask("command contains a NUL byte")
+    return argv
+
+
+def build(channel: str, name: str = "", command=None, task_id: str = "",
+          execute_at: float | None = None, extra: dict | None = None) -> Task:
+    """A new task payload for a channel queue (producer JSON and HTTP pushes)."""
+    if not isinstance(name, str):
+        raise BadTask("task must be a string")
+    if not name.strip() and command is None:
+        raise BadTask("no command: give task or command")
+    argv = argv_of(name, command)
+    if not name.strip():
+        name = shlex.join(argv)
+    task_id = str(task_id) if task_id not in (None, "") else new_id()
+    if len(task_id) > MAX_ID or not task_id.isprintable():
+        raise BadTask(f"id must be printable and at most {MAX_ID} characters")
+    payload = dict(extra or {})
+    payload.update(id=task_id, task=name, chan=channel)
+    payload.setdefault("ts", int(time.time()))
+    if command is not None:
+        payload["command"] = {"name": argv[0], "args": list(argv[1:])}
+    if execute_at:
+        payload["execute_at"] = execute_at
+    return Task(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                task_id, name, channel, argv, payload)
+
+
+def from_producer(raw: str, default_channel: str) -> Task:
+    """A ``task:prepare:queue`` entry -> Task, or BadTask."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadTask("not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadTask("not a JSON object")
+    channel = data.get("chan") or default_channel
+    if not isinstance(channel, str):
+        raise BadTask("chan must be a string")
+    execute_at = data.get("execute_at")
+    if execute_at is not None and (isinstance(execute_at, bool)
+                                   or not isinstance(execute_at, (int, float))):
+        raise BadTask("execute_at must be unix seconds")
+    extra = {k: v for k, v in data.items() if k not in ("task", "command", "id", "chan")}
+    return build(channel, data.get("task") or "", data.get("command"),
+                 data.get("id") or "", execute_at, extra)
+
+
+def from_queue(raw: str, channel: str) -> Task:
+    """A channel-queue entry (our JSON, or a Go v1.0-beta plain string) -> Task."""
+    data = None
+    if raw.startswith("{"):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+    if not isinstance(data, dict):
+        # the Go daemon queued bare command lines; their id is derived from the text
+        return Task(raw, legacy_id(raw), raw, channel, argv_of(raw, None), {})
+    name = data.get("task") or ""
+    argv = argv_of(name, data.get("command"))
+    return Task(raw, str(data.get("id") or legacy_id(raw)), name or shlex.join(argv),
+                channel, argv, data)
