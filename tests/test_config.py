@@ -1,0 +1,344 @@
+"""In-process tests of ``coyotes_lib.config``: Go-style flags -> ``Config``.
+
+The usage text is read from ``coyotes.py``'s docstring with ``ast``: importing
+the script would monkey-patch the test process.
+"""
+
+from __future__ import annotations
+
+import ast
+import socket
+
+import pytest
+from conftest import SCRIPT
+
+from coyotes_lib import config as configuration
+from coyotes_lib.config import Config, UsageError
+
+USAGE = ast.get_docstring(ast.parse(SCRIPT.read_text()), clean=False)
+
+
+def parse(*argv: str) -> Config:
+    return configuration.parse(list(argv), USAGE)
+
+
+def forms(flag: str, value: str) -> list[list[str]]:
+    """The four spellings Go's flag package accepts for a flag with a value."""
+    return [[f"-{flag}", value], [f"-{flag}={value}"], [f"--{flag}", value],
+            [f"--{flag}={value}"]]
+
+
+def all_forms(cases):
+    return [pytest.param(flag, value, argv, attrs, id=" ".join(argv))
+            for flag, value, attrs in cases for argv in forms(flag, value)]
+
+
+# -- defaults ---------------------------------------------------------------
+
+def test_usage_text_found():
+    assert USAGE and "Usage:" in USAGE and "--redis-host=<host:port>" in USAGE
+
+
+def test_defaults_match_compat_table():
+    c = parse()
+    assert (c.redis_host, c.redis_port) == ("127.0.0.1", 6379)
+    assert c.redis_password == ""
+    assert c.redis_db == 0
+    assert (c.http_host, c.http_port) == ("127.0.0.1", 60001)
+    assert c.pidfile == "/tmp/coyotes.pid"
+    assert c.concurrent == 5
+    assert c.task_mode is True
+    assert c.colorful_tty is False
+    assert c.channel_default == "default"
+    # later Go flags and our own
+    assert c.biz_name == "" and c.log_file == ""
+    assert c.debug is False and c.daemonize is False
+    assert c.allowed_hosts == ()
+    assert c.grace == 50.0 and c.node_ttl == 30 and c.max_body == 1 << 20
+
+
+def test_defaults_equal_the_dataclass_defaults():
+    """The docopt defaults and the Config field defaults must not drift apart."""
+    parsed = parse()
+    fresh = Config()
+    for field in Config.__dataclass_fields__:
+        if field != "node_id":
+            assert getattr(parsed, field) == getattr(fresh, field), field
+
+
+def test_node_id_defaults_to_hostname_and_http_port():
+    assert parse().node_id == f"{socket.gethostname()}:60001"
+    assert parse("-http-addr", "0.0.0.0:7001").node_id == f"{socket.gethostname()}:7001"
+    assert parse("-node-id", "HOSTNAME:HTTP-PORT").node_id == f"{socket.gethostname()}:60001"
+
+
+def test_node_id_explicit():
+    assert parse("-node-id", "worker-7").node_id == "worker-7"
+    assert parse("--node-id=a:1").node_id == "a:1"
+
+
+# -- every value flag in its four forms ---------------------------------------
+
+VALUE_CASES = [
+    ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
+    ("redis-password", "s3cret", {"redis_password": "s3cret"}),
+    ("redis-db", "15", {"redis_db": 15}),
+    ("host", "10.0.0.3:6381", {"redis_host": "10.0.0.3", "redis_port": 6381}),
+    ("password", "old-secret", {"redis_password": "old-secret"}),
+    ("http-addr", "0.0.0.0:8080", {"http_host": "0.0.0.0", "http_port": 8080}),
+    ("pidfile", "/var/run/coyotes.pid", {"pidfile": "/var/run/coyotes.pid"}),
+    ("concurrent", "12", {"concurrent": 12}),
+    ("channel-default", "jobs", {"channel_default": "jobs"}),
+    ("biz-name", "acme", {"biz_name": "acme"}),
+    ("log-file", "/tmp/c.log", {"log_file": "/tmp/c.log"}),
+    ("node-id", "n1", {"node_id": "n1"}),
+    ("grace", "7.5", {"grace": 7.5}),
+    ("node-ttl", "10", {"node_ttl": 10}),
+    ("allowed-hosts", "api.example", {"allowed_hosts": ("api.example",)}),
+    ("max-body", "4096", {"max_body": 4096}),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "argv", "attrs"), all_forms(VALUE_CASES))
+def test_value_flag_forms(flag, value, argv, attrs):
+    c = parse(*argv)
+    for name, expected in attrs.items():
+        assert getattr(c, name) == expected
+
+
+def test_every_flag_of_the_usage_is_covered():
+    covered = {flag for flag, _, _ in VALUE_CASES} | set(BOOL_FLAGS)
+    assert covered == set(configuration.FLAGS)
+
+
+# -- booleans ---------------------------------------------------------------
+
+BOOL_FLAGS = {"task-mode": "task_mode", "colorful-tty": "colorful_tty", "debug": "debug",
+              "daemonize": "daemonize"}
+
+
+@pytest.mark.parametrize("flag", sorted(BOOL_FLAGS))
+@pytest.mark.parametrize(("suffix", "expected"), [
+    ("", True), ("=true", True), ("=false", False), ("=0", False), ("=1", True),
+    ("=t", True), ("=F", False), ("=TRUE", True), ("=False", False),
+])
+@pytest.mark.parametrize("dashes", ["-", "--"])
+def test_bool_flag_forms(flag, suffix, expected, dashes):
+    assert getattr(parse(f"{dashes}{flag}{suffix}"), BOOL_FLAGS[flag]) is expected
+
+
+def test_task_mode_named_forms():
+    assert parse("-task-mode").task_mode is True
+    assert parse("-task-mode=false").task_mode is False
+    assert parse("-task-mode=0").task_mode is False
+    assert parse("-colorful-tty").colorful_tty is True
+    assert parse("--colorful-tty=true").colorful_tty is True
+
+
+def test_bool_flag_does_not_take_the_next_argument():
+    """Go: a boolean never consumes the next word; `-task-mode false` leaves a positional."""
+    with pytest.raises(UsageError, match="unexpected argument 'false'"):
+        parse("-task-mode", "false")
+    c = parse("-task-mode", "-concurrent", "3")
+    assert c.task_mode is True and c.concurrent == 3
+
+
+# -- flags mixed, odd values ------------------------------------------------
+
+def test_many_flags_together():
+    c = parse("-redis-host", "r.internal:7000", "--redis-password=pw", "-redis-db=3",
+              "--http-addr", "127.0.0.1:9000", "-pidfile=/tmp/x.pid", "-concurrent", "2",
+              "-task-mode=false", "--colorful-tty", "-channel-default", "main")
+    assert (c.redis_host, c.redis_port, c.redis_password, c.redis_db) == \
+        ("r.internal", 7000, "pw", 3)
+    assert (c.http_host, c.http_port, c.pidfile) == ("127.0.0.1", 9000, "/tmp/x.pid")
+    assert (c.concurrent, c.task_mode, c.colorful_tty, c.channel_default) == \
+        (2, False, True, "main")
+
+
+def test_values_with_equals_and_dashes_are_kept_whole():
+    assert parse("-redis-password", "a=b=c").redis_password == "a=b=c"
+    assert parse("-redis-password=a=b").redis_password == "a=b"
+    assert parse("-redis-password", "-starts-with-dash").redis_password == "-starts-with-dash"
+    assert parse("-redis-password", "has space").redis_password == "has space"
+
+
+def test_empty_values():
+    assert parse("-redis-password=").redis_password == ""
+    c = parse("-redis-host=")
+    assert (c.redis_host, c.redis_port) == ("127.0.0.1", 6379)
+
+
+def test_http_addr_without_host_listens_everywhere():
+    c = parse("-http-addr", ":60002")
+    assert (c.http_host, c.http_port) == ("0.0.0.0", 60002)
+    assert not c.http_loopback
+
+
+def test_ipv6_addresses():
+    c = parse("-redis-host", "[::1]:6390", "-http-addr", "[::1]:7000")
+    assert (c.redis_host, c.redis_port) == ("::1", 6390)
+    assert (c.http_host, c.http_port) == ("::1", 7000)
+    assert c.http_loopback
+
+
+def test_repeated_flag_last_one_wins():
+    """Go's flag package lets a later occurrence override an earlier one."""
+    assert parse("-concurrent", "3", "-concurrent", "4").concurrent == 4
+    assert parse("-task-mode=false", "-task-mode").task_mode is True
+
+
+# -- -host / -password precedence --------------------------------------------
+
+def test_host_used_when_redis_host_not_given():
+    c = parse("-host", "10.1.1.1:6400")
+    assert (c.redis_host, c.redis_port) == ("10.1.1.1", 6400)
+
+
+def test_host_used_when_redis_host_left_at_default():
+    c = parse("-redis-host", "127.0.0.1:6379", "-host", "10.1.1.1:6400")
+    assert (c.redis_host, c.redis_port) == ("10.1.1.1", 6400)
+
+
+def test_host_used_when_redis_host_empty():
+    c = parse("-redis-host=", "-host", "10.1.1.1:6400")
+    assert (c.redis_host, c.redis_port) == ("10.1.1.1", 6400)
+
+
+@pytest.mark.parametrize("order", ["redis-host first", "host first"])
+def test_explicit_redis_host_wins(order):
+    pair = [["-redis-host", "10.2.2.2:6500"], ["-host", "10.1.1.1:6400"]]
+    argv = pair[0] + pair[1] if order == "redis-host first" else pair[1] + pair[0]
+    c = parse(*argv)
+    assert (c.redis_host, c.redis_port) == ("10.2.2.2", 6500)
+
+
+def test_empty_host_keeps_default():
+    c = parse("-host=")
+    assert (c.redis_host, c.redis_port) == ("127.0.0.1", 6379)
+
+
+def test_password_used_when_redis_password_empty():
+    assert parse("-password", "old").redis_password == "old"
+    assert parse("-redis-password=", "-password", "old").redis_password == "old"
+
+
+def test_explicit_redis_password_wins():
+    assert parse("-redis-password", "new", "-password", "old").redis_password == "new"
+    assert parse("-password", "old", "-redis-password", "new").redis_password == "new"
+
+
+def test_seed_readme_command_line():
+    c = parse("-redis-host", "127.0.0.1:6379", "-password", "REDIS-PASSWORD")
+    assert (c.redis_host, c.redis_port, c.redis_password) == \
+        ("127.0.0.1", 6379, "REDIS-PASSWORD")
+
+
+def test_bad_host_is_reported_even_through_the_alias():
+    with pytest.raises(UsageError, match="host:port"):
+        parse("-host", "nohostport")
+
+
+# -- bad values -------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-concurrent", "abc"], r'invalid value "abc" for flag -concurrent: not an integer'),
+    (["-concurrent", "0"], r'invalid value "0" for flag -concurrent: must be 1\.\.1000'),
+    (["-concurrent", "-3"], r'invalid value "-3" for flag -concurrent'),
+    (["-concurrent", "1001"], r"must be 1\.\.1000"),
+    (["-redis-host", "nohostport"],
+     r'invalid value "nohostport" for flag -redis-host: expected host:port'),
+    (["-redis-host", "h:99999"], r'invalid value "h:99999" for flag -redis-host'),
+    (["-redis-host", "h:0"], r"for flag -redis-host"),
+    (["-redis-host", "h:"], r"for flag -redis-host"),
+    (["-redis-host", "h:abc"], r"for flag -redis-host"),
+    (["-http-addr", "localhost"], r'invalid value "localhost" for flag -http-addr'),
+    (["-redis-db", "16"], r'invalid value "16" for flag -redis-db: must be 0\.\.15'),
+    (["-redis-db", "-1"], r"for flag -redis-db"),
+    (["-redis-db", "one"], r"for flag -redis-db: not an integer"),
+    (["-task-mode=maybe"],
+     r'invalid value "maybe" for flag -task-mode: expected true or false'),
+    (["-colorful-tty=yes"], r"for flag -colorful-tty"),
+    (["-grace", "soon"], r"for flag -grace: not a number"),
+    (["-grace", "-1"], r"for flag -grace"),
+    (["-node-ttl", "1"], r"for flag -node-ttl"),
+    (["-max-body", "10"], r"for flag -max-body"),
+    (["-bogus"], r"flag provided but not defined: -bogus"),
+    (["--bogus=1"], r"flag provided but not defined: -bogus"),
+    (["---redis-host", "h:1"], r"flag provided but not defined"),
+    (["-redis-host"], r"flag needs an argument: -redis-host"),
+    (["-task-mode", "-concurrent"], r"flag needs an argument: -concurrent"),
+    (["extra"], r"unexpected argument 'extra'"),
+    (["-concurrent", "3", "extra"], r"unexpected argument 'extra'"),
+    (["-"], r"unexpected argument '-'"),
+])
+def test_bad_values_raise_usage_error(argv, message):
+    with pytest.raises(UsageError, match=message) as info:
+        parse(*argv)
+    assert "\n" not in str(info.value)
+
+
+# -- -channel-default and -biz-name -------------------------------------------
+
+@pytest.mark.parametrize("name", ["default", "jobs", "a", "Q_1.high-prio", "x" * 64])
+def test_good_channel_names(name):
+    assert parse("-channel-default", name).channel_default == name
+
+
+@pytest.mark.parametrize("name", ["", "two words", "a:b", "a/b", "x" * 65, "ünï"])
+def test_bad_channel_names(name):
+    with pytest.raises(UsageError, match="flag -channel-default"):
+        parse(f"-channel-default={name}")
+
+
+@pytest.mark.parametrize("name", ["acme", "shop_2", "a.b-c", "x" * 64])
+def test_good_biz_names(name):
+    assert parse("-biz-name", name).biz_name == name
+
+
+def test_empty_biz_name_means_no_prefix():
+    assert parse("-biz-name=").biz_name == ""
+
+
+@pytest.mark.parametrize("name", ["ac me", "acme:", "a*", "x" * 65])
+def test_bad_biz_names(name):
+    with pytest.raises(UsageError, match="flag -biz-name"):
+        parse("-biz-name", name)
+
+
+# -- -allowed-hosts -------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", ()),
+    ("api.example.com", ("api.example.com",)),
+    ("API.Example.com, b.example ,,", ("api.example.com", "b.example")),
+    ("*", ("*",)),
+    (" , ", ()),
+])
+def test_allowed_hosts(value, expected):
+    assert parse("-allowed-hosts", value).allowed_hosts == expected
+
+
+# -- normalize_argv ---------------------------------------------------------
+
+def test_normalize_argv_rewrites_go_forms():
+    assert configuration.normalize_argv(
+        ["-redis-host", "h:1", "--concurrent=3", "-task-mode", "-debug=false", "-help"]
+    ) == ["--redis-host=h:1", "--concurrent=3", "--task-mode=true", "--debug=false", "--help"]
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["-help"], ["--help"]])
+def test_help_exits_zero_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code in (None, 0)
+    out = capsys.readouterr().out
+    assert "127.0.0.1:60001" in out and "/tmp/coyotes.pid" in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["-version"]])
+def test_version(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code in (None, 0)
+    assert capsys.readouterr().out.strip() == f"coyotes {configuration.__version__}"
