@@ -1,0 +1,64 @@
+# Coyotes: the two commands a newcomer needs are `make run` and `make test`.
+# Both create (or refresh, when a requirements file changed) the virtualenv
+# in .venv by themselves.
+#
+#   make run     [REDIS=host:port] [ARGS='-concurrent 10 -debug']
+#   make test    [PYTEST_ARGS='-k php -x']
+#   make lint
+#   make build   [OUT=bin/coyotes] [SHEBANG='/usr/bin/env python3']
+#   make install [PREFIX=/usr/local] [DESTDIR=]
+#   make clean   (build products; `make distclean` also removes .venv)
+
+PYTHON  ?= python3
+VENV    := .venv
+STAMP   := $(VENV)/.requirements.stamp
+REDIS   ?= 127.0.0.1:6379
+ARGS    ?=
+PYTEST_ARGS ?=
+OUT     ?= bin/coyotes
+# The zipapp holds gevent's compiled extensions, so it needs the Python it was
+# built with (same minor version) under this name on the target machine.
+SHEBANG ?= /usr/bin/env python3
+PREFIX  ?= /usr/local
+SOURCES := coyotes.py $(wildcard coyotes_lib/*.py) pyproject.toml requirements.txt
+
+.PHONY: venv run test lint build install clean distclean
+
+venv: $(STAMP)
+
+# Rebuilt whenever a requirements file is newer than the stamp.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: $(STAMP)
+	REDIS='$(REDIS)' ARGS='$(ARGS)' bash scripts/run.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+build: $(OUT)
+
+# One executable file (a shiv zipapp) carrying coyotes and its pinned
+# dependencies. On first run it unpacks them to ~/.shiv (or $SHIV_ROOT).
+$(OUT): $(STAMP) $(SOURCES)
+	mkdir -p $(dir $(OUT))
+	rm -rf build coyotes.egg-info   # setuptools would reuse stale files from build/lib
+	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
+		--reproducible --quiet --disable-pip-version-check -r requirements.txt .
+	@echo "built $(OUT)"
+
+install: $(OUT)
+	install -D -m 0755 $(OUT) $(DESTDIR)$(PREFIX)/bin/coyotes
+
+clean:
+	rm -rf bin build dist *.egg-info .run
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
