@@ -22,7 +22,7 @@ import redis
 from . import __version__
 from .broker import Broker, ChannelSpec
 from .config import CHANNEL_NAME, Config, is_loopback
-from .task import BadTask, build, from_queue
+from .task import BadTask, build, from_queue, legacy_id
 
 log = logging.getLogger("coyotes.api")
 
@@ -49,8 +49,12 @@ def describe(raw: str, channel: str, status: str) -> dict:
     """A task in a listing: the Go fields, plus ours where known."""
     try:
         task = from_queue(raw, channel)
-    except BadTask as exc:
-        return {"task_name": raw, "channel": channel, "status": status, "task_id": None,
+    except BadTask as exc:   # shown as it is; it goes to the dead-letter list when claimed
+        try:
+            task_id = json.loads(raw).get("id") or legacy_id(raw)
+        except (ValueError, AttributeError):
+            task_id = legacy_id(raw)
+        return {"task_name": raw, "channel": channel, "status": status, "task_id": str(task_id),
                 "error": str(exc)}
     item = {"task_name": task.name, "channel": channel, "status": status,
             "task_id": task.id, "command": {"name": task.argv[0], "args": list(task.argv[1:])}}
@@ -237,9 +241,10 @@ class Guard:
         if refusal is not None:
             status, message = refusal
             body = envelope(status, message).encode()
+            # close: do not read (and wait for) the rest of a refused body
             start_response(f"{status} {'Forbidden' if status == 403 else 'Error'}",
                            [("Content-Type", "application/json; charset=utf-8"),
-                            ("Content-Length", str(len(body)))])
+                            ("Content-Length", str(len(body))), ("Connection", "close")])
             return [body]
         return self.app(environ, start_response)
 

@@ -19,6 +19,8 @@ import os
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .keys import Keys
 from .task import Task
@@ -111,11 +113,15 @@ class ChannelSpec:
 
 
 def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
-    """A client whose socket timeout outlasts every blocking call we make."""
+    """A client whose socket timeout outlasts every blocking call we make.
+
+    redis-py's own silent retries are turned off: resending a move whose reply
+    was lost is not idempotent, so every caller handles the error itself (and
+    a claim loop reconciles its processing list after an outage)."""
     return redis.Redis(host=host, port=port, password=password or None, db=db,
                        decode_responses=True, socket_timeout=BLOCK + 9,
                        socket_connect_timeout=3, socket_keepalive=True,
-                       health_check_interval=30)
+                       health_check_interval=30, retry=Retry(NoBackoff(), 0))
 
 
 class Broker:

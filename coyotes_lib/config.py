@@ -98,6 +98,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
                 raise UsageError(f"flag needs an argument: -{name}")
             value = argv[i]
             i += 1
+        out = [a for a in out if not a.startswith(f"--{name}=")]   # Go: the last one wins
         out.append(f"--{name}={value}")
     return out
 

@@ -24,7 +24,7 @@ from . import log as logsetup
 from .api import Guard, make_app
 from .broker import Broker, connect
 from .keys import Keys
-from .scheduler import Scheduler
+from .scheduler import Scheduler, persist
 
 log = logging.getLogger("coyotes.daemon")
 
@@ -140,6 +140,7 @@ def run(config) -> int:
                          ", ".join(sorted(scheduler.channels)))
         else:
             scheduler.give_up.set()
+            gevent.spawn(persist, "start-up", scheduler.ensure_default_channels, stop)
             log.info("task mode off: serving the API only, consuming nothing")
         stop.wait()
         log.info("shutdown: signal received; no new tasks are claimed "

@@ -9,7 +9,6 @@ waits until its API answers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -43,7 +42,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
             value = predicate()
             if value:
                 return value
-        except Exception as exc:   # noqa: BLE001 - the condition may raise while not ready
+        except Exception as exc:   # the condition may raise while not ready
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}"

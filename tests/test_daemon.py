@@ -1,0 +1,317 @@
+"""The daemon as a real process: execution, concurrency, signals, crashes, outages.
+
+Each test pushes tasks that append start/end lines to a ledger file, then
+reads the ledger (and Redis) to see what really ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ledger_command, max_overlap, read_ledger, wait_until
+
+
+def push(r, command: str, chan: str = "default", **extra) -> None:
+    r.lpush("task:prepare:queue", json.dumps({"task": command, "chan": chan,
+                                              "ts": int(time.time()), **extra}))
+
+
+def ended(ledger) -> set[str]:
+    return {tag for event, tag, _ in read_ledger(ledger) if event == "end"}
+
+
+def started(ledger) -> set[str]:
+    return {tag for event, tag, _ in read_ledger(ledger) if event == "start"}
+
+
+def settled(r, node_lists=True) -> bool:
+    """Nothing queued, running or claimed in the default channel."""
+    keys = r.keys("task:node:*:processing:*") if node_lists else []
+    return (r.llen("default:tasks:queue") == 0 and r.scard("default:tasks:queue:exec") == 0
+            and all(r.llen(k) == 0 for k in keys))
+
+
+def test_tasks_run_and_leave_no_trace(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    for i in range(5):
+        push(r, ledger_command(ledger, f"t{i}"))
+    wait_until(lambda: ended(ledger) == {f"t{i}" for i in range(5)}, what="5 tasks")
+    wait_until(lambda: settled(r) and r.llen("task:prepare:queue") == 0)
+    assert "exited 0" in coyotes.log()
+
+
+def test_concurrency_never_above_worker_count(coyotes, r, tmp_path):
+    status, _ = coyotes.request("POST", "/channels", {"name": "three", "distinct": "false",
+                                                      "worker": 3})
+    assert status == 200
+    ledger = tmp_path / "ledger"
+    for i in range(12):
+        push(r, ledger_command(ledger, f"t{i}", 0.4), chan="three")
+    wait_until(lambda: len(ended(ledger)) == 12, timeout=30, what="12 tasks")
+    assert max_overlap(read_ledger(ledger)) == 3
+
+
+def test_slow_task_does_not_hold_the_others(coyotes_factory, r, tmp_path):
+    coyotes_factory("-concurrent", "2")
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "slow", 4))
+    wait_until(lambda: "slow" in started(ledger))
+    for i in range(6):
+        push(r, ledger_command(ledger, f"quick{i}", 0))
+    wait_until(lambda: len(ended(ledger)) == 6, timeout=20)
+    assert "slow" not in ended(ledger)   # six quick tasks went past the slow one
+    wait_until(lambda: "slow" in ended(ledger), timeout=20)
+
+
+def test_distinct_refuses_a_queued_or_running_duplicate(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    command = ledger_command(ledger, "same", 1.0)
+    push(r, command)
+    wait_until(lambda: "same" in started(ledger))
+    push(r, command)          # running: refused
+    wait_until(lambda: "refused, already queued or running" in coyotes.log())
+    wait_until(lambda: "same" in ended(ledger))
+    wait_until(lambda: settled(r))
+    assert not r.exists(f"default:tasks:queue:{command}:dis")   # flag cleared on finish
+    push(r, command)          # finished: accepted again
+    wait_until(lambda: [e for e, _, _ in read_ledger(ledger)].count("end") == 2)
+    assert [e for e, _, _ in read_ledger(ledger)].count("start") == 2
+
+
+def test_bad_entries_go_to_dead_letters_and_the_next_task_runs(coyotes, r, tmp_path):
+    bad = ["not json at all", '["a list"]', '{"chan": "default"}',
+           '{"task": "echo hi", "chan": "nowhere"}',
+           '{"task": "echo \\"unclosed", "chan": "default"}',
+           '{"command": {"name": "echo", "args": [{"x": 1}]}}']
+    for entry in bad:
+        r.lpush("task:prepare:queue", entry)
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "good"))
+    wait_until(lambda: "good" in ended(ledger))
+    wait_until(lambda: r.llen("task:prepare:dead") == len(bad))
+    records = [json.loads(x) for x in r.lrange("task:prepare:dead", 0, -1)]
+    assert sorted(rec["entry"] for rec in records) == sorted(bad)
+    reasons = {rec["entry"]: rec["reason"] for rec in records}
+    assert reasons["not json at all"] == "not valid JSON"
+    assert "unknown channel" in reasons['{"task": "echo hi", "chan": "nowhere"}']
+    assert "no command" in reasons['{"chan": "default"}']
+    assert "cannot split" in reasons['{"task": "echo \\"unclosed", "chan": "default"}']
+    assert coyotes.proc.poll() is None
+    status, reply = coyotes.request("GET", "/dead-letters")
+    assert status == 200 and reply["data"]["count"] == len(bad)
+
+
+def test_missing_command_is_a_logged_failure(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    push(r, "no-such-program-xyz --flag")
+    push(r, ledger_command(ledger, "after"))
+    wait_until(lambda: "after" in ended(ledger))
+    wait_until(lambda: "failed to start" in coyotes.log() and settled(r))
+    assert "no-such-program-xyz" in coyotes.log()
+
+
+def test_go_plain_string_entries_still_run(coyotes, r, tmp_path):
+    marker = tmp_path / "legacy"
+    r.lpush("default:tasks:queue", f"touch {marker}")   # as the Go v1.0-beta daemon queued them
+    wait_until(marker.exists, what="the legacy entry to run")
+    wait_until(lambda: settled(r))
+
+
+def test_argv_form_and_quoting(coyotes, r, tmp_path):
+    out1, out2 = tmp_path / "a b.txt", tmp_path / "argv.txt"
+    script = "import sys; open(sys.argv[1], 'w').write(repr(sys.argv[2:]))"
+    push(r, f'{sys.executable} -c "{script}" "{out1}" "x y" z')
+    r.lpush("task:prepare:queue", json.dumps({"command": {"name": sys.executable, "args": [
+        "-c", script, str(out2), "quoted 'and' spaced", 7, 2.5]}, "chan": "default"}))
+    wait_until(lambda: out1.exists() and out2.exists())
+    assert out1.read_text() == repr(["x y", "z"])
+    assert out2.read_text() == repr(["quoted 'and' spaced", "7", "2.5"])
+
+
+def test_chatty_command_does_not_block(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    chatty = ("import sys; [(sys.stdout.write('o' * 999 + chr(10)), sys.stderr.write("
+              "'e' * 999 + chr(10))) for _ in range(4000)]")
+    push(r, f'{sys.executable} -c "{chatty}"')
+    push(r, ledger_command(ledger, "after"))
+    wait_until(lambda: "after" in ended(ledger), timeout=60)
+    wait_until(lambda: settled(r), timeout=60)
+    log = coyotes.log()
+    assert log.count("stdout: ooo") == 4000 and log.count("stderr: eee") == 4000
+
+
+def test_usr2_waits_for_running_command_then_exits_0(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "sleeper", 2))
+    wait_until(lambda: "sleeper" in started(ledger))
+    assert coyotes.pidfile.exists()
+    coyotes.signal(signal.SIGUSR2)
+    assert coyotes.wait(30) == 0
+    assert "sleeper" in ended(ledger)
+    assert not coyotes.pidfile.exists()
+    assert settled(r)
+
+
+def test_tasks_pushed_during_drain_are_not_claimed(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "first", 2))
+    wait_until(lambda: "first" in started(ledger))
+    coyotes.signal(signal.SIGTERM)
+    wait_until(lambda: "shutdown: signal received" in coyotes.log())
+    push(r, ledger_command(ledger, "late"))
+    assert coyotes.wait(30) == 0
+    assert started(ledger) == {"first"}
+    wait_until(lambda: r.llen("default:tasks:queue") == 1, what="late task kept queued")
+
+
+def test_sigint_to_the_process_group_leaves_children_running(coyotes_factory, r, tmp_path):
+    daemon = coyotes_factory(start=False)
+    daemon.start(start_new_session=True)   # its own group, like a terminal's foreground job
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "child", 2))
+    wait_until(lambda: "child" in started(ledger))
+    os.killpg(daemon.proc.pid, signal.SIGINT)   # what Ctrl-C does
+    assert daemon.wait(30) == 0
+    assert "child" in ended(ledger)   # the child never saw the SIGINT
+
+
+def test_grace_exceeded_kills_the_group_and_requeues(coyotes_factory, r, tmp_path):
+    daemon = coyotes_factory("-grace", "1")
+    pidfile = tmp_path / "grandchild.pid"
+    # a command whose own child would outlive it if only the leader were killed
+    script = (f"import subprocess,time; p=subprocess.Popen(['sleep','60']); "
+              f"open('{pidfile}','w').write(str(p.pid)); time.sleep(60)")
+    push(r, f'{sys.executable} -c "{script}"')
+    wait_until(pidfile.exists)
+    wait_until(lambda: pidfile.read_text())
+    grandchild = int(pidfile.read_text())
+    daemon.signal(signal.SIGUSR2)
+    assert daemon.wait(30) == 0
+    assert "requeued" in daemon.log()
+    queued = r.lrange("default:tasks:queue", 0, -1)
+    assert len(queued) == 1 and "sleep" in queued[0]
+    assert r.scard("default:tasks:queue:exec") == 0
+    wait_until(lambda: not _alive(grandchild), what="the grandchild to be killed")
+
+
+def test_second_signal_forces_the_exit_and_requeues(coyotes, r, tmp_path):
+    push(r, "sleep 60")
+    wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
+    coyotes.signal(signal.SIGUSR2)
+    wait_until(lambda: "waiting for 1 running task" in coyotes.log())
+    coyotes.signal(signal.SIGUSR2)
+    assert coyotes.wait(30) == 0
+    assert "forced" in coyotes.log()
+    assert r.lrange("default:tasks:queue", 0, -1) and json.loads(
+        r.lrange("default:tasks:queue", 0, -1)[0])["task"] == "sleep 60"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is dead for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill9_with_tasks_queued_and_running_then_restart(coyotes_factory, r, tmp_path):
+    daemon = coyotes_factory(node_id="node-a")
+    ledger = tmp_path / "ledger"
+    tags = {f"t{i:02d}" for i in range(50)}
+    for tag in sorted(tags):
+        push(r, ledger_command(ledger, tag, 0.3))
+    wait_until(lambda: len(started(ledger)) >= 8, timeout=30)
+    daemon.kill9()
+    assert len(ended(ledger)) < 50
+    # the same node comes back (same id): it requeues its own leftovers
+    again = coyotes_factory(node_id="node-a")
+    wait_until(lambda: ended(ledger) >= tags, timeout=60, what="all 50 tasks")
+    wait_until(lambda: settled(r))
+    assert "left from a previous run" in again.log()
+
+
+def test_a_live_node_requeues_the_work_of_a_dead_one(coyotes_factory, r, tmp_path):
+    dead = coyotes_factory("-node-ttl", "3", node_id="dead-node")
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "orphan", 1))
+    wait_until(lambda: "orphan" in started(ledger))
+    dead.kill9()
+    assert r.llen("task:node:dead-node:processing:default") == 1
+    survivor = coyotes_factory("-node-ttl", "3", node_id="survivor")
+    wait_until(lambda: "heartbeat expired" in survivor.log(), timeout=30)
+    wait_until(lambda: [e for e, t, _ in read_ledger(ledger)].count("end") >= 1, timeout=30)
+    wait_until(lambda: settled(r))
+    assert "dead-node" not in r.smembers("task:nodes")
+
+
+def test_redis_killed_and_restarted_during_a_burst(coyotes, redis_server, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    tags = {f"b{i:03d}" for i in range(200)}
+    with r.pipeline() as pipe:
+        for tag in sorted(tags):
+            pipe.lpush("task:prepare:queue", json.dumps(
+                {"task": ledger_command(ledger, tag, 0.05), "chan": "default"}))
+        pipe.execute()
+    wait_until(lambda: len(ended(ledger)) >= 20, timeout=30)
+    redis_server.kill()
+    time.sleep(1.5)   # an outage long enough for every loop to notice
+    redis_server.start()   # same port, same directory: the append-only file comes back
+    r2 = redis_server.client()
+    wait_until(lambda: ended(ledger) >= tags, timeout=120, what="all 200 tasks after the outage")
+    wait_until(lambda: settled(r2), timeout=30)
+    assert coyotes.proc.poll() is None
+    assert "redis is back" in coyotes.log()
+
+
+def test_running_command_survives_a_redis_outage(coyotes, redis_server, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "steady", 3))
+    wait_until(lambda: "steady" in started(ledger))
+    redis_server.kill()
+    wait_until(lambda: "steady" in ended(ledger), timeout=20)
+    redis_server.start()
+    r2 = redis_server.client()
+    wait_until(lambda: settled(r2), timeout=30)   # the ack went through once redis was back
+    assert [e for e, _, _ in read_ledger(ledger)] == ["start", "end"]
+
+
+def test_started_children_have_their_own_session(coyotes, r, tmp_path):
+    out = tmp_path / "ids"
+    script = (f"import os; open('{out}','w')"
+              ".write(f'{os.getsid(0)} {os.getpgid(0)} {os.getpid()}')")
+    push(r, f'{sys.executable} -c "{script}"')
+    wait_until(lambda: out.exists() and out.read_text())
+    sid, pgid, pid = map(int, out.read_text().split())
+    assert sid == pgid == pid
+    assert sid != os.getsid(coyotes.proc.pid)
+
+
+def test_claim_blocks_only_when_no_worker_is_free(coyotes_factory, r, tmp_path):
+    coyotes_factory("-concurrent", "1")
+    push(r, "sleep 2")
+    wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
+    push(r, "echo next")
+    wait_until(lambda: r.llen("default:tasks:queue") == 1)
+    # the single worker is busy: the second task stays in the channel queue, not claimed
+    assert r.llen(f"task:node:{_node(r)}:processing:default") == 1
+    wait_until(lambda: settled(r), timeout=20)
+
+
+def _node(r) -> str:
+    nodes = r.smembers("task:nodes")
+    assert len(nodes) == 1
+    return next(iter(nodes))
+
+
+if __name__ == "__main__":   # pragma: no cover
+    sys.exit(subprocess.call([sys.executable, "-m", "pytest", __file__]))
