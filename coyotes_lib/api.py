@@ -117,7 +117,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     app = bottle.Bottle(autojson=False)
 
     def spec_of(name: str) -> ChannelSpec:
-        spec = broker.channels().get(name)
+        spec = broker.channel(name)
         if spec is None:
             raise fail(404, f"channel {name!r} does not exist")
         return spec
@@ -145,7 +145,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
                 raise fail(400, "delay must be a number of seconds") from None
             if not 0 <= delay <= MAX_DELAY:
                 raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
-            execute_at = broker.redis.time()[0] + delay
+            execute_at = broker.now() + delay
         try:
             task = build(name, name_field, command,
                          body.get("id") if with_command else "", execute_at)

@@ -138,14 +138,24 @@ class Broker:
     def channels(self) -> dict[str, ChannelSpec]:
         specs = {}
         for name, raw in self.redis.hgetall(self.keys.channels).items():
-            try:
-                data = json.loads(raw)
-                specs[name] = ChannelSpec(name, bool(data.get("distinct")),
-                                          max(1, int(data.get("worker_count") or 1)))
-            except (ValueError, TypeError, AttributeError):
-                log.error("channel %s: unreadable settings %r in %s, skipped",
-                          name, raw, self.keys.channels)
+            spec = self._spec(name, raw)
+            if spec is not None:
+                specs[name] = spec
         return specs
+
+    def channel(self, name: str) -> ChannelSpec | None:
+        raw = self.redis.hget(self.keys.channels, name)
+        return None if raw is None else self._spec(name, raw)
+
+    def _spec(self, name: str, raw: str) -> ChannelSpec | None:
+        try:
+            data = json.loads(raw)
+            return ChannelSpec(name, bool(data.get("distinct")),
+                               max(1, int(data.get("worker_count") or 1)))
+        except (ValueError, TypeError, AttributeError):
+            log.error("channel %s: unreadable settings %r in %s, skipped",
+                      name, raw, self.keys.channels)
+            return None
 
     def add_channel(self, spec: ChannelSpec) -> bool:
         """False if a channel of that name exists already (it is left as it is)."""
@@ -171,6 +181,10 @@ class Broker:
         self._dead(keys=[self.keys.dead, self.keys.staging(self.node)],
                    args=[record, entry if source else ""])
 
+    def now(self) -> int:
+        """Redis's clock (unix seconds): every node agrees on it."""
+        return int(self.redis.time()[0])
+
     def take_prepared(self, timeout: float = BLOCK) -> str | None:
         """Move the oldest prepare-queue entry into this node's staging list."""
         return self.redis.blmove(self.keys.prepare, self.keys.staging(self.node),
@@ -178,7 +192,7 @@ class Broker:
 
     def promote_due(self, channel_of, limit: int = 100) -> int:
         """Queue delayed tasks whose time (by Redis's clock) has come."""
-        now = self.redis.time()[0]
+        now = self.now()
         moved = 0
         for raw in self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit):
             moved += bool(self._promote(keys=[self.keys.delayed,

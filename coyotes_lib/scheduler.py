@@ -31,6 +31,7 @@ output = logging.getLogger("coyotes.output")
 DEFAULT_CHANNELS = ("biz", "cron")   # besides -channel-default
 KILL_GRACE = 5.0                     # seconds between TERM and KILL of a group
 SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
+MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
 
 
@@ -248,6 +249,8 @@ class Scheduler:
 
     def _route(self, raw: str) -> None:
         try:
+            if len(raw) > MAX_ENTRY:
+                raise BadTask(f"entry larger than {MAX_ENTRY} bytes")
             task = from_producer(raw, self.config.channel_default)
             spec = self.specs.get(task.channel)
             if spec is None:   # perhaps created a moment ago through another node
@@ -259,6 +262,13 @@ class Scheduler:
             log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
                       raw, exc)
             self.broker.dead_letter(raw, str(exc))
+            return
+        except redis.RedisError:
+            raise
+        except Exception as exc:   # a bug of ours must not wedge the entry or the loop
+            log.exception("prepare queue: cannot route %.200r (moved to the dead-letter list)",
+                          raw)
+            self.broker.dead_letter(raw, f"internal error: {exc!r}")
             return
         outcome = self.broker.push(task, spec.distinct, source=raw)
         if outcome == 0:

@@ -106,6 +106,37 @@ def test_bad_entries_go_to_dead_letters_and_the_next_task_runs(coyotes, r, tmp_p
     assert status == 200 and reply["data"]["count"] == len(bad)
 
 
+def test_every_producer_form_is_accepted(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    # id kept; argv form; execute_at in the past runs now; execute_at ahead waits (Redis clock)
+    r.lpush("task:prepare:queue", json.dumps({"id": "php-42", "chan": "default",
+                                              "task": ledger_command(ledger, "with-id", 1)}))
+    wait_until(lambda: "with-id" in started(ledger))
+    status, reply = coyotes.request("GET", "/channels/default")
+    assert status == 200
+    assert [t["task_id"] for t in reply["data"]["tasks"]] == ["php-42"]
+    now = int(r.time()[0])
+    r.lpush("task:prepare:queue", json.dumps({"task": ledger_command(ledger, "past"),
+                                              "execute_at": now - 60}))
+    r.lpush("task:prepare:queue", json.dumps({"task": ledger_command(ledger, "later"),
+                                              "chan": "default", "execute_at": now + 3}))
+    wait_until(lambda: "past" in ended(ledger))
+    wait_until(lambda: r.zcard("task:delay:queue") == 1)
+    assert "later" not in started(ledger)
+    wait_until(lambda: "later" in ended(ledger), timeout=20)
+    assert float(next(w for e, t, w in read_ledger(ledger) if t == "later")) >= now + 3
+    assert r.zcard("task:delay:queue") == 0
+
+
+def test_oversized_entry_is_dead_lettered(coyotes, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    r.lpush("task:prepare:queue", json.dumps({"task": "echo " + "x" * (2 << 20)}))
+    push(r, ledger_command(ledger, "next"))
+    wait_until(lambda: "next" in ended(ledger))
+    wait_until(lambda: r.llen("task:prepare:dead") == 1)
+    assert "larger than" in json.loads(r.lindex("task:prepare:dead", 0))["reason"]
+
+
 def test_missing_command_is_a_logged_failure(coyotes, r, tmp_path):
     ledger = tmp_path / "ledger"
     push(r, "no-such-program-xyz --flag")
