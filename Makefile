@@ -20,6 +20,9 @@ OUT     ?= bin/coyotes
 # built with (same minor version) under this name on the target machine.
 SHEBANG ?= /usr/bin/env python3
 PREFIX  ?= /usr/local
+# Bundled whatever Python builds: redis-py needs async-timeout on Python
+# < 3.11.3, and Debian 12's /usr/bin/python3 is 3.11.2.
+BUNDLE_EXTRA := async-timeout==5.0.1
 SOURCES := coyotes.py $(wildcard coyotes_lib/*.py) pyproject.toml requirements.txt
 
 .PHONY: venv run test lint build install clean distclean
@@ -50,7 +53,7 @@ $(OUT): $(STAMP) $(SOURCES)
 	mkdir -p $(dir $(OUT))
 	rm -rf build coyotes.egg-info   # setuptools would reuse stale files from build/lib
 	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
-		--reproducible --quiet --disable-pip-version-check -r requirements.txt .
+		--reproducible --quiet --disable-pip-version-check -r requirements.txt $(BUNDLE_EXTRA) .
 	@echo "built $(OUT)"
 
 install: $(OUT)

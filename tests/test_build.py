@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_until
@@ -62,6 +63,23 @@ def test_build_runs_from_any_cwd_unpacking_to_home(built, tmp_path):
     # shiv's default: dependencies unpacked once under ~/.shiv
     assert list((home / ".shiv").glob("coyotes_*/site-packages/gevent")), \
         sorted(p.name for p in (home / ".shiv").iterdir())
+
+
+def test_build_runs_on_another_python_of_the_same_minor_version(built, tmp_path):
+    # Deployed, `/usr/bin/env python3` is often the system Python, not the one
+    # that built the file: a dependency resolved only for the builder (like
+    # redis-py's async-timeout below 3.11.3) would be missing there.
+    system = Path("/usr/bin/python3")
+    if not system.exists() or system.resolve() == Path(sys.executable).resolve():
+        pytest.skip("no separate /usr/bin/python3 on this machine")
+    minor = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    if minor != str(sys.version_info[:2]):
+        pytest.skip(f"/usr/bin/python3 is {minor}, the build is for {sys.version_info[:2]}")
+    proc = subprocess.run([system, str(built), "--version"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=os.environ | {"SHIV_ROOT": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"coyotes {VERSION}"
 
 
 def test_built_file_runs_a_pushed_task(built, coyotes_factory, r, tmp_path):
