@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import bottle
@@ -214,11 +215,21 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
                 items.append({"entry": entry})
         return ok({"entries": items, "count": count})
 
+    def redis_outage(callback):
+        """A Redis outage is a 503 for the caller, not a traceback in the log."""
+        def wrapper(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except redis.RedisError as exc:
+                log.warning("api: %s %s: redis unavailable (%s)", bottle.request.method,
+                            bottle.request.path, exc)
+                return fail(503, f"redis unavailable: {exc}")
+        return wrapper
+
+    app.install(redis_outage)
+
     def on_error(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json; charset=utf-8"
-        if isinstance(error.exception, redis.RedisError):
-            bottle.response.status = 503
-            return envelope(503, f"redis unavailable: {error.exception}")
         if error.status_code >= 500:
             log.error("api: %s %s failed: %r", bottle.request.method, bottle.request.path,
                       error.exception)
@@ -242,7 +253,7 @@ class Guard:
             status, message = refusal
             body = envelope(status, message).encode()
             # close: do not read (and wait for) the rest of a refused body
-            start_response(f"{status} {'Forbidden' if status == 403 else 'Error'}",
+            start_response(f"{status} {HTTPStatus(status).phrase}",
                            [("Content-Type", "application/json; charset=utf-8"),
                             ("Content-Length", str(len(body))), ("Connection", "close")])
             return [body]

@@ -158,8 +158,9 @@ class Channel:
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
             elif persist(what, lambda: self.broker.ack(self.name, raw, task.name),
                          self.give_up) is False:
-                log.warning("%s: task %s finished after another node had requeued it "
-                            "(late ack; it may run again)", what, task.id)
+                log.warning("%s: task %s finished but was no longer in this node's processing "
+                            "list (requeued by another node, or lost by Redis): late ack, "
+                            "it may run again", what, task.id)
         finally:
             self.commands.pop(worker, None)
             self._unclaim(raw)
@@ -214,11 +215,17 @@ class Scheduler:
         self.started = True
         self.sync()
 
-    def sync(self, specs: dict[str, ChannelSpec] | None = None) -> None:
+    def sync(self) -> None:
         """Start channels that appeared in ``task:channels`` (no-op before ``start``)."""
         if not self.started:
             return
-        self.specs = specs if specs is not None else self.broker.channels()
+        self.specs = self.broker.channels()
+        if self.config.channel_default not in self.specs:
+            # Redis came back empty (restarted without persistence, or flushed)
+            log.warning("channel %s: missing from %s, creating the default channels again",
+                        self.config.channel_default, self.broker.keys.channels)
+            self.ensure_default_channels()
+            self.specs = self.broker.channels()
         for name, spec in self.specs.items():
             if name not in self.channels:
                 channel = self.channels[name] = Channel(spec, self.broker, self.stop,
@@ -320,13 +327,14 @@ class Scheduler:
         """Called once ``stop`` is set: let running commands finish within ``grace``
         seconds (or until ``force``), then kill and requeue what is left.
         True when nothing had to be killed."""
-        gevent.joinall(self.greenlets + [c.greenlet for c in self.channels.values()
-                                         if c.greenlet], timeout=BLOCK_WAIT)
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + grace   # TERM->KILL adds at most KILL_GRACE after it
         while self.running() and not force.is_set() and time.monotonic() < deadline:
             log.info("shutdown: waiting for %d running task(s), %.0fs left", self.running(),
                      deadline - time.monotonic())
             force.wait(min(5.0, max(0.0, deadline - time.monotonic())))
+        # claim loops end within one BLOCK (a late claim is given back), usually long ago
+        gevent.joinall(self.greenlets + [c.greenlet for c in self.channels.values()
+                                         if c.greenlet], timeout=BLOCK_WAIT)
         clean = not self.running()
         if not clean:
             log.warning("shutdown: %s; killing %d task(s) and requeueing them",

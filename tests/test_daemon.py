@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -344,5 +343,12 @@ def _node(r) -> str:
     return next(iter(nodes))
 
 
-if __name__ == "__main__":   # pragma: no cover
-    sys.exit(subprocess.call([sys.executable, "-m", "pytest", __file__]))
+
+
+def test_default_channels_come_back_after_redis_loses_its_data(coyotes, r, tmp_path):
+    r.flushall()   # as after a restart without persistence
+    wait_until(lambda: r.hexists("task:channels", "default"), timeout=20)
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "after-flush"))
+    wait_until(lambda: "after-flush" in ended(ledger), timeout=20)
+    assert "creating the default channels again" in coyotes.log()
