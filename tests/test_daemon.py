@@ -343,8 +343,6 @@ def _node(r) -> str:
     return next(iter(nodes))
 
 
-
-
 def test_default_channels_come_back_after_redis_loses_its_data(coyotes, r, tmp_path):
     r.flushall()   # as after a restart without persistence
     wait_until(lambda: r.hexists("task:channels", "default"), timeout=20)
