@@ -328,10 +328,13 @@ class Scheduler:
         seconds (or until ``force``), then kill and requeue what is left.
         True when nothing had to be killed."""
         deadline = time.monotonic() + grace   # TERM->KILL adds at most KILL_GRACE after it
+        said = 0.0
         while self.running() and not force.is_set() and time.monotonic() < deadline:
-            log.info("shutdown: waiting for %d running task(s), %.0fs left", self.running(),
-                     deadline - time.monotonic())
-            force.wait(min(5.0, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() - said >= 5:
+                log.info("shutdown: waiting for %d running task(s), %.0fs left",
+                         self.running(), deadline - time.monotonic())
+                said = time.monotonic()
+            force.wait(0.1)   # wakes on a second signal; notices empty pools quickly
         # claim loops end within one BLOCK (a late claim is given back), usually long ago
         gevent.joinall(self.greenlets + [c.greenlet for c in self.channels.values()
                                          if c.greenlet], timeout=BLOCK_WAIT)
