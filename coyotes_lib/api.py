@@ -11,9 +11,11 @@ loopback name (DNS rebinding).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
+import socket
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -22,8 +24,8 @@ import redis
 
 from . import __version__
 from .broker import Broker, ChannelSpec
-from .config import CHANNEL_NAME, Config, is_loopback
-from .task import BadTask, build, from_queue, legacy_id
+from .config import CHANNEL_NAME, Config, is_ip, is_loopback
+from .task import BadTask, build, from_queue, legacy_id, parse_json
 
 log = logging.getLogger("coyotes.api")
 
@@ -32,8 +34,17 @@ MAX_DELAY = 366 * 86400
 
 
 def envelope(status: int, message: str, data=None) -> str:
-    return json.dumps({"status_code": status, "message": message, "data": data},
+    text = json.dumps({"status_code": status, "message": message, "data": data},
                       ensure_ascii=False)
+    return text if text.isascii() else utf8_safe(text)
+
+
+def utf8_safe(text: str) -> str:
+    """Bytes that were not UTF-8 in Redis (surrogate escapes) become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:   # a lone surrogate from a JSON escape
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def fail(status: int, message: str) -> bottle.HTTPResponse:
@@ -50,7 +61,7 @@ def describe(raw: str, channel: str, status: str) -> dict:
     """A task in a listing: the Go fields, plus ours where known."""
     try:
         task = from_queue(raw, channel)
-    except BadTask as exc:   # shown as it is; it goes to the dead-letter list when claimed
+    except Exception as exc:   # shown as it is; it goes to the dead-letter list when claimed
         try:
             task_id = json.loads(raw).get("id") or legacy_id(raw)
         except (ValueError, AttributeError):
@@ -71,8 +82,8 @@ class Body:
         self.json = None
         if (request.content_type or "").startswith("application/json"):
             try:
-                self.json = json.loads(request.body.read() or b"{}")
-            except ValueError:
+                self.json = parse_json(request.body.read() or b"{}")
+            except BadTask:
                 raise fail(400, "body is not valid JSON") from None
             if not isinstance(self.json, dict):
                 raise fail(400, "JSON body must be an object")
@@ -276,8 +287,15 @@ class Guard:
             return True
         if is_loopback(hostname):
             return True
-        # a loopback listener answers loopback names only; others need -allowed-hosts
-        return not self.config.http_loopback and not self.config.allowed_hosts
+        if self.config.http_loopback or self.config.allowed_hosts:
+            return False
+        # elsewhere, by default: an IP address or this machine's own name. Any other
+        # name could be a DNS-rebinding one; it must be listed in -allowed-hosts.
+        return is_ip(hostname) or hostname in self.own_names
+
+    @functools.cached_property
+    def own_names(self) -> set[str]:
+        return {socket.gethostname().lower(), socket.getfqdn().lower()}
 
     def limit_body(self, environ) -> tuple[int, str] | None:
         limit = self.config.max_body

@@ -16,7 +16,9 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
+import uuid
 
 import redis
 from redis.backoff import NoBackoff
@@ -58,36 +60,53 @@ return redis.call('LPUSH', KEYS[1], ARGV[1])
 """
 
 # A finished task leaves the processing list and the running set, and its
-# distinct flag is cleared. Returns 0 when another node had already requeued it.
+# distinct flag is cleared. Returns 0 (touching nothing) when the entry was no
+# longer ours: another node requeued it and may be running it now.
 ACK = """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] distinct flag
 -- ARGV[1] entry
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-return removed
+return 1
 """
 
-# Give claimed entries back to their queue, on the side workers take from,
-# so they run next. ARGV[1] = '' moves the whole list.
+# Give one claimed entry back to its queue, on the side workers take from.
 REQUEUE = """
--- KEYS[1] processing (or staging) list   KEYS[3] queue
--- KEYS[2] running set (KEYS[1] again when there is none, for staging lists)
--- ARGV[1] one entry, or '' for all of them
-local tracked = KEYS[2] ~= KEYS[1]
-if ARGV[1] ~= '' then
-  if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-  if tracked then redis.call('SREM', KEYS[2], ARGV[1]) end
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-  return 1
-end
+-- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue
+-- ARGV[1] entry
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Give everything a node holds back where it came from, in one step: its
+# staging list to the prepare queue, each processing list to its channel
+# queue (to run next). With ARGV[2] = '1' it does nothing while the node's
+# heartbeat lives, so a node that came back in between keeps its claims.
+REAP = """
+-- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
+-- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
+-- KEYS[6..] per channel, three keys: processing list, running set, queue
+-- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
+-- ARGV[3] '1' = forget the node afterwards
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local n = 0
-while true do
-  local entry = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
-  if not entry then return n end
-  if tracked then redis.call('SREM', KEYS[2], entry) end
-  n = n + 1
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
+for i = 6, #KEYS, 3 do
+  while true do
+    local entry = redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
+    if not entry then break end
+    redis.call('SREM', KEYS[i + 1], entry)
+    n = n + 1
+  end
 end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[5])
+end
+return n
 """
 
 # Move one due delayed task into its queue; only one node wins the ZREM.
@@ -117,9 +136,12 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
 
     redis-py's own silent retries are turned off: resending a move whose reply
     was lost is not idempotent, so every caller handles the error itself (and
-    a claim loop reconciles its processing list after an outage)."""
+    a claim loop reconciles its processing list after an outage). Bytes that
+    are not UTF-8 (a GBK command line left by an old producer) decode with
+    surrogate escapes, so they round-trip to Redis and to argv unchanged."""
     return redis.Redis(host=host, port=port, password=password or None, db=db,
-                       decode_responses=True, socket_timeout=BLOCK + 9,
+                       decode_responses=True, encoding_errors="surrogateescape",
+                       socket_timeout=BLOCK + 9,
                        socket_connect_timeout=3, socket_keepalive=True,
                        health_check_interval=30, retry=Retry(NoBackoff(), 0))
 
@@ -132,6 +154,8 @@ class Broker:
         self._dead = client.register_script(DEAD)
         self._ack = client.register_script(ACK)
         self._requeue = client.register_script(REQUEUE)
+        self._reap = client.register_script(REAP)
+        self.instance = uuid.uuid4().hex   # tells this process from another with our id
         self._promote = client.register_script(PROMOTE)
 
     # -- channels ---------------------------------------------------------
@@ -185,6 +209,10 @@ class Broker:
         """Redis's clock (unix seconds): every node agrees on it."""
         return int(self.redis.time()[0])
 
+    def staged(self) -> list[str]:
+        """Entries this node moved out of the prepare queue and has not routed yet."""
+        return self.redis.lrange(self.keys.staging(self.node), 0, -1)
+
     def take_prepared(self, timeout: float = BLOCK) -> str | None:
         """Move the oldest prepare-queue entry into this node's staging list."""
         return self.redis.blmove(self.keys.prepare, self.keys.staging(self.node),
@@ -225,43 +253,57 @@ class Broker:
             pipe.srem(k.running(chan), raw)
             pipe.execute()
 
-    def requeue(self, chan: str, raw: str = "", node: str | None = None) -> int:
-        """Give one claimed entry (or all of a node's, ``raw=''``) back to the queue."""
+    def requeue(self, chan: str, raw: str) -> bool:
+        """Give one claimed entry back to the queue (it runs next)."""
         k = self.keys
-        return int(self._requeue(keys=[k.processing(node or self.node, chan),
-                                       k.running(chan), k.queue(chan)], args=[raw]))
+        return bool(self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
+                                        k.queue(chan)], args=[raw]))
 
-    def requeue_node(self, node: str, channels) -> int:
-        """Everything ``node`` had claimed or was routing goes back where it came from."""
-        n = sum(self.requeue(chan, node=node) for chan in channels)
+    def requeue_node(self, node: str, channels, only_if_dead: bool = False,
+                     forget: bool = False) -> int:
+        """Everything ``node`` had claimed or was routing goes back where it came
+        from; -1 if ``only_if_dead`` and its heartbeat lives."""
         k = self.keys
-        return n + int(self._requeue(keys=[k.staging(node), k.staging(node), k.prepare],
-                                     args=[""]))
+        names = set(channels) | self.redis.smembers(k.node_channels(node))
+        keys = [k.heartbeat(node), k.nodes, k.staging(node), k.prepare, k.node_channels(node)]
+        for chan in sorted(names):
+            keys += [k.processing(node, chan), k.running(chan), k.queue(chan)]
+        return int(self._reap(keys=keys, args=[node, "1" if only_if_dead else "0",
+                                               "1" if forget else "0"]))
 
     # -- nodes ------------------------------------------------------------
+    def consuming(self, channels) -> None:
+        """Remember which channels this node claims from, for whoever reaps it."""
+        if channels:
+            self.redis.sadd(self.keys.node_channels(self.node), *channels)
+
     def beat(self) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.heartbeat(self.node), f"{os.getpid()} {int(time.time())}",
-                     ex=self.node_ttl)
+            pipe.set(self.keys.heartbeat(self.node), self.heartbeat_value(), ex=self.node_ttl)
             pipe.sadd(self.keys.nodes, self.node)
             pipe.execute()
+
+    def heartbeat_value(self) -> str:
+        return f"{self.instance} {socket.gethostname()} {os.getpid()} {time.time():.3f}"
+
+    def heartbeat_of(self, node: str) -> str | None:
+        return self.redis.get(self.keys.heartbeat(node))
 
     def reap_dead_nodes(self, channels) -> dict[str, int]:
         """Requeue the work of nodes whose heartbeat expired; {node: tasks}."""
         reaped = {}
         for node in self.redis.smembers(self.keys.nodes):
-            if node == self.node or self.redis.exists(self.keys.heartbeat(node)):
-                continue
-            reaped[node] = self.requeue_node(node, channels)
-            self.redis.srem(self.keys.nodes, node)
+            if node != self.node:
+                moved = self.requeue_node(node, channels, only_if_dead=True, forget=True)
+                if moved >= 0:
+                    reaped[node] = moved
         return reaped
 
-    def leave(self) -> None:
-        """A clean exit: nothing of ours is left, so forget this node."""
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.keys.heartbeat(self.node))
-            pipe.srem(self.keys.nodes, self.node)
-            pipe.execute()
+    def leave(self, channels) -> int:
+        """A clean exit: give back anything still held and forget this node."""
+        moved = self.requeue_node(self.node, channels, forget=True)
+        self.redis.delete(self.keys.heartbeat(self.node))
+        return moved
 
     # -- reading ----------------------------------------------------------
     def channel_tasks(self, chan: str, offset: int = 0, limit: int = 100):

@@ -48,6 +48,7 @@ class Command:
     def __init__(self, argv, on_line, env=None, cwd=None):
         self.argv, self.on_line, self.env, self.cwd = list(argv), on_line, env, cwd
         self.proc: subprocess.Popen | None = None
+        self.killed = False   # stopped by ``stop()``: it did not finish on its own
 
     @property
     def pid(self) -> int | None:
@@ -69,6 +70,10 @@ class Command:
         code = self.proc.wait()
         duration = time.monotonic() - started
         gevent.joinall(readers, timeout=PIPE_LINGER)
+        if not all(r.dead for r in readers):
+            # background processes of the command still hold its output: the task is
+            # over, so its process group goes too
+            self._end_group(1.0)
         gevent.killall([r for r in readers if not r.dead], block=True, timeout=1)
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()
@@ -77,22 +82,42 @@ class Command:
         return Result(code, None, duration)
 
     def _read(self, stream: str, pipe) -> None:
-        for line in iter(lambda: pipe.readline(MAX_LINE), b""):
+        for n, line in enumerate(iter(lambda: pipe.readline(MAX_LINE), b"")):
             self.on_line(stream, line.rstrip(b"\r\n").decode("utf-8", "replace"))
+            if n % 64 == 63:
+                # readline does not yield while the pipe's buffer holds data: a flood of
+                # output would otherwise starve every other greenlet (heartbeat, API)
+                gevent.sleep(0)
 
     def stop(self, grace: float = 5.0) -> None:
-        """TERM the whole process group, then KILL it if it lingers past ``grace``."""
-        if self.proc is None or self.proc.returncode is not None:
+        """TERM the whole process group, then KILL what lingers past ``grace``."""
+        if self.proc is None:
             return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        self.killed = self.proc.returncode is None
+        self._end_group(grace)
+
+    def _end_group(self, grace: float) -> None:
+        if not self._signal_group(signal.SIGTERM):
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._signal_group(0):
+            gevent.sleep(0.05)
         self._signal_group(signal.SIGKILL)
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> bool:
+        """False once no process of the group is left."""
         try:
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

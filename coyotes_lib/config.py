@@ -76,6 +76,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Rewrite Go-style flags into ``--name=value`` (help flags kept as is)."""
     out: list[str] = []

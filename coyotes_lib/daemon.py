@@ -9,7 +9,6 @@ Signal handlers only set events; the main greenlet does the work.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -23,8 +22,9 @@ from gevent import pywsgi
 from . import log as logsetup
 from .api import Guard, make_app
 from .broker import Broker, connect
+from .command import pid_alive
 from .keys import Keys
-from .scheduler import Scheduler, persist
+from .scheduler import NodeConflict, Scheduler, persist
 
 log = logging.getLogger("coyotes.daemon")
 
@@ -45,7 +45,7 @@ class PidFile:
 
     def acquire(self) -> None:
         other = self.read()
-        if other and other != os.getpid() and alive(other):
+        if other and other != os.getpid() and pid_alive(other):
             raise PidFileError(f"pid file {self.path} names running process {other}; "
                                "is another coyotes running?")
         if other:
@@ -70,14 +70,6 @@ class PidFile:
     def release(self) -> None:
         if self.pid and self.read() == self.pid:
             os.unlink(self.path)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
 
 
 def daemonize() -> None:
@@ -134,7 +126,12 @@ def run(config) -> int:
             return 1
         log.info("http: API listening on http://%s:%d", config.http_host, config.http_port)
         if config.task_mode:
-            gevent.spawn(scheduler.start).join()   # waits for redis, with backoff
+            try:
+                scheduler.start()   # waits for redis, with backoff
+            except NodeConflict as exc:
+                log.error("%s", exc)
+                server.stop(timeout=1)
+                return 1
             if not stop.is_set():
                 log.info("coyotes ready: %d channel(s): %s", len(scheduler.channels),
                          ", ".join(sorted(scheduler.channels)))

@@ -35,6 +35,10 @@ class Keys:
         """Entries of ``chan`` that ``node`` has claimed and not yet finished."""
         return f"{self.prefix}task:node:{node}:processing:{chan}"
 
+    def node_channels(self, node: str) -> str:
+        """Set of the channels ``node`` claims from (so a reaper finds every list)."""
+        return f"{self.prefix}task:node:{node}:channels"
+
     def staging(self, node: str) -> str:
         """Prepare-queue entries that ``node`` is routing right now."""
         return f"{self.prefix}task:node:{node}:prepare"

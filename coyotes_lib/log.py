@@ -44,8 +44,9 @@ class Formatter(logging.Formatter):
 
 
 def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None:
-    handler = (logging.FileHandler(log_file, encoding="utf-8") if log_file
-               else logging.StreamHandler(sys.stderr))
+    # a command line or output that is not UTF-8 is logged escaped, never an error
+    handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+               if log_file else logging.StreamHandler(sys.stderr))
     handler.setFormatter(Formatter(colour and not log_file))
     root = logging.getLogger("coyotes")
     root.handlers[:] = [handler]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import socket
 import time
 
 import gevent
@@ -22,7 +23,7 @@ import gevent.pool
 import redis
 
 from .broker import Broker, ChannelSpec
-from .command import Command
+from .command import Command, pid_alive
 from .task import BadTask, from_producer, from_queue
 
 log = logging.getLogger("coyotes.scheduler")
@@ -33,6 +34,10 @@ KILL_GRACE = 5.0                     # seconds between TERM and KILL of a group
 SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
 MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
+
+
+class NodeConflict(Exception):
+    """Another live process uses this node's id."""
 
 
 class Outage:
@@ -83,7 +88,6 @@ class Channel:
         self.commands: dict[int, Command] = {}        # worker number -> running command
         self.claimed: collections.Counter[str] = collections.Counter()
         self.free = list(range(spec.worker_count, 0, -1))
-        self.abandon = False   # set on a timed-out shutdown: requeue instead of ack
         self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -99,11 +103,16 @@ class Channel:
             except redis.RedisError as exc:
                 outage.failed(exc)
                 continue
+            except Exception:   # a bug of ours must not end this channel's consumption
+                log.exception("channel %s: unexpected error while claiming", self.name)
+                self.stop.wait(1)
+                continue
+            if raw is not None:
+                self.claimed[raw] += 1   # before reconciling: this claim is held
             if outage.recovered():
                 self._reconcile()
             if raw is None:
                 continue
-            self.claimed[raw] += 1
             if self.stop.is_set():   # claimed while the stop signal arrived: give it back
                 persist(f"channel {self.name}", lambda r=raw: self.broker.requeue(self.name, r),
                         self.give_up)
@@ -131,29 +140,29 @@ class Channel:
 
     def _run(self, raw: str) -> None:
         worker = self.free.pop()
-        what = f"channel {self.name}"
+        what = f"channel {self.name}: worker {worker}"
         try:
             try:
                 task = from_queue(raw, self.name)
-            except BadTask as exc:
-                reason = str(exc)
-                log.error("%s: worker %d: bad entry %.200r: %s (moved to the dead-letter list)",
-                          what, worker, raw, reason)
+            except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
+                reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
+                log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
+                          what, raw, reason)
                 persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
                 return
-            label = task.name if len(task.name) <= 80 else task.name[:77] + "..."
+            label = printable(task.name)
 
             def on_line(stream: str, text: str) -> None:
                 output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
                             stream, text, extra={"stream": stream})
 
             command = self.commands[worker] = Command(task.argv, on_line)
-            log.info("%s: worker %d: task %s started: %s", what, worker, task.id, label)
+            log.info("%s: task %s started: %s", what, task.id, label)
             result = command.run()
             level = logging.INFO if result.ok else logging.WARNING
-            log.log(level, "%s: worker %d: task %s %s in %.3fs: %s", what, worker, task.id,
-                    result.describe(), result.duration, label)
-            if self.abandon:
+            log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
+                    result.duration, label)
+            if command.killed:   # by a shutdown that ran out of time: it has not finished
                 persist(what, lambda: self.broker.requeue(self.name, raw), self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
             elif persist(what, lambda: self.broker.ack(self.name, raw, task.name),
@@ -171,9 +180,14 @@ class Channel:
         return len(self.pool)
 
     def kill_running(self) -> None:
-        """Shutdown ran out of time: end every running group; workers requeue."""
-        self.abandon = True
+        """Shutdown ran out of time: end every running group; its worker requeues it."""
         gevent.joinall([gevent.spawn(c.stop, KILL_GRACE) for c in list(self.commands.values())])
+
+
+def printable(name: str, width: int = 80) -> str:
+    """A command line fit for one log line: control characters escaped, length capped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 class Scheduler:
@@ -203,10 +217,10 @@ class Scheduler:
 
     def _prepare_start(self) -> None:
         self.broker.redis.ping()
+        self._check_node_id()
         self.ensure_default_channels()
         self.specs = self.broker.channels()
-        # a node id is ours alone (host + HTTP port, and we hold the port):
-        # whatever it holds was left by our previous life
+        # no live process has our id: whatever it holds was left by our previous life
         moved = self.broker.requeue_node(self.broker.node, self.specs)
         if moved:
             log.warning("node %s: requeued %d task(s) left from a previous run",
@@ -215,9 +229,32 @@ class Scheduler:
         self.started = True
         self.sync()
 
+    def _check_node_id(self) -> None:
+        """Refuse to share our node id with a live process: its claims would look like
+        our leftovers. A heartbeat left by our own dead predecessor is taken over."""
+        node = self.broker.node
+        held = self.broker.heartbeat_of(node)
+        if held is None:
+            return
+        token, host, pid = [*held.split(), "", "", "0"][:3]
+        if token == self.broker.instance:
+            return
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            return
+        wait = self.config.node_ttl / 3 + 1
+        log.warning("node %s: a heartbeat of pid %s on %s is still there; watching it for "
+                    "%.0fs to see whether that node is alive", node, pid, host, wait)
+        if self.stop.wait(wait):
+            return
+        now = self.broker.heartbeat_of(node)
+        if now is not None and now != held:
+            raise NodeConflict(f"node id {node!r} is in use by a live coyotes (pid {pid} on "
+                               f"{host}); give this one its own -node-id")
+
     def sync(self) -> None:
-        """Start channels that appeared in ``task:channels`` (no-op before ``start``)."""
-        if not self.started:
+        """Start channels that appeared in ``task:channels`` (not before ``start``,
+        nor once stopping)."""
+        if not self.started or self.stop.is_set():
             return
         self.specs = self.broker.channels()
         if self.config.channel_default not in self.specs:
@@ -226,6 +263,8 @@ class Scheduler:
                         self.config.channel_default, self.broker.keys.channels)
             self.ensure_default_channels()
             self.specs = self.broker.channels()
+        new = [name for name in self.specs if name not in self.channels]
+        self.broker.consuming(new)   # recorded before the first claim, for any reaper
         for name, spec in self.specs.items():
             if name not in self.channels:
                 channel = self.channels[name] = Channel(spec, self.broker, self.stop,
@@ -242,10 +281,15 @@ class Scheduler:
     def _route_prepared(self) -> None:
         """Move producer entries from the prepare queue into their channel queue."""
         outage = Outage("prepare queue", self.stop)
+        leftovers = True   # entries already staged (a reply lost in an outage) go first
         while not self.stop.is_set():
             try:
+                if leftovers:
+                    for raw in self.broker.staged():
+                        self._route(raw)
+                    leftovers = False
                 raw = self.broker.take_prepared()
-                outage.recovered()
+                leftovers = outage.recovered()
                 if raw is not None:
                     self._route(raw)
             except redis.RedisError as exc:
@@ -336,26 +380,26 @@ class Scheduler:
                 said = time.monotonic()
             force.wait(0.1)   # wakes on a second signal; notices empty pools quickly
         # claim loops end within one BLOCK (a late claim is given back), usually long ago
-        gevent.joinall(self.greenlets + [c.greenlet for c in self.channels.values()
-                                         if c.greenlet], timeout=BLOCK_WAIT)
+        channels = list(self.channels.values())   # sync() adds none once stopping
+        gevent.joinall(self.greenlets + [c.greenlet for c in channels if c.greenlet],
+                       timeout=BLOCK_WAIT)
         clean = not self.running()
         if not clean:
             log.warning("shutdown: %s; killing %d task(s) and requeueing them",
                         "forced" if force.is_set() else "grace time exceeded", self.running())
-            gevent.joinall([gevent.spawn(c.kill_running) for c in self.channels.values()])
-            for channel in self.channels.values():
+            gevent.joinall([gevent.spawn(c.kill_running) for c in channels])
+            for channel in channels:
                 channel.pool.join(timeout=10)
         self.give_up.set()
-        for channel in self.channels.values():
+        for channel in channels:
             channel.pool.kill(timeout=1)
         if self.heart is not None:
             self.heart.join(timeout=2)
         try:
             # anything still in our lists (a worker that could not ack) goes back
-            moved = self.broker.requeue_node(self.broker.node, self.specs)
+            moved = self.broker.leave(self.specs)
             if moved:
                 log.warning("shutdown: requeued %d unfinished task(s)", moved)
-            self.broker.leave()
         except redis.RedisError as exc:
             log.warning("shutdown: redis unavailable (%s); this node's leftovers are "
                         "requeued when it starts again or its heartbeat expires", exc)

@@ -11,6 +11,7 @@ A bad entry raises ``BadTask`` with a reason fit for the dead-letter list.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shlex
 import time
@@ -40,7 +41,7 @@ def new_id() -> str:
 
 def legacy_id(raw: str) -> str:
     """A stable id for an entry that came without one (left by the Go daemon)."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, raw).hex
+    return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def format_arg(value) -> str:
@@ -104,12 +105,21 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
                 task_id, name, channel, argv, payload)
 
 
-def from_producer(raw: str, default_channel: str) -> Task:
-    """A ``task:prepare:queue`` entry -> Task, or BadTask."""
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str | bytes):
+    """Strict JSON: NaN and Infinity (which Python accepts) are refused."""
     try:
-        data = json.loads(raw)
+        return json.loads(text, parse_constant=_no_constant)
     except ValueError:
         raise BadTask("not valid JSON") from None
+
+
+def from_producer(raw: str, default_channel: str) -> Task:
+    """A ``task:prepare:queue`` entry -> Task, or BadTask."""
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise BadTask("not a JSON object")
     channel = data.get("chan") or default_channel
@@ -117,7 +127,8 @@ def from_producer(raw: str, default_channel: str) -> Task:
         raise BadTask("chan must be a string")
     execute_at = data.get("execute_at")
     if execute_at is not None and (isinstance(execute_at, bool)
-                                   or not isinstance(execute_at, (int, float))):
+                                   or not isinstance(execute_at, (int, float))
+                                   or not 0 <= execute_at < 1e11):
         raise BadTask("execute_at must be unix seconds")
     extra = {k: v for k, v in data.items() if k not in ("task", "command", "id", "chan")}
     return build(channel, data.get("task") or "", data.get("command"),
@@ -136,6 +147,8 @@ def from_queue(raw: str, channel: str) -> Task:
         # the Go daemon queued bare command lines; their id is derived from the text
         return Task(raw, legacy_id(raw), raw, channel, argv_of(raw, None), {})
     name = data.get("task") or ""
+    if not isinstance(name, str):
+        raise BadTask("task must be a string")
     argv = argv_of(name, data.get("command"))
     return Task(raw, str(data.get("id") or legacy_id(raw)), name or shlex.join(argv),
                 channel, argv, data)

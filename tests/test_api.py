@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import ledger_command, read_ledger, wait_until
 
 CHANNELS_KEY = "task:channels"
@@ -546,6 +547,37 @@ def test_allowed_hosts_flag(api_only, r):
     assert_error(post_form(daemon, "/channels/default", [("task", "echo two")],
                            headers={"Host": "evil.example:60001"}), 403)
     assert r.llen("default:tasks:queue") == 1
+
+
+def test_non_loopback_listener_answers_ip_and_own_names_only(coyotes_factory, r):
+    daemon = coyotes_factory("-task-mode=false", start=False)
+    daemon.args += ["-http-addr", f"0.0.0.0:{daemon.http_port}"]   # the last one wins
+    daemon.start()
+    port = daemon.http_port
+    for host in (f"10.1.2.3:{port}", f"[fd00::1]:{port}", f"{socket.gethostname()}:{port}",
+                 f"localhost:{port}"):
+        ok_data(daemon.request("GET", "/channels", headers={"Host": host}))
+    assert_error(daemon.request("GET", "/channels", headers={"Host": f"rebind.example:{port}"}),
+                 403)
+
+
+def test_listing_shows_bytes_that_are_not_utf8(api_only, redis_server):
+    daemon = api_only()
+    redis.Redis(port=redis_server.port).lpush("default:tasks:queue", b"echo \xc4\xe3")
+    data = ok_data(daemon.request("GET", "/channels/default"))
+    assert data["tasks"][0]["task_name"] == "echo \ufffd\ufffd"
+
+
+def test_nan_and_infinity_are_not_json(coyotes, r):
+    assert_error(coyotes.request("POST", "/channels/default/tasks", body=b'{"task": "echo", '
+                                 b'"delay": NaN}', headers={"Content-Type": "application/json"}),
+                 400)
+    r.lpush("task:prepare:queue", '{"task": "echo x", "execute_at": Infinity}',
+            '{"task": "echo y", "execute_at": 1e400}')
+    wait_until(lambda: r.llen("task:prepare:dead") == 2)
+    reasons = {json.loads(x)["reason"] for x in r.lrange("task:prepare:dead", 0, -1)}
+    assert reasons == {"not valid JSON", "execute_at must be unix seconds"}
+    assert r.zcard("task:delay:queue") == 0
 
 
 def chunked_post(daemon, path: str, chunks: list[bytes], content_type: str):

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 
+import redis
 from conftest import ledger_command, max_overlap, read_ledger, wait_until
 
 
@@ -350,3 +351,100 @@ def test_default_channels_come_back_after_redis_loses_its_data(coyotes, r, tmp_p
     push(r, ledger_command(ledger, "after-flush"))
     wait_until(lambda: "after-flush" in ended(ledger), timeout=20)
     assert "creating the default channels again" in coyotes.log()
+
+
+def test_each_task_runs_once_after_an_outage(coyotes, redis_server, tmp_path):
+    redis_server.kill()
+    wait_until(lambda: "redis unavailable" in coyotes.log())
+    redis_server.start()
+    r2 = redis_server.client()
+    ledger = tmp_path / "ledger"
+    for i in range(3):
+        push(r2, ledger_command(ledger, f"t{i}", 0.5))
+    wait_until(lambda: len(ended(ledger)) == 3, timeout=30)
+    wait_until(lambda: settled(r2), timeout=30)
+    assert sorted(t for e, t, _ in read_ledger(ledger) if e == "start") == ["t0", "t1", "t2"]
+
+
+def test_entries_that_are_not_utf8_still_run(coyotes, redis_server, tmp_path):
+    raw = redis.Redis(port=redis_server.port)   # bytes in, bytes out
+    gbk_name = "你好".encode("gbk")
+    raw.lpush("biz:tasks:queue", b"touch " + os.fsencode(tmp_path) + b"/" + gbk_name)
+    marker = tmp_path / "after"
+    raw.lpush("biz:tasks:queue", f"touch {marker}".encode())
+    wait_until(marker.exists)
+    assert gbk_name in os.listdir(os.fsencode(tmp_path))   # argv kept its exact bytes
+    status, _ = coyotes.request("GET", "/channels")
+    assert status == 200
+
+
+def test_unreadable_queue_entries_are_dead_lettered(coyotes_factory, r, tmp_path):
+    viewer = coyotes_factory("-task-mode=false")
+    r.lpush("cron:tasks:queue", '{"id": "n1", "task": 5}')
+    status, reply = viewer.request("GET", "/channels/cron")
+    assert status == 200 and reply["data"]["tasks"][0]["task_id"] == "n1"
+    viewer.stop()
+    coyotes_factory()
+    marker = tmp_path / "next"
+    r.lpush("cron:tasks:queue", f"touch {marker}")
+    wait_until(marker.exists)
+    wait_until(lambda: r.llen("task:prepare:dead") == 1)
+    record = json.loads(r.lindex("task:prepare:dead", 0))
+    assert record["reason"] == "task must be a string" and record["channel"] == "cron"
+    wait_until(lambda: r.scard("cron:tasks:queue:exec") == 0)
+
+
+def test_a_node_id_in_use_is_refused(coyotes_factory, r, tmp_path):
+    first = coyotes_factory("-node-ttl", "3", node_id="twin")
+    ledger = tmp_path / "ledger"
+    push(r, ledger_command(ledger, "long", 4))
+    wait_until(lambda: "long" in started(ledger))
+    second = coyotes_factory("-node-ttl", "3", node_id="twin", start=False).start(wait=False)
+    assert second.wait(30) == 1
+    assert "is in use by a live coyotes" in second.log()
+    wait_until(lambda: "long" in ended(ledger), timeout=20)
+    assert [e for e, _, _ in read_ledger(ledger)] == ["start", "end"]   # not requeued
+    assert first.proc.poll() is None
+
+
+def test_a_dead_predecessor_with_the_same_id_is_taken_over_at_once(coyotes_factory, r):
+    dead = coyotes_factory(node_id="phoenix")
+    push(r, "sleep 30")
+    wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
+    dead.kill9()
+    assert r.exists("task:node:phoenix")   # its heartbeat has not expired yet
+    again = coyotes_factory(node_id="phoenix")
+    assert "watching it" not in again.log()
+    assert "left from a previous run" in again.log()
+
+
+def test_shutdown_acks_a_task_that_finished_and_ends_its_group(coyotes_factory, r, tmp_path):
+    daemon = coyotes_factory("-grace", "0")
+    done, bg = tmp_path / "done", tmp_path / "bg.pid"
+    # exits 0 at once, but a background child keeps the output pipes open
+    push(r, f"sh -c 'echo $$ > {done}; sleep 30 & echo $! > {bg}; exit 0'")
+    wait_until(lambda: bg.exists() and bg.read_text().strip())
+    wait_until(lambda: "exited 0" in daemon.log())
+    daemon.signal(signal.SIGUSR2)
+    assert daemon.wait(30) == 0
+    assert "requeued" not in daemon.log()
+    assert r.llen("default:tasks:queue") == 0
+    wait_until(lambda: not _alive(int(bg.read_text())), what="the background sleep to end")
+
+
+def test_background_children_holding_the_output_end_with_the_task(coyotes, r, tmp_path):
+    bg = tmp_path / "bg.pid"
+    push(r, f"sh -c 'sleep 30 & echo $! > {bg}'")
+    wait_until(lambda: bg.exists() and bg.read_text().strip())
+    wait_until(lambda: settled(r), timeout=20)
+    wait_until(lambda: not _alive(int(bg.read_text())), what="the background sleep to end")
+
+
+def test_an_output_flood_does_not_starve_the_daemon(coyotes, r, tmp_path):
+    flood = ("import sys; w = sys.stdout.write; [w('y' * 20 + chr(10)) for _ in range(400000)]")
+    push(r, f'{sys.executable} -c "{flood}"')
+    wait_until(lambda: coyotes.log().count("stdout: yyyy") > 1000)
+    status, reply = coyotes.request("GET", "/")   # answered while the flood goes on
+    assert status == 200 and reply["data"]["name"] == "coyotes"
+    assert r.scard("default:tasks:queue:exec") == 1 and "exited 0" not in coyotes.log()
+    wait_until(lambda: settled(r), timeout=120)

@@ -13,7 +13,8 @@ import sys
 import pytest
 from conftest import wait_until
 
-from coyotes_lib.daemon import PidFile, PidFileError, alive
+from coyotes_lib.command import pid_alive as alive
+from coyotes_lib.daemon import PidFile, PidFileError
 
 
 @pytest.fixture
