@@ -50,8 +50,8 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
 
 
 class RedisServer:
-    def __init__(self, directory: Path, aof: bool = True):
-        self.dir, self.aof = directory, aof
+    def __init__(self, directory: Path, aof: bool = True, extra=()):
+        self.dir, self.aof, self.extra = directory, aof, list(extra)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -59,7 +59,8 @@ class RedisServer:
         args = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
                 "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
                 "--appendonly", "yes" if self.aof else "no",
-                "--appendfsync", "always", "--logfile", str(self.dir / "redis.log")]
+                "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
+                *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self.client().ping(), timeout=10, what="redis-server to answer")
 
@@ -116,12 +117,14 @@ class Coyotes:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, wait: bool = True, **popen) -> Coyotes:
-        argv = [*self.command, "-redis-host", f"127.0.0.1:{self.redis_port}",
+    def argv(self) -> list[str]:
+        return [*self.command, "-redis-host", f"127.0.0.1:{self.redis_port}",
                 "-http-addr", f"127.0.0.1:{self.http_port}", "-pidfile", str(self.pidfile),
                 *(["-node-id", self.node_id] if self.node_id else []), *self.args]
+
+    def start(self, wait: bool = True, **popen) -> Coyotes:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=self.dir, **popen)
         if wait:
             self.wait_ready()
@@ -156,6 +159,12 @@ class Coyotes:
             self.proc.kill()
             return self.wait(5)
 
+    def reap(self) -> None:
+        """End of a test: kill the process if it is still there."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
     def kill9(self) -> None:
         self.proc.kill()
         self.wait(5)
@@ -186,9 +195,7 @@ def coyotes_factory(redis_server, tmp_path):
 
     yield make
     for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(5)
+        daemon.reap()
 
 
 @pytest.fixture

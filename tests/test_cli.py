@@ -6,7 +6,6 @@ that change what the daemon does (-password, -host, -biz-name, -task-mode,
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -43,32 +42,17 @@ class RawCoyotes(Coyotes):
     """The daemon started with exactly ``args`` (plus its own -http-addr and
     -pidfile), so that no -redis-host is added: for -host and the README line."""
 
-    def start(self, wait: bool = True, **popen) -> RawCoyotes:
-        argv = [*self.command, *self.args, "-http-addr", f"127.0.0.1:{self.http_port}",
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args, "-http-addr", f"127.0.0.1:{self.http_port}",
                 "-pidfile", str(self.pidfile)]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=self.dir, **popen)
-        if wait:
-            self.wait_ready()
-        return self
 
 
 class PasswordRedis(RedisServer):
     """A private redis-server started with --requirepass."""
 
     def __init__(self, directory, password: str):
-        super().__init__(directory, aof=False)
+        super().__init__(directory, aof=False, extra=["--requirepass", password])
         self.password = password
-
-    def start(self) -> None:
-        args = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
-                "--appendonly", "no", "--requirepass", self.password,
-                "--logfile", str(self.dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.client().ping(), timeout=10, what="redis-server to answer")
 
     def client(self):
         import redis
@@ -82,9 +66,7 @@ def daemons():
     started: list[Coyotes] = []
     yield started
     for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(5)
+        daemon.reap()
 
 
 @pytest.fixture
@@ -141,12 +123,13 @@ def test_bad_flag_is_one_line_and_exit_2(argv, expected, tmp_path):
 
 # -- Redis address and password ------------------------------------------------
 
-def test_seed_readme_command_line(secret_redis, tmp_path, daemons):
-    """`coyotes -redis-host 127.0.0.1:PORT -password SECRET` against a redis
-    that requires that password."""
+@pytest.mark.parametrize("host_flag", ["-redis-host", "-host"])
+def test_seed_readme_command_line(secret_redis, tmp_path, daemons, host_flag):
+    """`coyotes -redis-host 127.0.0.1:PORT -password SECRET` (the seed README's line,
+    and its deprecated -host form) against a redis that requires that password."""
     r = secret_redis.client()
     daemon = RawCoyotes(secret_redis.port, tmp_path,
-                        ["-redis-host", f"127.0.0.1:{secret_redis.port}", "-password", "SECRET"])
+                        [host_flag, f"127.0.0.1:{secret_redis.port}", "-password", "SECRET"])
     daemons.append(daemon)
     daemon.start()
     ledger = tmp_path / "ledger"
@@ -177,20 +160,6 @@ def test_deprecated_host_alone(redis_server, r, tmp_path, daemons):
     wait_until(lambda: ran(ledger, "host"), what="the task to run")
     assert daemon.stop() == 0
 
-
-def test_deprecated_host_with_password(secret_redis, tmp_path, daemons):
-    r = secret_redis.client()
-    daemon = RawCoyotes(secret_redis.port, tmp_path,
-                        ["-host", f"127.0.0.1:{secret_redis.port}", "-password", "SECRET"])
-    daemons.append(daemon)
-    daemon.start()
-    ledger = tmp_path / "ledger"
-    r.lpush("task:prepare:queue", task_json(ledger_command(ledger, "both")))
-    wait_until(lambda: ran(ledger, "both"), what="the task to run")
-    assert daemon.stop() == 0
-
-
-# -- -biz-name --------------------------------------------------------------
 
 def test_biz_name_prefixes_every_key(coyotes_factory, r, tmp_path):
     daemon = coyotes_factory("-biz-name", "acme")
