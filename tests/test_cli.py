@@ -6,6 +6,8 @@ that change what the daemon does (-password, -host, -biz-name, -task-mode,
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -328,3 +330,20 @@ def test_plain_output_has_no_colours(coyotes_factory):
     assert "\033[" not in daemon.log()
     assert "/____/" not in daemon.log()
     assert daemon.stop() == 0
+
+
+def test_daemonize_detaches_and_still_stops_gracefully(coyotes_factory, r, tmp_path):
+    log_file = tmp_path / "detached.log"
+    daemon = coyotes_factory("-daemonize", "-log-file", str(log_file), start=False)
+    daemon.start(wait=False)
+    assert daemon.wait(10) == 0   # the launcher returns at once
+    wait_until(lambda: log_file.exists() and "coyotes ready" in log_file.read_text(),
+               timeout=20, what="the detached daemon to be ready")
+    pid = int(daemon.pidfile.read_text())
+    assert pid != daemon.proc.pid and os.getsid(pid) != os.getsid(0)   # a session of its own
+    ledger = tmp_path / "ledger"
+    r.lpush("task:prepare:queue", task_json(ledger_command(ledger, "detached")))
+    wait_until(lambda: ran(ledger, "detached"), what="the task to run")
+    os.kill(pid, signal.SIGUSR2)
+    wait_until(lambda: not daemon.pidfile.exists(), what="the pid file to go")
+    assert "coyotes stopped" in log_file.read_text()
