@@ -40,6 +40,13 @@ Options (new in this version):
   --allowed-hosts=<list>       Comma-separated Host names the API answers besides
                                loopback ones ('*' for any) [default: ]
   --max-body=<bytes>           Largest HTTP request body [default: 1048576]
+  --result-ttl=<seconds>       How long finished task records are kept [default: 604800]
+  --output-tail=<bytes>        Last bytes of stdout and of stderr kept in a task's
+                               record [default: 65536]
+  --max-redeliveries=<n>       A task whose node died under it more often than this
+                               goes to the failed tasks instead [default: 3]
+  --kill-grace=<seconds>       Between TERM and KILL when a command is stopped
+                               (timeout, cancel, shutdown) [default: 5]
 """
 
 from gevent import monkey

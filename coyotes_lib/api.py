@@ -25,7 +25,7 @@ import redis
 from . import __version__
 from .broker import Broker, ChannelSpec
 from .config import CHANNEL_NAME, Config, is_ip, is_loopback
-from .task import BadTask, build, from_queue, legacy_id, parse_json
+from .task import POLICY_LIMITS, BadTask, Policy, build, from_queue, legacy_id, parse_json
 
 log = logging.getLogger("coyotes.api")
 
@@ -73,6 +73,34 @@ def describe(raw: str, channel: str, status: str) -> dict:
     if task.payload.get("execute_at"):
         item["execute_at"] = task.payload["execute_at"]
     return item
+
+
+RECORD_NUMBERS = {"attempt": int, "redeliveries": int, "retry_count": int, "exit_code": int,
+                  "signal": int, "timeout": float, "retries": int, "duration": float,
+                  "queued_at": float, "started_at": float, "finished_at": float,
+                  "failed_at": float, "retry_at": float, "execute_at": float}
+
+
+def record_view(record: dict) -> dict:
+    """A task record as the API shows it: typed fields, argv as a list, no raw entry."""
+    view = {}
+    for key, value in record.items():
+        if key in ("raw", "kill_requested"):
+            continue
+        if key in RECORD_NUMBERS:
+            try:
+                value = RECORD_NUMBERS[key](float(value))
+            except ValueError:
+                pass
+        elif key == "argv":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        view[key] = value
+    if "id" in view:
+        view["task_id"] = view["id"]
+    return view
 
 
 class Body:
@@ -158,12 +186,18 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
             if not 0 <= delay <= MAX_DELAY:
                 raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
             execute_at = broker.now() + delay
+        policy = {key: body.get(key) for key in POLICY_LIMITS
+                  if with_command and body.get(key) not in (None, "")}
+        if "retry_on" in policy and not isinstance(policy["retry_on"], list):
+            policy["retry_on"] = body.get_list("retry_on")
         try:
             task = build(name, name_field, command,
-                         body.get("id") if with_command else "", execute_at)
+                         body.get("id") if with_command else "", execute_at, policy)
         except BadTask as exc:
             raise fail(400, str(exc)) from None
         result = broker.push(task, spec.distinct)
+        if result == 3:
+            raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
         log.info("channel %s: task %s %s via HTTP: %s", name, task.id,
                  ("refused (distinct)", "queued", "delayed")[result], task.name)
         return {"task_id": task.id, "task_name": task.name, "result": result != 0}
@@ -206,13 +240,131 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
             raise fail(400, "worker must be an integer") from None
         if not 1 <= worker <= 1000:
             raise fail(400, "worker must be 1..1000")
-        spec = ChannelSpec(name, distinct in ("true", "1"), worker)
+        spec = ChannelSpec(name, distinct in ("true", "1"), worker, policy_fields(body))
         if not broker.add_channel(spec):
             raise fail(409, f"channel {name!r} already exists")
         log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
         if on_channel_added:
             on_channel_added()
         return ok(None)
+
+    def policy_fields(body: Body) -> Policy:
+        given = {key: body.get(key) for key in POLICY_LIMITS if body.get(key) not in (None, "")}
+        if "retry_on" in given and not isinstance(given["retry_on"], list):
+            given["retry_on"] = body.get_list("retry_on")
+        try:
+            return Policy().merge(given)
+        except BadTask as exc:
+            raise fail(400, str(exc)) from None
+
+    def record_of(task_id: str) -> dict:
+        record = broker.record(task_id)
+        if record is None:
+            raise fail(404, f"task {task_id!r} is unknown (or its record expired)")
+        return record_view(record)
+
+    @app.get("/tasks/<task_id>")
+    def get_task(task_id):
+        return ok(record_of(task_id))
+
+    def cancel(task_id: str, channel: str | None = None) -> str:
+        if channel is not None and record_of(task_id)["channel"] != channel:
+            raise fail(404, f"task {task_id!r} is not in channel {channel!r}")
+        outcome = broker.cancel(task_id)
+        if outcome == "unknown":
+            raise fail(404, f"task {task_id!r} is unknown (or its record expired)")
+        if outcome == "finished":
+            raise fail(409, f"task {task_id!r} has finished already")
+        log.info("task %s: %s via HTTP", task_id,
+                 "canceled" if outcome == "canceled" else "kill requested")
+        return ok({"task_id": task_id, "status": outcome})
+
+    @app.delete("/tasks/<task_id>")
+    def delete_task(task_id):
+        return cancel(task_id)
+
+    @app.delete("/channels/<name>/tasks/<task_id>")
+    def delete_channel_task(name, task_id):
+        spec_of(name)
+        return cancel(task_id, name)
+
+    def failed_item(chan: str, raw: str, record: dict | None) -> dict:
+        item = describe(raw, chan, "failed")
+        view = record_view(record or {})
+        for key in ("exit_code", "signal", "error", "failed_at", "attempt", "retry_count",
+                    "redeliveries", "status", "stdout", "stderr"):
+            if key in view:
+                item[key] = view[key]
+        return item
+
+    @app.get("/channels/<name>/failed-tasks")
+    def failed_tasks(name):
+        spec_of(name)
+        offset, limit = page_args()
+        entries, count = broker.failed_tasks(name, offset, limit)
+        records = broker.records([describe(raw, name, "failed")["task_id"] for raw in entries])
+        return ok({"tasks": [failed_item(name, raw, rec) for raw, rec in zip(entries, records,
+                                                                              strict=True)],
+                   "count": count})
+
+    @app.get("/channels/<name>/failed-tasks/<task_id>")
+    def failed_task(name, task_id):
+        spec_of(name)
+        raw = broker.failed_task(name, task_id)
+        if raw is None:
+            raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
+        return ok(failed_item(name, raw, broker.record(task_id)))
+
+    @app.post("/channels/<name>/failed-tasks/<task_id>")
+    @app.delete("/channels/<name>/failed-tasks/<task_id>")
+    def unfail_task(name, task_id):
+        spec_of(name)
+        retry = bottle.request.method == "POST"
+        if not broker.unfail(name, task_id, retry):
+            raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
+        log.info("channel %s: failed task %s %s via HTTP", name, task_id,
+                 "retried" if retry else "deleted")
+        return ok({"task_id": task_id, "result": True})
+
+    @app.post("/channels/<name>/failed-tasks")
+    @app.delete("/channels/<name>/failed-tasks")
+    def unfail_all(name):
+        spec_of(name)
+        retry = bottle.request.method == "POST"
+        done = 0
+        while ids := broker.failed_ids(name):
+            done += sum(broker.unfail(name, task_id, retry) for task_id in ids)
+        log.info("channel %s: %d failed task(s) %s via HTTP", name, done,
+                 "retried" if retry else "deleted")
+        return ok({"count": done})
+
+    def delayed_item(raw: str, due: float) -> dict:
+        try:
+            chan = json.loads(raw).get("chan") or ""
+        except (ValueError, AttributeError):
+            chan = ""
+        item = describe(raw, chan, "delayed")
+        item["execute_at"] = due
+        return item
+
+    @app.get("/delay-tasks")
+    def delay_tasks():
+        offset, limit = page_args()
+        entries, count = broker.delayed_tasks(offset, limit)
+        return ok({"tasks": [delayed_item(raw, due) for raw, due in entries], "count": count})
+
+    @app.get("/delay-tasks/<task_id>")
+    def delay_task(task_id):
+        found = broker.delayed_task(task_id)
+        if found is None:
+            raise fail(404, f"task {task_id!r} is not delayed")
+        return ok(delayed_item(*found))
+
+    @app.delete("/delay-tasks/<task_id>")
+    def delete_delay_task(task_id):
+        if broker.delayed_task(task_id) is None:
+            raise fail(404, f"task {task_id!r} is not delayed")
+        return cancel(task_id)
 
     @app.get("/dead-letters")
     def dead_letters():

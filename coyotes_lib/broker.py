@@ -4,10 +4,10 @@ A task never leaves Redis between being accepted and being finished. The
 dispatcher moves a prepare-queue entry into this node's staging list, then a
 Lua script moves it from there into its channel queue (or the dead-letter
 list); a worker claims a task by moving it into this node's processing list
-(``BLMOVE``) and a script removes it only once it has finished. A node that
-dies leaves its staging and processing lists behind; it requeues them when it
-starts again, and any live node does so once the dead node's heartbeat key
-has expired. Each script is registered once, with a KEYS/ARGV header.
+(``BLMOVE``) and a script removes it only once its result is recorded. A node
+that dies leaves its staging and processing lists behind; it requeues them
+when it starts again, and any live node does so once the dead node's
+heartbeat key has expired. The scripts live in ``scripts.py``.
 """
 
 from __future__ import annotations
@@ -24,100 +24,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import scripts
 from .keys import Keys
-from .task import Task
+from .task import Policy, Task
 
 log = logging.getLogger("coyotes.broker")
 
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
-
-# Route one task into its channel queue (or the delayed set), honouring the
-# distinct rule, and remove the entry it came from, all in one step.
-ENQUEUE = """
--- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
--- KEYS[4] source list the entry is removed from (may not exist)
--- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
--- ARGV[3] source entry    ARGV[4] execute_at (unix s), 0 = now
-if ARGV[3] ~= '' then redis.call('LREM', KEYS[4], 1, ARGV[3]) end
-if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  return 0
-end
-if tonumber(ARGV[4]) > tonumber(redis.call('TIME')[1]) then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-  return 2
-end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-return 1
-"""
-
-# Park an entry that cannot become a task, with its reason.
-DEAD = """
--- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
--- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry
-redis.call('LREM', KEYS[2], 1, ARGV[2])
-return redis.call('LPUSH', KEYS[1], ARGV[1])
-"""
-
-# A finished task leaves the processing list and the running set, and its
-# distinct flag is cleared. Returns 0 (touching nothing) when the entry was no
-# longer ours: another node requeued it and may be running it now.
-ACK = """
--- KEYS[1] processing list   KEYS[2] running set   KEYS[3] distinct flag
--- ARGV[1] entry
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-return 1
-"""
-
-# Give one claimed entry back to its queue, on the side workers take from.
-REQUEUE = """
--- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue
--- ARGV[1] entry
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[1])
-return 1
-"""
-
-# Give everything a node holds back where it came from, in one step: its
-# staging list to the prepare queue, each processing list to its channel
-# queue (to run next). With ARGV[2] = '1' it does nothing while the node's
-# heartbeat lives, so a node that came back in between keeps its claims.
-REAP = """
--- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
--- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
--- KEYS[6..] per channel, three keys: processing list, running set, queue
--- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
--- ARGV[3] '1' = forget the node afterwards
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local n = 0
-while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
-for i = 6, #KEYS, 3 do
-  while true do
-    local entry = redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
-    if not entry then break end
-    redis.call('SREM', KEYS[i + 1], entry)
-    n = n + 1
-  end
-end
-if ARGV[3] == '1' then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[5])
-end
-return n
-"""
-
-# Move one due delayed task into its queue; only one node wins the ZREM.
-PROMOTE = """
--- KEYS[1] delayed zset   KEYS[2] channel queue
--- ARGV[1] task JSON
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('LPUSH', KEYS[2], ARGV[1])
-end
-return 0
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +39,20 @@ class ChannelSpec:
     name: str
     distinct: bool
     worker_count: int
+    policy: Policy = dataclasses.field(default_factory=Policy)
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "distinct": self.distinct,
-                           "worker_count": self.worker_count})
+                           "worker_count": self.worker_count, **self.policy.to_dict()})
+
+
+def flat(fields: dict) -> list:
+    """A dict as Lua's ARGV pairs (None dropped, lists as JSON)."""
+    out = []
+    for key, value in fields.items():
+        if value is not None:
+            out += [key, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value]
+    return out
 
 
 def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
@@ -147,16 +71,15 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
 
 
 class Broker:
-    def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30):
+    def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30,
+                 record_ttl: int = 7 * 86400):
         self.redis, self.keys, self.node = client, keys, node_id
         self.node_ttl = node_ttl
-        self._enqueue = client.register_script(ENQUEUE)
-        self._dead = client.register_script(DEAD)
-        self._ack = client.register_script(ACK)
-        self._requeue = client.register_script(REQUEUE)
-        self._reap = client.register_script(REAP)
+        self.record_ttl = record_ttl
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
-        self._promote = client.register_script(PROMOTE)
+        for name in ("ENQUEUE", "DEAD", "START", "FINISH", "REQUEUE", "REAP", "PROMOTE",
+                     "CANCEL", "KILL", "UNFAIL"):
+            setattr(self, "_" + name.lower(), client.register_script(getattr(scripts, name)))
 
     # -- channels ---------------------------------------------------------
     def channels(self) -> dict[str, ChannelSpec]:
@@ -175,7 +98,8 @@ class Broker:
         try:
             data = json.loads(raw)
             return ChannelSpec(name, bool(data.get("distinct")),
-                               max(1, int(data.get("worker_count") or 1)))
+                               max(1, int(data.get("worker_count") or 1)),
+                               Policy().merge(data))
         except (ValueError, TypeError, AttributeError):
             log.error("channel %s: unreadable settings %r in %s, skipped",
                       name, raw, self.keys.channels)
@@ -187,17 +111,21 @@ class Broker:
 
     # -- producing --------------------------------------------------------
     def push(self, task: Task, distinct: bool, source: str = "") -> int:
-        """1 queued, 2 delayed, 0 refused by the distinct rule.
+        """1 queued, 2 delayed, 0 refused by the distinct rule, 3 id in use.
 
         ``source`` names the entry of this node's staging list the task came
-        from; it is removed in the same step.
+        from; it is removed in the same step (unless the id is in use).
         """
         k = self.keys
+        record = {"id": task.id, "channel": task.channel, "task_name": task.name,
+                  "argv": list(task.argv), "raw": task.raw, "attempt": 0,
+                  "execute_at": task.payload.get("execute_at"),
+                  **{key: task.payload.get(key) for key in ("timeout", "retries")}}
         return int(self._enqueue(
             keys=[k.queue(task.channel), k.distinct(task.channel, task.name),
-                  k.delayed, k.staging(self.node)],
+                  k.delayed, k.staging(self.node), k.record(task.id)],
             args=[task.raw, DISTINCT_TTL if distinct else 0, source,
-                  task.payload.get("execute_at") or 0]))
+                  task.payload.get("execute_at") or 0, *flat(record)]))
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         record = json.dumps({"entry": entry, "reason": reason, "ts": int(time.time()),
@@ -218,29 +146,42 @@ class Broker:
         return self.redis.blmove(self.keys.prepare, self.keys.staging(self.node),
                                  timeout, "RIGHT", "LEFT")
 
-    def promote_due(self, channel_of, limit: int = 100) -> int:
-        """Queue delayed tasks whose time (by Redis's clock) has come."""
+    def promote_due(self, locate, limit: int = 100) -> int:
+        """Queue delayed tasks whose time (by Redis's clock) has come;
+        ``locate(raw) -> (channel, task id)``."""
         now = self.now()
         moved = 0
         for raw in self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit):
-            moved += bool(self._promote(keys=[self.keys.delayed,
-                                              self.keys.queue(channel_of(raw))], args=[raw]))
+            chan, task_id = locate(raw)
+            moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),
+                                              self.keys.record(task_id)], args=[raw]))
         return moved
 
     # -- consuming --------------------------------------------------------
     def claim(self, chan: str, timeout: float = BLOCK) -> str | None:
         """Atomically move the next task of ``chan`` into this node's processing list."""
-        raw = self.redis.blmove(self.keys.queue(chan), self.keys.processing(self.node, chan),
-                                timeout, "RIGHT", "LEFT")
-        if raw is not None:
-            self.redis.sadd(self.keys.running(chan), raw)
-        return raw
+        return self.redis.blmove(self.keys.queue(chan), self.keys.processing(self.node, chan),
+                                 timeout, "RIGHT", "LEFT")
 
-    def ack(self, chan: str, raw: str, name: str) -> bool:
-        """The task is finished; False if it was no longer ours (requeued meanwhile)."""
+    def start(self, task: Task) -> tuple[int, int, bool, int]:
+        """The claimed task runs now: (attempt, redeliveries, kill requested, retries)."""
         k = self.keys
-        return bool(self._ack(keys=[k.processing(self.node, chan), k.running(chan),
-                                    k.distinct(chan, name)], args=[raw]))
+        missing = {"id": task.id, "channel": task.channel, "task_name": task.name,
+                   "argv": list(task.argv), "raw": task.raw}
+        attempt, redeliveries, kill, retries = self._start(
+            keys=[k.running(task.channel), k.record(task.id)],
+            args=[task.raw, self.node, *flat(missing)])
+        return int(attempt), int(redeliveries), bool(kill), int(retries)
+
+    def finish(self, task: Task, outcome: str, fields: dict, retry_delay: float = 0) -> int:
+        """Record an attempt's result: ``outcome`` 'done', 'failed' or 'retry'.
+        0 if the task was no longer ours (requeued meanwhile): nothing is changed."""
+        k, chan = self.keys, task.channel
+        return int(self._finish(
+            keys=[k.processing(self.node, chan), k.running(chan), k.distinct(chan, task.name),
+                  k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed],
+            args=[task.raw, outcome, task.id, self.record_ttl, f"{retry_delay:.3f}",
+                  *flat(fields)]))
 
     def release(self, chan: str, raw: str, reason: str = "") -> None:
         """Drop a claimed entry that cannot run into the dead-letter list."""
@@ -253,11 +194,12 @@ class Broker:
             pipe.srem(k.running(chan), raw)
             pipe.execute()
 
-    def requeue(self, chan: str, raw: str) -> bool:
+    def requeue(self, chan: str, raw: str, task_id: str = "") -> bool:
         """Give one claimed entry back to the queue (it runs next)."""
         k = self.keys
         return bool(self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
-                                        k.queue(chan)], args=[raw]))
+                                        k.queue(chan), k.record(task_id or "-")],
+                                  args=[raw]))   # "-": no record to mark (an unread entry)
 
     def requeue_node(self, node: str, channels, only_if_dead: bool = False,
                      forget: bool = False) -> int:
@@ -269,7 +211,7 @@ class Broker:
         for chan in sorted(names):
             keys += [k.processing(node, chan), k.running(chan), k.queue(chan)]
         return int(self._reap(keys=keys, args=[node, "1" if only_if_dead else "0",
-                                               "1" if forget else "0"]))
+                                               "1" if forget else "0", k.record("")]))
 
     # -- nodes ------------------------------------------------------------
     def consuming(self, channels) -> None:
@@ -322,6 +264,78 @@ class Broker:
             raws = self.redis.lrange(k.queue(chan), -(start + want), -(start + 1))
             page += [(raw, "queued") for raw in reversed(raws)]
         return page, len(running) + queued
+
+    # -- records, cancel, failed and delayed tasks -------------------------
+    def record(self, task_id: str) -> dict | None:
+        data = self.redis.hgetall(self.keys.record(task_id))
+        return data or None
+
+    def records(self, task_ids: list[str]) -> list[dict]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.record(task_id))
+            return pipe.execute() if task_ids else []
+
+    def cancel(self, task_id: str) -> str:
+        """'canceled' (it was waiting), 'killing' (asked its node to kill it),
+        'finished' (too late) or 'unknown'."""
+        record = self.record(task_id)
+        if record is None:
+            return "unknown"
+        k, chan = self.keys, record.get("channel", "")
+        if self._cancel(keys=[k.record(task_id), k.queue(chan), k.delayed,
+                              k.distinct(chan, record.get("task_name", ""))],
+                        args=[record.get("raw", ""), self.record_ttl]):
+            return "canceled"
+        record = self.record(task_id) or {}
+        if self._kill(keys=[k.record(task_id), k.kill_requests(record.get("node", "-"))],
+                      args=[task_id]):
+            return "killing"
+        return "finished"
+
+    def kill_requests(self, count: int = 100) -> list[str]:
+        """Ids of tasks on this node that callers want killed (taken once)."""
+        return self.redis.spop(self.keys.kill_requests(self.node), count) or []
+
+    def failed_tasks(self, chan: str, offset: int = 0, limit: int = 100):
+        """(raw entries, newest failure first; total count)."""
+        k = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(k.failed_index(chan), offset, offset + limit - 1)
+            pipe.zcard(k.failed_index(chan))
+            ids, count = pipe.execute()
+        entries = self.redis.hmget(k.failed(chan), ids) if ids else []
+        return [e for e in entries if e is not None], count
+
+    def failed_task(self, chan: str, task_id: str) -> str | None:
+        return self.redis.hget(self.keys.failed(chan), task_id)
+
+    def unfail(self, chan: str, task_id: str, retry: bool) -> bool:
+        """Retry (back into the queue) or delete one failed task."""
+        k = self.keys
+        record = self.record(task_id) or {}
+        return bool(self._unfail(
+            keys=[k.failed(chan), k.failed_index(chan), k.queue(chan), k.record(task_id),
+                  k.distinct(chan, record.get("task_name", ""))],
+            args=[task_id, "1" if retry else "0", self.record_ttl]))
+
+    def failed_ids(self, chan: str, limit: int = 1000) -> list[str]:
+        return self.redis.zrange(self.keys.failed_index(chan), 0, limit - 1)
+
+    def delayed_tasks(self, offset: int = 0, limit: int = 100):
+        """(raw entries with their due time, soonest first; total count)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.delayed, offset, offset + limit - 1, withscores=True)
+            pipe.zcard(self.keys.delayed)
+            entries, count = pipe.execute()
+        return entries, count
+
+    def delayed_task(self, task_id: str) -> tuple[str, float] | None:
+        record = self.record(task_id)
+        if not record or "raw" not in record:
+            return None
+        score = self.redis.zscore(self.keys.delayed, record["raw"])
+        return None if score is None else (record["raw"], score)
 
     def dead_letters(self, offset: int = 0, limit: int = 100):
         with self.redis.pipeline(transaction=False) as pipe:

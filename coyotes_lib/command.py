@@ -2,14 +2,16 @@
 
 Each command is the leader of a new session (``start_new_session``), so a
 Ctrl-C or a signal sent to the daemon's process group never reaches it, and
-``stop`` can end the whole group (TERM, a grace time, then KILL). stdout and
-stderr are read by two greenlets at once, line by line with a cap on line
-length, so a command that prints megabytes never blocks on a full pipe.
+``stop`` can end the whole group (TERM, a grace time, then KILL) on a
+timeout, a cancel or a shutdown. stdout and stderr are read by two greenlets
+at once, line by line with a cap on line length, so a command that prints
+megabytes never blocks on a full pipe; the last bytes of each are kept.
 A command that cannot start is a result (exit 127 or 126), not an exception.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import os
@@ -29,32 +31,58 @@ class Result:
     signal: int | None = None
     duration: float = 0.0
     error: str = ""            # why it could not start
+    stopped: str = ""          # why ``stop`` ended it: timeout, cancel, shutdown
+    stdout: str = ""           # the last bytes of each stream (see ``tail``)
+    stderr: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == 0 and not self.stopped
 
     def describe(self) -> str:
         if self.error:
             return f"failed to start ({self.error})"
-        if self.signal is not None:
-            return f"killed by signal {signal.Signals(self.signal).name}"
-        return f"exited {self.exit_code}"
+        how = (f"killed by signal {signal.Signals(self.signal).name}"
+               if self.signal is not None else f"exited {self.exit_code}")
+        return f"{how} (stopped: {self.stopped})" if self.stopped else how
+
+
+class Tail:
+    """The last ``cap`` bytes of a stream."""
+
+    def __init__(self, cap: int):
+        self.cap, self.size = cap, 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+
+    def add(self, data: bytes) -> None:
+        if not self.cap:
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        while self.size - len(self.chunks[0]) >= self.cap:
+            self.size -= len(self.chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self.chunks)[-self.cap:].decode("utf-8", "replace") if self.cap else ""
 
 
 class Command:
-    """One run of argv; ``on_line(stream, text)`` gets every output line."""
+    """One run of argv; ``on_line(stream, text)`` gets every output line, and the
+    last ``tail`` bytes of each stream come back in the result."""
 
-    def __init__(self, argv, on_line, env=None, cwd=None):
+    def __init__(self, argv, on_line, tail: int = 64 * 1024, kill_grace: float = 5.0,
+                 env=None, cwd=None):
         self.argv, self.on_line, self.env, self.cwd = list(argv), on_line, env, cwd
+        self.kill_grace = kill_grace
+        self.tails = {"stdout": Tail(tail), "stderr": Tail(tail)}
         self.proc: subprocess.Popen | None = None
-        self.killed = False   # stopped by ``stop()``: it did not finish on its own
+        self.stopped = ""   # why ``stop()`` ended it, if it did
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def run(self) -> Result:
+    def run(self, timeout: float = 0) -> Result:
         started = time.monotonic()
         try:
             self.proc = subprocess.Popen(
@@ -67,8 +95,11 @@ class Command:
                           error=f"{exc.strerror}: {self.argv[0]}")
         readers = [gevent.spawn(self._read, "stdout", self.proc.stdout),
                    gevent.spawn(self._read, "stderr", self.proc.stderr)]
+        timer = gevent.spawn_later(timeout, self.stop, "timeout") if timeout else None
         code = self.proc.wait()
         duration = time.monotonic() - started
+        if timer is not None and self.stopped != "timeout":
+            timer.kill(block=False)
         gevent.joinall(readers, timeout=PIPE_LINGER)
         if not all(r.dead for r in readers):
             # background processes of the command still hold its output: the task is
@@ -77,24 +108,30 @@ class Command:
         gevent.killall([r for r in readers if not r.dead], block=True, timeout=1)
         for pipe in (self.proc.stdout, self.proc.stderr):
             pipe.close()
+        if timer is not None and self.stopped == "timeout":
+            timer.join(timeout=self.kill_grace + 1)   # its stop ends what is left of the group
+        tails = {name: tail.text() for name, tail in self.tails.items()}
         if code < 0:
-            return Result(None, -code, duration)
-        return Result(code, None, duration)
+            return Result(None, -code, duration, stopped=self.stopped, **tails)
+        return Result(code, None, duration, stopped=self.stopped, **tails)
 
     def _read(self, stream: str, pipe) -> None:
+        tail = self.tails[stream]
         for n, line in enumerate(iter(lambda: pipe.readline(MAX_LINE), b"")):
+            tail.add(line)
             self.on_line(stream, line.rstrip(b"\r\n").decode("utf-8", "replace"))
             if n % 64 == 63:
                 # readline does not yield while the pipe's buffer holds data: a flood of
                 # output would otherwise starve every other greenlet (heartbeat, API)
                 gevent.sleep(0)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """TERM the whole process group, then KILL what lingers past ``grace``."""
+    def stop(self, reason: str = "shutdown", grace: float | None = None) -> None:
+        """TERM the whole process group, then KILL what lingers past the grace time."""
         if self.proc is None:
             return
-        self.killed = self.proc.returncode is None
-        self._end_group(grace)
+        if self.proc.returncode is None and not self.stopped:
+            self.stopped = reason
+        self._end_group(self.kill_grace if grace is None else grace)
 
     def _end_group(self, grace: float) -> None:
         if not self._signal_group(signal.SIGTERM):

@@ -26,7 +26,8 @@ FLAGS = {
     "concurrent": True, "task-mode": False, "colorful-tty": False,
     "channel-default": True, "biz-name": True, "log-file": True,
     "debug": False, "daemonize": False, "node-id": True, "grace": True,
-    "node-ttl": True, "allowed-hosts": True, "max-body": True,
+    "node-ttl": True, "allowed-hosts": True, "max-body": True, "result-ttl": True,
+    "output-tail": True, "max-redeliveries": True, "kill-grace": True,
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
@@ -60,6 +61,10 @@ class Config:
     node_ttl: int = 30
     allowed_hosts: tuple[str, ...] = ()
     max_body: int = 1 << 20
+    result_ttl: int = 7 * 86400
+    output_tail: int = 64 * 1024
+    max_redeliveries: int = 3
+    kill_grace: float = 5.0
 
     @property
     def http_loopback(self) -> bool:
@@ -128,6 +133,16 @@ def _int(flag: str, value: str, low: int, high: int) -> int:
     return number
 
 
+def _seconds(flag: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f'invalid value "{value}" for flag -{flag}: not a number') from None
+    if not 0 <= number <= 86400:   # False for NaN too
+        raise UsageError(f'invalid value "{value}" for flag -{flag}: must be 0..86400')
+    return number
+
+
 def _bool(flag: str, value: str) -> bool:
     if value in _TRUE:
         return True
@@ -153,12 +168,7 @@ def build_config(opts: dict) -> Config:
     biz = get("biz-name")
     if biz and not CHANNEL_NAME.match(biz):
         raise UsageError(f'invalid value "{biz}" for flag -biz-name')
-    try:
-        grace = float(get("grace"))
-    except ValueError:
-        raise UsageError(f'invalid value "{get("grace")}" for flag -grace: not a number') from None
-    if not 0 <= grace <= 86400:
-        raise UsageError(f'invalid value "{get("grace")}" for flag -grace: must be 0..86400')
+    grace = _seconds("grace", get("grace"))
     hosts = tuple(h.strip().lower() for h in get("allowed-hosts").split(",") if h.strip())
     node_id = get("node-id")
     if node_id in ("", "HOSTNAME:HTTP-PORT"):
@@ -180,6 +190,10 @@ def build_config(opts: dict) -> Config:
         node_ttl=_int("node-ttl", get("node-ttl"), 3, 3600),
         allowed_hosts=hosts,
         max_body=_int("max-body", get("max-body"), 1024, 1 << 30),
+        result_ttl=_int("result-ttl", get("result-ttl"), 60, 366 * 86400),
+        output_tail=_int("output-tail", get("output-tail"), 0, 16 << 20),
+        max_redeliveries=_int("max-redeliveries", get("max-redeliveries"), 0, 1000),
+        kill_grace=_seconds("kill-grace", get("kill-grace")),
     )
 
 

@@ -112,7 +112,8 @@ def run(config) -> int:
     try:
         client = connect(config.redis_host, config.redis_port, config.redis_password,
                          config.redis_db)
-        broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl)
+        broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
+                        config.result_ttl)
         scheduler = Scheduler(broker, config, stop)
         app = make_app(broker, config, scheduler.sync if config.task_mode else None)
         server = pywsgi.WSGIServer((config.http_host, config.http_port), Guard(app, config),

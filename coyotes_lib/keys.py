@@ -28,6 +28,22 @@ class Keys:
     def distinct(self, chan: str, name: str) -> str:
         return f"{self.queue(chan)}:{name}:dis"
 
+    def failed(self, chan: str) -> str:
+        """Hash: task id -> task JSON, the tasks that used up their attempts (Go's name)."""
+        return self.queue(chan) + ":failed"
+
+    def failed_index(self, chan: str) -> str:
+        """Zset: task id scored by when it failed, to page through ``failed``."""
+        return self.queue(chan) + ":failed:index"
+
+    def record(self, task_id: str) -> str:
+        """Hash: the record of one task (status, times, exit code, output tails)."""
+        return f"{self.prefix}task:record:{task_id}"
+
+    def kill_requests(self, node: str) -> str:
+        """Set: ids of tasks running on ``node`` that a caller asked to kill."""
+        return f"{self.prefix}task:node:{node}:kill"
+
     def heartbeat(self, node: str) -> str:
         return f"{self.prefix}task:node:{node}"
 

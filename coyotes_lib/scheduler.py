@@ -12,8 +12,11 @@ off, logs once, and carries on when Redis answers again.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
+import os
+import random
 import socket
 import time
 
@@ -23,8 +26,8 @@ import gevent.pool
 import redis
 
 from .broker import Broker, ChannelSpec
-from .command import Command, pid_alive
-from .task import BadTask, from_producer, from_queue
+from .command import Command, Result, pid_alive
+from .task import BadTask, Policy, Task, from_producer, from_queue, legacy_id
 
 log = logging.getLogger("coyotes.scheduler")
 output = logging.getLogger("coyotes.output")
@@ -79,13 +82,31 @@ def persist(what: str, action, give_up: gevent.event.Event):
             outage.failed(exc)
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Node-wide settings every channel applies (from the command line)."""
+    output_tail: int = 64 * 1024
+    kill_grace: float = KILL_GRACE
+    max_redeliveries: int = 3
+    crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
+
+
+def backoff(policy: Policy, retries_so_far: int) -> float:
+    """Exponential, capped, with jitter (half to all of the step) so that a burst
+    of failures does not retry in lockstep."""
+    step = min(policy.retry_max, policy.retry_backoff * 2 ** retries_so_far)
+    return step * random.uniform(0.5, 1.0)
+
+
 class Channel:
     def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
-                 give_up: gevent.event.Event):
+                 give_up: gevent.event.Event, limits: Limits = Limits()):
         self.spec, self.name, self.broker = spec, spec.name, broker
-        self.stop, self.give_up = stop, give_up
+        self.stop, self.give_up, self.limits = stop, give_up, limits
         self.pool = gevent.pool.Pool(spec.worker_count)
         self.commands: dict[int, Command] = {}        # worker number -> running command
+        self.by_id: dict[str, int] = {}               # task id -> worker number
+        self.kill_wanted: set[str] = set()            # asked before its command existed
         self.claimed: collections.Counter[str] = collections.Counter()
         self.free = list(range(spec.worker_count, 0, -1))
         self.greenlet: gevent.Greenlet | None = None
@@ -109,6 +130,7 @@ class Channel:
                 continue
             if raw is not None:
                 self.claimed[raw] += 1   # before reconciling: this claim is held
+                self._crash_if("after-claim")
             if outage.recovered():
                 self._reconcile()
             if raw is None:
@@ -119,6 +141,11 @@ class Channel:
                 self._unclaim(raw)
                 break
             self.pool.spawn(self._run, raw)
+
+    def _crash_if(self, point: str) -> None:
+        if self.limits.crash_at == point:
+            log.critical("test hook: crashing at %s", point)
+            os._exit(99)
 
     def _reconcile(self) -> None:
         """After an outage, requeue entries of our processing list that no worker holds
@@ -141,6 +168,7 @@ class Channel:
     def _run(self, raw: str) -> None:
         worker = self.free.pop()
         what = f"channel {self.name}: worker {worker}"
+        task = None
         try:
             try:
                 task = from_queue(raw, self.name)
@@ -150,30 +178,100 @@ class Channel:
                           what, raw, reason)
                 persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
                 return
+            self.by_id[task.id] = worker
+            started = persist(what, lambda: self.broker.start(task), self.give_up)
+            if started is None:
+                return   # shutting down without redis: requeued when this node comes back
+            attempt, redeliveries, kill, retries = started
             label = printable(task.name)
-
-            def on_line(stream: str, text: str) -> None:
-                output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
-                            stream, text, extra={"stream": stream})
-
-            command = self.commands[worker] = Command(task.argv, on_line)
-            log.info("%s: task %s started: %s", what, task.id, label)
-            result = command.run()
-            level = logging.INFO if result.ok else logging.WARNING
-            log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
-                    result.duration, label)
-            if command.killed:   # by a shutdown that ran out of time: it has not finished
-                persist(what, lambda: self.broker.requeue(self.name, raw), self.give_up)
+            if kill:
+                self._finish(task, "done", {"status": "canceled"}, what)
+                log.info("%s: task %s canceled before it started: %s", what, task.id, label)
+                return
+            if redeliveries > self.limits.max_redeliveries:
+                self._finish(task, "failed", {"status": "failed", "error": (
+                    f"its node died {redeliveries} times while running it")}, what)
+                log.error("%s: task %s moved to the failed tasks: its node died %d times while "
+                          "running it: %s", what, task.id, redeliveries, label)
+                return
+            result = self._execute(task, worker, attempt, label, what)
+            if result.stopped == "shutdown":   # it has not finished: it runs again later
+                persist(what, lambda: self.broker.requeue(self.name, raw, task.id),
+                        self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
-            elif persist(what, lambda: self.broker.ack(self.name, raw, task.name),
-                         self.give_up) is False:
-                log.warning("%s: task %s finished but was no longer in this node's processing "
-                            "list (requeued by another node, or lost by Redis): late ack, "
-                            "it may run again", what, task.id)
+                return
+            self._record_result(task, result, retries, what, label)
         finally:
+            if task is not None:
+                self.by_id.pop(task.id, None)
+                self.kill_wanted.discard(task.id)
             self.commands.pop(worker, None)
             self._unclaim(raw)
             self.free.append(worker)
+
+    def _execute(self, task: Task, worker: int, attempt: int, label: str, what: str) -> Result:
+        def on_line(stream: str, text: str) -> None:
+            output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
+                        stream, text, extra={"stream": stream})
+
+        policy = self.spec.policy.merge(task.payload)
+        command = self.commands[worker] = Command(task.argv, on_line, self.limits.output_tail,
+                                                  self.limits.kill_grace)
+        if task.id in self.kill_wanted:
+            gevent.spawn(command.stop, "cancel")
+        log.info("%s: task %s started (attempt %d): %s", what, task.id, attempt, label)
+        result = command.run(policy.timeout)
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
+                result.duration, label)
+        return result
+
+    def _record_result(self, task: Task, result: Result, retries: int, what: str,
+                       label: str) -> None:
+        policy = self.spec.policy.merge(task.payload)
+        fields = {"exit_code": result.exit_code, "signal": result.signal,
+                  "duration": f"{result.duration:.6f}", "error": result.error or None,
+                  "stdout": result.stdout, "stderr": result.stderr}
+        delay = 0.0
+        if result.ok:
+            outcome, fields["status"] = "done", "succeeded"
+        elif result.stopped == "cancel":
+            outcome, fields["status"] = "done", "killed"
+        else:
+            fields["status"] = "timed_out" if result.stopped == "timeout" else "failed"
+            retry = retries < policy.retries and (
+                not policy.retry_on or result.exit_code in policy.retry_on)
+            outcome = "retry" if retry else "failed"
+            if retry:
+                delay = backoff(policy, retries)
+                log.info("%s: task %s retries in %.1fs (retry %d of %d): %s", what, task.id,
+                         delay, retries + 1, policy.retries, label)
+            else:
+                log.warning("%s: task %s moved to the failed tasks (%s): %s", what, task.id,
+                            fields["status"], label)
+        self._finish(task, outcome, fields, what, delay)
+
+    def _finish(self, task: Task, outcome: str, fields: dict, what: str,
+                delay: float = 0.0) -> None:
+        self._crash_if("before-ack")
+        done = persist(what, lambda: self.broker.finish(task, outcome, fields, delay),
+                       self.give_up)
+        if done == 0:
+            log.warning("%s: task %s finished but was no longer in this node's processing "
+                        "list (requeued by another node, or lost by Redis): late ack, "
+                        "it may run again", what, task.id)
+
+    def kill(self, task_id: str) -> bool:
+        """A caller canceled this running task: end its process group."""
+        worker = self.by_id.get(task_id)
+        if worker is None:
+            return False
+        command = self.commands.get(worker)
+        if command is None:
+            self.kill_wanted.add(task_id)
+        else:
+            gevent.spawn(command.stop, "cancel")
+        return True
 
     @property
     def busy(self) -> int:
@@ -181,7 +279,7 @@ class Channel:
 
     def kill_running(self) -> None:
         """Shutdown ran out of time: end every running group; its worker requeues it."""
-        gevent.joinall([gevent.spawn(c.stop, KILL_GRACE) for c in list(self.commands.values())])
+        gevent.joinall([gevent.spawn(c.stop, "shutdown") for c in list(self.commands.values())])
 
 
 def printable(name: str, width: int = 80) -> str:
@@ -199,6 +297,8 @@ class Scheduler:
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
         self.started = False
+        self.limits = Limits(config.output_tail, config.kill_grace, config.max_redeliveries,
+                             os.environ.get("COYOTES_CRASH_AT", ""))
 
     # -- start ------------------------------------------------------------
     def ensure_default_channels(self) -> None:
@@ -268,7 +368,7 @@ class Scheduler:
         for name, spec in self.specs.items():
             if name not in self.channels:
                 channel = self.channels[name] = Channel(spec, self.broker, self.stop,
-                                                        self.give_up)
+                                                        self.give_up, self.limits)
                 channel.start()
                 log.info("channel %s: consuming with %d worker(s)%s", name,
                          spec.worker_count, ", distinct" if spec.distinct else "")
@@ -322,7 +422,12 @@ class Scheduler:
             self.broker.dead_letter(raw, f"internal error: {exc!r}")
             return
         outcome = self.broker.push(task, spec.distinct, source=raw)
-        if outcome == 0:
+        if outcome == 3:
+            log.error("prepare queue: rejected %.200r: id %s is in use by a task that has not "
+                      "finished (moved to the dead-letter list)", raw, task.id)
+            self.broker.dead_letter(raw, f"id {task.id!r} is in use by a task that has not "
+                                         "finished")
+        elif outcome == 0:
             log.info("channel %s: task %s refused, already queued or running: %s",
                      task.channel, task.id, task.name)
         else:
@@ -345,23 +450,33 @@ class Scheduler:
                     for node, n in self.broker.reap_dead_nodes(self.specs).items():
                         log.warning("node %s: heartbeat expired, requeued %d task(s)", node, n)
                     last_beat = now
+                self._kill_requested()
                 if self.stop.is_set():
                     continue
                 if now - last_sync >= SYNC_EVERY:
                     self.sync()
                     last_sync = now
-                self.broker.promote_due(self._channel_of)
+                self.broker.promote_due(self._locate)
                 outage.recovered()
             except redis.RedisError as exc:
                 outage.failed(exc)
             except Exception:
                 log.exception("maintenance: unexpected error")
 
-    def _channel_of(self, raw: str) -> str:
+    def _kill_requested(self) -> None:
+        for task_id in self.broker.kill_requests():
+            if any(channel.kill(task_id) for channel in self.channels.values()):
+                log.info("task %s: kill requested, stopping its process group", task_id)
+            else:
+                log.info("task %s: kill requested, but it no longer runs here", task_id)
+
+    def _locate(self, raw: str) -> tuple[str, str]:
+        """(channel, task id) of a delayed entry."""
         try:
-            return json.loads(raw)["chan"]
+            data = json.loads(raw)
+            return str(data["chan"]), str(data["id"])
         except (ValueError, KeyError, TypeError):
-            return self.config.channel_default
+            return self.config.channel_default, legacy_id(raw)
 
     # -- stop -------------------------------------------------------------
     def running(self) -> int:

@@ -35,6 +35,60 @@ class Task:
     payload: dict       # the JSON object ({} for a legacy plain string)
 
 
+FINAL = ("succeeded", "failed", "timed_out", "canceled", "killed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How a task runs and what happens when it fails; from its channel, overridden
+    per task by the same keys in its payload."""
+    timeout: float = 0.0            # seconds, 0 = no limit
+    retries: int = 0                # further attempts after a failure
+    retry_backoff: float = 1.0      # seconds before the first retry, doubled each time
+    retry_max: float = 600.0        # cap of the backoff
+    retry_on: tuple[int, ...] = ()  # exit codes worth a retry; empty = any failure
+
+    def merge(self, payload: dict) -> Policy:
+        given = {k: payload[k] for k in POLICY_LIMITS if payload.get(k) is not None}
+        return dataclasses.replace(self, **check_policy(given)) if given else self
+
+    def to_dict(self) -> dict:
+        """The fields that differ from the defaults."""
+        default = Policy()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+
+# key -> (type, low, high)
+POLICY_LIMITS = {"timeout": (float, 0, 7 * 86400), "retries": (int, 0, 100),
+                 "retry_backoff": (float, 0, 86400), "retry_max": (float, 0, 7 * 86400),
+                 "retry_on": (tuple, 0, 255)}
+
+
+def check_policy(values: dict) -> dict:
+    """Validate policy keys (from JSON, a form or task:channels) -> typed values."""
+    out = {}
+    for key, value in values.items():
+        kind, low, high = POLICY_LIMITS[key]
+        try:
+            if kind is tuple:
+                items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+                number = tuple(sorted({int(str(v).strip()) for v in items if str(v).strip()}))
+                ok = all(low <= n <= high for n in number)
+            else:
+                if isinstance(value, bool):
+                    raise ValueError
+                number = kind(value)
+                ok = low <= number <= high   # False for NaN as well
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise BadTask(f"{key} must be {'exit codes ' if kind is tuple else ''}"
+                          f"between {low} and {high}")
+        out[key] = number
+    return out
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -95,6 +149,8 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if len(task_id) > MAX_ID or not task_id.isprintable():
         raise BadTask(f"id must be printable and at most {MAX_ID} characters")
     payload = dict(extra or {})
+    payload.update(check_policy({k: v for k, v in payload.items()
+                                 if k in POLICY_LIMITS and v is not None}))
     payload.update(id=task_id, task=name, chan=channel)
     payload.setdefault("ts", int(time.time()))
     if command is not None:

@@ -350,12 +350,12 @@ def test_push_errors_queue_nothing(api_only, r):
 
 
 def test_unknown_route_and_wrong_method(coyotes):
-    for path in ("/nope", "/channels/default/nope", "/channels/default/tasks/x"):
+    for path in ("/nope", "/channels/default/nope", "/channels/default/tasks/x/y"):
         assert_error(coyotes.request("GET", path), 404, path)
     assert_error(post_form(coyotes, "/nope", [("task", "true")]), 404)
     for method, path in (("GET", "/channels/default/tasks"), ("DELETE", "/channels/default"),
                          ("PUT", "/channels"), ("POST", "/dead-letters"),
-                         ("DELETE", "/channels")):
+                         ("DELETE", "/channels"), ("GET", "/channels/default/tasks/x")):
         assert_error(coyotes.request(method, path), 405, f"{method} {path}")
 
 

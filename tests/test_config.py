@@ -96,6 +96,10 @@ VALUE_CASES = [
     ("node-ttl", "10", {"node_ttl": 10}),
     ("allowed-hosts", "api.example", {"allowed_hosts": ("api.example",)}),
     ("max-body", "4096", {"max_body": 4096}),
+    ("result-ttl", "3600", {"result_ttl": 3600}),
+    ("output-tail", "1024", {"output_tail": 1024}),
+    ("max-redeliveries", "5", {"max_redeliveries": 5}),
+    ("kill-grace", "2.5", {"kill_grace": 2.5}),
 ]
 
 
@@ -263,6 +267,10 @@ def test_bad_host_is_reported_even_through_the_alias():
     (["-grace", "-1"], r"for flag -grace"),
     (["-node-ttl", "1"], r"for flag -node-ttl"),
     (["-max-body", "10"], r"for flag -max-body"),
+    (["-result-ttl", "5"], r"for flag -result-ttl"),
+    (["-output-tail", "-1"], r"for flag -output-tail"),
+    (["-max-redeliveries", "x"], r"for flag -max-redeliveries: not an integer"),
+    (["-kill-grace", "nan"], r"for flag -kill-grace"),
     (["-bogus"], r"flag provided but not defined: -bogus"),
     (["--bogus=1"], r"flag provided but not defined: -bogus"),
     (["---redis-host", "h:1"], r"flag provided but not defined"),

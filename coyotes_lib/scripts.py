@@ -1,0 +1,213 @@
+"""The Lua scripts: every step that must move a task and its record at once.
+
+Each is a constant registered once by ``Broker``, with a KEYS/ARGV header.
+A task record is a hash (``task:record:<id>``); its status is one of
+queued, delayed, running and the final ones (succeeded, failed, timed_out,
+canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
+Two scripts (REAP, PROMOTE) reach the record of an entry they read, by
+building its key from ARGV's prefix: fine on one Redis (not on Cluster).
+"""
+
+# Shared by the scripts below: is a status final? What time is it (unix s, to the us)?
+_FINAL = "local final = {succeeded=1, failed=1, timed_out=1, canceled=1, killed=1}\n"
+_CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
+          "  return t[1] .. '.' .. string.format('%06d', t[2])\nend\n")
+
+# Route one task into its channel queue (or the delayed set) and create its
+# record, honouring the distinct rule, and remove the entry it came from.
+# Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task.
+ENQUEUE = _FINAL + _CLOCK + """
+-- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
+-- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
+-- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
+-- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
+-- ARGV[5..] record fields and values
+local status = redis.call('HGET', KEYS[5], 'status')
+if status and not final[status] then return 3 end
+if ARGV[3] ~= '' then redis.call('LREM', KEYS[4], 1, ARGV[3]) end
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return 0
+end
+local now = clock()
+redis.call('DEL', KEYS[5])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[5], 'queued_at', now)
+if tonumber(ARGV[4]) > tonumber(now) then
+  redis.call('HSET', KEYS[5], 'status', 'delayed')
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  return 2
+end
+redis.call('HSET', KEYS[5], 'status', 'queued')
+redis.call('LPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Park an entry that cannot become a task, with its reason.
+DEAD = """
+-- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
+-- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry
+redis.call('LREM', KEYS[2], 1, ARGV[2])
+return redis.call('LPUSH', KEYS[1], ARGV[1])
+"""
+
+# A claimed task starts: it joins the running set and its record says so.
+# Returns {attempt, redeliveries, kill requested (0/1), retries so far}.
+START = _CLOCK + """
+-- KEYS[1] running set   KEYS[2] task record
+-- ARGV[1] entry   ARGV[2] node
+-- ARGV[3..] fields set only where missing (an entry pushed without a record)
+redis.call('SADD', KEYS[1], ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
+redis.call('HSET', KEYS[2], 'status', 'running', 'node', ARGV[2], 'started_at', clock())
+redis.call('HDEL', KEYS[2], 'finished_at', 'exit_code', 'signal', 'duration', 'error',
+           'retry_at')
+redis.call('PERSIST', KEYS[2])
+return {attempt, tonumber(redis.call('HGET', KEYS[2], 'redeliveries') or '0'),
+        redis.call('HEXISTS', KEYS[2], 'kill_requested'),
+        tonumber(redis.call('HGET', KEYS[2], 'retry_count') or '0')}
+"""
+
+# A task's attempt is over: it leaves the processing list and the running set
+# and its record gets the result. Then, by ARGV[2]: 'done' (final; the record
+# expires after the TTL), 'failed' (final, into the channel's failed hash,
+# kept until deleted there), or 'retry' (into the delayed set after ARGV[5]
+# seconds). Returns 0, touching nothing, when the entry was no longer ours
+# (another node requeued it and may be running it now).
+FINISH = _CLOCK + """
+-- KEYS[1] processing list   KEYS[2] running set   KEYS[3] distinct flag
+-- KEYS[4] task record   KEYS[5] failed hash   KEYS[6] failed index zset
+-- KEYS[7] delayed zset
+-- ARGV[1] entry   ARGV[2] 'done' | 'failed' | 'retry'   ARGV[3] task id
+-- ARGV[4] record TTL (s)   ARGV[5] retry delay (s)   ARGV[6..] record fields and values
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+local now = clock()
+if ARGV[2] == 'retry' then
+  local at = tonumber(now) + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[4], 'status', 'delayed', 'retry_at', at)
+  redis.call('HINCRBY', KEYS[4], 'retry_count', 1)
+  redis.call('ZADD', KEYS[7], at, ARGV[1])
+  return 2
+end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[4], 'finished_at', now)
+if ARGV[2] == 'failed' then
+  redis.call('HSET', KEYS[4], 'failed_at', now)
+  redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[6], now, ARGV[3])
+else
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
+return 1
+"""
+
+# Give one claimed entry back to its queue, on the side workers take from
+# (a shutdown that stopped it, or a claim made while stopping).
+REQUEUE = """
+-- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
+-- ARGV[1] entry
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'status', 'queued') end
+return 1
+"""
+
+# Give everything a node holds back where it came from, in one step: its
+# staging list to the prepare queue, each processing list to its channel
+# queue (to run next), counting a redelivery in each task's record. With
+# ARGV[2] = '1' it does nothing while the node's heartbeat lives, so a node
+# that came back in between keeps its claims.
+REAP = """
+-- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
+-- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
+-- KEYS[6..] per channel, three keys: processing list, running set, queue
+-- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
+-- ARGV[3] '1' = forget the node afterwards   ARGV[4] record key prefix
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
+for i = 6, #KEYS, 3 do
+  while true do
+    local entry = redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
+    if not entry then break end
+    redis.call('SREM', KEYS[i + 1], entry)
+    local ok, task = pcall(cjson.decode, entry)
+    if ok and type(task) == 'table' and type(task.id) == 'string' then
+      local record = ARGV[4] .. task.id
+      if redis.call('HGET', record, 'status') == 'running' then
+        redis.call('HSET', record, 'status', 'queued')
+        redis.call('HINCRBY', record, 'redeliveries', 1)
+      end
+    end
+    n = n + 1
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[5])
+end
+return n
+"""
+
+# Move one due delayed task into its queue; only one node wins the ZREM.
+PROMOTE = """
+-- KEYS[1] delayed zset   KEYS[2] channel queue   KEYS[3] task record
+-- ARGV[1] task JSON
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[3], 'status') == 'delayed' then
+  redis.call('HSET', KEYS[3], 'status', 'queued')
+end
+return 1
+"""
+
+# Cancel a task that waits (queued or delayed): remove it and mark it.
+# Returns 1 canceled, 0 not waiting any more (running, finished or unknown).
+CANCEL = _CLOCK + """
+-- KEYS[1] task record   KEYS[2] channel queue   KEYS[3] delayed zset
+-- KEYS[4] distinct flag
+-- ARGV[1] entry   ARGV[2] record TTL (s)
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 and redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', clock())
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Ask the node running a task to kill it (it polls its set), unless it ended.
+KILL = _FINAL + """
+-- KEYS[1] task record   KEYS[2] kill requests of the node running it
+-- ARGV[1] task id
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or final[status] then return 0 end
+redis.call('HSET', KEYS[1], 'kill_requested', '1')
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Take a task out of the failed hash: back into its queue (ARGV[2] = '1'),
+# or dropped, its record left to expire.
+UNFAIL = """
+-- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
+-- KEYS[4] task record   KEYS[5] distinct flag
+-- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[5], '1', 'EX', 1800)
+  redis.call('HSET', KEYS[4], 'status', 'queued', 'retry_count', 0, 'redeliveries', 0)
+  redis.call('HDEL', KEYS[4], 'kill_requested', 'failed_at')
+  redis.call('PERSIST', KEYS[4])
+  redis.call('LPUSH', KEYS[3], entry)
+else
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+end
+return 1
+"""
