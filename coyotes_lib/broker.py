@@ -13,6 +13,7 @@ heartbeat key has expired. The scripts live in ``scripts.py``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ log = logging.getLogger("coyotes.broker")
 
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
+GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +147,20 @@ class Broker:
         """Move the oldest prepare-queue entry into this node's staging list."""
         return self.redis.blmove(self.keys.prepare, self.keys.staging(self.node),
                                  timeout, "RIGHT", "LEFT")
+
+    def convert_go_delayed(self) -> int:
+        """Later Go versions scored delayed tasks as local time YYYYmmddHHMMSS
+        (20261127103000): rescore those as unix seconds, or they never come due."""
+        moved = 0
+        for raw, score in self.redis.zrangebyscore(self.keys.delayed, GO_TIME_FLOOR, "+inf",
+                                                   withscores=True):
+            try:
+                when = datetime.datetime.strptime(f"{int(score):014d}", "%Y%m%d%H%M%S")
+            except ValueError:
+                continue
+            moved += self.redis.zadd(self.keys.delayed, {raw: when.timestamp()}, xx=True,
+                                     ch=True)
+        return moved
 
     def promote_due(self, locate, limit: int = 100) -> int:
         """Queue delayed tasks whose time (by Redis's clock) has come;

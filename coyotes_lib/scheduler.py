@@ -320,6 +320,10 @@ class Scheduler:
         self._check_node_id()
         self.ensure_default_channels()
         self.specs = self.broker.channels()
+        moved = self.broker.convert_go_delayed()
+        if moved:
+            log.warning("delayed tasks: %d entries left by the Go daemon converted to unix "
+                        "times", moved)
         # no live process has our id: whatever it holds was left by our previous life
         moved = self.broker.requeue_node(self.broker.node, self.specs)
         if moved:
@@ -471,12 +475,15 @@ class Scheduler:
                 log.info("task %s: kill requested, but it no longer runs here", task_id)
 
     def _locate(self, raw: str) -> tuple[str, str]:
-        """(channel, task id) of a delayed entry."""
+        """(channel, task id) of a delayed entry (ours, or one left by a later Go)."""
         try:
             data = json.loads(raw)
-            return str(data["chan"]), str(data["id"])
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
             return self.config.channel_default, legacy_id(raw)
+        chan = data.get("chan") or data.get("channel") or self.config.channel_default
+        return str(chan), str(data.get("id") or data.get("task_id") or legacy_id(raw))
 
     # -- stop -------------------------------------------------------------
     def running(self) -> int:

@@ -187,12 +187,21 @@ def from_producer(raw: str, default_channel: str) -> Task:
                                    or not 0 <= execute_at < 1e11):
         raise BadTask("execute_at must be unix seconds")
     extra = {k: v for k, v in data.items() if k not in ("task", "command", "id", "chan")}
-    return build(channel, data.get("task") or "", data.get("command"),
+    return build(channel, data.get("task") or "", given_command(data.get("command")),
                  data.get("id") or "", execute_at, extra)
 
 
+def given_command(command):
+    """``command`` unless it is Go's empty placeholder (``{"name": "", "args": null}``,
+    which later Go versions wrote into every task)."""
+    if isinstance(command, dict) and not command.get("name") and not command.get("args"):
+        return None
+    return command
+
+
 def from_queue(raw: str, channel: str) -> Task:
-    """A channel-queue entry (our JSON, or a Go v1.0-beta plain string) -> Task."""
+    """A channel-queue entry -> Task: our JSON, the JSON of later Go versions
+    (``task_id``/``task_name``), or a Go v1.0-beta plain string."""
     data = None
     if raw.startswith("{"):
         try:
@@ -202,9 +211,9 @@ def from_queue(raw: str, channel: str) -> Task:
     if not isinstance(data, dict):
         # the Go daemon queued bare command lines; their id is derived from the text
         return Task(raw, legacy_id(raw), raw, channel, argv_of(raw, None), {})
-    name = data.get("task") or ""
+    name = data.get("task") or data.get("task_name") or ""
     if not isinstance(name, str):
         raise BadTask("task must be a string")
-    argv = argv_of(name, data.get("command"))
-    return Task(raw, str(data.get("id") or legacy_id(raw)), name or shlex.join(argv),
-                channel, argv, data)
+    argv = argv_of(name, given_command(data.get("command")))
+    task_id = data.get("id") or data.get("task_id") or legacy_id(raw)
+    return Task(raw, str(task_id), name or shlex.join(argv), channel, argv, data)

@@ -448,3 +448,21 @@ def test_an_output_flood_does_not_starve_the_daemon(coyotes, r, tmp_path):
     assert status == 200 and reply["data"]["name"] == "coyotes"
     assert r.scard("default:tasks:queue:exec") == 1 and "exited 0" not in coyotes.log()
     wait_until(lambda: settled(r), timeout=120)
+
+
+def test_entries_left_by_later_go_versions_run(coyotes_factory, r, tmp_path):
+    """Later Go versions queued their Task JSON (task_id/task_name/channel, an empty
+    command placeholder) and scored delayed tasks as local YYYYmmddHHMMSS."""
+    queued, delayed = tmp_path / "queued", tmp_path / "delayed"
+    r.lpush("default:tasks:queue", json.dumps({
+        "task_id": "go-1", "task_name": f"touch {queued}", "command": {"name": "", "args": None},
+        "channel": "default", "status": "queued", "retry_count": 0}))
+    due = time.strftime("%Y%m%d%H%M%S", time.localtime(time.time() - 5))
+    r.zadd("task:delay:queue", {json.dumps({
+        "task_id": "go-2", "task_name": f"touch {delayed}", "command": {"name": "", "args": None},
+        "channel": "default"}): float(due)})
+    daemon = coyotes_factory()
+    wait_until(lambda: queued.exists() and delayed.exists(), timeout=20)
+    assert "converted to unix times" in daemon.log()
+    status, reply = daemon.request("GET", "/tasks/go-1")
+    assert status == 200 and reply["data"]["status"] == "succeeded"
