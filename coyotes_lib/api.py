@@ -136,6 +136,14 @@ class Body:
         return values
 
 
+    def policy(self) -> dict:
+        """The policy keys given (timeout, retries, ...), not yet validated."""
+        given = {key: self.get(key) for key in POLICY_LIMITS if self.get(key) not in (None, "")}
+        if "retry_on" in given and not isinstance(given["retry_on"], list):
+            given["retry_on"] = self.get_list("retry_on")
+        return given
+
+
 def _index(key: str) -> int:
     inner = key[key.index("[") + 1:-1]
     return int(inner) if inner.isdigit() else 0
@@ -186,10 +194,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
             if not 0 <= delay <= MAX_DELAY:
                 raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
             execute_at = broker.now() + delay
-        policy = {key: body.get(key) for key in POLICY_LIMITS
-                  if with_command and body.get(key) not in (None, "")}
-        if "retry_on" in policy and not isinstance(policy["retry_on"], list):
-            policy["retry_on"] = body.get_list("retry_on")
+        policy = body.policy() if with_command else {}
         try:
             task = build(name, name_field, command,
                          body.get("id") if with_command else "", execute_at, policy)
@@ -249,11 +254,8 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         return ok(None)
 
     def policy_fields(body: Body) -> Policy:
-        given = {key: body.get(key) for key in POLICY_LIMITS if body.get(key) not in (None, "")}
-        if "retry_on" in given and not isinstance(given["retry_on"], list):
-            given["retry_on"] = body.get_list("retry_on")
         try:
-            return Policy().merge(given)
+            return Policy().merge(body.policy())
         except BadTask as exc:
             raise fail(400, str(exc)) from None
 
