@@ -85,7 +85,7 @@ def record_view(record: dict) -> dict:
     """A task record as the API shows it: typed fields, argv as a list, no raw entry."""
     view = {}
     for key, value in record.items():
-        if key in ("raw", "kill_requested"):
+        if key in ("raw", "kill_requested", "parked"):
             continue
         if key in RECORD_NUMBERS:
             try:
@@ -320,9 +320,9 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     @app.post("/channels/<name>/failed-tasks/<task_id>")
     @app.delete("/channels/<name>/failed-tasks/<task_id>")
     def unfail_task(name, task_id):
-        spec_of(name)
+        spec = spec_of(name)
         retry = bottle.request.method == "POST"
-        if not broker.unfail(name, task_id, retry):
+        if not broker.unfail(name, task_id, retry, spec.distinct):
             raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
         log.info("channel %s: failed task %s %s via HTTP", name, task_id,
                  "retried" if retry else "deleted")
@@ -331,11 +331,11 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     @app.post("/channels/<name>/failed-tasks")
     @app.delete("/channels/<name>/failed-tasks")
     def unfail_all(name):
-        spec_of(name)
+        spec = spec_of(name)
         retry = bottle.request.method == "POST"
         done = 0
         while ids := broker.failed_ids(name):
-            done += sum(broker.unfail(name, task_id, retry) for task_id in ids)
+            done += sum(broker.unfail(name, task_id, retry, spec.distinct) for task_id in ids)
         log.info("channel %s: %d failed task(s) %s via HTTP", name, done,
                  "retried" if retry else "deleted")
         return ok({"count": done})

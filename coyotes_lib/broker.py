@@ -304,7 +304,9 @@ class Broker:
                         args=[record.get("raw", ""), self.record_ttl]):
             return "canceled"
         record = self.record(task_id) or {}
-        if self._kill(keys=[k.record(task_id), k.kill_requests(record.get("node", "-"))],
+        node = record.get("node")   # none yet: claimed, not started; START sees the flag
+        if self._kill(keys=[k.record(task_id),
+                            k.kill_requests(node) if node else k.record(task_id)],
                       args=[task_id]):
             return "killing"
         return "finished"
@@ -326,14 +328,15 @@ class Broker:
     def failed_task(self, chan: str, task_id: str) -> str | None:
         return self.redis.hget(self.keys.failed(chan), task_id)
 
-    def unfail(self, chan: str, task_id: str, retry: bool) -> bool:
+    def unfail(self, chan: str, task_id: str, retry: bool, distinct: bool = False) -> bool:
         """Retry (back into the queue) or delete one failed task."""
         k = self.keys
         record = self.record(task_id) or {}
         return bool(self._unfail(
             keys=[k.failed(chan), k.failed_index(chan), k.queue(chan), k.record(task_id),
                   k.distinct(chan, record.get("task_name", ""))],
-            args=[task_id, "1" if retry else "0", self.record_ttl]))
+            args=[task_id, "1" if retry else "0", self.record_ttl,
+                  DISTINCT_TTL if distinct else 0]))
 
     def failed_ids(self, chan: str, limit: int = 1000) -> list[str]:
         return self.redis.zrange(self.keys.failed_index(chan), 0, limit - 1)

@@ -377,9 +377,12 @@ class Scheduler:
                 log.info("channel %s: consuming with %d worker(s)%s", name,
                          spec.worker_count, ", distinct" if spec.distinct else "")
             elif spec != self.channels[name].spec:
-                log.warning("channel %s: settings changed to %s; they apply after a restart",
-                            name, spec.to_json())
-                self.channels[name].spec = spec
+                old = self.channels[name].spec
+                self.channels[name].spec = spec   # distinct and policy apply to new tasks now
+                log.info("channel %s: settings changed to %s", name, spec.to_json())
+                if spec.worker_count != old.worker_count:
+                    log.warning("channel %s: the worker count (%d, was %d) changes after a "
+                                "restart", name, spec.worker_count, old.worker_count)
 
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:

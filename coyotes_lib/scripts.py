@@ -23,7 +23,9 @@ ENQUEUE = _FINAL + _CLOCK + """
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
 -- ARGV[5..] record fields and values
 local status = redis.call('HGET', KEYS[5], 'status')
-if status and not final[status] then return 3 end
+if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
+  return 3   -- the id belongs to a task not finished, or kept in a failed list
+end
 if ARGV[3] ~= '' then redis.call('LREM', KEYS[4], 1, ARGV[3]) end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return 0
@@ -94,7 +96,7 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[4], 'finished_at', now)
 if ARGV[2] == 'failed' then
-  redis.call('HSET', KEYS[4], 'failed_at', now)
+  redis.call('HSET', KEYS[4], 'failed_at', now, 'parked', '1')
   redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
   redis.call('ZADD', KEYS[6], now, ARGV[3])
 else
@@ -181,12 +183,13 @@ return 1
 
 # Ask the node running a task to kill it (it polls its set), unless it ended.
 KILL = _FINAL + """
--- KEYS[1] task record   KEYS[2] kill requests of the node running it
+-- KEYS[1] task record
+-- KEYS[2] kill requests of the node running it (KEYS[1] again: no node yet)
 -- ARGV[1] task id
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or final[status] then return 0 end
 redis.call('HSET', KEYS[1], 'kill_requested', '1')
-redis.call('SADD', KEYS[2], ARGV[1])
+if KEYS[2] ~= KEYS[1] then redis.call('SADD', KEYS[2], ARGV[1]) end
 return 1
 """
 
@@ -196,12 +199,14 @@ UNFAIL = """
 -- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
 -- KEYS[4] task record   KEYS[5] distinct flag
 -- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
+-- ARGV[4] distinct flag TTL (s), 0 = not distinct
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], 'parked')
 if ARGV[2] == '1' then
-  redis.call('SET', KEYS[5], '1', 'EX', 1800)
+  if ARGV[4] ~= '0' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[4]) end
   redis.call('HSET', KEYS[4], 'status', 'queued', 'retry_count', 0, 'redeliveries', 0)
   redis.call('HDEL', KEYS[4], 'kill_requested', 'failed_at')
   redis.call('PERSIST', KEYS[4])

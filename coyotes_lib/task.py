@@ -146,8 +146,10 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if not name.strip():
         name = shlex.join(argv)
     task_id = str(task_id) if task_id not in (None, "") else new_id()
-    if len(task_id) > MAX_ID or not task_id.isprintable():
-        raise BadTask(f"id must be printable and at most {MAX_ID} characters")
+    if len(task_id) > MAX_ID or not task_id.isprintable() or "/" in task_id \
+            or any(c.isspace() for c in task_id):
+        raise BadTask(f"id must be at most {MAX_ID} printable characters, "
+                      "without spaces or '/'")
     payload = dict(extra or {})
     payload.update(check_policy({k: v for k, v in payload.items()
                                  if k in POLICY_LIMITS and v is not None}))
