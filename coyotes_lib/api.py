@@ -270,9 +270,11 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         return ok(record_of(task_id))
 
     def cancel(task_id: str, channel: str | None = None) -> str:
-        if channel is not None and record_of(task_id)["channel"] != channel:
+        record = broker.record(task_id)
+        if channel is not None and record is not None and record.get("channel") != channel:
             raise fail(404, f"task {task_id!r} is not in channel {channel!r}")
-        outcome = broker.cancel(task_id)
+        # a Go plain-string entry has no record: look for it in the queue(s)
+        outcome = broker.cancel(task_id, [channel] if channel else sorted(broker.channels()))
         if outcome == "unknown":
             raise fail(404, f"task {task_id!r} is unknown (or its record expired)")
         if outcome == "finished":
@@ -333,8 +335,10 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     def unfail_all(name):
         spec = spec_of(name)
         retry = bottle.request.method == "POST"
-        done = 0
-        while ids := broker.failed_ids(name):
+        done, now = 0, broker.now()
+        # those that failed before this call: one retried now and failing again is not
+        # taken twice (it is scored later)
+        while ids := broker.failed_ids(name, now):
             done += sum(broker.unfail(name, task_id, retry, spec.distinct) for task_id in ids)
         log.info("channel %s: %d failed task(s) %s via HTTP", name, done,
                  "retried" if retry else "deleted")

@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from . import scripts
 from .keys import Keys
-from .task import Policy, Task
+from .task import Policy, Task, legacy_id
 
 log = logging.getLogger("coyotes.broker")
 
@@ -120,7 +120,7 @@ class Broker:
         """
         k = self.keys
         record = {"id": task.id, "channel": task.channel, "task_name": task.name,
-                  "argv": list(task.argv), "raw": task.raw, "attempt": 0,
+                  "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
                   "execute_at": task.payload.get("execute_at"),
                   **{key: task.payload.get(key) for key in ("timeout", "retries")}}
         return int(self._enqueue(
@@ -135,9 +135,10 @@ class Broker:
         self._dead(keys=[self.keys.dead, self.keys.staging(self.node)],
                    args=[record, entry if source else ""])
 
-    def now(self) -> int:
+    def now(self) -> float:
         """Redis's clock (unix seconds): every node agrees on it."""
-        return int(self.redis.time()[0])
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
 
     def staged(self) -> list[str]:
         """Entries this node moved out of the prepare queue and has not routed yet."""
@@ -183,7 +184,7 @@ class Broker:
         """The claimed task runs now: (attempt, redeliveries, kill requested, retries)."""
         k = self.keys
         missing = {"id": task.id, "channel": task.channel, "task_name": task.name,
-                   "argv": list(task.argv), "raw": task.raw}
+                   "argv": list(task.argv), "raw": task.raw, "retry_count": 0}
         attempt, redeliveries, kill, retries = self._start(
             keys=[k.running(task.channel), k.record(task.id)],
             args=[task.raw, self.node, *flat(missing)])
@@ -292,16 +293,31 @@ class Broker:
                 pipe.hgetall(self.keys.record(task_id))
             return pipe.execute() if task_ids else []
 
-    def cancel(self, task_id: str) -> str:
+    def find_unrecorded(self, task_id: str, channels, scan: int = 100_000) -> dict | None:
+        """An entry queued without a record (a plain string left by the Go daemon),
+        found by its derived id among the first ``scan`` entries of each channel."""
+        for chan in channels:
+            for start in range(0, scan, 1000):
+                chunk = self.redis.lrange(self.keys.queue(chan), start, start + 999)
+                for raw in chunk:
+                    if legacy_id(raw) == task_id:
+                        return {"channel": chan, "raw": raw, "task_name": raw, "id": task_id}
+                if len(chunk) < 1000:
+                    break
+        return None
+
+    def cancel(self, task_id: str, channels=()) -> str:
         """'canceled' (it was waiting), 'killing' (asked its node to kill it),
-        'finished' (too late) or 'unknown'."""
-        record = self.record(task_id)
+        'finished' (too late) or 'unknown'. ``channels`` are searched for an
+        entry that has no record (see ``find_unrecorded``)."""
+        record = self.record(task_id) or self.find_unrecorded(task_id, channels)
         if record is None:
             return "unknown"
         k, chan = self.keys, record.get("channel", "")
         if self._cancel(keys=[k.record(task_id), k.queue(chan), k.delayed,
                               k.distinct(chan, record.get("task_name", ""))],
                         args=[record.get("raw", ""), self.record_ttl]):
+            self.redis.hsetnx(k.record(task_id), "channel", chan)   # for an unrecorded one
             return "canceled"
         record = self.record(task_id) or {}
         node = record.get("node")   # none yet: claimed, not started; START sees the flag
@@ -338,8 +354,9 @@ class Broker:
             args=[task_id, "1" if retry else "0", self.record_ttl,
                   DISTINCT_TTL if distinct else 0]))
 
-    def failed_ids(self, chan: str, limit: int = 1000) -> list[str]:
-        return self.redis.zrange(self.keys.failed_index(chan), 0, limit - 1)
+    def failed_ids(self, chan: str, before: float, limit: int = 1000) -> list[str]:
+        """Ids of tasks that failed no later than ``before`` (Redis time), oldest first."""
+        return self.redis.zrangebyscore(self.keys.failed_index(chan), "-inf", before, 0, limit)
 
     def delayed_tasks(self, offset: int = 0, limit: int = 100):
         """(raw entries with their due time, soonest first; total count)."""
