@@ -8,6 +8,7 @@
 #   make build   [OUT=bin/coyotes] [SHEBANG='/usr/bin/env python3']
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make clean   (build products; `make distclean` also removes .venv)
+#   make bench   [BENCH_ARGS='--quick' | '--only throughput --tasks 2000']
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -23,9 +24,14 @@ PREFIX  ?= /usr/local
 # Bundled whatever Python builds: redis-py needs async-timeout on Python
 # < 3.11.3, and Debian 12's /usr/bin/python3 is 3.11.2.
 BUNDLE_EXTRA := async-timeout==5.0.1
+# The benchmark suite has its own virtualenv (matplotlib for the plot), so that
+# `make test` and .venv stay as they are. bench/run.py -h lists BENCH_ARGS.
+BENCH_VENV  := .bench/venv
+BENCH_STAMP := $(BENCH_VENV)/.requirements.stamp
+BENCH_ARGS  ?=
 SOURCES := coyotes.py $(wildcard coyotes_lib/*.py) pyproject.toml requirements.txt
 
-.PHONY: venv run test lint build install clean distclean
+.PHONY: venv run test lint build install clean distclean bench
 
 venv: $(STAMP)
 
@@ -65,3 +71,14 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+$(BENCH_STAMP): requirements.txt requirements-bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# Starts its own redis-server (a free port, never 6379) and daemons; needs wrk
+# for the HTTP figures (installed from Debian when we are root).
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk missing: HTTP figures will be skipped"; }
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
