@@ -33,7 +33,7 @@ Options (as in the Go daemon):
 Options (new in this version):
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
-                               supervisor's stopwaitsecs [default: 50]
+                               supervisor's stopwaitsecs [default: 45]
   --node-id=<id>               This node's id in Redis [default: HOSTNAME:HTTP-PORT]
   --node-ttl=<seconds>         Heartbeat lifetime: a node silent this long has its
                                tasks requeued by the others [default: 30]

@@ -33,6 +33,7 @@ log = logging.getLogger("coyotes.broker")
 
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
+MAX_CONNECTIONS = 100_000
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 
 
@@ -69,7 +70,11 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
                        decode_responses=True, encoding_errors="surrogateescape",
                        socket_timeout=BLOCK + 9,
                        socket_connect_timeout=3, socket_keepalive=True,
-                       health_check_interval=30, retry=Retry(NoBackoff(), 0))
+                       health_check_interval=30, retry=Retry(NoBackoff(), 0),
+                       # one connection per channel waits in BLMOVE at any time, plus
+                       # those of workers and API requests: no small cap (redis-py's
+                       # default of 100 refused the 97th channel)
+                       max_connections=MAX_CONNECTIONS)
 
 
 class Broker:
@@ -113,7 +118,8 @@ class Broker:
 
     # -- producing --------------------------------------------------------
     def push(self, task: Task, distinct: bool, source: str = "") -> int:
-        """1 queued, 2 delayed, 0 refused by the distinct rule, 3 id in use.
+        """1 queued, 2 delayed, 0 refused by the distinct rule, 3 id in use,
+        4 the staged entry is no longer ours (this node was reaped meanwhile).
 
         ``source`` names the entry of this node's staging list the task came
         from; it is removed in the same step (unless the id is in use).
@@ -186,7 +192,8 @@ class Broker:
         missing = {"id": task.id, "channel": task.channel, "task_name": task.name,
                    "argv": list(task.argv), "raw": task.raw, "retry_count": 0}
         attempt, redeliveries, kill, retries = self._start(
-            keys=[k.running(task.channel), k.record(task.id)],
+            keys=[k.running(task.channel), k.record(task.id),
+                  k.processing(self.node, task.channel)],
             args=[task.raw, self.node, *flat(missing)])
         return int(attempt), int(redeliveries), bool(kill), int(retries)
 

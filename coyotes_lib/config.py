@@ -57,7 +57,7 @@ class Config:
     debug: bool = False
     daemonize: bool = False
     node_id: str = ""
-    grace: float = 50.0
+    grace: float = 45.0
     node_ttl: int = 30
     allowed_hosts: tuple[str, ...] = ()
     max_body: int = 1 << 20

@@ -37,6 +37,7 @@ KILL_GRACE = 5.0                     # seconds between TERM and KILL of a group
 SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
 MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
+RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 
 
 class NodeConflict(Exception):
@@ -184,6 +185,10 @@ class Channel:
                 return   # shutting down without redis: requeued when this node comes back
             attempt, redeliveries, kill, retries = started
             label = printable(task.name)
+            if not attempt:
+                log.warning("%s: task %s is no longer ours (this node was reaped and the "
+                            "task finished meanwhile); not run again: %s", what, task.id, label)
+                return
             if kill:
                 self._finish(task, "done", {"status": "canceled"}, what)
                 log.info("%s: task %s canceled before it started: %s", what, task.id, label)
@@ -220,7 +225,10 @@ class Channel:
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
         log.info("%s: task %s started (attempt %d): %s", what, task.id, attempt, label)
-        result = command.run(policy.timeout)
+        try:
+            result = command.run(policy.timeout)
+        finally:
+            self.commands.pop(worker, None)   # what is left is recording the result
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
                 result.duration, label)
@@ -272,10 +280,6 @@ class Channel:
         else:
             gevent.spawn(command.stop, "cancel")
         return True
-
-    @property
-    def busy(self) -> int:
-        return len(self.pool)
 
     def kill_running(self) -> None:
         """Shutdown ran out of time: end every running group; its worker requeues it."""
@@ -429,7 +433,10 @@ class Scheduler:
             self.broker.dead_letter(raw, f"internal error: {exc!r}")
             return
         outcome = self.broker.push(task, spec.distinct, source=raw)
-        if outcome == 3:
+        if outcome == 4:
+            log.warning("prepare queue: %.200r went back to the queue while this node was "
+                        "routing it (reaped); left to whoever takes it", raw)
+        elif outcome == 3:
             log.error("prepare queue: rejected %.200r: id %s is in use by a task that has not "
                       "finished (moved to the dead-letter list)", raw, task.id)
             self.broker.dead_letter(raw, f"id {task.id!r} is in use by a task that has not "
@@ -490,43 +497,49 @@ class Scheduler:
 
     # -- stop -------------------------------------------------------------
     def running(self) -> int:
-        return sum(c.busy for c in self.channels.values())
+        """Commands running now (not workers that only record a result)."""
+        return sum(len(c.commands) for c in self.channels.values())
 
     def drain(self, grace: float, force: gevent.event.Event) -> bool:
         """Called once ``stop`` is set: let running commands finish within ``grace``
-        seconds (or until ``force``), then kill and requeue what is left.
+        seconds (or until ``force``), then kill them and requeue their tasks.
+        Every step after the grace time is bounded (kill grace + RECORD_WAIT + a few
+        seconds), so that supervisor's stopwaitsecs is never reached.
         True when nothing had to be killed."""
-        deadline = time.monotonic() + grace   # TERM->KILL adds at most KILL_GRACE after it
+        deadline = time.monotonic() + grace
         said = 0.0
         while self.running() and not force.is_set() and time.monotonic() < deadline:
             if time.monotonic() - said >= 5:
-                log.info("shutdown: waiting for %d running task(s), %.0fs left",
+                log.info("shutdown: waiting for %d running command(s), %.0fs left",
                          self.running(), deadline - time.monotonic())
                 said = time.monotonic()
-            force.wait(0.1)   # wakes on a second signal; notices empty pools quickly
+            force.wait(0.1)   # wakes on a second signal; notices the end quickly
         # claim loops end within one BLOCK (a late claim is given back), usually long ago
         channels = list(self.channels.values())   # sync() adds none once stopping
         gevent.joinall(self.greenlets + [c.greenlet for c in channels if c.greenlet],
                        timeout=BLOCK_WAIT)
         clean = not self.running()
         if not clean:
-            log.warning("shutdown: %s; killing %d task(s) and requeueing them",
+            log.warning("shutdown: %s; killing %d command(s), their tasks are requeued",
                         "forced" if force.is_set() else "grace time exceeded", self.running())
             gevent.joinall([gevent.spawn(c.kill_running) for c in channels])
-            for channel in channels:
-                channel.pool.join(timeout=10)
+        # workers still recording a result (or a requeue) get a moment to reach redis;
+        # then they give up and their entries stay in our lists, requeued below or at
+        # the next start
+        gevent.joinall([gevent.spawn(c.pool.join) for c in channels], timeout=RECORD_WAIT)
         self.give_up.set()
         for channel in channels:
             channel.pool.kill(timeout=1)
         if self.heart is not None:
-            self.heart.join(timeout=2)
+            self.heart.kill(timeout=1)
         try:
-            # anything still in our lists (a worker that could not ack) goes back
-            moved = self.broker.leave(self.specs)
+            with gevent.Timeout(RECORD_WAIT):
+                # anything still in our lists (a worker that could not ack) goes back
+                moved = self.broker.leave(self.specs)
             if moved:
                 log.warning("shutdown: requeued %d unfinished task(s)", moved)
-        except redis.RedisError as exc:
+        except (redis.RedisError, gevent.Timeout) as exc:
             log.warning("shutdown: redis unavailable (%s); this node's leftovers are "
-                        "requeued when it starts again or its heartbeat expires", exc)
+                        "requeued when it starts again or its heartbeat expires",
+                        exc or "timed out")
         return clean
-

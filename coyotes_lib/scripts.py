@@ -15,7 +15,8 @@ _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
 
 # Route one task into its channel queue (or the delayed set) and create its
 # record, honouring the distinct rule, and remove the entry it came from.
-# Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task.
+# Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task,
+# 4 the source entry was no longer in our staging list (nothing done).
 ENQUEUE = _FINAL + _CLOCK + """
 -- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
@@ -26,7 +27,9 @@ local status = redis.call('HGET', KEYS[5], 'status')
 if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
   return 3   -- the id belongs to a task not finished, or kept in a failed list
 end
-if ARGV[3] ~= '' then redis.call('LREM', KEYS[4], 1, ARGV[3]) end
+if ARGV[3] ~= '' and redis.call('LREM', KEYS[4], 1, ARGV[3]) == 0 then
+  return 4   -- no longer ours: our node was reaped and the entry went back to the queue
+end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return 0
 end
@@ -47,17 +50,21 @@ return 1
 # Park an entry that cannot become a task, with its reason.
 DEAD = """
 -- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
--- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry
-redis.call('LREM', KEYS[2], 1, ARGV[2])
+-- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry ('' = none)
+if ARGV[2] ~= '' and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 0 end
 return redis.call('LPUSH', KEYS[1], ARGV[1])
 """
 
 # A claimed task starts: it joins the running set and its record says so.
-# Returns {attempt, redeliveries, kill requested (0/1), retries so far}.
+# Returns {attempt, redeliveries, kill requested (0/1), retries so far};
+# attempt 0 when the claim is no longer in this node's processing list.
 START = _CLOCK + """
--- KEYS[1] running set   KEYS[2] task record
+-- KEYS[1] running set   KEYS[2] task record   KEYS[3] this node's processing list
 -- ARGV[1] entry   ARGV[2] node
 -- ARGV[3..] fields set only where missing (an entry pushed without a record)
+if not redis.call('LPOS', KEYS[3], ARGV[1]) then
+  return {0, 0, 0, 0}   -- not ours any more: reaped, and finished by an earlier run
+end
 redis.call('SADD', KEYS[1], ARGV[1])
 for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)

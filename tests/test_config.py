@@ -54,7 +54,7 @@ def test_defaults_match_compat_table():
     assert c.biz_name == "" and c.log_file == ""
     assert c.debug is False and c.daemonize is False
     assert c.allowed_hosts == ()
-    assert c.grace == 50.0 and c.node_ttl == 30 and c.max_body == 1 << 20
+    assert c.grace == 45.0 and c.node_ttl == 30 and c.max_body == 1 << 20
 
 
 def test_defaults_equal_the_dataclass_defaults():

@@ -234,7 +234,7 @@ def test_second_signal_forces_the_exit_and_requeues(coyotes, r, tmp_path):
     push(r, "sleep 60")
     wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
     coyotes.signal(signal.SIGUSR2)
-    wait_until(lambda: "waiting for 1 running task" in coyotes.log())
+    wait_until(lambda: "waiting for 1 running command" in coyotes.log())
     coyotes.signal(signal.SIGUSR2)
     assert coyotes.wait(30) == 0
     assert "forced" in coyotes.log()
