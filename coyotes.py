@@ -47,6 +47,8 @@ Options (new in this version):
                                goes to the failed tasks instead [default: 3]
   --kill-grace=<seconds>       Between TERM and KILL when a command is stopped
                                (timeout, cancel, shutdown) [default: 5]
+  --runner=<name>              How commands are started: spawn (posix_spawn, fast)
+                               or subprocess (gevent.subprocess) [default: spawn]
 """
 
 from gevent import monkey

@@ -27,7 +27,7 @@ FLAGS = {
     "channel-default": True, "biz-name": True, "log-file": True,
     "debug": False, "daemonize": False, "node-id": True, "grace": True,
     "node-ttl": True, "allowed-hosts": True, "max-body": True, "result-ttl": True,
-    "output-tail": True, "max-redeliveries": True, "kill-grace": True,
+    "output-tail": True, "max-redeliveries": True, "kill-grace": True, "runner": True,
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
@@ -65,6 +65,7 @@ class Config:
     output_tail: int = 64 * 1024
     max_redeliveries: int = 3
     kill_grace: float = 5.0
+    runner: str = "spawn"
 
     @property
     def http_loopback(self) -> bool:
@@ -133,6 +134,13 @@ def _int(flag: str, value: str, low: int, high: int) -> int:
     return number
 
 
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f'invalid value "{value}" for flag -{flag}: '
+                         f'expected {" or ".join(choices)}')
+    return value
+
+
 def _seconds(flag: str, value: str) -> float:
     try:
         number = float(value)
@@ -194,6 +202,7 @@ def build_config(opts: dict) -> Config:
         output_tail=_int("output-tail", get("output-tail"), 0, 16 << 20),
         max_redeliveries=_int("max-redeliveries", get("max-redeliveries"), 0, 1000),
         kill_grace=_seconds("kill-grace", get("kill-grace")),
+        runner=_choice("runner", get("runner"), ("spawn", "subprocess")),
     )
 
 

@@ -90,6 +90,7 @@ class Limits:
     kill_grace: float = KILL_GRACE
     max_redeliveries: int = 3
     crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
+    runner: str = "spawn"
 
 
 def backoff(policy: Policy, retries_so_far: int) -> float:
@@ -221,7 +222,8 @@ class Channel:
 
         policy = self.spec.policy.merge(task.payload)
         command = self.commands[worker] = Command(task.argv, on_line, self.limits.output_tail,
-                                                  self.limits.kill_grace)
+                                                  self.limits.kill_grace,
+                                                  runner=self.limits.runner)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
         log.info("%s: task %s started (attempt %d): %s", what, task.id, attempt, label)
@@ -302,7 +304,7 @@ class Scheduler:
         self.heart: gevent.Greenlet | None = None
         self.started = False
         self.limits = Limits(config.output_tail, config.kill_grace, config.max_redeliveries,
-                             os.environ.get("COYOTES_CRASH_AT", ""))
+                             os.environ.get("COYOTES_CRASH_AT", ""), config.runner)
 
     # -- start ------------------------------------------------------------
     def ensure_default_channels(self) -> None:

@@ -100,6 +100,7 @@ VALUE_CASES = [
     ("output-tail", "1024", {"output_tail": 1024}),
     ("max-redeliveries", "5", {"max_redeliveries": 5}),
     ("kill-grace", "2.5", {"kill_grace": 2.5}),
+    ("runner", "subprocess", {"runner": "subprocess"}),
 ]
 
 
@@ -271,6 +272,7 @@ def test_bad_host_is_reported_even_through_the_alias():
     (["-output-tail", "-1"], r"for flag -output-tail"),
     (["-max-redeliveries", "x"], r"for flag -max-redeliveries: not an integer"),
     (["-kill-grace", "nan"], r"for flag -kill-grace"),
+    (["-runner", "fork"], r'invalid value "fork" for flag -runner: expected spawn or subprocess'),
     (["-bogus"], r"flag provided but not defined: -bogus"),
     (["--bogus=1"], r"flag provided but not defined: -bogus"),
     (["---redis-host", "h:1"], r"flag provided but not defined"),
