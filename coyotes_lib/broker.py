@@ -84,8 +84,8 @@ class Broker:
         self.node_ttl = node_ttl
         self.record_ttl = record_ttl
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
-        for name in ("ENQUEUE", "DEAD", "START", "FINISH", "REQUEUE", "REAP", "PROMOTE",
-                     "CANCEL", "KILL", "UNFAIL"):
+        for name in ("ENQUEUE", "DEAD", "TAKE", "START", "FINISH", "REQUEUE", "REAP",
+                     "PROMOTE", "CANCEL", "KILL", "UNFAIL"):
             setattr(self, "_" + name.lower(), client.register_script(getattr(scripts, name)))
 
     # -- channels ---------------------------------------------------------
@@ -124,16 +124,25 @@ class Broker:
         ``source`` names the entry of this node's staging list the task came
         from; it is removed in the same step (unless the id is in use).
         """
+        return int(self._enqueue(**self._enqueue_args(task, distinct, source)))
+
+    def push_many(self, pushes) -> list[int]:
+        """``push`` for many ``(task, distinct, source)`` in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task, distinct, source in pushes:
+                self._enqueue(**self._enqueue_args(task, distinct, source), client=pipe)
+            return [int(outcome) for outcome in pipe.execute()]
+
+    def _enqueue_args(self, task: Task, distinct: bool, source: str) -> dict:
         k = self.keys
         record = {"id": task.id, "channel": task.channel, "task_name": task.name,
                   "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
                   "execute_at": task.payload.get("execute_at"),
                   **{key: task.payload.get(key) for key in ("timeout", "retries")}}
-        return int(self._enqueue(
-            keys=[k.queue(task.channel), k.distinct(task.channel, task.name),
-                  k.delayed, k.staging(self.node), k.record(task.id)],
-            args=[task.raw, DISTINCT_TTL if distinct else 0, source,
-                  task.payload.get("execute_at") or 0, *flat(record)]))
+        return {"keys": [k.queue(task.channel), k.distinct(task.channel, task.name),
+                         k.delayed, k.staging(self.node), k.record(task.id)],
+                "args": [task.raw, DISTINCT_TTL if distinct else 0, source,
+                         task.payload.get("execute_at") or 0, *flat(record)]}
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         record = json.dumps({"entry": entry, "reason": reason, "ts": int(time.time()),
@@ -150,10 +159,18 @@ class Broker:
         """Entries this node moved out of the prepare queue and has not routed yet."""
         return self.redis.lrange(self.keys.staging(self.node), 0, -1)
 
-    def take_prepared(self, timeout: float = BLOCK) -> str | None:
-        """Move the oldest prepare-queue entry into this node's staging list."""
-        return self.redis.blmove(self.keys.prepare, self.keys.staging(self.node),
-                                 timeout, "RIGHT", "LEFT")
+    def take_prepared(self, most: int, timeout: float = BLOCK) -> list[str]:
+        """Move the oldest prepare-queue entries (up to ``most``) into this node's
+        staging list; when there is none, wait up to ``timeout`` for one."""
+        k = self.keys
+        return self._take_or_wait(k.prepare, k.staging(self.node), most, timeout)
+
+    def _take_or_wait(self, source: str, dest: str, most: int, timeout: float) -> list[str]:
+        taken = self._take(keys=[source, dest], args=[most]) if most > 1 else []
+        if not taken:
+            entry = self.redis.blmove(source, dest, timeout, "RIGHT", "LEFT")
+            taken = [entry] if entry is not None else []
+        return taken
 
     def convert_go_delayed(self) -> int:
         """Later Go versions scored delayed tasks as local time YYYYmmddHHMMSS
@@ -181,10 +198,11 @@ class Broker:
         return moved
 
     # -- consuming --------------------------------------------------------
-    def claim(self, chan: str, timeout: float = BLOCK) -> str | None:
-        """Atomically move the next task of ``chan`` into this node's processing list."""
-        return self.redis.blmove(self.keys.queue(chan), self.keys.processing(self.node, chan),
-                                 timeout, "RIGHT", "LEFT")
+    def claim(self, chan: str, most: int = 1, timeout: float = BLOCK) -> list[str]:
+        """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
+        processing list; when there is none, wait up to ``timeout`` for one."""
+        k = self.keys
+        return self._take_or_wait(k.queue(chan), k.processing(self.node, chan), most, timeout)
 
     def start(self, task: Task) -> tuple[int, int, bool, int]:
         """The claimed task runs now: (attempt, redeliveries, kill requested, retries)."""

@@ -37,6 +37,7 @@ KILL_GRACE = 5.0                     # seconds between TERM and KILL of a group
 SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
 MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
+ROUTE_BATCH = 100                    # prepare-queue entries routed per round trip
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 
 
@@ -119,10 +120,11 @@ class Channel:
     def _dispatch(self) -> None:
         outage = Outage(f"channel {self.name}", self.stop)
         while not self.stop.is_set():
-            if not self.pool.wait_available(timeout=1):
+            free = self.pool.wait_available(timeout=1)
+            if not free:
                 continue
             try:
-                raw = self.broker.claim(self.name)
+                raws = self.broker.claim(self.name, free)   # as many as there are free workers
             except redis.RedisError as exc:
                 outage.failed(exc)
                 continue
@@ -130,19 +132,19 @@ class Channel:
                 log.exception("channel %s: unexpected error while claiming", self.name)
                 self.stop.wait(1)
                 continue
-            if raw is not None:
-                self.claimed[raw] += 1   # before reconciling: this claim is held
+            for raw in raws:
+                self.claimed[raw] += 1   # before reconciling: these claims are held
                 self._crash_if("after-claim")
             if outage.recovered():
                 self._reconcile()
-            if raw is None:
-                continue
-            if self.stop.is_set():   # claimed while the stop signal arrived: give it back
-                persist(f"channel {self.name}", lambda r=raw: self.broker.requeue(self.name, r),
-                        self.give_up)
-                self._unclaim(raw)
+            if self.stop.is_set():   # claimed while the stop signal arrived: give them back
+                for raw in raws:
+                    persist(f"channel {self.name}",
+                            lambda r=raw: self.broker.requeue(self.name, r), self.give_up)
+                    self._unclaim(raw)
                 break
-            self.pool.spawn(self._run, raw)
+            for raw in raws:
+                self.pool.spawn(self._run, raw)
 
     def _crash_if(self, point: str) -> None:
         if self.limits.crash_at == point:
@@ -392,63 +394,71 @@ class Scheduler:
 
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:
-        """Move producer entries from the prepare queue into their channel queue."""
+        """Move producer entries from the prepare queue into their channel queue,
+        a batch at a time when they come quickly."""
         outage = Outage("prepare queue", self.stop)
         leftovers = True   # entries already staged (a reply lost in an outage) go first
         while not self.stop.is_set():
             try:
                 if leftovers:
-                    for raw in self.broker.staged():
-                        self._route(raw)
-                    leftovers = False
-                raw = self.broker.take_prepared()
-                leftovers = outage.recovered()
-                if raw is not None:
-                    self._route(raw)
+                    batch, leftovers = self.broker.staged(), False
+                else:
+                    batch = self.broker.take_prepared(ROUTE_BATCH)
+                    leftovers = outage.recovered()
+                if batch:
+                    self._route(batch)
             except redis.RedisError as exc:
                 outage.failed(exc)
             except Exception:   # never let one entry stop the routing
                 log.exception("prepare queue: unexpected error")
                 self.stop.wait(1)
 
-    def _route(self, raw: str) -> None:
-        try:
-            if len(raw) > MAX_ENTRY:
-                raise BadTask(f"entry larger than {MAX_ENTRY} bytes")
-            task = from_producer(raw, self.config.channel_default)
+    def _route(self, raws: list[str]) -> None:
+        pushes = []
+        for raw in raws:
+            try:
+                task, spec = self._check(raw)
+            except BadTask as exc:
+                log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
+                          raw, exc)
+                self.broker.dead_letter(raw, str(exc))
+                continue
+            except redis.RedisError:
+                raise
+            except Exception as exc:   # a bug of ours must not wedge the entry or the loop
+                log.exception("prepare queue: cannot route %.200r (moved to the dead-letter "
+                              "list)", raw)
+                self.broker.dead_letter(raw, f"internal error: {exc!r}")
+                continue
+            pushes.append((task, spec.distinct, raw))
+        for (task, _, raw), outcome in zip(pushes, self.broker.push_many(pushes), strict=True):
+            if outcome == 4:
+                log.warning("prepare queue: %.200r went back to the queue while this node was "
+                            "routing it (reaped); left to whoever takes it", raw)
+            elif outcome == 3:
+                log.error("prepare queue: rejected %.200r: id %s is in use by a task that has "
+                          "not finished (moved to the dead-letter list)", raw, task.id)
+                self.broker.dead_letter(raw, f"id {task.id!r} is in use by a task that has "
+                                             "not finished")
+            elif outcome == 0:
+                log.info("channel %s: task %s refused, already queued or running: %s",
+                         task.channel, task.id, task.name)
+            else:
+                log.debug("channel %s: task %s %s", task.channel, task.id,
+                          "delayed" if outcome == 2 else "queued")
+
+    def _check(self, raw: str) -> tuple[Task, ChannelSpec]:
+        """A producer entry -> (task, its channel), or BadTask."""
+        if len(raw) > MAX_ENTRY:
+            raise BadTask(f"entry larger than {MAX_ENTRY} bytes")
+        task = from_producer(raw, self.config.channel_default)
+        spec = self.specs.get(task.channel)
+        if spec is None:   # perhaps created a moment ago through another node
+            self.specs = self.broker.channels()
             spec = self.specs.get(task.channel)
-            if spec is None:   # perhaps created a moment ago through another node
-                self.specs = self.broker.channels()
-                spec = self.specs.get(task.channel)
-            if spec is None:
-                raise BadTask(f"unknown channel {task.channel!r}")
-        except BadTask as exc:
-            log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
-                      raw, exc)
-            self.broker.dead_letter(raw, str(exc))
-            return
-        except redis.RedisError:
-            raise
-        except Exception as exc:   # a bug of ours must not wedge the entry or the loop
-            log.exception("prepare queue: cannot route %.200r (moved to the dead-letter list)",
-                          raw)
-            self.broker.dead_letter(raw, f"internal error: {exc!r}")
-            return
-        outcome = self.broker.push(task, spec.distinct, source=raw)
-        if outcome == 4:
-            log.warning("prepare queue: %.200r went back to the queue while this node was "
-                        "routing it (reaped); left to whoever takes it", raw)
-        elif outcome == 3:
-            log.error("prepare queue: rejected %.200r: id %s is in use by a task that has not "
-                      "finished (moved to the dead-letter list)", raw, task.id)
-            self.broker.dead_letter(raw, f"id {task.id!r} is in use by a task that has not "
-                                         "finished")
-        elif outcome == 0:
-            log.info("channel %s: task %s refused, already queued or running: %s",
-                     task.channel, task.id, task.name)
-        else:
-            log.debug("channel %s: task %s %s", task.channel, task.id,
-                      "delayed" if outcome == 2 else "queued")
+        if spec is None:
+            raise BadTask(f"unknown channel {task.channel!r}")
+        return task, spec
 
     def _maintain(self) -> None:
         """Heartbeat, dead-node reaping, channel reloads and delayed tasks.

@@ -47,6 +47,21 @@ redis.call('LPUSH', KEYS[1], ARGV[1])
 return 1
 """
 
+# Move up to ARGV[1] entries from one list to another (right to left), as
+# many LMOVEs in one round trip: the prepare queue into a node's staging
+# list, or a channel queue into a node's processing list.
+TAKE = """
+-- KEYS[1] source list   KEYS[2] destination list
+-- ARGV[1] how many at most
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not entry then break end
+  out[i] = entry
+end
+return out
+"""
+
 # Park an entry that cannot become a task, with its reason.
 DEAD = """
 -- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
