@@ -17,10 +17,9 @@ import tempfile
 
 import gevent
 import gevent.event
-from gevent import pywsgi
 
 from . import log as logsetup
-from .api import Guard, make_app
+from .api import make_app, make_server
 from .broker import Broker, connect
 from .command import pid_alive
 from .keys import Keys
@@ -116,9 +115,7 @@ def run(config) -> int:
                         config.result_ttl)
         scheduler = Scheduler(broker, config, stop)
         app = make_app(broker, config, scheduler.sync if config.task_mode else None)
-        server = pywsgi.WSGIServer((config.http_host, config.http_port), Guard(app, config),
-                                   log=logging.getLogger("coyotes.access") if config.debug
-                                   else None, error_log=logging.getLogger("coyotes.api"))
+        server = make_server(app, config)
         try:
             server.start()
         except OSError as exc:
