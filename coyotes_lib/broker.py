@@ -23,6 +23,7 @@ import uuid
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import HIREDIS_AVAILABLE, Encoder, HiredisRespSerializer, PythonRespSerializer
 from redis.retry import Retry
 
 from . import scripts
@@ -58,6 +59,25 @@ def flat(fields: dict) -> list:
     return out
 
 
+class Packer:
+    """hiredis packs commands fast but encodes text strictly as UTF-8; an argument
+    holding surrogate escapes (bytes that were not UTF-8) falls back to redis-py's
+    own packer, which honours ``encoding_errors``."""
+
+    def __init__(self):
+        self.fast = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        self.safe = PythonRespSerializer(6000, Encoder("utf-8", "surrogateescape",
+                                                       True).encode)
+
+    def pack(self, *args):
+        if self.fast is not None:
+            try:
+                return self.fast.pack(*args)
+            except UnicodeEncodeError:
+                pass
+        return self.safe.pack(*args)
+
+
 def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
     """A client whose socket timeout outlasts every blocking call we make.
 
@@ -66,15 +86,16 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
     a claim loop reconciles its processing list after an outage). Bytes that
     are not UTF-8 (a GBK command line left by an old producer) decode with
     surrogate escapes, so they round-trip to Redis and to argv unchanged."""
-    return redis.Redis(host=host, port=port, password=password or None, db=db,
-                       decode_responses=True, encoding_errors="surrogateescape",
-                       socket_timeout=BLOCK + 9,
-                       socket_connect_timeout=3, socket_keepalive=True,
-                       health_check_interval=30, retry=Retry(NoBackoff(), 0),
-                       # one connection per channel waits in BLMOVE at any time, plus
-                       # those of workers and API requests: no small cap (redis-py's
-                       # default of 100 refused the 97th channel)
-                       max_connections=MAX_CONNECTIONS)
+    pool = redis.ConnectionPool(
+        host=host, port=port, password=password or None, db=db,
+        decode_responses=True, encoding_errors="surrogateescape",
+        socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
+        health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
+        # one connection per channel waits in BLMOVE at any time, plus those of
+        # workers and API requests: no small cap (redis-py's default of 100 refused
+        # the 97th channel)
+        max_connections=MAX_CONNECTIONS)
+    return redis.Redis(connection_pool=pool)
 
 
 class Broker:

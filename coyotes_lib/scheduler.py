@@ -113,6 +113,9 @@ class Channel:
         self.claimed: collections.Counter[str] = collections.Counter()
         self.free = list(range(spec.worker_count, 0, -1))
         self.greenlet: gevent.Greenlet | None = None
+        # the daemon's environment, read once: posix_spawn converts a plain dict faster
+        # than os.environ, which decodes every variable on each call
+        self.env = dict(os.environ)
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._dispatch)
@@ -202,13 +205,14 @@ class Channel:
                 log.error("%s: task %s moved to the failed tasks: its node died %d times while "
                           "running it: %s", what, task.id, redeliveries, label)
                 return
-            result = self._execute(task, worker, attempt, label, what)
+            policy = self.spec.policy.merge(task.payload)
+            result = self._execute(task, policy, worker, attempt, label, what)
             if result.stopped == "shutdown":   # it has not finished: it runs again later
                 persist(what, lambda: self.broker.requeue(self.name, raw, task.id),
                         self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
                 return
-            self._record_result(task, result, retries, what, label)
+            self._record_result(task, policy, result, retries, what, label)
         finally:
             if task is not None:
                 self.by_id.pop(task.id, None)
@@ -217,14 +221,14 @@ class Channel:
             self._unclaim(raw)
             self.free.append(worker)
 
-    def _execute(self, task: Task, worker: int, attempt: int, label: str, what: str) -> Result:
+    def _execute(self, task: Task, policy: Policy, worker: int, attempt: int, label: str,
+                 what: str) -> Result:
         def on_line(stream: str, text: str) -> None:
             output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
                         stream, text, extra={"stream": stream})
 
-        policy = self.spec.policy.merge(task.payload)
         command = self.commands[worker] = Command(task.argv, on_line, self.limits.output_tail,
-                                                  self.limits.kill_grace,
+                                                  self.limits.kill_grace, env=self.env,
                                                   runner=self.limits.runner)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
@@ -238,9 +242,8 @@ class Channel:
                 result.duration, label)
         return result
 
-    def _record_result(self, task: Task, result: Result, retries: int, what: str,
-                       label: str) -> None:
-        policy = self.spec.policy.merge(task.payload)
+    def _record_result(self, task: Task, policy: Policy, result: Result, retries: int,
+                       what: str, label: str) -> None:
         fields = {"exit_code": result.exit_code, "signal": result.signal,
                   "duration": f"{result.duration:.6f}", "error": result.error or None,
                   "stdout": result.stdout, "stderr": result.stderr}

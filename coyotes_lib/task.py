@@ -157,6 +157,8 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     payload.setdefault("ts", int(time.time()))
     if command is not None:
         payload["command"] = {"name": argv[0], "args": list(argv[1:])}
+    else:
+        payload["argv"] = list(argv)   # split once here, not again at each claim
     if execute_at:
         payload["execute_at"] = execute_at
     return Task(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
@@ -188,7 +190,8 @@ def from_producer(raw: str, default_channel: str) -> Task:
                                    or not isinstance(execute_at, (int, float))
                                    or not 0 <= execute_at < 1e11):
         raise BadTask("execute_at must be unix seconds")
-    extra = {k: v for k, v in data.items() if k not in ("task", "command", "id", "chan")}
+    extra = {k: v for k, v in data.items()
+             if k not in ("task", "command", "id", "chan", "argv")}
     return build(channel, data.get("task") or "", given_command(data.get("command")),
                  data.get("id") or "", execute_at, extra)
 
@@ -216,6 +219,10 @@ def from_queue(raw: str, channel: str) -> Task:
     name = data.get("task") or data.get("task_name") or ""
     if not isinstance(name, str):
         raise BadTask("task must be a string")
-    argv = argv_of(name, given_command(data.get("command")))
+    argv = data.get("argv")
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        argv = tuple(argv)   # split when it was pushed
+    else:
+        argv = argv_of(name, given_command(data.get("command")))
     task_id = data.get("id") or data.get("task_id") or legacy_id(raw)
     return Task(raw, str(task_id), name or shlex.join(argv), channel, argv, data)
