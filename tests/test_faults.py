@@ -213,6 +213,17 @@ def unsettled(r: redis.Redis) -> dict[str, list[str]]:
     return out
 
 
+def all_finished(r: redis.Redis, ledger: Path, pushed: set[str], daemon) -> None:
+    """Every pushed task ended, the ledger balances, nothing was dead-lettered and
+    the daemon is still up."""
+    wait_until(lambda: ended(ledger) >= pushed, timeout=60, what=f"all {len(pushed)} tasks")
+    settle(r, 30)
+    acc = check_ledger(r, ledger, pushed)
+    assert acc.finished == pushed, acc.summary()
+    assert acc.dead_letters == 0
+    assert daemon.proc.poll() is None
+
+
 def settle(r: redis.Redis, timeout: float = 30) -> None:
     """Wait until ``settled``; fail showing what is left where."""
     try:
@@ -404,12 +415,7 @@ def test_redis_restart_during_a_1000_task_burst(coyotes_factory, redis_server, r
     time.sleep(1.5)   # let the outage last: every loop notices it
     redis_server.start()   # same port and directory: the append-only file comes back
     r2 = redis_server.client()
-    wait_until(lambda: ended(ledger) >= pushed, timeout=60, what="all 1000 tasks")
-    settle(r2, 30)
-    acc = check_ledger(r2, ledger, pushed)
-    assert acc.finished == pushed, acc.summary()
-    assert acc.dead_letters == 0
-    assert daemon.proc.poll() is None
+    all_finished(r2, ledger, pushed, daemon)
     assert "redis is back" in daemon.log()
 
 
@@ -437,12 +443,7 @@ def test_client_connections_killed_repeatedly(coyotes_factory, redis_server, r, 
     assert sum(killed) >= 10, killed
     assert 0 < len(ended(ledger)) < len(pushed)   # the kills fell in the middle of the burst
     r2 = redis_server.client()
-    wait_until(lambda: ended(ledger) >= pushed, timeout=60, what="all 500 tasks")
-    settle(r2, 30)
-    acc = check_ledger(r2, ledger, pushed)
-    assert acc.finished == pushed, acc.summary()
-    assert acc.dead_letters == 0
-    assert daemon.proc.poll() is None
+    all_finished(r2, ledger, pushed, daemon)
     assert "redis unavailable" in daemon.log()
 
 
