@@ -340,10 +340,14 @@ def test_daemonize_detaches_and_still_stops_gracefully(coyotes_factory, r, tmp_p
     wait_until(lambda: log_file.exists() and "coyotes ready" in log_file.read_text(),
                timeout=20, what="the detached daemon to be ready")
     pid = int(daemon.pidfile.read_text())
-    assert pid != daemon.proc.pid and os.getsid(pid) != os.getsid(0)   # a session of its own
-    ledger = tmp_path / "ledger"
-    r.lpush("task:prepare:queue", task_json(ledger_command(ledger, "detached")))
-    wait_until(lambda: ran(ledger, "detached"), what="the task to run")
-    os.kill(pid, signal.SIGUSR2)
-    wait_until(lambda: not daemon.pidfile.exists(), what="the pid file to go")
-    assert "coyotes stopped" in log_file.read_text()
+    try:
+        assert pid != daemon.proc.pid and os.getsid(pid) != os.getsid(0)   # its own session
+        ledger = tmp_path / "ledger"
+        r.lpush("task:prepare:queue", task_json(ledger_command(ledger, "detached")))
+        wait_until(lambda: ran(ledger, "detached"), what="the task to run")
+        os.kill(pid, signal.SIGUSR2)
+        wait_until(lambda: not daemon.pidfile.exists(), what="the pid file to go")
+        assert "coyotes stopped" in log_file.read_text()
+    finally:
+        if daemon.pidfile.exists():   # a failed check must not leave it running
+            os.kill(pid, signal.SIGKILL)
