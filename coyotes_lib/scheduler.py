@@ -179,6 +179,7 @@ class Channel:
         try:
             try:
                 task = from_queue(raw, self.name)
+                policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
             except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
                 reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
                 log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
@@ -205,7 +206,6 @@ class Channel:
                 log.error("%s: task %s moved to the failed tasks: its node died %d times while "
                           "running it: %s", what, task.id, redeliveries, label)
                 return
-            policy = self.spec.policy.merge(task.payload)
             result = self._execute(task, policy, worker, attempt, label, what)
             if result.stopped == "shutdown":   # it has not finished: it runs again later
                 persist(what, lambda: self.broker.requeue(self.name, raw, task.id),

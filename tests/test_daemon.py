@@ -391,6 +391,10 @@ def test_unreadable_queue_entries_are_dead_lettered(coyotes_factory, r, tmp_path
     wait_until(lambda: r.llen("task:prepare:dead") == 1)
     record = json.loads(r.lindex("task:prepare:dead", 0))
     assert record["reason"] == "task must be a string" and record["channel"] == "cron"
+    # a policy value no producer path would accept, written straight into a queue
+    r.lpush("cron:tasks:queue", '{"id": "n2", "task": "true", "timeout": "soon"}')
+    wait_until(lambda: r.llen("task:prepare:dead") == 2)
+    assert "timeout" in json.loads(r.lindex("task:prepare:dead", 0))["reason"]
     wait_until(lambda: r.scard("cron:tasks:queue:exec") == 0)
 
 
