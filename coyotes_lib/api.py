@@ -214,8 +214,10 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         result = broker.push(task, spec.distinct)
         if result == 3:
             raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
-        log.info("channel %s: task %s %s via HTTP: %s", name, task.id,
-                 ("refused (distinct)", "queued", "delayed")[result], task.name)
+        # like the prepare queue: a refusal is news, a queued task is logged when it runs
+        log.log(logging.INFO if result == 0 else logging.DEBUG, "channel %s: task %s %s via "
+                "HTTP: %s", name, task.id, ("refused (distinct)", "queued", "delayed")[result],
+                task.name)
         return {"task_id": task.id, "task_name": task.name, "result": result != 0}
 
     @app.get("/")
