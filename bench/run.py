@@ -267,6 +267,15 @@ class Report:
         return "\n".join(out)
 
 
+def tear_down(daemon, hello, workdir) -> None:
+    """End a section: stop its daemon and baseline app, remove its files."""
+    if daemon:
+        daemon.stop()
+    if hello:
+        Processes.stop(hello)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -556,11 +565,7 @@ def section_http(ctx, report: Report) -> None:
                      f"non-2xx {runs[-1]['non2xx']}, RSS {runs[-1]['rss'].get('VmRSS', 0):.1f} MB")
         queued = rds.client.llen("bench:tasks:queue")
     finally:
-        if daemon:
-            daemon.stop()
-        if hello:
-            Processes.stop(hello)
-        shutil.rmtree(workdir, ignore_errors=True)
+        tear_down(daemon, hello, workdir)
     best = max(runs, key=lambda r: r["rps"])
     report.add("http", f"POST /channels/{{c}}/tasks, wrk -t2 -c20 -d{d}s (best of 2)",
                f"{best['rps']:.0f} req/s", f"{base['rps']:.0f} req/s",
@@ -765,11 +770,7 @@ def section_memory(ctx, report: Report) -> None:
             progress(f"memory: {len(refused)} of {channels} POST /channels refused, first: "
                      f"#{refused[0][0]}: {refused[0][1]}")
     finally:
-        if daemon:
-            daemon.stop()
-        if hello:
-            Processes.stop(hello)
-        shutil.rmtree(workdir, ignore_errors=True)
+        tear_down(daemon, hello, workdir)
     fl = floor.get("VmRSS", 0)
     report.add("memory", "VmRSS idle (-concurrent 5, 3 channels)", f"{idle.get('VmRSS', 0):.1f} MB",
                f"{fl:.1f} MB", ratio(idle.get("VmRSS", 0), fl),
