@@ -160,8 +160,16 @@ class Coyotes:
             return self.wait(5)
 
     def reap(self) -> None:
-        """End of a test: kill the process if it is still there."""
-        if self.proc is not None and self.proc.poll() is None:
+        """End of a test: stop the daemon if it still runs. Two signals (a forced
+        stop) make it kill its commands' groups, so that no command outlives the
+        test; KILL only if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
 

@@ -413,7 +413,7 @@ def test_a_node_id_in_use_is_refused(coyotes_factory, r, tmp_path):
 
 def test_a_dead_predecessor_with_the_same_id_is_taken_over_at_once(coyotes_factory, r):
     dead = coyotes_factory(node_id="phoenix")
-    push(r, "sleep 30")
+    push(r, "sleep 3")   # outlives the kill -9 (its own session) for a short while only
     wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
     dead.kill9()
     assert r.exists("task:node:phoenix")   # its heartbeat has not expired yet

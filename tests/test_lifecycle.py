@@ -683,9 +683,8 @@ def test_a_task_whose_node_keeps_dying_ends_in_the_failed_list(coyotes_factory, 
         item = failed_list(node, "default")["tasks"][0]
         assert item["task_id"] == task_id
     finally:
-        for pids in orphans:   # kill -9 of the node leaves its command running
-            for pid in pids:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        for sh, _bg in orphans:   # kill -9 of the node leaves its command running
+            try:
+                os.killpg(sh, 9)   # the shell leads its own group: the sleeps go with it
+            except ProcessLookupError:
+                pass
