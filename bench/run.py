@@ -986,9 +986,37 @@ def write_report(ctx, report: Report, elapsed: float) -> str:
     return doc
 
 
+def section_soak(ctx, report: Report) -> None:
+    """N tasks through one daemon, in rounds of 10%: RSS after each round settles.
+    The first round warms the daemon up; growth is measured from there."""
+    rds, n = ctx.redis, ctx.args.soak
+    rds.flush()
+    workdir = Path(tempfile.mkdtemp(prefix="soak-", dir=ctx.tmp))
+    daemon = Daemon(ctx.procs, rds, workdir, ["-concurrent", "20", "-result-ttl", "60"],
+                    ctx.daemon_args)
+    rounds, samples = 10, []
+    try:
+        t0 = time.perf_counter()
+        for k in range(rounds):
+            size = n // rounds
+            push_tasks(rds.client, [f"true soak-{k}-{i}" for i in range(size)])
+            wait_until(lambda: settled(rds.client), max(120.0, size / 20), "a soak round", 0.01)
+            samples.append(daemon.rss().get("VmRSS", 0))
+            progress(f"soak: {(k + 1) * size:,} tasks, VmRSS {samples[-1]:.1f} MB")
+        elapsed = time.perf_counter() - t0
+    finally:
+        tear_down(daemon, None, workdir)
+    warm, last = samples[0], samples[-1]
+    report.add("soak", f"VmRSS after {n // rounds:,} → after {n:,} tasks (-concurrent 20)",
+               f"{warm:.1f} → {last:.1f} MB ({last - warm:+.1f} MB)", f"{warm:.1f} MB",
+               ratio(last, warm), "RSS after the first round (warm)", "no growth")
+    report.add("soak", f"throughput over the {n:,} tasks", f"{n / elapsed:.0f}/s", "", "", "",
+               "")
+
+
 SECTIONS = {"throughput": section_throughput, "latency": section_latency,
             "http": section_http, "status": section_status, "memory": section_memory,
-            "commands": section_commands}
+            "commands": section_commands, "soak": section_soak}
 
 
 class Context:
@@ -1016,11 +1044,12 @@ def main(argv=None) -> int:
                         help="extra flags for every daemon (e.g. a runner choice)")
     parser.add_argument("--out", default="",
                         help="report folder (docs; .bench for --quick or --only)")
+    parser.add_argument("--soak", type=int, default=100_000, help="tasks for the soak (100000)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if args.quick:
         defaults = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000, "channels": 20,
-                    "monitor_tasks": 50}
+                    "monitor_tasks": 50, "soak": 2000}
         for key, value in defaults.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
