@@ -27,7 +27,7 @@ from gevent import pywsgi
 from . import __version__
 from .broker import Broker, ChannelSpec
 from .config import CHANNEL_NAME, Config, is_ip, is_loopback
-from .task import POLICY_LIMITS, BadTask, Policy, build, from_queue, legacy_id, parse_json
+from .task import POLICY_LIMITS, BadTask, Policy, build, from_queue, locate, parse_json
 
 log = logging.getLogger("coyotes.api")
 
@@ -65,12 +65,8 @@ def describe(raw: str, channel: str, status: str) -> dict:
     try:
         task = from_queue(raw, channel)
     except Exception as exc:   # shown as it is; it goes to the dead-letter list when claimed
-        try:
-            task_id = json.loads(raw).get("id") or legacy_id(raw)
-        except (ValueError, AttributeError):
-            task_id = legacy_id(raw)
-        return {"task_name": raw, "channel": channel, "status": status, "task_id": str(task_id),
-                "error": str(exc)}
+        return {"task_name": raw, "channel": channel, "status": status,
+                "task_id": locate(raw)[1], "error": str(exc)}
     item = {"task_name": task.name, "channel": channel, "status": status,
             "task_id": task.id, "command": {"name": task.argv[0], "args": list(task.argv[1:])}}
     if task.payload.get("execute_at"):
@@ -358,11 +354,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         return ok({"count": done})
 
     def delayed_item(raw: str, due: float) -> dict:
-        try:
-            chan = json.loads(raw).get("chan") or ""
-        except (ValueError, AttributeError):
-            chan = ""
-        item = describe(raw, chan, "delayed")
+        item = describe(raw, locate(raw)[0], "delayed")
         item["execute_at"] = due
         return item
 

@@ -143,10 +143,6 @@ class Command:
         self.proc: Process | None = None
         self.stopped = ""   # why ``stop()`` ended it, if it did
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
     def run(self, timeout: float = 0) -> Result:
         started = time.monotonic()
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ import redis
 
 from .broker import Broker, ChannelSpec
 from .command import Command, Result, pid_alive
-from .task import BadTask, Policy, Task, from_producer, from_queue, legacy_id
+from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
 log = logging.getLogger("coyotes.scheduler")
 output = logging.getLogger("coyotes.output")
@@ -501,14 +500,7 @@ class Scheduler:
 
     def _locate(self, raw: str) -> tuple[str, str]:
         """(channel, task id) of a delayed entry (ours, or one left by a later Go)."""
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            return self.config.channel_default, legacy_id(raw)
-        chan = data.get("chan") or data.get("channel") or self.config.channel_default
-        return str(chan), str(data.get("id") or data.get("task_id") or legacy_id(raw))
+        return locate(raw, self.config.channel_default)
 
     # -- stop -------------------------------------------------------------
     def running(self) -> int:

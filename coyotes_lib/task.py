@@ -35,9 +35,6 @@ class Task:
     payload: dict       # the JSON object ({} for a legacy plain string)
 
 
-FINAL = ("succeeded", "failed", "timed_out", "canceled", "killed")
-
-
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """How a task runs and what happens when it fails; from its channel, overridden
@@ -96,6 +93,20 @@ def new_id() -> str:
 def legacy_id(raw: str) -> str:
     """A stable id for an entry that came without one (left by the Go daemon)."""
     return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def locate(raw: str, default_channel: str = "") -> tuple[str, str]:
+    """(channel, task id) of any queue entry, even one that cannot become a task:
+    our JSON (``chan``/``id``), later Go's (``channel``/``task_id``), or a plain
+    string (the default channel, a derived id)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return default_channel, legacy_id(raw)
+    chan = data.get("chan") or data.get("channel") or default_channel
+    return str(chan), str(data.get("id") or data.get("task_id") or legacy_id(raw))
 
 
 def format_arg(value) -> str:
@@ -224,5 +235,4 @@ def from_queue(raw: str, channel: str) -> Task:
         argv = tuple(argv)   # split when it was pushed
     else:
         argv = argv_of(name, given_command(data.get("command")))
-    task_id = data.get("id") or data.get("task_id") or legacy_id(raw)
-    return Task(raw, str(task_id), name or shlex.join(argv), channel, argv, data)
+    return Task(raw, locate(raw)[1], name or shlex.join(argv), channel, argv, data)
