@@ -53,6 +53,18 @@ class ChannelSpec:
                            "worker_count": self.worker_count, **self.policy.to_dict()})
 
 
+Started = tuple[int, int, bool, int]   # attempt, redeliveries, kill requested, retries
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claimed entry; ``task_id`` and ``started`` are set when CLAIM started it
+    (else the worker calls ``Broker.start``)."""
+    raw: str
+    task_id: str = ""
+    started: Started | None = None
+
+
 def flat(fields: dict) -> list:
     """A dict as Lua's ARGV pairs (None dropped, lists as JSON)."""
     out = []
@@ -128,7 +140,7 @@ class Broker:
         self.node_ttl = node_ttl
         self.record_ttl = record_ttl
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
-        for name in ("ENQUEUE", "DEAD", "TAKE", "START", "FINISH", "REQUEUE", "REAP",
+        for name in ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START", "FINISH", "REQUEUE", "REAP",
                      "PROMOTE", "CANCEL", "KILL", "UNFAIL"):
             setattr(self, "_" + name.lower(), client.register_script(getattr(scripts, name)))
 
@@ -207,12 +219,9 @@ class Broker:
         """Move the oldest prepare-queue entries (up to ``most``) into this node's
         staging list; when there is none, wait up to ``timeout`` for one."""
         k = self.keys
-        return self._take_or_wait(k.prepare, k.staging(self.node), most, timeout)
-
-    def _take_or_wait(self, source: str, dest: str, most: int, timeout: float) -> list[str]:
-        taken = self._take(keys=[source, dest], args=[most]) if most > 1 else []
+        taken = self._take(keys=[k.prepare, k.staging(self.node)], args=[most])
         if not taken:
-            entry = self.redis.blmove(source, dest, timeout, "RIGHT", "LEFT")
+            entry = self.redis.blmove(k.prepare, k.staging(self.node), timeout, "RIGHT", "LEFT")
             taken = [entry] if entry is not None else []
         return taken
 
@@ -242,14 +251,25 @@ class Broker:
         return moved
 
     # -- consuming --------------------------------------------------------
-    def claim(self, chan: str, most: int = 1, timeout: float = BLOCK) -> list[str]:
+    def claim(self, chan: str, most: int = 1, timeout: float = BLOCK) -> list[Claim]:
         """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
-        processing list; when there is none, wait up to ``timeout`` for one."""
+        processing list, started where CLAIM can (see ``Claim``); when there is none,
+        wait up to ``timeout`` for one (started later, by ``start``)."""
         k = self.keys
-        return self._take_or_wait(k.queue(chan), k.processing(self.node, chan), most, timeout)
+        claims = []
+        for raw, task_id, attempt, redeliveries, kill, retries in self._claim(
+                keys=[k.queue(chan), k.processing(self.node, chan), k.running(chan)],
+                args=[most, self.node, k.record("")]):
+            started = (int(attempt), int(redeliveries), bool(kill), int(retries))
+            claims.append(Claim(raw, task_id, started) if task_id else Claim(raw))
+        if not claims:
+            raw = self.redis.blmove(k.queue(chan), k.processing(self.node, chan), timeout,
+                                    "RIGHT", "LEFT")
+            claims = [Claim(raw)] if raw is not None else []
+        return claims
 
-    def start(self, task: Task) -> tuple[int, int, bool, int]:
-        """The claimed task runs now: (attempt, redeliveries, kill requested, retries)."""
+    def start(self, task: Task) -> Started:
+        """A claimed task that CLAIM did not start runs now."""
         k = self.keys
         missing = {"id": task.id, "channel": task.channel, "task_name": task.name,
                    "argv": list(task.argv), "raw": task.raw, "retry_count": 0}
@@ -280,12 +300,13 @@ class Broker:
             pipe.srem(k.running(chan), raw)
             pipe.execute()
 
-    def requeue(self, chan: str, raw: str, task_id: str = "") -> bool:
-        """Give one claimed entry back to the queue (it runs next)."""
+    def requeue(self, chan: str, raw: str, task_id: str = "", ran: bool = True) -> bool:
+        """Give one claimed entry back to the queue (it runs next); ``ran=False``
+        for a claim that never ran, whose attempt is not counted."""
         k = self.keys
         return bool(self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
                                         k.queue(chan), k.record(task_id or "-")],
-                                  args=[raw]))   # "-": no record to mark (an unread entry)
+                                  args=[raw, "1" if not ran else "0"]))   # "-": no record
 
     def requeue_node(self, node: str, channels, only_if_dead: bool = False,
                      forget: bool = False) -> int:

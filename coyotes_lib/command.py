@@ -27,6 +27,9 @@ from gevent.monkey import get_original
 MAX_LINE = 64 * 1024   # bytes; a longer line is cut into pieces
 RAW_POSIX_SPAWNP = get_original("os", "posix_spawnp")
 PIPE_LINGER = 2.0      # seconds to keep reading after exit (background children may hold the pipes)
+# Python ignores these; a command gets them back at their default, as with
+# subprocess's restore_signals (and Go's os/exec)
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +100,8 @@ def start_spawn(argv, env) -> Process:
                (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
     try:
         pid = RAW_POSIX_SPAWNP(argv[0], argv, os.environ if env is None else env,
-                               file_actions=actions, setsid=True)
+                               file_actions=actions, setsid=True, setsigmask=(),
+                               setsigdef=DEFAULT_SIGNALS)
     except BaseException:
         os.close(out_r)
         os.close(err_r)

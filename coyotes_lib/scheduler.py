@@ -24,7 +24,7 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import Broker, ChannelSpec
+from .broker import Broker, ChannelSpec, Claim
 from .command import Command, Result, pid_alive
 from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
@@ -126,7 +126,7 @@ class Channel:
             if not free:
                 continue
             try:
-                raws = self.broker.claim(self.name, free)   # as many as there are free workers
+                claims = self.broker.claim(self.name, free)   # as many as there are free workers
             except redis.RedisError as exc:
                 outage.failed(exc)
                 continue
@@ -134,19 +134,20 @@ class Channel:
                 log.exception("channel %s: unexpected error while claiming", self.name)
                 self.stop.wait(1)
                 continue
-            for raw in raws:
-                self.claimed[raw] += 1   # before reconciling: these claims are held
+            for claim in claims:
+                self.claimed[claim.raw] += 1   # before reconciling: these claims are held
                 self._crash_if("after-claim")
             if outage.recovered():
                 self._reconcile()
             if self.stop.is_set():   # claimed while the stop signal arrived: give them back
-                for raw in raws:
+                for claim in claims:
                     persist(f"channel {self.name}",
-                            lambda r=raw: self.broker.requeue(self.name, r), self.give_up)
-                    self._unclaim(raw)
+                            lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id,
+                                                                ran=False), self.give_up)
+                    self._unclaim(claim.raw)
                 break
-            for raw in raws:
-                self.pool.spawn(self._run, raw)
+            for claim in claims:
+                self.pool.spawn(self._run, claim)
 
     def _crash_if(self, point: str) -> None:
         if self.limits.crash_at == point:
@@ -171,7 +172,8 @@ class Channel:
         if self.claimed[raw] <= 0:
             del self.claimed[raw]
 
-    def _run(self, raw: str) -> None:
+    def _run(self, claim: Claim) -> None:
+        raw = claim.raw
         worker = self.free.pop()
         what = f"channel {self.name}: worker {worker}"
         task = None
@@ -186,7 +188,13 @@ class Channel:
                 persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
                 return
             self.by_id[task.id] = worker
-            started = persist(what, lambda: self.broker.start(task), self.give_up)
+            started = claim.started
+            if started is not None and claim.task_id != task.id:
+                log.warning("%s: entry %.200r read as task %s by redis and as %s here; "
+                            "started as %s", what, raw, claim.task_id, task.id, task.id)
+                started = None
+            if started is None:
+                started = persist(what, lambda: self.broker.start(task), self.give_up)
             if started is None:
                 return   # shutting down without redis: requeued when this node comes back
             attempt, redeliveries, kill, retries = started

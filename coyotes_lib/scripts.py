@@ -71,25 +71,56 @@ return redis.call('LPUSH', KEYS[1], ARGV[1])
 """
 
 # A claimed task starts: it joins the running set and its record says so.
-# Returns {attempt, redeliveries, kill requested (0/1), retries so far};
-# attempt 0 when the claim is no longer in this node's processing list.
-START = _CLOCK + """
+# Returns {attempt, redeliveries, kill requested (0/1), retries so far}.
+_START = """
+local function start(record, running, entry, node)
+  redis.call('SADD', running, entry)
+  local attempt = redis.call('HINCRBY', record, 'attempt', 1)
+  redis.call('HSET', record, 'status', 'running', 'node', node, 'started_at', clock())
+  redis.call('HDEL', record, 'finished_at', 'exit_code', 'signal', 'duration', 'error',
+             'retry_at')
+  redis.call('PERSIST', record)
+  return {attempt, tonumber(redis.call('HGET', record, 'redeliveries') or '0'),
+          redis.call('HEXISTS', record, 'kill_requested'),
+          tonumber(redis.call('HGET', record, 'retry_count') or '0')}
+end
+"""
+
+# Claim up to ARGV[1] tasks of a channel (right to left into this node's
+# processing list) and start each one whose entry names its id and whose record
+# exists (every task routed by a node). Returns per entry {entry, id, attempt,
+# redeliveries, kill, retries}; id '' for an entry left for START (a bare Go
+# command line, an id that is not a string, no record).
+CLAIM = _CLOCK + _START + """
+-- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
+-- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not entry then break end
+  local ok, task = pcall(cjson.decode, entry)
+  local id = ok and type(task) == 'table' and task.id
+  if type(id) == 'string' and id ~= '' and redis.call('EXISTS', ARGV[3] .. id) == 1 then
+    local started = start(ARGV[3] .. id, KEYS[3], entry, ARGV[2])
+    out[i] = {entry, id, started[1], started[2], started[3], started[4]}
+  else
+    out[i] = {entry, '', 0, 0, 0, 0}
+  end
+end
+return out
+"""
+
+# START for one claimed entry CLAIM left alone; attempt 0 when the claim is no
+# longer in this node's processing list.
+START = _CLOCK + _START + """
 -- KEYS[1] running set   KEYS[2] task record   KEYS[3] this node's processing list
 -- ARGV[1] entry   ARGV[2] node
 -- ARGV[3..] fields set only where missing (an entry pushed without a record)
 if not redis.call('LPOS', KEYS[3], ARGV[1]) then
   return {0, 0, 0, 0}   -- not ours any more: reaped, and finished by an earlier run
 end
-redis.call('SADD', KEYS[1], ARGV[1])
 for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
-local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
-redis.call('HSET', KEYS[2], 'status', 'running', 'node', ARGV[2], 'started_at', clock())
-redis.call('HDEL', KEYS[2], 'finished_at', 'exit_code', 'signal', 'duration', 'error',
-           'retry_at')
-redis.call('PERSIST', KEYS[2])
-return {attempt, tonumber(redis.call('HGET', KEYS[2], 'redeliveries') or '0'),
-        redis.call('HEXISTS', KEYS[2], 'kill_requested'),
-        tonumber(redis.call('HGET', KEYS[2], 'retry_count') or '0')}
+return start(KEYS[2], KEYS[1], ARGV[1], ARGV[2])
 """
 
 # A task's attempt is over: it leaves the processing list and the running set
@@ -128,14 +159,20 @@ return 1
 """
 
 # Give one claimed entry back to its queue, on the side workers take from
-# (a shutdown that stopped it, or a claim made while stopping).
+# (a shutdown that stopped it, or a claim made while stopping, whose start is
+# undone: it did not run).
 REQUEUE = """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
--- ARGV[1] entry
+-- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt CLAIM counted
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'status', 'queued') end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'status', 'queued')
+  if ARGV[2] == '1' and tonumber(redis.call('HGET', KEYS[4], 'attempt') or '0') > 0 then
+    redis.call('HINCRBY', KEYS[4], 'attempt', -1)
+  end
+end
 return 1
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,20 @@ def test_signal_exit_and_own_session(runner):
     """)
     assert result["exit_code"] is None and result["signal"] == 15
     assert result["pid"] == result["sid"] and int(result["sid"]) != result["my_sid"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_commands_start_with_default_signals(runner):
+    """Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (``yes |
+    head`` would print errors instead of ending quietly), nor a blocked signal."""
+    result = run(runner, """
+        cmd(["grep", "^Sig[BI]", "/proc/self/status"]).run()
+        result = dict(line[1].split(":\t") for line in lines)
+    """)
+    ignored, blocked = int(result["SigIgn"], 16), int(result["SigBlk"], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
+        assert not ignored & (1 << (sig - 1)), (sig, result)
+    assert blocked == 0, result
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
