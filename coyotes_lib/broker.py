@@ -26,6 +26,7 @@ import redis
 from gevent.monkey import get_original
 from redis.backoff import NoBackoff
 from redis.connection import HIREDIS_AVAILABLE, Encoder, HiredisRespSerializer, PythonRespSerializer
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from . import scripts
@@ -180,25 +181,42 @@ class Broker:
         ``source`` names the entry of this node's staging list the task came
         from; it is removed in the same step (unless the id is in use).
         """
-        return int(self._enqueue(**self._enqueue_args(task, distinct, source)))
+        keys, args = self._enqueue_args(task, distinct, source)
+        return int(self._enqueue(keys=keys, args=args))
 
     def push_many(self, pushes) -> list[int]:
         """``push`` for many ``(task, distinct, source)`` in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task, distinct, source in pushes:
-                self._enqueue(**self._enqueue_args(task, distinct, source), client=pipe)
-            return [int(outcome) for outcome in pipe.execute()]
+        return [int(outcome) for outcome in self._pipelined(
+            [(self._enqueue, *self._enqueue_args(task, distinct, source))
+             for task, distinct, source in pushes])]
 
-    def _enqueue_args(self, task: Task, distinct: bool, source: str) -> dict:
+    def _pipelined(self, calls) -> list:
+        """Script calls, ``(script, keys, args)``, in one round trip. redis-py's own
+        pipelined scripts ask SCRIPT EXISTS first, a round trip more each time; here
+        a NOSCRIPT reply (Redis restarted) loads the script and runs that call again:
+        it had done nothing."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script, keys, args = calls[i]
+                replies[i] = script(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
         k = self.keys
         record = {"id": task.id, "channel": task.channel, "task_name": task.name,
                   "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
                   "execute_at": task.payload.get("execute_at"),
                   **{key: task.payload.get(key) for key in ("timeout", "retries")}}
-        return {"keys": [k.queue(task.channel), k.distinct(task.channel, task.name),
-                         k.delayed, k.staging(self.node), k.record(task.id)],
-                "args": [task.raw, DISTINCT_TTL if distinct else 0, source,
-                         task.payload.get("execute_at") or 0, *flat(record)]}
+        return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
+                 k.staging(self.node), k.record(task.id)],
+                [task.raw, DISTINCT_TTL if distinct else 0, source,
+                 task.payload.get("execute_at") or 0, *flat(record)])
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         record = json.dumps({"entry": entry, "reason": reason, "ts": int(time.time()),
@@ -255,17 +273,25 @@ class Broker:
         """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
         processing list, started where CLAIM can (see ``Claim``); when there is none,
         wait up to ``timeout`` for one (started later, by ``start``)."""
-        k = self.keys
-        claims = []
-        for raw, task_id, attempt, redeliveries, kill, retries in self._claim(
-                keys=[k.queue(chan), k.processing(self.node, chan), k.running(chan)],
-                args=[most, self.node, k.record("")]):
-            started = (int(attempt), int(redeliveries), bool(kill), int(retries))
-            claims.append(Claim(raw, task_id, started) if task_id else Claim(raw))
+        claims = self._claims(self._claim(*self._claim_args(chan, most)))
         if not claims:
+            k = self.keys
             raw = self.redis.blmove(k.queue(chan), k.processing(self.node, chan), timeout,
                                     "RIGHT", "LEFT")
             claims = [Claim(raw)] if raw is not None else []
+        return claims
+
+    def _claim_args(self, chan: str, most: int) -> tuple[list, list]:
+        k = self.keys
+        return ([k.queue(chan), k.processing(self.node, chan), k.running(chan)],
+                [most, self.node, k.record("")])
+
+    @staticmethod
+    def _claims(replies) -> list[Claim]:
+        claims = []
+        for raw, task_id, attempt, redeliveries, kill, retries in replies:
+            started = (int(attempt), int(redeliveries), bool(kill), int(retries))
+            claims.append(Claim(raw, task_id, started) if task_id else Claim(raw))
         return claims
 
     def start(self, task: Task) -> Started:
@@ -279,15 +305,22 @@ class Broker:
             args=[task.raw, self.node, *flat(missing)])
         return int(attempt), int(redeliveries), bool(kill), int(retries)
 
-    def finish(self, task: Task, outcome: str, fields: dict, retry_delay: float = 0) -> int:
+    def finish(self, task: Task, outcome: str, fields: dict, retry_delay: float = 0,
+               claim_next: int = 0) -> tuple[int, list[Claim]]:
         """Record an attempt's result: ``outcome`` 'done', 'failed' or 'retry'.
-        0 if the task was no longer ours (requeued meanwhile): nothing is changed."""
+        0 if the task was no longer ours (requeued meanwhile): nothing is changed.
+        With ``claim_next``, also claims (and starts) up to that many next tasks
+        of the channel in the same round trip, as ``claim`` does without waiting."""
         k, chan = self.keys, task.channel
-        return int(self._finish(
-            keys=[k.processing(self.node, chan), k.running(chan), k.distinct(chan, task.name),
-                  k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed],
-            args=[task.raw, outcome, task.id, self.record_ttl, f"{retry_delay:.3f}",
-                  *flat(fields)]))
+        keys = [k.processing(self.node, chan), k.running(chan), k.distinct(chan, task.name),
+                k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed]
+        args = [task.raw, outcome, task.id, self.record_ttl, f"{retry_delay:.3f}",
+                *flat(fields)]
+        if not claim_next:
+            return int(self._finish(keys=keys, args=args)), []
+        done, claimed = self._pipelined([(self._finish, keys, args),
+                                         (self._claim, *self._claim_args(chan, claim_next))])
+        return int(done), self._claims(claimed)
 
     def release(self, chan: str, raw: str, reason: str = "") -> None:
         """Drop a claimed entry that cannot run into the dead-letter list."""

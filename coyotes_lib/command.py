@@ -3,9 +3,9 @@
 Each command is the leader of a new session (``start_new_session``), so a
 Ctrl-C or a signal sent to the daemon's process group never reaches it, and
 ``stop`` can end the whole group (TERM, a grace time, then KILL) on a
-timeout, a cancel or a shutdown. stdout and stderr are read by two greenlets
-at once, line by line with a cap on line length, so a command that prints
-megabytes never blocks on a full pipe; the last bytes of each are kept.
+timeout, a cancel or a shutdown. stdout and stderr are read as they come, in
+the hub's callbacks, line by line with a cap on line length, so a command that
+prints megabytes never blocks on a full pipe; the last bytes of each are kept.
 A command that cannot start is a result (exit 127 or 126), not an exception.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import logging
 import os
 import signal
 import time
@@ -21,11 +22,12 @@ import time
 import gevent
 import gevent.event
 from gevent import subprocess
-from gevent.fileobject import FileObjectPosix
 from gevent.monkey import get_original
 
 MAX_LINE = 64 * 1024   # bytes; a longer line is cut into pieces
+CHUNK = 16 * 1024      # bytes of output read per turn of the loop
 RAW_POSIX_SPAWNP = get_original("os", "posix_spawnp")
+log = logging.getLogger("coyotes.command")
 PIPE_LINGER = 2.0      # seconds to keep reading after exit (background children may hold the pipes)
 # Python ignores these; a command gets them back at their default, as with
 # subprocess's restore_signals (and Go's os/exec)
@@ -74,10 +76,10 @@ class Tail:
 
 
 class Process:
-    """A started command: its pid, its two output pipes, and a way to wait for it."""
+    """A started command: its pid and a way to wait for it."""
 
-    def __init__(self, pid: int, stdout, stderr, wait):
-        self.pid, self.stdout, self.stderr, self._wait = pid, stdout, stderr, wait
+    def __init__(self, pid: int, wait):
+        self.pid, self._wait = pid, wait
         self.returncode: int | None = None
 
     def wait(self) -> int:
@@ -87,29 +89,24 @@ class Process:
         return self.returncode
 
 
-def start_spawn(argv, env) -> Process:
+def start_spawn(argv, env, stdout: int, stderr: int) -> Process:
     """posix_spawn with setsid: no copy of this interpreter and no Python in the child
     before exec (vfork-like in glibc), about 5x faster than fork+exec from Python.
     The exit is seen by a libev child watcher started before anything yields (as
     libev requires). The plain posix_spawnp is used, not gevent's wrapper: that one
     also files every child in a table that each SIGCHLD scans, which cost a tenth
     of the daemon's time at a few hundred tasks a second."""
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    loop = gevent.get_hub().loop
+    # libev's SIGCHLD handler is only put in place by the first child watcher: a
+    # first command that ended before it would never be reaped (and its task would
+    # hang), so it goes in before anything is started
+    loop.install_sigchld()
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-    try:
-        pid = RAW_POSIX_SPAWNP(argv[0], argv, os.environ if env is None else env,
-                               file_actions=actions, setsid=True, setsigmask=(),
-                               setsigdef=DEFAULT_SIGNALS)
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    watcher = gevent.get_hub().loop.child(pid, False)
+               (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)]
+    pid = RAW_POSIX_SPAWNP(argv[0], argv, os.environ if env is None else env,
+                           file_actions=actions, setsid=True, setsigmask=(),
+                           setsigdef=DEFAULT_SIGNALS)
+    watcher = loop.child(pid, False)
     exited = gevent.event.Event()
     watcher.start(exited.set)
 
@@ -118,19 +115,72 @@ def start_spawn(argv, env) -> Process:
         watcher.stop()
         return os.waitstatus_to_exitcode(watcher.rstatus)
 
-    return Process(pid, FileObjectPosix(out_r, "rb", close=True),
-                   FileObjectPosix(err_r, "rb", close=True), wait)
+    return Process(pid, wait)
 
 
-def start_subprocess(argv, env) -> Process:
+def start_subprocess(argv, env, stdout: int, stderr: int) -> Process:
     """gevent.subprocess: forks the interpreter; kept as the conservative runner."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                            env=env)
-    return Process(proc.pid, proc.stdout, proc.stderr, proc.wait)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True, close_fds=True, env=env)
+    return Process(proc.pid, proc.wait)
 
 
 RUNNERS = {"spawn": start_spawn, "subprocess": start_subprocess}
+
+
+class Output:
+    """One output stream of a command, read in the hub's own callbacks (no greenlet,
+    no file object): a chunk per turn of the loop, so a flood of output shares the
+    hub with everything else. Lines go to ``on_line`` (cut at MAX_LINE), the last
+    bytes to ``tail``; ``done`` is set at end of file (or on ``close``)."""
+
+    def __init__(self, fd: int, stream: str, tail: Tail, on_line):
+        self.fd, self.stream, self.tail, self.on_line = fd, stream, tail, on_line
+        self.partial = b""
+        self.done = gevent.event.Event()
+        os.set_blocking(fd, False)
+        self.watcher = gevent.get_hub().loop.io(fd, 1)
+        self.watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        try:
+            if data:
+                self.tail.add(data)
+                self._lines(data)
+            else:
+                if self.partial:
+                    self._emit(self.partial)
+                self.close()
+        except Exception:   # a bug of ours (or of a log handler) must not kill the hub
+            log.exception("reading the %s of a command", self.stream)
+            self.close()
+
+    def _lines(self, data: bytes) -> None:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+        while len(self.partial) >= MAX_LINE:
+            self._emit(self.partial[:MAX_LINE])
+            self.partial = self.partial[MAX_LINE:]
+
+    def _emit(self, line: bytes) -> None:
+        for start in range(0, max(len(line), 1), MAX_LINE):
+            self.on_line(self.stream, line[start:start + MAX_LINE].rstrip(b"\r")
+                         .decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if not self.done.is_set():
+            self.watcher.stop()
+            self.watcher.close()
+            os.close(self.fd)
+            self.done.set()
 
 
 class Command:
@@ -149,43 +199,40 @@ class Command:
 
     def run(self, timeout: float = 0) -> Result:
         started = time.monotonic()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.proc = self.start(self.argv, self.env)
+            self.proc = self.start(self.argv, self.env, out_w, err_w)
         except OSError as exc:
+            os.close(out_r)
+            os.close(err_r)
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             return Result(code, duration=time.monotonic() - started,
                           error=f"{exc.strerror}: {self.argv[0]}")
-        readers = [gevent.spawn(self._read, "stdout", self.proc.stdout),
-                   gevent.spawn(self._read, "stderr", self.proc.stderr)]
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line),
+                   Output(err_r, "stderr", self.tails["stderr"], self.on_line)]
         timer = gevent.spawn_later(timeout, self.stop, "timeout") if timeout else None
         code = self.proc.wait()
         duration = time.monotonic() - started
         if timer is not None and self.stopped != "timeout":
             timer.kill(block=False)
-        gevent.joinall(readers, timeout=PIPE_LINGER)
-        if not all(r.dead for r in readers):
+        linger = time.monotonic() + PIPE_LINGER
+        if not all(o.done.wait(max(0.0, linger - time.monotonic())) for o in outputs):
             # background processes of the command still hold its output: the task is
             # over, so its process group goes too
             self._end_group(1.0)
-        gevent.killall([r for r in readers if not r.dead], block=True, timeout=1)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            pipe.close()
+            for o in outputs:
+                o.done.wait(1)
+                o.close()
         if timer is not None and self.stopped == "timeout":
             timer.join(timeout=self.kill_grace + 1)   # its stop ends what is left of the group
         tails = {name: tail.text() for name, tail in self.tails.items()}
         if code < 0:
             return Result(None, -code, duration, stopped=self.stopped, **tails)
         return Result(code, None, duration, stopped=self.stopped, **tails)
-
-    def _read(self, stream: str, pipe) -> None:
-        tail = self.tails[stream]
-        for n, line in enumerate(iter(lambda: pipe.readline(MAX_LINE), b"")):
-            tail.add(line)
-            self.on_line(stream, line.rstrip(b"\r\n").decode("utf-8", "replace"))
-            if n % 64 == 63:
-                # readline does not yield while the pipe's buffer holds data: a flood of
-                # output would otherwise starve every other greenlet (heartbeat, API)
-                gevent.sleep(0)
 
     def stop(self, reason: str = "shutdown", grace: float | None = None) -> None:
         """TERM the whole process group, then KILL what lingers past the grace time."""

@@ -110,6 +110,9 @@ class Channel:
         self.by_id: dict[str, int] = {}               # task id -> worker number
         self.kill_wanted: set[str] = set()            # asked before its command existed
         self.claimed: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0          # claims sent whose reply has not come
+        self.unsure = False         # a claim failed: its entries may be ours, unheld
+        self.reconciling = False
         self.free = list(range(spec.worker_count, 0, -1))
         self.greenlet: gevent.Greenlet | None = None
         # the daemon's environment, read once: posix_spawn converts a plain dict faster
@@ -126,7 +129,9 @@ class Channel:
             if not free:
                 continue
             try:
-                claims = self.broker.claim(self.name, free)   # as many as there are free workers
+                # as many as there are free workers; a busy worker claims its next task
+                # itself, with the result of the last one
+                claims = self._hold(self._claiming(self.broker.claim, self.name, free))
             except redis.RedisError as exc:
                 outage.failed(exc)
                 continue
@@ -134,20 +139,41 @@ class Channel:
                 log.exception("channel %s: unexpected error while claiming", self.name)
                 self.stop.wait(1)
                 continue
-            for claim in claims:
-                self.claimed[claim.raw] += 1   # before reconciling: these claims are held
-                self._crash_if("after-claim")
-            if outage.recovered():
+            outage.recovered()
+            if self.unsure:
                 self._reconcile()
-            if self.stop.is_set():   # claimed while the stop signal arrived: give them back
-                for claim in claims:
-                    persist(f"channel {self.name}",
-                            lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id,
-                                                                ran=False), self.give_up)
-                    self._unclaim(claim.raw)
-                break
-            for claim in claims:
+            for claim in self._keep(claims):
                 self.pool.spawn(self._run, claim)
+
+    def _claiming(self, action, *args, **kwargs):
+        """Run ``action``, a call that claims. If its reply is lost, it may have moved
+        entries that nobody holds: the next reconcile finds them."""
+        self.in_flight += 1
+        try:
+            return action(*args, **kwargs)
+        except redis.RedisError:
+            self.unsure = True
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def _hold(self, claims: list[Claim]) -> list[Claim]:
+        """Count claims as held (before anything yields: a reconcile trusts it)."""
+        for claim in claims:
+            self.claimed[claim.raw] += 1
+            self._crash_if("after-claim")
+        return claims
+
+    def _keep(self, claims: list[Claim]) -> list[Claim]:
+        """The claims to run; all of them go back if a stop signal came meanwhile."""
+        if not self.stop.is_set():
+            return claims
+        for claim in claims:
+            persist(f"channel {self.name}",
+                    lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id, ran=False),
+                    self.give_up)
+            self._unclaim(claim.raw)
+        return []
 
     def _crash_if(self, point: str) -> None:
         if self.limits.crash_at == point:
@@ -155,17 +181,25 @@ class Channel:
             os._exit(99)
 
     def _reconcile(self) -> None:
-        """After an outage, requeue entries of our processing list that no worker holds
-        (a claim whose reply was lost with the connection)."""
+        """After a claim failed, requeue entries of our processing list that no worker
+        holds (a claim whose reply was lost with the connection). Workers claim
+        nothing meanwhile, and claims under way are waited for, so that what the
+        list holds and what ``claimed`` counts are read at one moment."""
+        self.reconciling, self.unsure = True, False
         key = self.broker.keys.processing(self.broker.node, self.name)
         try:
+            while self.in_flight:
+                gevent.sleep(0.01)
             held = collections.Counter(self.broker.redis.lrange(key, 0, -1))
             for raw, count in held.items():
                 for _ in range(count - self.claimed.get(raw, 0)):
                     if self.broker.requeue(self.name, raw):
                         log.warning("channel %s: requeued a claim lost in the outage", self.name)
         except redis.RedisError as exc:
+            self.unsure = True
             log.warning("channel %s: could not reconcile after the outage (%s)", self.name, exc)
+        finally:
+            self.reconciling = False
 
     def _unclaim(self, raw: str) -> None:
         self.claimed[raw] -= 1
@@ -173,8 +207,16 @@ class Channel:
             del self.claimed[raw]
 
     def _run(self, claim: Claim) -> None:
-        raw = claim.raw
+        """One worker: runs the claimed task, then each next one it claims itself."""
         worker = self.free.pop()
+        try:
+            while claim is not None:
+                claim = self._run_one(claim, worker)
+        finally:
+            self.free.append(worker)
+
+    def _run_one(self, claim: Claim, worker: int) -> Claim | None:
+        raw = claim.raw
         what = f"channel {self.name}: worker {worker}"
         task = None
         try:
@@ -186,7 +228,7 @@ class Channel:
                 log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
                           what, raw, reason)
                 persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
-                return
+                return None
             self.by_id[task.id] = worker
             started = claim.started
             if started is not None and claim.task_id != task.id:
@@ -196,37 +238,34 @@ class Channel:
             if started is None:
                 started = persist(what, lambda: self.broker.start(task), self.give_up)
             if started is None:
-                return   # shutting down without redis: requeued when this node comes back
+                return None   # shutting down without redis: requeued when this node is back
             attempt, redeliveries, kill, retries = started
             label = printable(task.name)
             if not attempt:
                 log.warning("%s: task %s is no longer ours (this node was reaped and the "
                             "task finished meanwhile); not run again: %s", what, task.id, label)
-                return
+                return None
             if kill:
-                self._finish(task, "done", {"status": "canceled"}, what)
                 log.info("%s: task %s canceled before it started: %s", what, task.id, label)
-                return
+                return self._finish(task, "done", {"status": "canceled"}, what)
             if redeliveries > self.limits.max_redeliveries:
-                self._finish(task, "failed", {"status": "failed", "error": (
-                    f"its node died {redeliveries} times while running it")}, what)
                 log.error("%s: task %s moved to the failed tasks: its node died %d times while "
                           "running it: %s", what, task.id, redeliveries, label)
-                return
+                return self._finish(task, "failed", {"status": "failed", "error": (
+                    f"its node died {redeliveries} times while running it")}, what)
             result = self._execute(task, policy, worker, attempt, label, what)
             if result.stopped == "shutdown":   # it has not finished: it runs again later
                 persist(what, lambda: self.broker.requeue(self.name, raw, task.id),
                         self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
-                return
-            self._record_result(task, policy, result, retries, what, label)
+                return None
+            return self._record_result(task, policy, result, retries, what, label)
         finally:
             if task is not None:
                 self.by_id.pop(task.id, None)
                 self.kill_wanted.discard(task.id)
             self.commands.pop(worker, None)
             self._unclaim(raw)
-            self.free.append(worker)
 
     def _execute(self, task: Task, policy: Policy, worker: int, attempt: int, label: str,
                  what: str) -> Result:
@@ -250,7 +289,7 @@ class Channel:
         return result
 
     def _record_result(self, task: Task, policy: Policy, result: Result, retries: int,
-                       what: str, label: str) -> None:
+                       what: str, label: str) -> Claim | None:
         fields = {"exit_code": result.exit_code, "signal": result.signal,
                   "duration": f"{result.duration:.6f}", "error": result.error or None,
                   "stdout": result.stdout, "stderr": result.stderr}
@@ -271,17 +310,28 @@ class Channel:
             else:
                 log.warning("%s: task %s moved to the failed tasks (%s): %s", what, task.id,
                             fields["status"], label)
-        self._finish(task, outcome, fields, what, delay)
+        return self._finish(task, outcome, fields, what, delay)
 
     def _finish(self, task: Task, outcome: str, fields: dict, what: str,
-                delay: float = 0.0) -> None:
+                delay: float = 0.0) -> Claim | None:
+        """Record the result; with it, claim this worker's next task (-> that claim)."""
         self._crash_if("before-ack")
-        done = persist(what, lambda: self.broker.finish(task, outcome, fields, delay),
-                       self.give_up)
+        done, claims = None, []
+        if not (self.stop.is_set() or self.reconciling):
+            try:
+                done, claims = self._claiming(self.broker.finish, task, outcome, fields, delay,
+                                              claim_next=1)
+                self._hold(claims)
+            except redis.RedisError:
+                pass   # recorded below, without a claim, once redis takes it
+        if done is None:
+            done = persist(what, lambda: self.broker.finish(task, outcome, fields, delay)[0],
+                           self.give_up)
         if done == 0:
             log.warning("%s: task %s finished but was no longer in this node's processing "
                         "list (requeued by another node, or lost by Redis): late ack, "
                         "it may run again", what, task.id)
+        return next(iter(self._keep(claims)), None)
 
     def kill(self, task_id: str) -> bool:
         """A caller canceled this running task: end its process group."""

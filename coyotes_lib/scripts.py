@@ -34,15 +34,14 @@ if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) t
   return 0
 end
 local now = clock()
+local delayed = tonumber(ARGV[4]) > tonumber(now)
 redis.call('DEL', KEYS[5])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[5], 'queued_at', now)
-if tonumber(ARGV[4]) > tonumber(now) then
-  redis.call('HSET', KEYS[5], 'status', 'delayed')
+if #ARGV >= 6 then redis.call('HSET', KEYS[5], unpack(ARGV, 5)) end
+redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
+if delayed then
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   return 2
 end
-redis.call('HSET', KEYS[5], 'status', 'queued')
 redis.call('LPUSH', KEYS[1], ARGV[1])
 return 1
 """
@@ -137,7 +136,7 @@ FINISH = _CLOCK + """
 -- ARGV[4] record TTL (s)   ARGV[5] retry delay (s)   ARGV[6..] record fields and values
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 6 then redis.call('HSET', KEYS[4], unpack(ARGV, 6)) end
 local now = clock()
 if ARGV[2] == 'retry' then
   local at = tonumber(now) + tonumber(ARGV[5])
