@@ -12,6 +12,7 @@ A command that cannot start is a result (exit 127 or 126), not an exception.
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import errno
 import logging
@@ -26,7 +27,14 @@ from gevent.monkey import get_original
 
 MAX_LINE = 64 * 1024   # bytes; a longer line is cut into pieces
 CHUNK = 16 * 1024      # bytes of output read per turn of the loop
-RAW_POSIX_SPAWNP = get_original("os", "posix_spawnp")
+# gevent's os.close first looks for watchers of the fd to cancel (3% of the
+# daemon's time per task); ours are all stopped before their fd is closed
+close_fd = get_original("os", "close")
+SIMPLE_QUEUE = get_original("queue", "SimpleQueue")           # waits without the GIL
+START_NEW_THREAD = get_original("_thread", "start_new_thread")
+MAX_UNCLAIMED_EXITS = 1000
+# <spawn.h> values, the same in glibc and musl (os.posix_spawn does not export them)
+POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK, POSIX_SPAWN_SETSID = 0x04, 0x08, 0x80
 log = logging.getLogger("coyotes.command")
 PIPE_LINGER = 2.0      # seconds to keep reading after exit (background children may hold the pipes)
 # Python ignores these; a command gets them back at their default, as with
@@ -89,43 +97,167 @@ class Process:
         return self.returncode
 
 
-def start_spawn(argv, env, stdout: int, stderr: int) -> Process:
-    """posix_spawn with setsid: no copy of this interpreter and no Python in the child
-    before exec (vfork-like in glibc), about 5x faster than fork+exec from Python.
-    The exit is seen by a libev child watcher started before anything yields (as
-    libev requires). The plain posix_spawnp is used, not gevent's wrapper: that one
-    also files every child in a table that each SIGCHLD scans, which cost a tenth
-    of the daemon's time at a few hundred tasks a second."""
-    loop = gevent.get_hub().loop
-    # libev's SIGCHLD handler is only put in place by the first child watcher: a
-    # first command that ended before it would never be reaped (and its task would
-    # hang), so it goes in before anything is started
-    loop.install_sigchld()
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)]
-    pid = RAW_POSIX_SPAWNP(argv[0], argv, os.environ if env is None else env,
-                           file_actions=actions, setsid=True, setsigmask=(),
-                           setsigdef=DEFAULT_SIGNALS)
-    watcher = loop.child(pid, False)
-    exited = gevent.event.Event()
-    watcher.start(exited.set)
+class Spawner:
+    """The default runner: ``posix_spawnp`` (setsid, default signals), called by a
+    thread of its own through ctypes.
 
-    def wait() -> int:
-        exited.wait()
-        watcher.stop()
-        return os.waitstatus_to_exitcode(watcher.rstatus)
+    posix_spawn is vfork-like: no copy of this interpreter and no Python in the
+    child before exec, about 5x faster than fork+exec from Python. But the thread
+    that calls it waits until the child has exec'ed, and on a busy machine (the
+    child queued behind other work on the other CPU) that wait was half of the
+    daemon's time per task. ctypes lets go of the GIL during the call, so the hub
+    goes on meanwhile. The plain ``posix_spawnp`` is used, not gevent's wrapper,
+    which files every child in a table that each SIGCHLD scans.
 
-    return Process(pid, wait)
+    Exits are seen by one libev child watcher for every pid: a child may end
+    before the greenlet that started it has heard of its pid."""
+
+    def __init__(self):
+        libc = self.libc = ctypes.CDLL(None, use_errno=True)
+        self.attr = ctypes.create_string_buffer(1024)   # posix_spawnattr_t: 336 bytes in glibc
+        signals = ctypes.create_string_buffer(128)       # sigset_t
+        libc.posix_spawnattr_init(self.attr)
+        libc.sigemptyset(signals)
+        libc.posix_spawnattr_setsigmask(self.attr, signals)   # nothing blocked
+        for sig in DEFAULT_SIGNALS:
+            libc.sigaddset(signals, sig)
+        libc.posix_spawnattr_setsigdefault(self.attr, signals)
+        libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(
+            POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        self.environments: dict[int, tuple] = {}   # id(env) -> (env, its C array)
+        self.jobs = SIMPLE_QUEUE()
+        self.done: collections.deque[SpawnJob] = collections.deque()
+        self.exits: dict[int, int] = {}            # pid -> wait status nobody took yet
+        self.waiters: dict[int, gevent.event.AsyncResult] = {}
+        loop = gevent.get_hub().loop
+        # libev's SIGCHLD handler only goes in with a first child watcher: a command
+        # that ended before it would never be reaped
+        loop.install_sigchld()
+        self.reaper = loop.child(0, False)
+        self.reaper.start(self._reaped, self.reaper)
+        self.wake = loop.async_()
+        self.wake.start(self._deliver)
+        START_NEW_THREAD(self._serve, ())
+
+    def start(self, argv, env, stdout: int, stderr: int) -> Process:
+        """Start argv with these write ends of its output pipes, which it closes
+        (once the child has them: a greenlet killed meanwhile cannot close them
+        under the spawning thread)."""
+        try:
+            job = SpawnJob(self.libc, [os.fsencode(a) for a in argv],
+                           self._environment(env), stdout, stderr)
+        except BaseException:
+            close_fd(stdout)
+            close_fd(stderr)
+            raise
+        self.jobs.put(job)
+        try:
+            job.ready.wait()
+        except BaseException:
+            job.abandoned = True   # killed while waiting: its command, if any, goes too
+            raise
+        if job.error:
+            raise OSError(job.error, os.strerror(job.error), argv[0])
+        pid = job.pid.value
+
+        def wait() -> int:
+            status = self.exits.pop(pid, None)
+            if status is None:
+                waiter = self.waiters[pid] = gevent.event.AsyncResult()
+                try:
+                    status = waiter.get()
+                finally:
+                    self.waiters.pop(pid, None)
+            return os.waitstatus_to_exitcode(status)
+
+        return Process(pid, wait)
+
+    def _environment(self, env):
+        if env is None:
+            env = dict(os.environ)
+        known = self.environments.get(id(env))
+        if known is None or known[0] is not env:
+            items = [os.fsencode(f"{key}={value}") for key, value in env.items()]
+            known = self.environments[id(env)] = (env, (ctypes.c_char_p * (len(items) + 1))(
+                *items, None))
+        return known[1]
+
+    def _serve(self) -> None:
+        """The thread: one spawn at a time, then a wake-up for the hub."""
+        spawnp, attr = self.libc.posix_spawnp, self.attr
+        while True:
+            job = self.jobs.get()
+            job.error = spawnp(ctypes.byref(job.pid), job.argv[0], job.actions, attr,
+                               job.argv_array, job.envp)
+            self.done.append(job)
+            self.wake.send()
+
+    def _deliver(self) -> None:
+        while self.done:
+            job = self.done.popleft()
+            job.close()
+            if job.abandoned and not job.error:
+                try:
+                    os.killpg(job.pid.value, signal.SIGKILL)
+                except OSError:
+                    pass
+            job.ready.set()
+
+    def _reaped(self, watcher) -> None:
+        waiter = self.waiters.pop(watcher.rpid, None)
+        if waiter is not None:
+            waiter.set(watcher.rstatus)
+            return
+        self.exits[watcher.rpid] = watcher.rstatus
+        while len(self.exits) > MAX_UNCLAIMED_EXITS:   # not ours, or abandoned
+            del self.exits[next(iter(self.exits))]
 
 
-def start_subprocess(argv, env, stdout: int, stderr: int) -> Process:
+class SpawnJob:
+    """One posix_spawnp call, with the C data it needs kept alive until it is done."""
+
+    def __init__(self, libc, argv: list[bytes], envp, stdout: int, stderr: int):
+        self.libc, self.argv, self.envp = libc, argv, envp
+        self.argv_array = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        self.actions = ctypes.create_string_buffer(256)   # 80 bytes in glibc
+        libc.posix_spawn_file_actions_init(self.actions)
+        libc.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)
+        libc.posix_spawn_file_actions_adddup2(self.actions, stdout, 1)
+        libc.posix_spawn_file_actions_adddup2(self.actions, stderr, 2)
+        self.fds = (stdout, stderr)
+        self.pid = ctypes.c_int()
+        self.error = 0
+        self.abandoned = False
+        self.ready = gevent.event.Event()
+
+    def close(self) -> None:
+        self.libc.posix_spawn_file_actions_destroy(self.actions)
+        for fd in self.fds:
+            close_fd(fd)
+
+
+class Subprocess:
     """gevent.subprocess: forks the interpreter; kept as the conservative runner."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            start_new_session=True, close_fds=True, env=env)
-    return Process(proc.pid, proc.wait)
+
+    @staticmethod
+    def start(argv, env, stdout: int, stderr: int) -> Process:
+        """As ``Spawner.start`` (the write ends are closed)."""
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=stderr, start_new_session=True, close_fds=True,
+                                    env=env)
+        finally:
+            close_fd(stdout)
+            close_fd(stderr)
+        return Process(proc.pid, proc.wait)
 
 
-RUNNERS = {"spawn": start_spawn, "subprocess": start_subprocess}
+RUNNERS = {"spawn": Spawner, "subprocess": Subprocess}
+
+
+def runner(name: str):
+    """A runner for ``Command`` (one per process: the spawner has a thread)."""
+    return RUNNERS[name]()
 
 
 class Output:
@@ -179,20 +311,20 @@ class Output:
         if not self.done.is_set():
             self.watcher.stop()
             self.watcher.close()
-            os.close(self.fd)
+            close_fd(self.fd)
             self.done.set()
 
 
 class Command:
     """One run of argv; ``on_line(stream, text)`` gets every output line, and the
-    last ``tail`` bytes of each stream come back in the result. ``runner`` names
-    how the process is started (``RUNNERS``); both behave the same."""
+    last ``tail`` bytes of each stream come back in the result. ``runner`` starts
+    the process (``runner()``: spawn or subprocess); both behave the same."""
 
-    def __init__(self, argv, on_line, tail: int = 64 * 1024, kill_grace: float = 5.0,
-                 env=None, runner: str = "spawn"):
+    def __init__(self, argv, on_line, runner, tail: int = 64 * 1024,
+                 kill_grace: float = 5.0, env=None):
         self.argv, self.on_line, self.env = list(argv), on_line, env
         self.kill_grace = kill_grace
-        self.start = RUNNERS[runner]
+        self.start = runner.start
         self.tails = {"stdout": Tail(tail), "stderr": Tail(tail)}
         self.proc: Process | None = None
         self.stopped = ""   # why ``stop()`` ended it, if it did
@@ -202,16 +334,15 @@ class Command:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.proc = self.start(self.argv, self.env, out_w, err_w)
+            self.proc = self.start(self.argv, self.env, out_w, err_w)   # closes out_w, err_w
         except OSError as exc:
-            os.close(out_r)
-            os.close(err_r)
+            close_fd(out_r)
+            close_fd(err_r)
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             return Result(code, duration=time.monotonic() - started,
                           error=f"{exc.strerror}: {self.argv[0]}")
-        finally:
-            os.close(out_w)
-            os.close(err_w)
+        if self.stopped:   # asked while it was being started
+            gevent.spawn(self._end_group, self.kill_grace)
         outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line),
                    Output(err_r, "stderr", self.tails["stderr"], self.on_line)]
         timer = gevent.spawn_later(timeout, self.stop, "timeout") if timeout else None
@@ -235,12 +366,12 @@ class Command:
         return Result(code, None, duration, stopped=self.stopped, **tails)
 
     def stop(self, reason: str = "shutdown", grace: float | None = None) -> None:
-        """TERM the whole process group, then KILL what lingers past the grace time."""
-        if self.proc is None:
-            return
-        if self.proc.returncode is None and not self.stopped:
+        """TERM the whole process group, then KILL what lingers past the grace time
+        (at once if it is running, else as soon as ``run`` has started it)."""
+        if not self.stopped and (self.proc is None or self.proc.returncode is None):
             self.stopped = reason
-        self._end_group(self.kill_grace if grace is None else grace)
+        if self.proc is not None:
+            self._end_group(self.kill_grace if grace is None else grace)
 
     def _end_group(self, grace: float) -> None:
         if not self._signal_group(signal.SIGTERM):

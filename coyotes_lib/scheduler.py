@@ -25,7 +25,7 @@ import gevent.pool
 import redis
 
 from .broker import Broker, ChannelSpec, Claim
-from .command import Command, Result, pid_alive
+from .command import Command, Result, pid_alive, runner
 from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -90,7 +90,6 @@ class Limits:
     kill_grace: float = KILL_GRACE
     max_redeliveries: int = 3
     crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
-    runner: str = "spawn"
 
 
 def backoff(policy: Policy, retries_so_far: int) -> float:
@@ -102,8 +101,9 @@ def backoff(policy: Policy, retries_so_far: int) -> float:
 
 class Channel:
     def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
-                 give_up: gevent.event.Event, limits: Limits = Limits()):
+                 give_up: gevent.event.Event, run_with, limits: Limits = Limits()):
         self.spec, self.name, self.broker = spec, spec.name, broker
+        self.run_with = run_with   # the runner commands are started with
         self.stop, self.give_up, self.limits = stop, give_up, limits
         self.pool = gevent.pool.Pool(spec.worker_count)
         self.commands: dict[int, Command] = {}        # worker number -> running command
@@ -273,9 +273,9 @@ class Channel:
             output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
                         stream, text, extra={"stream": stream})
 
-        command = self.commands[worker] = Command(task.argv, on_line, self.limits.output_tail,
-                                                  self.limits.kill_grace, env=self.env,
-                                                  runner=self.limits.runner)
+        command = self.commands[worker] = Command(task.argv, on_line, self.run_with,
+                                                  self.limits.output_tail,
+                                                  self.limits.kill_grace, env=self.env)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
         log.info("%s: task %s started (attempt %d): %s", what, task.id, attempt, label)
@@ -366,7 +366,8 @@ class Scheduler:
         self.heart: gevent.Greenlet | None = None
         self.started = False
         self.limits = Limits(config.output_tail, config.kill_grace, config.max_redeliveries,
-                             os.environ.get("COYOTES_CRASH_AT", ""), config.runner)
+                             os.environ.get("COYOTES_CRASH_AT", ""))
+        self.run_with = None   # the runner, made by start() (not in API-only mode)
 
     # -- start ------------------------------------------------------------
     def ensure_default_channels(self) -> None:
@@ -377,6 +378,7 @@ class Scheduler:
 
     def start(self) -> None:
         """Wait for Redis, requeue our leftovers, start channels and loops."""
+        self.run_with = runner(self.config.runner)
         persist("start-up", self._prepare_start, self.stop)
         if self.stop.is_set():
             return
@@ -440,7 +442,8 @@ class Scheduler:
         for name, spec in self.specs.items():
             if name not in self.channels:
                 channel = self.channels[name] = Channel(spec, self.broker, self.stop,
-                                                        self.give_up, self.limits)
+                                                        self.give_up, self.run_with,
+                                                        self.limits)
                 channel.start()
                 log.info("channel %s: consuming with %d worker(s)%s", name,
                          spec.worker_count, ", distinct" if spec.distinct else "")

@@ -26,11 +26,11 @@ def run(runner: str, body: str, timeout: float = 60) -> dict:
     script = textwrap.dedent("""
         from gevent import monkey; monkey.patch_all()
         import json, os, sys, time, gevent, gevent.pool
-        from coyotes_lib.command import Command
-        RUNNER = sys.argv[1]
+        from coyotes_lib.command import Command, runner
+        RUNNER = runner(sys.argv[1])
         lines = []
         def cmd(argv, **kw):
-            return Command(argv, lambda s, t: lines.append([s, t]), runner=RUNNER, **kw)
+            return Command(argv, lambda s, t: lines.append([s, t]), RUNNER, **kw)
         def show(r):
             return {"exit_code": r.exit_code, "signal": r.signal, "error": r.error,
                     "stopped": r.stopped, "stdout": r.stdout, "stderr": r.stderr,
@@ -168,6 +168,20 @@ def test_stop_from_another_greenlet_and_background_holders(runner, tmp_path):
     assert result[0]["stopped"] == "cancel" and result[0]["signal"] == 15
     assert result[1]["exit_code"] == 0 and not result[1]["stopped"]
     wait_until(lambda: not alive(int(pidfile.read_text())), what="the pipe holder to end")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_stop_asked_before_the_process_exists_still_ends_it(runner):
+    """A cancel that arrives while the command is being started (the spawn runner
+    waits for its thread) is not lost: the process is ended once it exists."""
+    result = run(runner, """
+        c = cmd(["sleep", "60"], kill_grace=1)
+        gevent.spawn(c.stop, "cancel")   # runs at run()'s first wait, perhaps before the pid
+        t0 = time.monotonic()
+        result = {**show(c.run()), "took": time.monotonic() - t0}
+    """)
+    assert result["stopped"] == "cancel" and result["signal"] == 15, result
+    assert result["took"] < 30
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
