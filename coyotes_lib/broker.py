@@ -38,6 +38,8 @@ log = logging.getLogger("coyotes.broker")
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
 MAX_CONNECTIONS = 100_000
+SCRIPTS = ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START_NEWEST", "START", "FINISH", "REQUEUE",
+           "REAP", "PROMOTE", "CANCEL", "KILL", "UNFAIL")
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 RAW_POLL = get_original("select", "poll")
 
@@ -141,9 +143,17 @@ class Broker:
         self.node_ttl = node_ttl
         self.record_ttl = record_ttl
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
-        for name in ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START", "FINISH", "REQUEUE", "REAP",
-                     "PROMOTE", "CANCEL", "KILL", "UNFAIL"):
-            setattr(self, "_" + name.lower(), client.register_script(getattr(scripts, name)))
+        self.scripts = [client.register_script(getattr(scripts, name)) for name in SCRIPTS]
+        for name, script in zip(SCRIPTS, self.scripts, strict=True):
+            setattr(self, "_" + name.lower(), script)
+
+    def load_scripts(self) -> None:
+        """Load every script now: a pipelined call finds it there (one that does not,
+        after Redis restarted, is run again by itself, or takes the slower path)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script in self.scripts:
+                pipe.script_load(script.script)
+            pipe.execute()
 
     # -- channels ---------------------------------------------------------
     def channels(self) -> dict[str, ChannelSpec]:
@@ -274,12 +284,26 @@ class Broker:
         processing list, started where CLAIM can (see ``Claim``); when there is none,
         wait up to ``timeout`` for one (started later, by ``start``)."""
         claims = self._claims(self._claim(*self._claim_args(chan, most)))
-        if not claims:
-            k = self.keys
-            raw = self.redis.blmove(k.queue(chan), k.processing(self.node, chan), timeout,
-                                    "RIGHT", "LEFT")
-            claims = [Claim(raw)] if raw is not None else []
-        return claims
+        if claims:
+            return claims
+        # none: wait for one, and start it in the same round trip
+        k = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.blmove(k.queue(chan), k.processing(self.node, chan), timeout, "RIGHT", "LEFT")
+            pipe.evalsha(self._start_newest.sha, 2, k.processing(self.node, chan),
+                         k.running(chan), self.node, k.record(""))
+            raw, started = pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        if raw is None:
+            return []
+        if isinstance(started, NoScriptError):   # redis restarted: START does it this time
+            self.redis.script_load(scripts.START_NEWEST)
+        elif isinstance(started, Exception):
+            raise started
+        claims = self._claims(started) if isinstance(started, list) else []
+        # what was started is the entry BLMOVE moved, unless a CLAIM came between
+        return claims if claims and claims[0].raw == raw else [Claim(raw)]
 
     def _claim_args(self, chan: str, most: int) -> tuple[list, list]:
         k = self.keys

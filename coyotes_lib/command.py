@@ -109,8 +109,10 @@ class Spawner:
     goes on meanwhile. The plain ``posix_spawnp`` is used, not gevent's wrapper,
     which files every child in a table that each SIGCHLD scans.
 
-    Exits are seen by one libev child watcher for every pid: a child may end
-    before the greenlet that started it has heard of its pid."""
+    When nothing else runs (an idle daemon), the call is made right here: no
+    hand-over to wait for. Exits are seen by one libev child watcher for every
+    pid: a child may end before the greenlet that started it has heard of its
+    pid."""
 
     def __init__(self):
         libc = self.libc = ctypes.CDLL(None, use_errno=True)
@@ -128,7 +130,8 @@ class Spawner:
         self.jobs = SIMPLE_QUEUE()
         self.done: collections.deque[SpawnJob] = collections.deque()
         self.exits: dict[int, int] = {}            # pid -> wait status nobody took yet
-        self.waiters: dict[int, gevent.event.AsyncResult] = {}
+        self.waiters: dict[int, gevent.event.AsyncResult] = {}   # pid -> its Process.wait
+        self.pending = 0                           # jobs handed to the thread
         loop = gevent.get_hub().loop
         # libev's SIGCHLD handler only goes in with a first child watcher: a command
         # that ended before it would never be reaped
@@ -150,12 +153,17 @@ class Spawner:
             close_fd(stdout)
             close_fd(stderr)
             raise
-        self.jobs.put(job)
-        try:
-            job.ready.wait()
-        except BaseException:
-            job.abandoned = True   # killed while waiting: its command, if any, goes too
-            raise
+        if self.waiters or self.pending:
+            self.pending += 1
+            self.jobs.put(job)
+            try:
+                job.ready.wait()
+            except BaseException:
+                job.abandoned = True   # killed while waiting: its command, if any, goes too
+                raise
+        else:   # nothing else runs: no hub to keep going, and no hand-over to wait for
+            job.run(self.attr)
+            job.close()
         if job.error:
             raise OSError(job.error, os.strerror(job.error), argv[0])
         pid = job.pid.value
@@ -184,17 +192,16 @@ class Spawner:
 
     def _serve(self) -> None:
         """The thread: one spawn at a time, then a wake-up for the hub."""
-        spawnp, attr = self.libc.posix_spawnp, self.attr
         while True:
             job = self.jobs.get()
-            job.error = spawnp(ctypes.byref(job.pid), job.argv[0], job.actions, attr,
-                               job.argv_array, job.envp)
+            job.run(self.attr)
             self.done.append(job)
             self.wake.send()
 
     def _deliver(self) -> None:
         while self.done:
             job = self.done.popleft()
+            self.pending -= 1
             job.close()
             if job.abandoned and not job.error:
                 try:
@@ -229,6 +236,10 @@ class SpawnJob:
         self.error = 0
         self.abandoned = False
         self.ready = gevent.event.Event()
+
+    def run(self, attr) -> None:
+        self.error = self.libc.posix_spawnp(ctypes.byref(self.pid), self.argv[0], self.actions,
+                                            attr, self.argv_array, self.envp)
 
     def close(self) -> None:
         self.libc.posix_spawn_file_actions_destroy(self.actions)

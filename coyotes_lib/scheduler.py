@@ -387,6 +387,7 @@ class Scheduler:
 
     def _prepare_start(self) -> None:
         self.broker.redis.ping()
+        self.broker.load_scripts()
         self._check_node_id()
         self.ensure_default_channels()
         self.specs = self.broker.channels()

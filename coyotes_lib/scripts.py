@@ -85,28 +85,45 @@ local function start(record, running, entry, node)
 end
 """
 
+# Start a claimed entry if it names its id and its record exists (every task
+# routed by a node): {entry, id, attempt, redeliveries, kill, retries}, or id ''
+# for an entry left for START (a bare Go command line, an id that is not a
+# string, no record).
+_CLAIMED = """
+local function claimed(entry, running, node, prefix)
+  local ok, task = pcall(cjson.decode, entry)
+  local id = ok and type(task) == 'table' and task.id
+  if type(id) == 'string' and id ~= '' and redis.call('EXISTS', prefix .. id) == 1 then
+    local started = start(prefix .. id, running, entry, node)
+    return {entry, id, started[1], started[2], started[3], started[4]}
+  end
+  return {entry, '', 0, 0, 0, 0}
+end
+"""
+
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
-# processing list) and start each one whose entry names its id and whose record
-# exists (every task routed by a node). Returns per entry {entry, id, attempt,
-# redeliveries, kill, retries}; id '' for an entry left for START (a bare Go
-# command line, an id that is not a string, no record).
-CLAIM = _CLOCK + _START + """
+# processing list), each started where it can be (see _CLAIMED).
+CLAIM = _CLOCK + _START + _CLAIMED + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not entry then break end
-  local ok, task = pcall(cjson.decode, entry)
-  local id = ok and type(task) == 'table' and task.id
-  if type(id) == 'string' and id ~= '' and redis.call('EXISTS', ARGV[3] .. id) == 1 then
-    local started = start(ARGV[3] .. id, KEYS[3], entry, ARGV[2])
-    out[i] = {entry, id, started[1], started[2], started[3], started[4]}
-  else
-    out[i] = {entry, '', 0, 0, 0, 0}
-  end
+  out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
 end
 return out
+"""
+
+# Pipelined right behind a BLMOVE into the processing list: start the entry it
+# moved there, the newest, as CLAIM would have. {} when the newest entry is
+# started already (the BLMOVE moved nothing, or a worker's CLAIM came between).
+START_NEWEST = _CLOCK + _START + _CLAIMED + """
+-- KEYS[1] this node's processing list   KEYS[2] running set
+-- ARGV[1] node   ARGV[2] task record key prefix
+local entry = redis.call('LINDEX', KEYS[1], 0)
+if not entry or redis.call('SISMEMBER', KEYS[2], entry) == 1 then return {} end
+return {claimed(entry, KEYS[2], ARGV[1], ARGV[2])}
 """
 
 # START for one claimed entry CLAIM left alone; attempt 0 when the claim is no

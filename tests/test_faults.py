@@ -329,12 +329,15 @@ def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
     crashing = coyotes_factory(start=False, node_id="claimer")
     crashing.start(env=crash_env("after-claim"))
     ledger = tmp_path / "ledger"
-    pushed = push_all(r, {f"ac-{i}": fast_command(ledger, f"ac-{i}") for i in range(5)})
+    pushed = push_all(r, {f"ac-{i}": fast_command(ledger, f"ac-{i}") for i in range(5)},
+                      ids=True)
     assert crashing.wait(20) == 99
     assert "test hook: crashing at after-claim" in crashing.log()
     assert started(ledger) == set()   # it died before running anything
     acc = check_ledger(r, ledger, pushed)
     assert len(acc.processing) == 1 and len(acc.queued) == 4, acc.summary()
+    (claimed,) = acc.processing
+    assert r.hget(f"task:record:{claimed}", "status") == "running"   # claimed = started
     holding = held(r, "claimer")
 
     again = coyotes_factory(node_id="claimer")
@@ -343,7 +346,9 @@ def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
     acc = check_ledger(r, ledger, pushed)
     assert acc.finished == pushed
     assert f"requeued {holding} task(s) left from a previous run" in again.log()
-    assert all(n == 1 for n in acc.runs.values()), acc.runs   # claimed, never started
+    assert all(n == 1 for n in acc.runs.values()), acc.runs   # claimed, never run
+    record = r.hgetall(f"task:record:{claimed}")
+    assert record["redeliveries"] == "1" and record["attempt"] == "2", record
 
 
 def test_crash_right_before_the_ack_runs_the_task_again(coyotes_factory, r, tmp_path):
