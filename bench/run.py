@@ -307,14 +307,17 @@ def push_tasks(client: redis.Redis, commands: list[str]) -> None:
         pipe.execute()
 
 
-def daemon_run(ctx, concurrency: int, n: int, command: str, sample_rss: bool = True) -> dict:
-    """A fresh daemon with -concurrent C; N tasks pushed at once; timed until recorded."""
+def daemon_run(ctx, concurrency: int, n: int, command: str, sample_rss: bool = True,
+               extra: tuple = ()) -> dict:
+    """A fresh daemon with -concurrent C (and ``extra`` flags); N tasks pushed at once;
+    timed until recorded."""
     rds, tmp = ctx.redis, ctx.tmp
     rds.flush()
     workdir = Path(tempfile.mkdtemp(prefix=f"tp{concurrency}-", dir=tmp))
     files = workdir / "files"
     files.mkdir()
-    daemon = Daemon(ctx.procs, rds, workdir, ["-concurrent", str(concurrency)], ctx.daemon_args)
+    daemon = Daemon(ctx.procs, rds, workdir, ["-concurrent", str(concurrency), *extra],
+                    ctx.daemon_args)
     try:
         idle = daemon.rss()
         watcher = Inotify(files) if command == "touch" else None
@@ -408,8 +411,16 @@ def section_throughput(ctx, report: Report) -> None:
         progress(f"throughput: c={c} true: daemon {run['rate']:.0f}/s, xargs {xr:.0f}/s")
         report.cache[("true", c)] = run
         rows.append((c, "true", run, xr))
+    # the other runner, on the same commands: it forks the daemon for each one
+    progress(f"throughput: daemon -concurrent 5 -runner subprocess, {n} true tasks")
+    fork = daemon_run(ctx, 5, n, "true", extra=("-runner", "subprocess"))
+    rows.append((5, "true", fork, report.cache[("true", 5)]["rate"]))
     for c, command, run, xr in rows:
-        if c in (5, 20):
+        if run is fork:
+            report.add("throughput", f"`true` tasks/s, concurrency 5, `-runner subprocess` "
+                       f"(N={n})", f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
+                       "the default runner (`spawn`), same tasks", "")
+        elif c in (5, 20):
             report.add("throughput", f"`{command}` tasks/s, concurrency {c} (N={n})",
                        f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
                        f"`seq N \\| xargs -P {c} -I{{}} {command} ...`", "≥ 0.85x")
@@ -422,6 +433,8 @@ def section_throughput(ctx, report: Report) -> None:
              "(recorded) | Daemon peak VmRSS | VmHWM |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c, command, run, xr in rows:
+        if run is fork:
+            continue   # in the table above, against the spawn runner
         files = f"{run['rate_files']:.0f}" if run["rate_files"] else "-"
         lines.append(f"| `{command}` | {c} | {files} | {run['rate']:.0f} | {xr:.0f} | "
                      f"{run['rate'] / xr:.2f}x | {run['rss_peak']:.1f} MB | {run['hwm']:.1f} MB |")
