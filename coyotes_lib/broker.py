@@ -4,7 +4,8 @@ A task never leaves Redis between being accepted and being finished. The
 dispatcher moves a prepare-queue entry into this node's staging list, then a
 Lua script moves it from there into its channel queue (or the dead-letter
 list); a worker claims a task by moving it into this node's processing list
-(``BLMOVE``) and a script removes it only once its result is recorded. A node
+(the CLAIM script, or ``BLMOVE`` to wait for one) and a script removes it only
+once its result is recorded. A node
 that dies leaves its staging and processing lists behind; it requeues them
 when it starts again, and any live node does so once the dead node's
 heartbeat key has expired. The scripts live in ``scripts.py``.

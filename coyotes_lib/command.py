@@ -340,7 +340,9 @@ class Command:
         self.proc: Process | None = None
         self.stopped = ""   # why ``stop()`` ended it, if it did
 
-    def run(self, timeout: float = 0) -> Result:
+    def run(self, timeout: float = 0, on_start=None) -> Result:
+        """Start the command, wait for it (and its output); ``on_start(pid)`` is called
+        once the process exists."""
         started = time.monotonic()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -354,6 +356,8 @@ class Command:
                           error=f"{exc.strerror}: {self.argv[0]}")
         if self.stopped:   # asked while it was being started
             gevent.spawn(self._end_group, self.kill_grace)
+        if on_start is not None:
+            on_start(self.proc.pid)
         outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line),
                    Output(err_r, "stderr", self.tails["stderr"], self.on_line)]
         timer = gevent.spawn_later(timeout, self.stop, "timeout") if timeout else None

@@ -1,8 +1,9 @@
 """Channels and the greenlets that feed them.
 
 ``Channel`` is one queue with a ``gevent.pool.Pool`` of ``worker_count``
-greenlets: its dispatcher claims a task only when a worker is free, and the
-worker runs it and acks it. ``Scheduler`` owns the set of channels (new ones
+greenlets: its dispatcher claims tasks only for free workers; a worker runs
+its task, and acks it together with the claim of its next one (one round trip
+per task under load) until the queue is empty. ``Scheduler`` owns the set of channels (new ones
 found in ``task:channels`` start at once), routes the prepare queue into
 channel queues, promotes due delayed tasks, keeps this node's heartbeat and
 requeues the work of dead nodes. Every loop survives Redis outages: it backs
@@ -142,8 +143,11 @@ class Channel:
             outage.recovered()
             if self.unsure:
                 self._reconcile()
-            for claim in self._keep(claims):
+            claims = self._keep(claims)
+            for claim in claims:
                 self.pool.spawn(self._run, claim)
+            if claims:
+                gevent.sleep(0)   # let them start their commands before we claim again
 
     def _claiming(self, action, *args, **kwargs):
         """Run ``action``, a call that claims. If its reply is lost, it may have moved
@@ -278,9 +282,12 @@ class Channel:
                                                   self.limits.kill_grace, env=self.env)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
-        log.info("%s: task %s started (attempt %d): %s", what, task.id, attempt, label)
+        def on_start(pid: int) -> None:   # logged once running: the log line costs time
+            log.info("%s: task %s started (attempt %d, pid %d): %s", what, task.id, attempt,
+                     pid, label)
+
         try:
-            result = command.run(policy.timeout)
+            result = command.run(policy.timeout, on_start)
         finally:
             self.commands.pop(worker, None)   # what is left is recording the result
         level = logging.INFO if result.ok else logging.WARNING
@@ -471,6 +478,7 @@ class Scheduler:
                     leftovers = outage.recovered()
                 if batch:
                     self._route(batch)
+                    gevent.sleep(0)   # channels woken by these tasks start them first
             except redis.RedisError as exc:
                 outage.failed(exc)
             except Exception:   # never let one entry stop the routing
