@@ -283,7 +283,8 @@ class Broker:
     def claim(self, chan: str, most: int = 1, timeout: float = BLOCK) -> list[Claim]:
         """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
         processing list, started where CLAIM can (see ``Claim``); when there is none,
-        wait up to ``timeout`` for one (started later, by ``start``)."""
+        wait up to ``timeout`` for one, started in the same round trip (START_NEWEST)
+        or else later by ``start``."""
         claims = self._claims(self._claim(*self._claim_args(chan, most)))
         if claims:
             return claims
@@ -333,7 +334,8 @@ class Broker:
     def finish(self, task: Task, outcome: str, fields: dict, retry_delay: float = 0,
                claim_next: int = 0) -> tuple[int, list[Claim]]:
         """Record an attempt's result: ``outcome`` 'done', 'failed' or 'retry'.
-        0 if the task was no longer ours (requeued meanwhile): nothing is changed.
+        -> (done, claims): done is 0 if the task was no longer ours (requeued
+        meanwhile), and then nothing is changed.
         With ``claim_next``, also claims (and starts) up to that many next tasks
         of the channel in the same round trip, as ``claim`` does without waiting."""
         k, chan = self.keys, task.channel

@@ -1,6 +1,6 @@
 """Run one command: argv without a shell, in its own session, output by line.
 
-Each command is the leader of a new session (``start_new_session``), so a
+Each command is the leader of a new session (setsid), so a
 Ctrl-C or a signal sent to the daemon's process group never reaches it, and
 ``stop`` can end the whole group (TERM, a grace time, then KILL) on a
 timeout, a cancel or a shutdown. stdout and stderr are read as they come, in
@@ -129,7 +129,8 @@ class Spawner:
         self.environments: dict[int, tuple] = {}   # id(env) -> (env, its C array)
         self.jobs = SIMPLE_QUEUE()
         self.done: collections.deque[SpawnJob] = collections.deque()
-        self.exits: dict[int, int] = {}            # pid -> wait status nobody took yet
+        self.exits: dict[int, tuple[int, int]] = {}   # pid -> (reap number, wait status)
+        self.reaps = 0                                 # exits seen so far
         self.waiters: dict[int, gevent.event.AsyncResult] = {}   # pid -> its Process.wait
         self.pending = 0                           # jobs handed to the thread
         loop = gevent.get_hub().loop
@@ -153,6 +154,7 @@ class Spawner:
             close_fd(stdout)
             close_fd(stderr)
             raise
+        since = self.reaps   # an exit seen before this is an older process's, same pid
         if self.waiters or self.pending:
             self.pending += 1
             self.jobs.put(job)
@@ -169,8 +171,8 @@ class Spawner:
         pid = job.pid.value
 
         def wait() -> int:
-            status = self.exits.pop(pid, None)
-            if status is None:
+            seen, status = self.exits.pop(pid, (since, None))
+            if status is None or seen <= since:
                 waiter = self.waiters[pid] = gevent.event.AsyncResult()
                 try:
                     status = waiter.get()
@@ -181,8 +183,11 @@ class Spawner:
         return Process(pid, wait)
 
     def _environment(self, env):
+        """The C array of ``env`` (None: this process's), kept for the next call with
+        the same dict (every channel passes its own, which never changes)."""
         if env is None:
-            env = dict(os.environ)
+            items = [os.fsencode(f"{key}={value}") for key, value in os.environ.items()]
+            return (ctypes.c_char_p * (len(items) + 1))(*items, None)
         known = self.environments.get(id(env))
         if known is None or known[0] is not env:
             items = [os.fsencode(f"{key}={value}") for key, value in env.items()]
@@ -194,7 +199,10 @@ class Spawner:
         """The thread: one spawn at a time, then a wake-up for the hub."""
         while True:
             job = self.jobs.get()
-            job.run(self.attr)
+            try:
+                job.run(self.attr)
+            except BaseException:   # never leave a job unanswered (nor the thread dead)
+                job.error = errno.EAGAIN
             self.done.append(job)
             self.wake.send()
 
@@ -202,21 +210,24 @@ class Spawner:
         while self.done:
             job = self.done.popleft()
             self.pending -= 1
-            job.close()
-            if job.abandoned and not job.error:
-                try:
+            try:
+                job.close()
+                if job.abandoned and not job.error:
                     os.killpg(job.pid.value, signal.SIGKILL)
-                except OSError:
-                    pass
-            job.ready.set()
+            except OSError:
+                pass
+            finally:
+                job.ready.set()
 
     def _reaped(self, watcher) -> None:
+        self.reaps += 1
         waiter = self.waiters.pop(watcher.rpid, None)
         if waiter is not None:
             waiter.set(watcher.rstatus)
             return
-        self.exits[watcher.rpid] = watcher.rstatus
-        while len(self.exits) > MAX_UNCLAIMED_EXITS:   # not ours, or abandoned
+        # not waited for yet, or never (a child whose spawn failed, an abandoned one)
+        self.exits[watcher.rpid] = (self.reaps, watcher.rstatus)
+        while len(self.exits) > MAX_UNCLAIMED_EXITS:
             del self.exits[next(iter(self.exits))]
 
 
@@ -348,9 +359,11 @@ class Command:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.proc = self.start(self.argv, self.env, out_w, err_w)   # closes out_w, err_w
-        except OSError as exc:
+        except BaseException as exc:
             close_fd(out_r)
             close_fd(err_r)
+            if not isinstance(exc, OSError):
+                raise
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             return Result(code, duration=time.monotonic() - started,
                           error=f"{exc.strerror}: {self.argv[0]}")

@@ -110,6 +110,7 @@ class Channel:
         self.commands: dict[int, Command] = {}        # worker number -> running command
         self.by_id: dict[str, int] = {}               # task id -> worker number
         self.kill_wanted: set[str] = set()            # asked before its command existed
+        self.handing: set[str] = set()                # ids claimed, not yet with a worker
         self.claimed: collections.Counter[str] = collections.Counter()
         self.in_flight = 0          # claims sent whose reply has not come
         self.unsure = False         # a claim failed: its entries may be ours, unheld
@@ -155,16 +156,19 @@ class Channel:
         self.in_flight += 1
         try:
             return action(*args, **kwargs)
-        except redis.RedisError:
+        except Exception:   # a lost reply, or one we could not read: check the list
             self.unsure = True
             raise
         finally:
             self.in_flight -= 1
 
     def _hold(self, claims: list[Claim]) -> list[Claim]:
-        """Count claims as held (before anything yields: a reconcile trusts it)."""
+        """Count claims as held (before anything yields: a reconcile trusts it), and
+        know their ids until their worker does (a cancel may come in between)."""
         for claim in claims:
             self.claimed[claim.raw] += 1
+            if claim.task_id:
+                self.handing.add(claim.task_id)
             self._crash_if("after-claim")
         return claims
 
@@ -176,6 +180,7 @@ class Channel:
             persist(f"channel {self.name}",
                     lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id, ran=False),
                     self.give_up)
+            self.handing.discard(claim.task_id)
             self._unclaim(claim.raw)
         return []
 
@@ -197,7 +202,7 @@ class Channel:
             held = collections.Counter(self.broker.redis.lrange(key, 0, -1))
             for raw, count in held.items():
                 for _ in range(count - self.claimed.get(raw, 0)):
-                    if self.broker.requeue(self.name, raw):
+                    if self.broker.requeue(self.name, raw, locate(raw)[1], ran=False):
                         log.warning("channel %s: requeued a claim lost in the outage", self.name)
         except redis.RedisError as exc:
             self.unsure = True
@@ -221,6 +226,7 @@ class Channel:
 
     def _run_one(self, claim: Claim, worker: int) -> Claim | None:
         raw = claim.raw
+        self.handing.discard(claim.task_id)
         what = f"channel {self.name}: worker {worker}"
         task = None
         try:
@@ -342,6 +348,9 @@ class Channel:
 
     def kill(self, task_id: str) -> bool:
         """A caller canceled this running task: end its process group."""
+        if task_id in self.handing:   # claimed (and started in redis), worker not yet there
+            self.kill_wanted.add(task_id)
+            return True
         worker = self.by_id.get(task_id)
         if worker is None:
             return False

@@ -4,8 +4,9 @@ Each is a constant registered once by ``Broker``, with a KEYS/ARGV header.
 A task record is a hash (``task:record:<id>``); its status is one of
 queued, delayed, running and the final ones (succeeded, failed, timed_out,
 canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
-Two scripts (REAP, PROMOTE) reach the record of an entry they read, by
-building its key from ARGV's prefix: fine on one Redis (not on Cluster).
+Some scripts (REAP, PROMOTE, CLAIM, START_NEWEST) reach the record of an entry
+they read, by building its key from ARGV's prefix: fine on one Redis (not on
+Cluster).
 """
 
 # Shared by the scripts below: is a status final? What time is it (unix s, to the us)?
@@ -47,8 +48,7 @@ return 1
 """
 
 # Move up to ARGV[1] entries from one list to another (right to left), as
-# many LMOVEs in one round trip: the prepare queue into a node's staging
-# list, or a channel queue into a node's processing list.
+# many LMOVEs in one round trip: the prepare queue into a node's staging list.
 TAKE = """
 -- KEYS[1] source list   KEYS[2] destination list
 -- ARGV[1] how many at most
@@ -117,7 +117,9 @@ return out
 
 # Pipelined right behind a BLMOVE into the processing list: start the entry it
 # moved there, the newest, as CLAIM would have. {} when the newest entry is
-# started already (the BLMOVE moved nothing, or a worker's CLAIM came between).
+# started already (a worker's CLAIM came between). If the BLMOVE moved nothing,
+# the newest entry is normally started already too; one left for START (a
+# fallback) would have its attempt counted twice, nothing worse.
 START_NEWEST = _CLOCK + _START + _CLAIMED + """
 -- KEYS[1] this node's processing list   KEYS[2] running set
 -- ARGV[1] node   ARGV[2] task record key prefix
@@ -179,13 +181,13 @@ return 1
 # undone: it did not run).
 REQUEUE = """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
--- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt CLAIM counted
+-- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt its start counted
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
+local started = redis.call('SREM', KEYS[2], ARGV[1]) == 1
 redis.call('RPUSH', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'status', 'queued')
-  if ARGV[2] == '1' and tonumber(redis.call('HGET', KEYS[4], 'attempt') or '0') > 0 then
+  if ARGV[2] == '1' and started and tonumber(redis.call('HGET', KEYS[4], 'attempt') or '0') > 0 then
     redis.call('HINCRBY', KEYS[4], 'attempt', -1)
   end
 end

@@ -94,6 +94,24 @@ def test_first_command_of_a_process_is_reaped_even_when_it_ends_at_once(runner):
         assert result["exit_code"] == 0, result
 
 
+def test_an_old_exit_of_the_same_pid_is_not_taken_for_a_new_command():
+    """The spawner keeps exits nobody waited for (a child whose spawn failed can be
+    reaped by the hub first); a later command that gets the same pid must wait for
+    its own exit, not take that one. Linux gives the next pid to the next process,
+    so a stale exit 3 is planted for it."""
+    result = run("spawn", """
+        cmd(["true"]).run()                       # the spawner is set up
+        results = []
+        for _ in range(5):
+            nxt = int(open("/proc/sys/kernel/ns_last_pid").read()) + 1
+            RUNNER.reaps += 1
+            RUNNER.exits[nxt] = (RUNNER.reaps, 3 << 8)   # "exited 3", seen before the spawn
+            results.append(show(cmd(["sh", "-c", "sleep 0.2; echo $$"]).run()))
+        result = results
+    """)
+    assert all(r["exit_code"] == 0 for r in result), result
+
+
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_commands_start_with_default_signals(runner):
     """Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (``yes |
