@@ -201,18 +201,22 @@ class Broker:
             [(self._enqueue, *self._enqueue_args(task, distinct, source))
              for task, distinct, source in pushes])]
 
-    def _pipelined(self, calls) -> list:
-        """Script calls, ``(script, keys, args)``, in one round trip. redis-py's own
-        pipelined scripts ask SCRIPT EXISTS first, a round trip more each time; here
-        a NOSCRIPT reply (Redis restarted) loads the script and runs that call again:
-        it had done nothing."""
+    def _pipelined(self, calls, first: tuple = ()) -> list:
+        """Script calls, ``(script, keys, args)``, in one round trip, after the plain
+        command ``first`` if given (its reply comes first). redis-py's own pipelined
+        scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
+        reply (Redis restarted) loads the script and runs that call again: it had
+        done nothing."""
         with self.redis.pipeline(transaction=False) as pipe:
+            if first:
+                pipe.execute_command(*first)
             for script, keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             replies = pipe.execute(raise_on_error=False)
+        skip = 1 if first else 0
         for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                script, keys, args = calls[i]
+            if isinstance(reply, NoScriptError) and i >= skip:
+                script, keys, args = calls[i - skip]
                 replies[i] = script(keys=keys, args=args)
             elif isinstance(reply, Exception):
                 raise reply
@@ -290,20 +294,13 @@ class Broker:
             return claims
         # none: wait for one, and start it in the same round trip
         k = self.keys
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.blmove(k.queue(chan), k.processing(self.node, chan), timeout, "RIGHT", "LEFT")
-            pipe.evalsha(self._start_newest.sha, 2, k.processing(self.node, chan),
-                         k.running(chan), self.node, k.record(""))
-            raw, started = pipe.execute(raise_on_error=False)
-        if isinstance(raw, Exception):
-            raise raw
+        processing = k.processing(self.node, chan)
+        raw, started = self._pipelined(
+            [(self._start_newest, [processing, k.running(chan)], [self.node, k.record("")])],
+            first=("BLMOVE", k.queue(chan), processing, "RIGHT", "LEFT", timeout))
         if raw is None:
             return []
-        if isinstance(started, NoScriptError):   # redis restarted: START does it this time
-            self.redis.script_load(scripts.START_NEWEST)
-        elif isinstance(started, Exception):
-            raise started
-        claims = self._claims(started) if isinstance(started, list) else []
+        claims = self._claims(started)
         # what was started is the entry BLMOVE moved, unless a CLAIM came between
         return claims if claims and claims[0].raw == raw else [Claim(raw)]
 

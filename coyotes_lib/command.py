@@ -126,7 +126,7 @@ class Spawner:
         libc.posix_spawnattr_setsigdefault(self.attr, signals)
         libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(
             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        self.environments: dict[int, tuple] = {}   # id(env) -> (env, its C array)
+        self.environ = environ_array(os.environ)   # the daemon's own, read once
         self.jobs = SIMPLE_QUEUE()
         self.done: collections.deque[SpawnJob] = collections.deque()
         self.exits: dict[int, tuple[int, int]] = {}   # pid -> (reap number, wait status)
@@ -149,7 +149,7 @@ class Spawner:
         under the spawning thread)."""
         try:
             job = SpawnJob(self.libc, [os.fsencode(a) for a in argv],
-                           self._environment(env), stdout, stderr)
+                           self.environ if env is None else environ_array(env), stdout, stderr)
         except BaseException:
             close_fd(stdout)
             close_fd(stderr)
@@ -181,19 +181,6 @@ class Spawner:
             return os.waitstatus_to_exitcode(status)
 
         return Process(pid, wait)
-
-    def _environment(self, env):
-        """The C array of ``env`` (None: this process's), kept for the next call with
-        the same dict (every channel passes its own, which never changes)."""
-        if env is None:
-            items = [os.fsencode(f"{key}={value}") for key, value in os.environ.items()]
-            return (ctypes.c_char_p * (len(items) + 1))(*items, None)
-        known = self.environments.get(id(env))
-        if known is None or known[0] is not env:
-            items = [os.fsencode(f"{key}={value}") for key, value in env.items()]
-            known = self.environments[id(env)] = (env, (ctypes.c_char_p * (len(items) + 1))(
-                *items, None))
-        return known[1]
 
     def _serve(self) -> None:
         """The thread: one spawn at a time, then a wake-up for the hub."""
@@ -231,12 +218,21 @@ class Spawner:
             del self.exits[next(iter(self.exits))]
 
 
+def c_strings(items: list[bytes]):
+    """A NULL-terminated ``char *[]``, as argv and envp are."""
+    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+
+
+def environ_array(env) -> ctypes.Array:
+    return c_strings([os.fsencode(f"{key}={value}") for key, value in env.items()])
+
+
 class SpawnJob:
     """One posix_spawnp call, with the C data it needs kept alive until it is done."""
 
     def __init__(self, libc, argv: list[bytes], envp, stdout: int, stderr: int):
         self.libc, self.argv, self.envp = libc, argv, envp
-        self.argv_array = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        self.argv_array = c_strings(argv)
         self.actions = ctypes.create_string_buffer(256)   # 80 bytes in glibc
         libc.posix_spawn_file_actions_init(self.actions)
         libc.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)

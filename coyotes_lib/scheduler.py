@@ -113,13 +113,12 @@ class Channel:
         self.handing: set[str] = set()                # ids claimed, not yet with a worker
         self.claimed: collections.Counter[str] = collections.Counter()
         self.in_flight = 0          # claims sent whose reply has not come
+        self.no_claim_in_flight = gevent.event.Event()
+        self.no_claim_in_flight.set()
         self.unsure = False         # a claim failed: its entries may be ours, unheld
         self.reconciling = False
         self.free = list(range(spec.worker_count, 0, -1))
         self.greenlet: gevent.Greenlet | None = None
-        # the daemon's environment, read once: posix_spawn converts a plain dict faster
-        # than os.environ, which decodes every variable on each call
-        self.env = dict(os.environ)
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._dispatch)
@@ -154,6 +153,7 @@ class Channel:
         """Run ``action``, a call that claims. If its reply is lost, it may have moved
         entries that nobody holds: the next reconcile finds them."""
         self.in_flight += 1
+        self.no_claim_in_flight.clear()
         try:
             return action(*args, **kwargs)
         except Exception:   # a lost reply, or one we could not read: check the list
@@ -161,6 +161,8 @@ class Channel:
             raise
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self.no_claim_in_flight.set()
 
     def _hold(self, claims: list[Claim]) -> list[Claim]:
         """Count claims as held (before anything yields: a reconcile trusts it), and
@@ -197,8 +199,7 @@ class Channel:
         self.reconciling, self.unsure = True, False
         key = self.broker.keys.processing(self.broker.node, self.name)
         try:
-            while self.in_flight:
-                gevent.sleep(0.01)
+            self.no_claim_in_flight.wait()
             held = collections.Counter(self.broker.redis.lrange(key, 0, -1))
             for raw, count in held.items():
                 for _ in range(count - self.claimed.get(raw, 0)):
@@ -285,7 +286,7 @@ class Channel:
 
         command = self.commands[worker] = Command(task.argv, on_line, self.run_with,
                                                   self.limits.output_tail,
-                                                  self.limits.kill_grace, env=self.env)
+                                                  self.limits.kill_grace)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
         def on_start(pid: int) -> None:   # logged once running: the log line costs time

@@ -20,27 +20,32 @@ def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_ser
     connection the server closed."""
     script = textwrap.dedent("""
         from gevent import monkey; monkey.patch_all()
-        import json, sys, gevent, redis
+        import json, sys, time, gevent, redis
         from coyotes_lib.broker import connect
         client = connect("127.0.0.1", int(sys.argv[1]))
         conn = client.connection_pool.get_connection()
         conn.send_command("PING"); conn.read_response()
+        def readable(deadline=10.0):
+            # can_read(), once it says yes or the deadline passed (or its error)
+            end = time.monotonic() + deadline
+            while True:
+                try:
+                    if conn.can_read() or time.monotonic() > end:
+                        return conn.can_read()
+                except redis.ConnectionError:
+                    return "error"
+                gevent.sleep(0.01)
         other = []
         gevent.spawn(other.append, 1)   # runs only if the check yields to the hub
         idle = conn.can_read()
         yielded = bool(other)
         conn.send_command("PING")
-        gevent.sleep(0.2)               # the reply arrives, unread
-        pending = conn.can_read()
+        pending = readable()            # the reply arrives, unread
         reply = conn.read_response()
         after = conn.can_read()
         conn.send_command("CLIENT", "ID")
         client.execute_command("CLIENT", "KILL", "ID", conn.read_response())
-        gevent.sleep(0.2)
-        try:
-            closed = conn.can_read()
-        except redis.ConnectionError:
-            closed = "error"
+        closed = readable()
         print(json.dumps({"idle": idle, "yielded": yielded, "pending": pending,
                           "reply": reply, "after": after, "closed": closed,
                           "ping": client.ping()}))

@@ -325,14 +325,22 @@ def crash_env(point: str) -> dict:
     return {**os.environ, "COYOTES_CRASH_AT": point}
 
 
-def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
-    crashing = coyotes_factory(start=False, node_id="claimer")
-    crashing.start(env=crash_env("after-claim"))
-    ledger = tmp_path / "ledger"
-    pushed = push_all(r, {f"ac-{i}": fast_command(ledger, f"ac-{i}") for i in range(5)},
-                      ids=True)
+def crash_with_tasks(coyotes_factory, r, ledger: Path, point: str, node_id: str, n: int,
+                     *args) -> set[str]:
+    """A daemon that crashes at ``point``, fed n tasks whose ids are their tags;
+    returns once it has crashed (exit 99)."""
+    crashing = coyotes_factory(*args, start=False, node_id=node_id)
+    crashing.start(env=crash_env(point))
+    tags = [f"{node_id}-{i}" for i in range(n)]
+    pushed = push_all(r, {tag: fast_command(ledger, tag) for tag in tags}, ids=True)
     assert crashing.wait(20) == 99
-    assert "test hook: crashing at after-claim" in crashing.log()
+    assert f"test hook: crashing at {point}" in crashing.log()
+    return pushed
+
+
+def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    pushed = crash_with_tasks(coyotes_factory, r, ledger, "after-claim", "claimer", 5)
     assert started(ledger) == set()   # it died before running anything
     acc = check_ledger(r, ledger, pushed)
     assert len(acc.processing) == 1 and len(acc.queued) == 4, acc.summary()
@@ -352,13 +360,9 @@ def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
 
 
 def test_crash_right_before_the_ack_runs_the_task_again(coyotes_factory, r, tmp_path):
-    crashing = coyotes_factory("-concurrent", "1", start=False, node_id="acker")
-    crashing.start(env=crash_env("before-ack"))
     ledger = tmp_path / "ledger"
-    pushed = push_all(r, {f"ba-{i}": fast_command(ledger, f"ba-{i}") for i in range(3)},
-                      ids=True)
-    assert crashing.wait(20) == 99
-    assert "test hook: crashing at before-ack" in crashing.log()
+    pushed = crash_with_tasks(coyotes_factory, r, ledger, "before-ack", "acker", 3,
+                              "-concurrent", "1")
     (first,) = ended(ledger)   # its command ran to the end; its result was not recorded
     acc = check_ledger(r, ledger, pushed)
     assert acc.processing == {first} and len(acc.queued) == 2, acc.summary()
