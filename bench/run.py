@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import re
+import resource
 import select
 import shutil
 import signal
@@ -95,6 +96,13 @@ def proc_status(pid: int) -> dict[str, float]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the process, of its children it has waited for) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def median(values):
@@ -324,6 +332,7 @@ def daemon_run(ctx, concurrency: int, n: int, command: str, sample_rss: bool = T
         # unique command lines: the default channel is distinct (a repeated line is refused)
         cmds = [f"touch {files}/{i}" if command == "touch" else f"true {i}" for i in range(n)]
         before = commandstats(rds.client)
+        cpu0, redis0 = proc_cpu(daemon.pid), proc_cpu(rds.proc.pid)[0]
         timeout = max(60.0, n / 20)
         created, rss_peak, polls = 0, idle.get("VmRSS", 0), 0
         t0 = time.perf_counter()
@@ -354,6 +363,7 @@ def daemon_run(ctx, concurrency: int, n: int, command: str, sample_rss: bool = T
             if sample_rss and polls % 20 == 0:
                 rss_peak = max(rss_peak, daemon.rss().get("VmRSS", 0))
         t_done = time.perf_counter() - t0
+        cpu1, redis1 = proc_cpu(daemon.pid), proc_cpu(rds.proc.pid)[0]
         after = commandstats(rds.client)
         status = daemon.rss()
         ok = sum(1 for line in daemon.log().splitlines() if " exited 0 in " in line)
@@ -367,25 +377,41 @@ def daemon_run(ctx, concurrency: int, n: int, command: str, sample_rss: bool = T
         return {"n": n, "concurrency": concurrency, "t_files": t_files, "t_done": t_done,
                 "rate": n / t_done, "rate_files": n / t_files if t_files else None,
                 "ok_lines": ok, "idle": idle, "rss_peak": max(rss_peak, status.get("VmRSS", 0)),
-                "hwm": status.get("VmHWM", 0), "commandstats": delta}
+                "hwm": status.get("VmHWM", 0), "commandstats": delta,
+                # CPU ms per task: the daemon itself, the commands it ran, redis-server
+                "cpu": {"daemon": 1000 * (cpu1[0] - cpu0[0]) / n,
+                        "commands": 1000 * (cpu1[1] - cpu0[1]) / n,
+                        "redis": 1000 * (redis1 - redis0) / n}}
     finally:
         daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def xargs_run(ctx, concurrency: int, n: int, command: str) -> float:
+def xargs_run(ctx, concurrency: int, n: int, command: str) -> tuple[float, float]:
+    """(tasks/s, CPU ms per task of xargs and the commands it ran)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"xargs{concurrency}-", dir=ctx.tmp))
     try:
         target = f"touch {workdir}/{{}}" if command == "touch" else "true"
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(f"seq {n} | xargs -P {concurrency} -I{{}} {target}", shell=True,
                        check=True, timeout=max(60, n / 20))
         elapsed = time.perf_counter() - t0
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if command == "touch" and len(os.listdir(workdir)) != n:
             raise RuntimeError("xargs did not create every file")
-        return n / elapsed
+        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        return n / elapsed, 1000 * cpu / n
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def cpu_ceiling(run: dict, xargs_cpu: float) -> float:
+    """The best ratio to xargs that this CPU allows, if both are CPU-bound: what a
+    task costs xargs (its commands included) over what it costs here (the daemon,
+    its commands and redis-server together)."""
+    ours = sum(run["cpu"].values())
+    return xargs_cpu / ours if ours else float("nan")
 
 
 def section_throughput(ctx, report: Report) -> None:
@@ -394,7 +420,7 @@ def section_throughput(ctx, report: Report) -> None:
     rows = []
     for c in levels:
         progress(f"throughput: xargs -P {c} touch x{n}")
-        xr = xargs_run(ctx, c, n, "touch")
+        xr, xcpu = xargs_run(ctx, c, n, "touch")
         progress(f"throughput: daemon -concurrent {c}, {n} touch tasks")
         run = daemon_run(ctx, c, n, "touch")
         progress(f"throughput: c={c}: daemon {run['rate']:.0f}/s (files {run['rate_files']:.0f}/s)"
@@ -402,20 +428,20 @@ def section_throughput(ctx, report: Report) -> None:
         report.curve.setdefault("coyotes (touch, until recorded)", {})[c] = run["rate"]
         report.curve.setdefault("xargs -P (touch)", {})[c] = xr
         report.cache[("touch", c)] = run
-        rows.append((c, "touch", run, xr))
+        rows.append((c, "touch", run, xr, xcpu))
     for c in (5, 20):
         progress(f"throughput: xargs -P {c} true x{n}")
-        xr = xargs_run(ctx, c, n, "true")
+        xr, xcpu = xargs_run(ctx, c, n, "true")
         progress(f"throughput: daemon -concurrent {c}, {n} true tasks")
         run = daemon_run(ctx, c, n, "true")
         progress(f"throughput: c={c} true: daemon {run['rate']:.0f}/s, xargs {xr:.0f}/s")
         report.cache[("true", c)] = run
-        rows.append((c, "true", run, xr))
+        rows.append((c, "true", run, xr, xcpu))
     # the other runner, on the same commands: it forks the daemon for each one
     progress(f"throughput: daemon -concurrent 5 -runner subprocess, {n} true tasks")
     fork = daemon_run(ctx, 5, n, "true", extra=("-runner", "subprocess"))
-    rows.append((5, "true", fork, report.cache[("true", 5)]["rate"]))
-    for c, command, run, xr in rows:
+    rows.append((5, "true", fork, report.cache[("true", 5)]["rate"], None))
+    for c, command, run, xr, xcpu in rows:
         if run is fork:
             report.add("throughput", f"`true` tasks/s, concurrency 5, `-runner subprocess` "
                        f"(N={n})", f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
@@ -424,20 +450,36 @@ def section_throughput(ctx, report: Report) -> None:
             report.add("throughput", f"`{command}` tasks/s, concurrency {c} (N={n})",
                        f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
                        f"`seq N \\| xargs -P {c} -I{{}} {command} ...`", "≥ 0.85x")
+            cpu = run["cpu"]
+            report.add("throughput", f"CPU ms per `{command}` task, concurrency {c}: "
+                       "daemon + its commands + redis-server",
+                       f"{cpu['daemon']:.3f} + {cpu['commands']:.3f} + {cpu['redis']:.3f}",
+                       f"{xcpu:.3f}", ratio(sum(cpu.values()), xcpu),
+                       "xargs and its commands (getrusage)",
+                       f"ceiling {cpu_ceiling(run, xcpu):.2f}x")
     lines = ["### Throughput by concurrency", "",
              (f"N = {n} tasks pushed at once (one pipeline of LPUSH) to `task:prepare:queue`; "
              "a fresh daemon with `-concurrent C` for each row. *files* stops the clock when "
              "the last file appears (inotify), *recorded* when every task has left the "
-             "queues (its result recorded by the FINISH script)."), "",
+             "queues (its result recorded by the FINISH script). CPU is per task, in ms, "
+             "from `/proc/PID/stat` over the run: the daemon's own, that of the commands it "
+             "ran (its waited-for children), and redis-server's; xargs's (with `seq`, the "
+             "shell and the commands) from `getrusage(RUSAGE_CHILDREN)`. *Ceiling* is the "
+             "ratio that the CPU allows when both sides are CPU-bound: xargs's CPU per task "
+             "over ours (daemon, commands and Redis together)."), "",
              ("| Command | C | Coyotes files/s | Coyotes recorded/s | xargs -P C /s | Ratio "
-             "(recorded) | Daemon peak VmRSS | VmHWM |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c, command, run, xr in rows:
+             "(recorded) | CPU ms/task: daemon / commands / redis | xargs CPU ms/task | "
+             "Ceiling | Daemon peak VmRSS | VmHWM |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, command, run, xr, xcpu in rows:
         if run is fork:
             continue   # in the table above, against the spawn runner
         files = f"{run['rate_files']:.0f}" if run["rate_files"] else "-"
+        cpu = run["cpu"]
         lines.append(f"| `{command}` | {c} | {files} | {run['rate']:.0f} | {xr:.0f} | "
-                     f"{run['rate'] / xr:.2f}x | {run['rss_peak']:.1f} MB | {run['hwm']:.1f} MB |")
+                     f"{run['rate'] / xr:.2f}x | {cpu['daemon']:.3f} / {cpu['commands']:.3f} / "
+                     f"{cpu['redis']:.3f} | {xcpu:.3f} | {cpu_ceiling(run, xcpu):.2f}x | "
+                     f"{run['rss_peak']:.1f} MB | {run['hwm']:.1f} MB |")
     report.details.append("\n".join(lines))
 
 

@@ -59,3 +59,63 @@ def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_ser
     assert result["after"] is False
     assert result["closed"] in (True, "error")
     assert result["ping"] is True   # the pool replaces what it cannot use
+
+
+def run_patched(script: str, port: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(port)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_round_trip_keeps_error_replies_in_place_and_drops_a_connection_cut_mid_reply(
+        redis_server):
+    """The per-task path sends its commands together on one connection: an error
+    reply takes its place among the others, and a caller killed while waiting (the
+    reply still to come) never leaves that connection to the next caller."""
+    result = run_patched("""
+        from gevent import monkey; monkey.patch_all()
+        import json, sys, gevent
+        from coyotes_lib.broker import Broker, connect
+        from coyotes_lib.keys import Keys
+        client = connect("127.0.0.1", int(sys.argv[1]))
+        broker = Broker(client, Keys(), "n1")
+        replies = broker._round_trip([("SET", "k", "1"), ("LPUSH", "k", "x"), ("GET", "k")])
+        waiting = gevent.spawn(broker._round_trip, [("BLPOP", "later", 5)])
+        gevent.sleep(0.2)
+        waiting.kill()
+        client.lpush("later", "v")
+        print(json.dumps({
+            "replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
+            "next": broker._round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
+            "clients": client.info("clients")["blocked_clients"]}))
+    """, redis_server.port)
+    assert result["replies"] == ["OK", "ResponseError", "1"]
+    # the killed BLPOP's connection was closed: its reply is not the next caller's,
+    # and the value it waited for is still there
+    assert result["next"] == ["PONG", ["v"]]
+    assert result["clients"] == 0
+
+
+def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
+    """After Redis lost its scripts (a restart), a pipelined call that gets NOSCRIPT
+    loads its script and runs again, once: the task is queued exactly once."""
+    result = run_patched("""
+        from gevent import monkey; monkey.patch_all()
+        import json, sys
+        from coyotes_lib.broker import Broker, connect
+        from coyotes_lib.keys import Keys
+        from coyotes_lib.task import from_producer
+        client = connect("127.0.0.1", int(sys.argv[1]))
+        broker = Broker(client, Keys(), "n1")
+        broker.load_scripts()
+        first = broker.push_many([(from_producer('{"task": "true 1"}', "default"), False, "")])
+        client.script_flush()
+        again = broker.push_many([(from_producer('{"task": "true 2"}', "default"), False, ""),
+                                  (from_producer('{"task": "true 3"}', "default"), False, "")])
+        print(json.dumps({"first": first, "again": again,
+                          "queued": client.lrange("default:tasks:queue", 0, -1)}))
+    """, redis_server.port)
+    assert result["first"] == [1] and result["again"] == [1, 1]
+    assert [json.loads(raw)["task"] for raw in result["queued"]] == ["true 3", "true 2",
+                                                                     "true 1"]
