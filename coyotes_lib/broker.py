@@ -38,6 +38,9 @@ log = logging.getLogger("coyotes.broker")
 
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
+# bytes a connection reads at a time; its parser keeps a buffer this size for good
+# (redis-py's default of 64 KiB, for replies that are mostly under 1 KiB here)
+READ_SIZE = 16 * 1024
 MAX_CONNECTIONS = 100_000
 SCRIPTS = ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START_NEWEST", "START", "FINISH", "REQUEUE",
            "REAP", "PROMOTE", "CANCEL", "KILL", "UNFAIL")
@@ -130,6 +133,7 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
         decode_responses=True, encoding_errors="surrogateescape",
         socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
         health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
+        socket_read_size=READ_SIZE,
         # one connection per channel waits in BLMOVE at any time, plus those of
         # workers and API requests: no small cap (redis-py's default of 100 refused
         # the 97th channel)
