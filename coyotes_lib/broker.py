@@ -214,6 +214,8 @@ class Broker:
         commands = [first] if first else []
         commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
                      for script, keys, args in calls]
+        if not commands:
+            return []
         replies = self._round_trip(commands)
         skip = 1 if first else 0
         for i, reply in enumerate(replies):

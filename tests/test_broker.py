@@ -68,33 +68,44 @@ def run_patched(script: str, port: int) -> dict:
     return json.loads(out.stdout)
 
 
-def test_round_trip_keeps_error_replies_in_place_and_drops_a_connection_cut_mid_reply(
+def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_connection(
         redis_server):
     """The per-task path sends its commands together on one connection: an error
-    reply takes its place among the others, and a caller killed while waiting (the
-    reply still to come) never leaves that connection to the next caller."""
+    reply takes its place among the others. A reply that redis-py reads as a
+    connection error (LOADING, say) with more replies behind it, or a caller killed
+    while waiting, never leaves that connection, replies unread, to the next caller."""
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
-        import json, sys, gevent
+        import json, sys, gevent, redis
         from coyotes_lib.broker import Broker, connect
         from coyotes_lib.keys import Keys
         client = connect("127.0.0.1", int(sys.argv[1]))
         broker = Broker(client, Keys(), "n1")
         replies = broker._round_trip([("SET", "k", "1"), ("LPUSH", "k", "x"), ("GET", "k")])
+        try:
+            broker._round_trip([("EVAL", "return redis.error_reply('LOADING x')", 0),
+                                ("PING",)])
+            loading = "no error"
+        except redis.ConnectionError as exc:
+            loading = type(exc).__name__
+        after_loading = broker._round_trip([("ECHO", "mine")])
         waiting = gevent.spawn(broker._round_trip, [("BLPOP", "later", 5)])
         gevent.sleep(0.2)
         waiting.kill()
         client.lpush("later", "v")
         print(json.dumps({
             "replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
+            "loading": loading, "after_loading": after_loading,
             "next": broker._round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
-            "clients": client.info("clients")["blocked_clients"]}))
+            "blocked": client.info("clients")["blocked_clients"]}))
     """, redis_server.port)
     assert result["replies"] == ["OK", "ResponseError", "1"]
+    assert result["loading"] == "BusyLoadingError"
+    assert result["after_loading"] == ["mine"]   # not the PING left unread
     # the killed BLPOP's connection was closed: its reply is not the next caller's,
     # and the value it waited for is still there
     assert result["next"] == ["PONG", ["v"]]
-    assert result["clients"] == 0
+    assert result["blocked"] == 0
 
 
 def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
@@ -119,3 +130,34 @@ def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
     assert result["first"] == [1] and result["again"] == [1, 1]
     assert [json.loads(raw)["task"] for raw in result["queued"]] == ["true 3", "true 2",
                                                                      "true 1"]
+
+
+def test_idle_claim_survives_a_script_cache_flush(redis_server):
+    """The idle claim (a blocking BLMOVE with the start script behind it in one round
+    trip): after a script-cache flush, the start script's NOSCRIPT reply makes it run
+    again by itself, and the task moved is claimed and started once."""
+    result = run_patched("""
+        from gevent import monkey; monkey.patch_all()
+        import json, sys, gevent
+        from coyotes_lib.broker import Broker, connect
+        from coyotes_lib.keys import Keys
+        from coyotes_lib.task import from_producer
+        client = connect("127.0.0.1", int(sys.argv[1]))
+        broker = Broker(client, Keys(), "n1")
+        broker.load_scripts()
+        client.script_flush()
+        task = from_producer('{"task": "true 1"}', "default")
+        later = gevent.spawn_later(0.3, broker.push_many, [(task, False, "")])
+        claims = broker.claim("default", timeout=5)
+        later.join()
+        print(json.dumps({"pushed": later.value, "id": task.id,
+                          "claims": [[c.raw, c.task_id, c.started] for c in claims],
+                          "attempt": client.hget(broker.keys.record(task.id), "attempt"),
+                          "processing": client.lrange(broker.keys.processing("n1", "default"),
+                                                      0, -1)}))
+    """, redis_server.port)
+    assert result["pushed"] == [1]
+    [(raw, task_id, started)] = result["claims"]
+    assert task_id == result["id"] and started[0] == 1   # started by START_NEWEST, attempt 1
+    assert result["attempt"] == "1"                        # once
+    assert result["processing"] == [raw]
