@@ -54,12 +54,14 @@ test: $(STAMP)
 build: $(OUT)
 
 # One executable file (a shiv zipapp) carrying coyotes and its pinned
-# dependencies. On first run it unpacks them to ~/.shiv (or $SHIV_ROOT).
+# dependencies. On first run it unpacks them to ~/.shiv (or $SHIV_ROOT) and
+# compiles them once (--compile-pyc), so no start compiles them again.
 $(OUT): $(STAMP) $(SOURCES)
 	mkdir -p $(dir $(OUT))
 	rm -rf build coyotes.egg-info   # setuptools would reuse stale files from build/lib
 	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
-		--reproducible --quiet --disable-pip-version-check -r requirements.txt $(BUNDLE_EXTRA) .
+		--compile-pyc --reproducible --quiet --disable-pip-version-check \
+		-r requirements.txt $(BUNDLE_EXTRA) .
 	@echo "built $(OUT)"
 
 install: $(OUT)

@@ -29,6 +29,7 @@ Progress goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import ctypes
 import datetime
@@ -976,6 +977,7 @@ def machine() -> list[str]:
             f"- Python: {platform.python_version()} ({sys.executable})",
             f"- Redis: {run('redis-server', '--version')}",
             f"- wrk: {wrk_version}",
+            "- Bytecode: coyotes_lib compiled before the run, as `make run` does",
             f"- Coyotes commit: {run('git', 'rev-parse', '--short', 'HEAD')}"
             + (" (with uncommitted changes)" if run('git', 'status', '--porcelain',
                                                     'coyotes.py', 'coyotes_lib') else ""),
@@ -1127,6 +1129,9 @@ def main(argv=None) -> int:
     ctx.procs = Processes()
     (ROOT / ".bench").mkdir(exist_ok=True)
     ctx.tmp = Path(tempfile.mkdtemp(prefix="coyotes-bench-"))
+    # as `make run` does: daemons load coyotes_lib's bytecode instead of compiling
+    # it at each start (which leaves about 0.8 MB more resident)
+    compileall.compile_dir(ROOT / "coyotes_lib", quiet=1)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

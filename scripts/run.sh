@@ -92,6 +92,12 @@ else
     say "push a task: $cli -p $port lpush task:prepare:queue '{\"task\":\"echo hi\",\"chan\":\"default\",\"ts\":0}'"
 fi
 
+# Bytecode for coyotes_lib, written now even where PYTHONDONTWRITEBYTECODE is set
+# (only stale files are rewritten): a daemon that compiles its modules at every
+# start keeps about 0.8 MB more resident for good (the compiler's garbage
+# fragments the heap) and starts slower.
+"$PY" -m compileall -q "$ROOT/coyotes_lib" >/dev/null
+
 # Not exec: the trap above must stop the throwaway Redis after coyotes exits.
 # shellcheck disable=SC2086  # ARGS is a list of flags, split on purpose
 "$PY" "$ROOT/coyotes.py" -redis-host "$host:$port" -pidfile "$RUN_DIR/coyotes.pid" \
