@@ -45,6 +45,30 @@ def test_tasks_run_and_leave_no_trace(coyotes, r, tmp_path):
     assert "exited 0" in coyotes.log()
 
 
+def test_resolves_addresses_in_place_and_host_names_in_gevents_resolver(coyotes_factory, r,
+                                                                        tmp_path):
+    """With addresses only (Redis and the API), nothing is looked up: the daemon runs
+    its main thread and the spawner thread, no resolver thread. A Redis given by
+    host name is still resolved (in gevent's resolver thread) and tasks run."""
+    by_address = coyotes_factory()
+    by_name = coyotes_factory(start=False, node_id="by-name")
+    argv = by_name.argv()
+    argv[argv.index("-redis-host") + 1] = f"localhost:{by_name.redis_port}"
+    by_name.argv = lambda: argv
+    by_name.start()
+    ledger = tmp_path / "ledger"
+    for i in range(6):
+        push(r, ledger_command(ledger, f"t{i}"))
+    wait_until(lambda: ended(ledger) == {f"t{i}" for i in range(6)}, what="6 tasks")
+    assert "localhost" in by_name.log()
+
+    def threads(daemon) -> int:
+        return len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
+
+    assert threads(by_address) == 2
+    assert threads(by_name) >= 3
+
+
 def test_concurrency_never_above_worker_count(coyotes, r, tmp_path):
     status, _ = coyotes.request("POST", "/channels", {"name": "three", "distinct": "false",
                                                       "worker": 3})
