@@ -369,6 +369,8 @@ class Channel:
 
 def printable(name: str, width: int = 80) -> str:
     """A command line fit for one log line: control characters escaped, length capped."""
+    if len(name) <= width and name.isprintable():
+        return name
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
     return text if len(text) <= width else text[:width - 3] + "..."
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 
 import pytest
 
@@ -16,6 +17,7 @@ from coyotes_lib.task import (
     from_producer,
     from_queue,
     legacy_id,
+    split_line,
 )
 
 
@@ -72,3 +74,20 @@ def test_backoff_grows_is_capped_and_jittered():
         delays = [backoff(policy, n) for _ in range(50)]
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 1   # jitter: not lockstep
+
+
+@pytest.mark.parametrize("line", [
+    "touch /tmp/x", "  php  artisan\tqueue:work \r\n --once ", "", "   ", "a\u3000b c\xa0d",
+    "a\x0bb\x0cc", "echo 'hello world'", 'say "a b" c', r"a\ b", "it's", 'x"', "#not a comment",
+    "中文 参数 -v", "a\nb",
+])
+def test_split_line_is_shlex_split(line):
+    """The fast path for lines without quotes gives what shlex.split gives (only
+    ' \\t\\r\\n' separate words: a full-width or no-break space is part of one)."""
+    try:
+        expected = tuple(shlex.split(line))
+    except ValueError:
+        with pytest.raises(BadTask):
+            split_line(line)
+        return
+    assert split_line(line) == expected
