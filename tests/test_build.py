@@ -118,7 +118,9 @@ def test_make_run_compiles_the_modules_and_runs_tasks_against_the_given_redis(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             ["make", "--no-print-directory", "run", f"REDIS=127.0.0.1:{redis_server.port}",
-             f"ARGS=-http-addr 127.0.0.1:{free_port()} -node-id make-run"],
+             # its own pid file: a `make run` of the developer's may hold .run/'s
+             (f"ARGS=-http-addr 127.0.0.1:{free_port()} -node-id make-run "
+              f"-pidfile {tmp_path}/coyotes.pid")],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}, start_new_session=True)
     try:
@@ -129,7 +131,7 @@ def test_make_run_compiles_the_modules_and_runs_tasks_against_the_given_redis(
         r.lpush("task:prepare:queue", json.dumps({"task": f"touch {tmp_path}/ran",
                                                   "chan": "default", "ts": 0}))
         wait_until(lambda: (tmp_path / "ran").exists(), timeout=20, what="the task")
-        pid = int((ROOT / ".run" / "coyotes.pid").read_text())
+        pid = int((tmp_path / "coyotes.pid").read_text())
         os.kill(pid, signal.SIGUSR2)
         assert proc.wait(60) == 0, log_path.read_text(errors="replace")
     finally:
