@@ -1,0 +1,36 @@
+"""`make bench` (bench/run.py) as a smoke run, so that the benchmark suite keeps
+working between the runs that refresh docs/BENCHMARKS.md: every throughput row
+the issue asks for is there, with its baseline, CPU accounting and Redis figures.
+Timing goals are not checked here (they belong to the bench itself).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only",
+         "throughput,commands", "--tasks", "100", "--levels", "5", "--monitor-tasks", "30",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "BENCHMARKS.md").read_text()
+    for row in ("`touch` tasks/s, concurrency 5 (N=100)", "`touch` tasks/s, concurrency 20",
+                "`true` tasks/s, concurrency 5", "`-runner subprocess`",
+                "CPU ms per `touch` task, concurrency 20", "Redis commands per task",
+                "round trips per task"):
+        assert row in report, row
+    # every rate was measured: Coyotes and its xargs baseline both above zero
+    rates = re.findall(r"tasks/s, concurrency \d+ \(N=100\) \| (\d+)/s \| (\d+)/s \|", report)
+    assert len(rates) == 4 and all(int(ours) > 0 and int(base) > 0 for ours, base in rates)
+    # CPU per task: daemon + commands + redis-server, each a measured number
+    cpu = re.findall(r"\| ([\d.]+) \+ ([\d.]+) \+ ([\d.]+) \| ([\d.]+) \|", report)
+    assert len(cpu) == 4 and all(float(daemon) > 0 and float(xargs) > 0
+                                 for daemon, _, _, xargs in cpu)
