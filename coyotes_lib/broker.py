@@ -379,11 +379,11 @@ class Broker:
                 k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed]
         args = [task.raw, outcome, task.id, self.record_ttl, f"{retry_delay:.3f}",
                 *flat(fields)]
-        if not claim_next:
-            return int(self._finish(keys=keys, args=args)), []
-        done, claimed = self._pipelined([(self._finish, keys, args),
-                                         (self._claim, *self._claim_args(chan, claim_next))])
-        return int(done), self._claims(claimed)
+        calls = [(self._finish, keys, args)]
+        if claim_next:
+            calls.append((self._claim, *self._claim_args(chan, claim_next)))
+        done, *claimed = self._pipelined(calls)
+        return int(done), self._claims(claimed[0]) if claimed else []
 
     def release(self, chan: str, raw: str, reason: str = "") -> None:
         """Drop a claimed entry that cannot run into the dead-letter list."""

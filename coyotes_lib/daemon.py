@@ -154,9 +154,8 @@ def run(config) -> int:
             scheduler.give_up.set()
             gevent.spawn(persist, "start-up", scheduler.ensure_default_channels, stop)
             log.info("task mode off: serving the API only, consuming nothing")
-        trimmer = gevent.spawn(release_memory, stop)
+        gevent.spawn(release_memory, stop)   # ends with the stop signal
         stop.wait()
-        trimmer.kill(block=False)
         log.info("shutdown: signal received; no new tasks are claimed "
                  "(a second signal kills and requeues running ones)")
         clean = True

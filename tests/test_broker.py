@@ -14,11 +14,18 @@ import textwrap
 from conftest import ROOT
 
 
+def run_patched(script: str, port: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(port)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_server):
     """redis-py checks a pooled connection for unread data before each command;
     ours answers without a turn of the hub, and still sees a pending reply and a
     connection the server closed."""
-    script = textwrap.dedent("""
+    result = run_patched("""
         from gevent import monkey; monkey.patch_all()
         import json, sys, time, gevent, redis
         from coyotes_lib.broker import connect
@@ -49,23 +56,12 @@ def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_ser
         print(json.dumps({"idle": idle, "yielded": yielded, "pending": pending,
                           "reply": reply, "after": after, "closed": closed,
                           "ping": client.ping()}))
-    """)
-    out = subprocess.run([sys.executable, "-c", script, str(redis_server.port)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    """, redis_server.port)
     assert result["idle"] is False and result["yielded"] is False
     assert result["pending"] is True and result["reply"] == "PONG"
     assert result["after"] is False
     assert result["closed"] in (True, "error")
     assert result["ping"] is True   # the pool replaces what it cannot use
-
-
-def run_patched(script: str, port: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(port)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_connection(
@@ -90,7 +86,8 @@ def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_co
             loading = type(exc).__name__
         after_loading = broker._round_trip([("ECHO", "mine")])
         waiting = gevent.spawn(broker._round_trip, [("BLPOP", "later", 5)])
-        gevent.sleep(0.2)
+        while client.info("clients")["blocked_clients"] == 0:   # it waits in redis
+            gevent.sleep(0.01)
         waiting.kill()
         client.lpush("later", "v")
         print(json.dumps({
