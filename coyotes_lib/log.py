@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 
+from gevent.monkey import get_original
+
 from . import __version__
 
 RESET = "\033[0m"
@@ -62,6 +64,10 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None
     handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
                if log_file else logging.StreamHandler(sys.stderr))
     handler.setFormatter(Formatter(colour and not log_file))
+    # logging locks the handler twice a line (emit, flush); under gevent's patching
+    # that is a lock written in Python. Writing a line never yields to another
+    # greenlet, so the thread's own lock is enough, at a tenth of the cost
+    handler.lock = get_original("_thread", "RLock")()
     root = logging.getLogger("coyotes")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

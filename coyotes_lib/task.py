@@ -24,6 +24,7 @@ MAX_COMMAND = 64 * 1024  # characters of command line, argv included
 UNQUOTED = re.compile(r"[^'\"\\]*")
 SHELL_BLANKS = re.compile(r"[ \t\r\n]+")
 MAX_ID = 128
+NOT_IN_ID = re.compile(r"[\s/]")   # \s: what str.isspace calls a space
 
 
 class BadTask(ValueError):
@@ -169,8 +170,7 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if not name.strip():
         name = shlex.join(argv)
     task_id = str(task_id) if task_id not in (None, "") else new_id()
-    if len(task_id) > MAX_ID or not task_id.isprintable() or "/" in task_id \
-            or any(c.isspace() for c in task_id):
+    if len(task_id) > MAX_ID or not task_id.isprintable() or NOT_IN_ID.search(task_id):
         raise BadTask(f"id must be at most {MAX_ID} printable characters, "
                       "without spaces or '/'")
     payload = dict(extra or {})

@@ -158,3 +158,34 @@ def test_idle_claim_survives_a_script_cache_flush(redis_server):
     assert task_id == result["id"] and started[0] == 1   # started by START_NEWEST, attempt 1
     assert result["attempt"] == "1"                        # once
     assert result["processing"] == [raw]
+
+
+def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):
+    """The fast path hands one-word commands to hiredis as they are; what it sends
+    must be what redis-py's own packers send, and a value that is not UTF-8 (held
+    as surrogate escapes) must still reach Redis byte for byte."""
+    result = run_patched("""
+        import json, sys
+        from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
+        from coyotes_lib.broker import Packer, connect
+        packer = Packer()
+        cases = [("EVALSHA", "a" * 40, 2, "k1", "k2", 1.5, -3, b"raw", "\\u4e2d\\u6587"),
+                 ("CLIENT SETNAME", "x"), (b"GET", "k"), ("SET", "k", bytearray(b"ab")),
+                 ("SET", "k", memoryview(b"cd")), ("SET", "k\\udcff", "v")]
+        python = PythonRespSerializer(6000, Encoder("utf-8", "surrogateescape", True).encode)
+        same = []
+        for args in cases:
+            ours = b"".join(packer.pack(*args))
+            try:
+                theirs = b"".join(HiredisRespSerializer().pack(*args))
+            except UnicodeEncodeError:
+                theirs = b"".join(python.pack(*args))
+            same.append(ours == theirs)
+        client = connect("127.0.0.1", int(sys.argv[1]))
+        client.set("bin", "caf\\udce9")
+        raw = client.connection_pool.get_connection()
+        raw.send_command("GET", "bin")
+        print(json.dumps({"same": same, "value": list(raw.read_response(disable_decoding=True))}))
+    """, redis_server.port)
+    assert result["same"] == [True] * 6
+    assert bytes(result["value"]) == b"caf\xe9"
