@@ -415,27 +415,41 @@ def cpu_ceiling(run: dict, xargs_cpu: float) -> float:
     return xargs_cpu / ours if ours else float("nan")
 
 
+def paired_runs(ctx, c: int, n: int, command: str, pairs: int) -> list[tuple]:
+    """``pairs`` rounds of xargs and the daemon on the same commands, the order
+    switched each round so that a drift of the machine weighs on both sides
+    -> [(daemon run, xargs rate, xargs CPU ms/task)], by ratio."""
+    rounds = []
+    for i in range(pairs):
+        label = f"round {i + 1} of {pairs}: " if pairs > 1 else ""
+        for side in (("xargs", "daemon") if i % 2 == 0 else ("daemon", "xargs")):
+            if side == "xargs":
+                progress(f"throughput: {label}xargs -P {c} {command} x{n}")
+                xr, xcpu = xargs_run(ctx, c, n, command)
+            else:
+                progress(f"throughput: {label}daemon -concurrent {c}, {n} {command} tasks")
+                run = daemon_run(ctx, c, n, command)
+        progress(f"throughput: c={c} {command}: daemon {run['rate']:.0f}/s, xargs {xr:.0f}/s, "
+                 f"ratio {run['rate'] / xr:.2f}")
+        rounds.append((run, xr, xcpu))
+    return sorted(rounds, key=lambda r: r[0]["rate"] / r[1])
+
+
 def section_throughput(ctx, report: Report) -> None:
-    n = ctx.args.tasks
+    n, pairs = ctx.args.tasks, ctx.args.pairs
     levels = sorted(set(ctx.levels) | {5, 20})
-    rows = []
+    rows, spread = [], {}
     for c in levels:
-        progress(f"throughput: xargs -P {c} touch x{n}")
-        xr, xcpu = xargs_run(ctx, c, n, "touch")
-        progress(f"throughput: daemon -concurrent {c}, {n} touch tasks")
-        run = daemon_run(ctx, c, n, "touch")
-        progress(f"throughput: c={c}: daemon {run['rate']:.0f}/s (files {run['rate_files']:.0f}/s)"
-                 f", xargs {xr:.0f}/s, ratio {run['rate'] / xr:.2f}")
+        # the targets (touch at 5 and 20) are the median of alternated pairs
+        rounds = paired_runs(ctx, c, n, "touch", pairs if c in (5, 20) else 1)
+        run, xr, xcpu = rounds[len(rounds) // 2]
+        spread[c] = [r[0]["rate"] / r[1] for r in rounds]
         report.curve.setdefault("coyotes (touch, until recorded)", {})[c] = run["rate"]
         report.curve.setdefault("xargs -P (touch)", {})[c] = xr
         report.cache[("touch", c)] = run
         rows.append((c, "touch", run, xr, xcpu))
     for c in (5, 20):
-        progress(f"throughput: xargs -P {c} true x{n}")
-        xr, xcpu = xargs_run(ctx, c, n, "true")
-        progress(f"throughput: daemon -concurrent {c}, {n} true tasks")
-        run = daemon_run(ctx, c, n, "true")
-        progress(f"throughput: c={c} true: daemon {run['rate']:.0f}/s, xargs {xr:.0f}/s")
+        run, xr, xcpu = paired_runs(ctx, c, n, "true", 1)[0]
         report.cache[("true", c)] = run
         rows.append((c, "true", run, xr, xcpu))
     # the other runner, on the same commands: it forks the daemon for each one
@@ -448,7 +462,10 @@ def section_throughput(ctx, report: Report) -> None:
                        f"(N={n})", f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
                        "the default runner (`spawn`), same tasks", "")
         elif c in (5, 20):
-            report.add("throughput", f"`{command}` tasks/s, concurrency {c} (N={n})",
+            ratios = spread[c] if command == "touch" else []
+            how = (f", median of {len(ratios)} pairs: {' / '.join(f'{r:.2f}' for r in ratios)}"
+                   if len(ratios) > 1 else "")
+            report.add("throughput", f"`{command}` tasks/s, concurrency {c} (N={n}{how})",
                        f"{run['rate']:.0f}/s", f"{xr:.0f}/s", ratio(run["rate"], xr),
                        f"`seq N \\| xargs -P {c} -I{{}} {command} ...`", "≥ 0.85x")
             cpu = run["cpu"]
@@ -459,15 +476,17 @@ def section_throughput(ctx, report: Report) -> None:
                        "xargs and its commands (getrusage)",
                        f"ceiling {cpu_ceiling(run, xcpu):.2f}x")
     lines = ["### Throughput by concurrency", "",
-             (f"N = {n} tasks pushed at once (one pipeline of LPUSH) to `task:prepare:queue`; "
-             "a fresh daemon with `-concurrent C` for each row. *files* stops the clock when "
-             "the last file appears (inotify), *recorded* when every task has left the "
-             "queues (its result recorded by the FINISH script). CPU is per task, in ms, "
-             "from `/proc/PID/stat` over the run: the daemon's own, that of the commands it "
-             "ran (its waited-for children), and redis-server's; xargs's (with `seq`, the "
-             "shell and the commands) from `getrusage(RUSAGE_CHILDREN)`. *Ceiling* is the "
-             "ratio that the CPU allows when both sides are CPU-bound: xargs's CPU per task "
-             "over ours (daemon, commands and Redis together)."), "",
+             (f"N = {n} tasks pushed at once (one pipeline of LPUSH) to `task:prepare:queue`; a "
+             "fresh daemon with `-concurrent C` for each row. The `touch` rows at concurrency "
+             f"5 and 20 are the median (by ratio) of {pairs} rounds of xargs and the daemon, "
+             "the order switched each round; the others are one round. *files* stops the clock"
+             " when the last file appears (inotify), *recorded* when every task has left the "
+             "queues (its result recorded by the FINISH script). CPU is per task, in ms, from "
+             "`/proc/PID/stat` over the run: the daemon's own, that of the commands it ran "
+             "(its waited-for children), and redis-server's; xargs's (with `seq`, the shell "
+             "and the commands) from `getrusage(RUSAGE_CHILDREN)`. *Ceiling* is the ratio that"
+             " the CPU allows when both sides are CPU-bound: xargs's CPU per task over ours "
+             "(daemon, commands and Redis together)."), "",
              ("| Command | C | Coyotes files/s | Coyotes recorded/s | xargs -P C /s | Ratio "
              "(recorded) | CPU ms/task: daemon / commands / redis | xargs CPU ms/task | "
              "Ceiling | Daemon peak VmRSS | VmHWM |"),
@@ -1085,6 +1104,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--tasks", type=int, default=5000, help="N for throughput (5000)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="rounds of xargs and daemon for the targets, touch at 5 and 20 "
+                             "(3, or 1 with --quick; the median is reported)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: small N, few samples, short wrk runs")
     parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(SECTIONS)}")
@@ -1105,13 +1127,17 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if args.quick:
-        defaults = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000, "channels": 20,
-                    "monitor_tasks": 50, "soak": 2000}
+        defaults = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000,
+                    "channels": 20, "monitor_tasks": 50, "soak": 2000}
         for key, value in defaults.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
         if args.levels == parser.get_default("levels"):
             args.levels = "5,20"
+    if args.pairs is None:
+        args.pairs = 1 if args.quick else 3
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:

@@ -18,18 +18,27 @@ def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only",
          "throughput,commands", "--tasks", "100", "--levels", "5", "--monitor-tasks", "30",
-         "--out", str(out)],
+         "--pairs", "3", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "BENCHMARKS.md").read_text()
-    for row in ("`touch` tasks/s, concurrency 5 (N=100)", "`touch` tasks/s, concurrency 20",
+    for row in ("`touch` tasks/s, concurrency 5 (N=100, median of 3 pairs: ",
+                "`touch` tasks/s, concurrency 20 (N=100, median of 3 pairs: ",
                 "`true` tasks/s, concurrency 5", "`-runner subprocess`",
                 "CPU ms per `touch` task, concurrency 20", "Redis commands per task",
                 "round trips per task"):
         assert row in report, row
     # every rate was measured: Coyotes and its xargs baseline both above zero
-    rates = re.findall(r"tasks/s, concurrency \d+ \(N=100\) \| (\d+)/s \| (\d+)/s \|", report)
-    assert len(rates) == 4 and all(int(ours) > 0 and int(base) > 0 for ours, base in rates)
+    rates = re.findall(r"tasks/s, concurrency \d+ \(N=100[^)]*\) \| (\d+)/s \| (\d+)/s \| "
+                       r"([\d.]+)x", report)
+    assert len(rates) == 4 and all(int(ours) > 0 and int(base) > 0 for ours, base, _ in rates)
+    # the targets are the middle of three alternated rounds: the ratio shown is the median
+    for c in (5, 20):
+        shown = re.search(rf"concurrency {c} \(N=100, median of 3 pairs: ([\d.]+) / ([\d.]+) / "
+                          r"([\d.]+)\) \| \d+/s \| \d+/s \| ([\d.]+)x", report)
+        assert shown, c
+        low, middle, high, ratio = map(float, shown.groups())
+        assert low <= middle <= high and abs(ratio - middle) <= 0.01
     # CPU per task: daemon + commands + redis-server, each a measured number
     cpu = re.findall(r"\| ([\d.]+) \+ ([\d.]+) \+ ([\d.]+) \| ([\d.]+) \|", report)
     assert len(cpu) == 4 and all(float(daemon) > 0 and float(xargs) > 0

@@ -40,7 +40,8 @@ def test_producer_json_forms():
     ('{"task": "echo \\u0000"}', "NUL"),
     ('{"task": "x", "id": "a b"}', "id must"), ('{"task": "x", "id": "a\\u00a0b"}', "id must"),
     ('{"task": "x", "id": "a\\u3000b"}', "id must"), ('{"task": "x", "id": "a/b"}', "id must"),
-    ('{"task": "x", "id": "a\\u0007"}', "id must"), (f'{{"task": "x", "id": "{"i" * 129}"}}', "id must"),
+    ('{"task": "x", "id": "a\\u0007"}', "id must"),
+    (f'{{"task": "x", "id": "{"i" * 129}"}}', "id must"),
 ])
 def test_producer_json_refused_with_a_reason(raw, reason):
     with pytest.raises(BadTask, match=reason):
