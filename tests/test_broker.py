@@ -105,6 +105,42 @@ def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_co
     assert result["blocked"] == 0
 
 
+def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(redis_server):
+    """The per-task path keeps its connections between calls instead of taking
+    them from the pool: as many as ran at once, each reused afterwards; one that
+    the server closed in between (Redis restarted, or a CLIENT KILL) is noticed
+    when taken again, and the call goes through on a new connection instead of
+    failing."""
+    result = run_patched("""
+        from gevent import monkey; monkey.patch_all()
+        import json, select, sys, time, gevent, redis
+        from coyotes_lib.broker import RAW_POLL, Broker, connect
+        from coyotes_lib.keys import Keys
+        client = connect("127.0.0.1", int(sys.argv[1]))
+        broker = Broker(client, Keys(), "n1")
+        waits = [gevent.spawn(broker._round_trip, [("BLPOP", f"q{i}", 0.2)]) for i in range(4)]
+        gevent.joinall(waits, raise_error=True)
+        after_concurrent = len(broker.spare)
+        ids = {broker._round_trip([("CLIENT", "ID")])[0] for _ in range(20)}
+        conn = broker.spare[-1]
+        killed = broker._round_trip([("CLIENT", "ID")])[0]
+        client.execute_command("CLIENT", "KILL", "ID", killed)
+        poller = RAW_POLL()   # until the close has reached our socket
+        poller.register(conn._sock, select.POLLIN)
+        deadline = time.monotonic() + 10
+        while not poller.poll(0) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        echo = broker._round_trip([("ECHO", "after")])
+        print(json.dumps({"after_concurrent": after_concurrent, "ids": len(ids),
+                          "echo": echo, "new_id": broker._round_trip([("CLIENT", "ID")])[0],
+                          "killed": killed, "spare": len(broker.spare)}))
+    """, redis_server.port)
+    assert result["after_concurrent"] == 4   # one each while they ran together
+    assert result["ids"] == 1                # one at a time: the same one, again and again
+    assert result["echo"] == ["after"]       # not a ConnectionError
+    assert result["new_id"] != result["killed"] and result["spare"] == 4
+
+
 def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
     """After Redis lost its scripts (a restart), a pipelined call that gets NOSCRIPT
     loads its script and runs again, once: the task is queued exactly once."""
