@@ -429,8 +429,9 @@ def paired_runs(ctx, c: int, n: int, command: str, pairs: int) -> list[tuple]:
             else:
                 progress(f"throughput: {label}daemon -concurrent {c}, {n} {command} tasks")
                 run = daemon_run(ctx, c, n, command)
-        progress(f"throughput: c={c} {command}: daemon {run['rate']:.0f}/s, xargs {xr:.0f}/s, "
-                 f"ratio {run['rate'] / xr:.2f}")
+        files = f" (files {run['rate_files']:.0f}/s)" if run["rate_files"] else ""
+        progress(f"throughput: c={c} {command}: daemon {run['rate']:.0f}/s{files}, "
+                 f"xargs {xr:.0f}/s, ratio {run['rate'] / xr:.2f}")
         rounds.append((run, xr, xcpu))
     return sorted(rounds, key=lambda r: r[0]["rate"] / r[1])
 
@@ -1136,8 +1137,8 @@ def main(argv=None) -> int:
             args.levels = "5,20"
     if args.pairs is None:
         args.pairs = 1 if args.quick else 3
-    if args.pairs < 1:
-        parser.error("--pairs must be at least 1")
+    if args.pairs < 1 or args.pairs % 2 == 0:
+        parser.error("--pairs must be odd (1, 3, 5...): the median is one of the rounds")
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:

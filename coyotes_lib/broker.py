@@ -22,6 +22,7 @@ import select
 import socket
 import time
 import uuid
+import weakref
 
 import redis
 from gevent.monkey import get_original
@@ -130,17 +131,16 @@ class Connection(redis.Connection):
         reader = getattr(self._parser, "_reader", None)   # hiredis: a reply read, not taken
         return bool(reader is not None and reader.has_data())
 
-    def fresh(self) -> Connection:
-        """Itself, ready to send: closed (to reconnect at the next send) if there is
-        something to read, which on an idle connection means the server closed it
-        (Redis restarted) or a reply was left unread."""
+    def fresh(self) -> None:
+        """Ready to send: closed (to reconnect at the next send) if there is something
+        to read, which on an idle connection means the server closed it (Redis
+        restarted) or a reply was left unread."""
         try:
             stale = self._sock is not None and self.can_read()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             stale = True
         if stale:
             self.disconnect()
-        return self
 
 
 def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
@@ -186,6 +186,10 @@ class Broker:
         # connections of the lean path (``_round_trip``) between two uses; made by the
         # pool, with its settings, but not handed back to it (see ``_round_trip``)
         self.spare: list[Connection] = []
+        # a forked child must not share them (redis-py's pool resets itself likewise);
+        # dropping a connection closes only the child's copy of its socket
+        broker = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: broker() and broker().spare.clear())
         self.scripts = [client.register_script(getattr(scripts, name)) for name in SCRIPTS]
         for name, script in zip(SCRIPTS, self.scripts, strict=True):
             setattr(self, "_" + name.lower(), Lua(self, script))
@@ -273,10 +277,11 @@ class Broker:
         daemon's time per task: a connection goes back to that list only with
         every reply read, or closed (an error, or a greenlet killed mid-reply), so
         the one check it needs when taken again is for a server that closed it.
-        The daemon only forks (``-daemonize``) before it connects."""
+        A forked child drops the list (see ``__init__``)."""
         spare = self.spare
-        conn = spare.pop().fresh() if spare else self.redis.connection_pool.make_connection()
+        conn = spare.pop() if spare else self.redis.connection_pool.make_connection()
         try:
+            conn.fresh()   # it may yield (a closed socket): a kill there still puts it back
             conn.send_packed_command(conn.pack_commands(commands))
             replies = []
             for _ in commands:

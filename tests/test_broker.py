@@ -113,7 +113,8 @@ def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(r
     failing."""
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
-        import json, select, sys, time, gevent, redis
+        import json, os, select, sys, time, gevent, redis
+        from gevent.monkey import get_original
         from coyotes_lib.broker import RAW_POLL, Broker, connect
         from coyotes_lib.keys import Keys
         client = connect("127.0.0.1", int(sys.argv[1]))
@@ -131,14 +132,36 @@ def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(r
         while not poller.poll(0) and time.monotonic() < deadline:
             gevent.sleep(0.01)
         echo = broker._round_trip([("ECHO", "after")])
+        new_id = broker._round_trip([("CLIENT", "ID")])[0]
+        # killed while it checks a connection the server closed (that check yields):
+        # the connection still goes back to the list
+        conn = broker.spare[-1]
+        client.execute_command("CLIENT", "KILL", "ID", new_id)
+        poller = RAW_POLL()
+        poller.register(conn._sock, select.POLLIN)
+        while not poller.poll(0) and time.monotonic() < deadline + 10:
+            gevent.sleep(0.01)
+        caller = gevent.spawn(broker._round_trip, [("PING",)])
+        gevent.sleep(0)
+        caller.kill()
+        kept = conn in broker.spare
+        # a forked child starts without them: it must not share the parent's sockets
+        # (the plain fork and waitpid: gevent's may miss a child that exits at once)
+        pid = get_original("os", "fork")()
+        if pid == 0:
+            os._exit(len(broker.spare))
+        child = os.waitstatus_to_exitcode(get_original("os", "waitpid")(pid, 0)[1])
         print(json.dumps({"after_concurrent": after_concurrent, "ids": len(ids),
-                          "echo": echo, "new_id": broker._round_trip([("CLIENT", "ID")])[0],
-                          "killed": killed, "spare": len(broker.spare)}))
+                          "echo": echo, "new_id": new_id, "killed": killed,
+                          "spare": len(broker.spare), "kept": kept, "child": child,
+                          "ping": broker._round_trip([("PING",)])}))
     """, redis_server.port)
     assert result["after_concurrent"] == 4   # one each while they ran together
     assert result["ids"] == 1                # one at a time: the same one, again and again
     assert result["echo"] == ["after"]       # not a ConnectionError
     assert result["new_id"] != result["killed"] and result["spare"] == 4
+    assert result["kept"] is True and result["ping"] == ["PONG"]
+    assert result["child"] == 0   # the child's list was empty
 
 
 def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
