@@ -189,7 +189,7 @@ class Broker:
         # a forked child must not share them (redis-py's pool resets itself likewise);
         # dropping a connection closes only the child's copy of its socket
         broker = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: broker() and broker().spare.clear())
+        os.register_at_fork(after_in_child=lambda: (b := broker()) and b.spare.clear())
         self.scripts = [client.register_script(getattr(scripts, name)) for name in SCRIPTS]
         for name, script in zip(SCRIPTS, self.scripts, strict=True):
             setattr(self, "_" + name.lower(), Lua(self, script))

@@ -123,24 +123,24 @@ def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(r
         gevent.joinall(waits, raise_error=True)
         after_concurrent = len(broker.spare)
         ids = {broker._round_trip([("CLIENT", "ID")])[0] for _ in range(20)}
-        conn = broker.spare[-1]
-        killed = broker._round_trip([("CLIENT", "ID")])[0]
-        client.execute_command("CLIENT", "KILL", "ID", killed)
-        poller = RAW_POLL()   # until the close has reached our socket
-        poller.register(conn._sock, select.POLLIN)
-        deadline = time.monotonic() + 10
-        while not poller.poll(0) and time.monotonic() < deadline:
-            gevent.sleep(0.01)
+
+        def close_spare():   # the server closes it: (it, its id) once our socket saw it
+            conn = broker.spare[-1]
+            conn_id = broker._round_trip([("CLIENT", "ID")])[0]
+            client.execute_command("CLIENT", "KILL", "ID", conn_id)
+            poller = RAW_POLL()
+            poller.register(conn._sock, select.POLLIN)
+            deadline = time.monotonic() + 10
+            while not poller.poll(0) and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+            return conn, conn_id
+
+        conn, killed = close_spare()
         echo = broker._round_trip([("ECHO", "after")])
         new_id = broker._round_trip([("CLIENT", "ID")])[0]
         # killed while it checks a connection the server closed (that check yields):
         # the connection still goes back to the list
-        conn = broker.spare[-1]
-        client.execute_command("CLIENT", "KILL", "ID", new_id)
-        poller = RAW_POLL()
-        poller.register(conn._sock, select.POLLIN)
-        while not poller.poll(0) and time.monotonic() < deadline + 10:
-            gevent.sleep(0.01)
+        conn, _ = close_spare()
         caller = gevent.spawn(broker._round_trip, [("PING",)])
         gevent.sleep(0)
         caller.kill()
