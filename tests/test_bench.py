@@ -39,6 +39,11 @@ def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path):
         assert shown, c
         low, middle, high, ratio = map(float, shown.groups())
         assert low <= middle <= high and abs(ratio - middle) <= 0.01
+    # the clocks are read after the run (last file's mtime, last record's finished_at):
+    # a file appears before its task is recorded, so files/s is never the lower rate
+    table = re.findall(r"^\| `touch` \| (\d+) \| (\d+) \| (\d+) \|", report, re.M)
+    assert len(table) == 2 and all(int(files) >= int(recorded) > 0
+                                   for _, files, recorded in table), table
     # CPU per task: daemon + commands + redis-server, each a measured number
     cpu = re.findall(r"\| ([\d.]+) \+ ([\d.]+) \+ ([\d.]+) \| ([\d.]+) \|", report)
     assert len(cpu) == 4 and all(float(daemon) > 0 and float(xargs) > 0
