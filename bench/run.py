@@ -976,6 +976,37 @@ def section_commands(ctx, report: Report) -> None:
 
 
 # -- report ----------------------------------------------------------------------
+def wakeup_cost(cpus: tuple[int, int], rounds: int = 5000) -> float:
+    """CPU µs (both sides) per round trip of one byte between two processes over
+    pipes, the first on CPU ``cpus[0]`` and the second on ``cpus[1]``: two wake-ups,
+    as each task needs several (Redis replies, the spawning thread, exits)."""
+    mask = os.sched_getaffinity(0)
+    there, back = os.pipe(), os.pipe()
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                  resource.RUSAGE_CHILDREN)]
+    pid = os.fork()
+    if pid == 0:   # the echo side: nothing but os calls, then out without clean-up
+        os.sched_setaffinity(0, {cpus[1]})
+        for _ in range(rounds):
+            os.write(back[1], os.read(there[0], 1))
+        os._exit(0)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        for _ in range(rounds):
+            os.write(there[1], b"x")
+            os.read(back[0], 1)
+        os.waitpid(pid, 0)
+    finally:
+        os.sched_setaffinity(0, mask)
+        for fd in (*there, *back):
+            os.close(fd)
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                 resource.RUSAGE_CHILDREN)]
+    used = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
+               for a, b in zip(after, before, strict=True))
+    return 1e6 * used / rounds
+
+
 def machine() -> list[str]:
     def first(pattern: str, path: str) -> str:
         with contextlib.suppress(OSError):
@@ -994,12 +1025,19 @@ def machine() -> list[str]:
     mem = first(r"^MemTotal:\s+(\d+)", "/proc/meminfo")
     cpu = first(r"^model name\s*:(.*)$", "/proc/cpuinfo")
     wrk_version = run("wrk", "-v").splitlines()[0] if shutil.which("wrk") else "not installed"
+    cpus = sorted(os.sched_getaffinity(0))
+    same = wakeup_cost((cpus[0], cpus[0]))
+    wakeups = (f"{same:.1f} µs on one CPU, {wakeup_cost((cpus[0], cpus[1])):.1f} µs across two"
+               if len(cpus) > 1 else f"{same:.1f} µs (one CPU)")
     return [f"- CPU: {cpu}, {os.cpu_count()} cores",
             f"- RAM: {int(mem) / 1024 / 1024:.1f} GiB" if mem.isdigit() else "- RAM: ?",
             f"- Kernel: {platform.system()} {platform.release()}",
             f"- Python: {platform.python_version()} ({sys.executable})",
             f"- Redis: {run('redis-server', '--version')}",
             f"- wrk: {wrk_version}",
+            ("- Wake-ups: CPU per round trip of one byte between two processes over "
+             f"pipes (two wake-ups, both sides' CPU): {wakeups}. Each task needs several "
+             "(a Redis reply, the spawning thread, the command's exit); xargs needs one"),
             "- Bytecode: coyotes_lib compiled before the run, as `make run` does",
             f"- Coyotes commit: {run('git', 'rev-parse', '--short', 'HEAD')}"
             + (" (with uncommitted changes)" if run('git', 'status', '--porcelain',

@@ -44,6 +44,10 @@ def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path):
     table = re.findall(r"^\| `touch` \| (\d+) \| (\d+) \| (\d+) \|", report, re.M)
     assert len(table) == 2 and all(int(files) >= int(recorded) > 0
                                    for _, files, recorded in table), table
+    # the machine's cost of a wake-up, measured in the run: both figures, on 2 CPUs
+    wakeups = re.search(r"^- Wake-ups: .*: ([\d.]+) µs on one CPU, ([\d.]+) µs across two",
+                        report, re.M)
+    assert wakeups and all(float(cost) > 0 for cost in wakeups.groups()), report[:2000]
     # CPU per task: daemon + commands + redis-server, each a measured number
     cpu = re.findall(r"\| ([\d.]+) \+ ([\d.]+) \+ ([\d.]+) \| ([\d.]+) \|", report)
     assert len(cpu) == 4 and all(float(daemon) > 0 and float(xargs) > 0
