@@ -3,7 +3,7 @@
 # in .venv by themselves.
 #
 #   make run     [REDIS=host:port] [ARGS='-concurrent 10 -debug']
-#   make test    [PYTEST_ARGS='-k php -x']
+#   make test    [PYTEST_ARGS='-k php -x'] [TEST_JOBS=4 | 0 for one process]
 #   make lint
 #   make build   [OUT=bin/coyotes] [SHEBANG='/usr/bin/env python3']
 #   make install [PREFIX=/usr/local] [DESTDIR=]
@@ -16,6 +16,7 @@ STAMP   := $(VENV)/.requirements.stamp
 REDIS   ?= 127.0.0.1:6379
 ARGS    ?=
 PYTEST_ARGS ?=
+TEST_JOBS ?= 4
 OUT     ?= bin/coyotes
 # The zipapp holds gevent's compiled extensions, so it needs the Python it was
 # built with (same minor version) under this name on the target machine.
@@ -49,7 +50,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 build: $(OUT)
 
