@@ -50,19 +50,25 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 build: $(OUT)
 
 # One executable file (a shiv zipapp) carrying coyotes and its pinned
 # dependencies. On first run it unpacks them to ~/.shiv (or $SHIV_ROOT) and
 # compiles them once (--compile-pyc), so no start compiles them again.
+# It is built from a copy of the sources beside the output (OUT.src, removed
+# after): setuptools writes build/ and coyotes.egg-info next to what it builds,
+# where a stale build/lib would be reused and two builds at once would delete
+# each other's. The same OUT gives the same file (--reproducible).
 $(OUT): $(STAMP) $(SOURCES)
 	mkdir -p $(dir $(OUT))
-	rm -rf build coyotes.egg-info   # setuptools would reuse stale files from build/lib
+	stage='$(OUT).src' && rm -rf "$$stage" && trap 'rm -rf "$$stage"' EXIT && \
+	mkdir "$$stage" && cp -r coyotes.py coyotes_lib pyproject.toml requirements.txt "$$stage" && \
+	rm -rf "$$stage/coyotes_lib/__pycache__" && \
 	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
 		--compile-pyc --reproducible --quiet --disable-pip-version-check \
-		-r requirements.txt $(BUNDLE_EXTRA) .
+		-r requirements.txt $(BUNDLE_EXTRA) "$$stage"
 	@echo "built $(OUT)"
 
 install: $(OUT)

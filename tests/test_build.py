@@ -22,10 +22,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, free_port, wait_until
 
-# `make build` rebuilds ./build and ./coyotes.egg-info in the checkout: the tests
-# of this file share one test process, so two builds never run at once
-pytestmark = pytest.mark.xdist_group("make-build")
-
 VERSION = re.search(r'__version__ = "(.+)"', (ROOT / "coyotes_lib/__init__.py").read_text())[1]
 
 

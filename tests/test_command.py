@@ -117,6 +117,11 @@ def test_commands_start_with_default_signals(runner):
     """Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (``yes |
     head`` would print errors instead of ending quietly), nor a blocked signal."""
     result = run(runner, """
+        import signal
+        # the daemon's own handlers for these (so a shell that started it with them
+        # ignored, as a background job without job control, leaves no trace)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(sig, lambda: None)
         cmd(["grep", "^Sig[BI]", "/proc/self/status"]).run()
         result = dict(line[1].split(":\t") for line in lines)
     """)
