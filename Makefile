@@ -60,12 +60,13 @@ build: $(OUT)
 # It is built from a copy of the sources beside the output (OUT.src, removed
 # after): setuptools writes build/ and coyotes.egg-info next to what it builds,
 # where a stale build/lib would be reused and two builds at once would delete
-# each other's. The same OUT gives the same file (--reproducible).
+# each other's. The same OUT gives the same file (--reproducible). The path is
+# absolute: pip would read a bare name as a package to fetch from the index.
 $(OUT): $(STAMP) $(SOURCES)
 	mkdir -p $(dir $(OUT))
-	stage='$(OUT).src' && rm -rf "$$stage" && trap 'rm -rf "$$stage"' EXIT && \
-	mkdir "$$stage" && cp -r coyotes.py coyotes_lib pyproject.toml requirements.txt "$$stage" && \
-	rm -rf "$$stage/coyotes_lib/__pycache__" && \
+	stage='$(abspath $(OUT)).src' && rm -rf "$$stage" && trap 'rm -rf "$$stage"' EXIT && \
+	mkdir -p "$$stage/coyotes_lib" && cp coyotes_lib/*.py "$$stage/coyotes_lib/" && \
+	cp coyotes.py pyproject.toml requirements.txt "$$stage" && \
 	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
 		--compile-pyc --reproducible --quiet --disable-pip-version-check \
 		-r requirements.txt $(BUNDLE_EXTRA) "$$stage"

@@ -53,6 +53,17 @@ def test_build_is_one_executable_zipapp(built):
     assert any(n.startswith("site-packages/gevent/") and n.endswith(".so") for n in names)
 
 
+def test_build_stages_the_sources_at_an_absolute_path():
+    """A bare OUT (``make build OUT=coyotes``) must not hand pip a bare name as what
+    to install: pip would look for a package of that name on the index."""
+    proc = subprocess.run(["make", "-n", "--always-make", "--no-print-directory", "build",
+                           "OUT=coyotes"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    stage = re.search(r"stage='([^']*)'", proc.stdout)
+    assert stage and stage[1] == f"{ROOT}/coyotes.src", proc.stdout
+
+
 def test_build_runs_from_any_cwd_unpacking_to_home(built, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
