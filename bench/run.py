@@ -107,6 +107,11 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
+def rusage_cpu(*who: int) -> float:
+    """CPU seconds (user and system) so far of ``resource.RUSAGE_*`` ``who``, summed."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 
@@ -394,15 +399,14 @@ def xargs_run(ctx, concurrency: int, n: int, command: str) -> tuple[float, float
     workdir = Path(tempfile.mkdtemp(prefix=f"xargs{concurrency}-", dir=ctx.tmp))
     try:
         target = f"touch {workdir}/{{}}" if command == "touch" else "true"
-        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = rusage_cpu(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(f"seq {n} | xargs -P {concurrency} -I{{}} {target}", shell=True,
                        check=True, timeout=max(60, n / 20))
         elapsed = time.perf_counter() - t0
-        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if command == "touch" and len(os.listdir(workdir)) != n:
             raise RuntimeError("xargs did not create every file")
-        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        cpu = rusage_cpu(resource.RUSAGE_CHILDREN) - cpu0
         return n / elapsed, 1000 * cpu / n
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -982,8 +986,8 @@ def wakeup_cost(cpus: tuple[int, int], rounds: int = 5000) -> float:
     as each task needs several (Redis replies, the spawning thread, exits)."""
     mask = os.sched_getaffinity(0)
     (there_r, there_w), (back_r, back_w) = os.pipe(), os.pipe()
-    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                  resource.RUSAGE_CHILDREN)]
+    both = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    before = rusage_cpu(*both)
     pid = os.fork()
     if pid == 0:   # the echo side: os calls only, and out without any of our clean-up
         code = 1
@@ -1012,11 +1016,7 @@ def wakeup_cost(cpus: tuple[int, int], rounds: int = 5000) -> float:
         os.close(there_w)   # an echo side still waiting reads the end of file and exits
         os.close(back_r)
         os.waitpid(pid, 0)
-    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                 resource.RUSAGE_CHILDREN)]
-    used = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
-               for a, b in zip(after, before, strict=True))
-    return 1e6 * used / rounds
+    return 1e6 * (rusage_cpu(*both) - before) / rounds
 
 
 def machine() -> list[str]:
@@ -1184,8 +1184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if args.quick:
-        defaults = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000,
-                    "channels": 20, "monitor_tasks": 50, "soak": 2000}
+        defaults = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000, "channels": 20,
+                    "monitor_tasks": 50, "soak": 2000}
         for key, value in defaults.items():
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
