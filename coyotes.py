@@ -49,6 +49,11 @@ Options (new in this version):
                                (timeout, cancel, shutdown) [default: 5]
   --runner=<name>              How commands are started: spawn (posix_spawn, fast)
                                or subprocess (gevent.subprocess) [default: spawn]
+  --dead-letters-max=<n>       Entries kept in the dead-letter list; the oldest are
+                               trimmed (and counted) beyond it [default: 10000]
+  --log-output-max=<bytes>     Output of one task written to the log at most (each
+                               line cut at 4096 bytes); the rest is counted, and the
+                               record keeps its tails [default: 1048576]
 """
 
 from gevent import monkey

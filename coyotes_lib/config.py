@@ -28,6 +28,7 @@ FLAGS = {
     "debug": False, "daemonize": False, "node-id": True, "grace": True,
     "node-ttl": True, "allowed-hosts": True, "max-body": True, "result-ttl": True,
     "output-tail": True, "max-redeliveries": True, "kill-grace": True, "runner": True,
+    "dead-letters-max": True, "log-output-max": True,
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
@@ -66,6 +67,8 @@ class Config:
     max_redeliveries: int = 3
     kill_grace: float = 5.0
     runner: str = "spawn"
+    dead_letters_max: int = 10_000
+    log_output_max: int = 1 << 20
 
     @property
     def http_loopback(self) -> bool:
@@ -203,6 +206,8 @@ def build_config(opts: dict) -> Config:
         max_redeliveries=_int("max-redeliveries", get("max-redeliveries"), 0, 1000),
         kill_grace=_seconds("kill-grace", get("kill-grace")),
         runner=_choice("runner", get("runner"), ("spawn", "subprocess")),
+        dead_letters_max=_int("dead-letters-max", get("dead-letters-max"), 1, 10_000_000),
+        log_output_max=_int("log-output-max", get("log-output-max"), 0, 1 << 40),
     )
 
 

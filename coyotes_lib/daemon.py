@@ -20,12 +20,13 @@ import gevent
 import gevent.event
 
 from . import log as logsetup
-from .api import make_app, make_server
+from .api import make_app
 from .broker import Broker, connect
 from .command import pid_alive
 from .config import is_ip
 from .keys import Keys
 from .scheduler import NodeConflict, Scheduler, persist
+from .server import make_server
 
 log = logging.getLogger("coyotes.daemon")
 
