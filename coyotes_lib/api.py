@@ -23,6 +23,7 @@ from .task import POLICY_LIMITS, BadTask, Policy, build, from_queue, locate, par
 log = logging.getLogger("coyotes.api")
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**32 - 1   # Redis's longest list
 SPEC_TTL = 2.0   # seconds a channel's settings are reused between requests
 MAX_DELAY = 366 * 86400
 
@@ -106,8 +107,11 @@ class Body:
             if not isinstance(self.json, dict):
                 raise fail(400, "JSON body must be an object")
         else:
-            self.forms = request.forms.decode("utf-8")
-            self.query = request.query.decode("utf-8")
+            try:
+                self.forms = request.forms.decode("utf-8")
+                self.query = request.query.decode("utf-8")
+            except UnicodeError:
+                raise fail(400, "form fields must be UTF-8") from None
 
     def get(self, name: str, default=None):
         if self.json is not None:
@@ -145,8 +149,8 @@ def page_args() -> tuple[int, int]:
         offset = int(bottle.request.query.get("offset", 0))
     except ValueError:
         raise fail(400, "limit and offset must be integers") from None
-    if not 0 <= limit <= MAX_LIMIT or offset < 0:
-        raise fail(400, f"limit must be 0..{MAX_LIMIT} and offset >= 0")
+    if not 0 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise fail(400, f"limit must be 0..{MAX_LIMIT} and offset 0..{MAX_OFFSET}")
     return offset, limit
 
 
@@ -371,20 +375,28 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     @app.get("/dead-letters")
     def dead_letters():
         offset, limit = page_args()
-        entries, count = broker.dead_letters(offset, limit)
+        entries, count, trimmed = broker.dead_letters(offset, limit)
         items = []
         for entry in entries:
             try:
                 items.append(json.loads(entry))
             except ValueError:
                 items.append({"entry": entry})
-        return ok({"entries": items, "count": count})
+        return ok({"entries": items, "count": count, "trimmed": trimmed})
 
     def redis_outage(callback):
         """A Redis outage is a 503 for the caller, not a traceback in the log."""
         def wrapper(*args, **kwargs):
             try:
                 return callback(*args, **kwargs)
+            except redis.OutOfMemoryError as exc:   # refused for now, as an outage is
+                log.warning("api: %s %s: redis is out of memory (%s)", bottle.request.method,
+                            bottle.request.path, exc)
+                return fail(503, f"redis is out of memory: {exc}")
+            except redis.ResponseError as exc:   # a key of another type
+                log.error("api: %s %s: redis refused a command (%s)", bottle.request.method,
+                          bottle.request.path, exc)
+                return fail(500, f"redis refused a command: {exc}")
             except redis.RedisError as exc:
                 log.warning("api: %s %s: redis unavailable (%s)", bottle.request.method,
                             bottle.request.path, exc)

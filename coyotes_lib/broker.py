@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ MAX_CONNECTIONS = 100_000
 SCRIPTS = ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START_NEWEST", "START", "FINISH", "REQUEUE",
            "REAP", "PROMOTE", "CANCEL", "KILL", "UNFAIL")
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
+DEAD_ENTRY_MAX = 16 * 1024   # characters of an entry a dead letter keeps (with length and hash)
+DEAD_LETTERS_MAX = 10_000    # entries the dead-letter list keeps by default
 RAW_POLL = get_original("select", "poll")
 
 
@@ -65,6 +68,8 @@ class ChannelSpec:
 
 
 Started = tuple[int, int, bool, int]   # attempt, redeliveries, kill requested, retries
+# the attempt of a Started when the task's record key holds another type: not started
+FOREIGN_RECORD = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,22 +171,23 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
 
 class Lua:
     """A registered script: ``script(keys, args)`` is one round trip on the lean path
-    of ``Broker._pipelined`` (a sixth cheaper than redis-py's own call), which also
+    of ``Broker.pipelined`` (a sixth cheaper than redis-py's own call), which also
     takes it in ``(script, keys, args)`` calls sent together."""
 
     def __init__(self, broker: Broker, script):
         self.broker, self.script, self.sha = broker, script, script.sha
 
     def __call__(self, keys=(), args=()):
-        return self.broker._pipelined([(self, keys, args)])[0]
+        return self.broker.pipelined([(self, keys, args)])[0]
 
 
 class Broker:
     def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30,
-                 record_ttl: int = 7 * 86400):
+                 record_ttl: int = 7 * 86400, dead_max: int = DEAD_LETTERS_MAX):
         self.redis, self.keys, self.node = client, keys, node_id
         self.node_ttl = node_ttl
         self.record_ttl = record_ttl
+        self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
         # connections of the lean path (``_round_trip``) between two uses; made by the
         # pool, with its settings, but not handed back to it (see ``_round_trip``)
@@ -241,18 +247,21 @@ class Broker:
         keys, args = self._enqueue_args(task, distinct, source)
         return int(self._enqueue(keys=keys, args=args))
 
-    def push_many(self, pushes) -> list[int]:
-        """``push`` for many ``(task, distinct, source)`` in one round trip."""
-        return [int(outcome) for outcome in self._pipelined(
-            [(self._enqueue, *self._enqueue_args(task, distinct, source))
-             for task, distinct, source in pushes])]
+    def push_many(self, pushes) -> list[int | redis.ResponseError]:
+        """``push`` for many ``(task, distinct, source)`` in one round trip; an entry
+        that Redis refused (a key of another type) has the error in its place, and
+        was left where it was."""
+        outcomes = self.pipelined([(self._enqueue, *self._enqueue_args(task, distinct, source))
+                                   for task, distinct, source in pushes], errors=True)
+        return [o if isinstance(o, redis.ResponseError) else int(o) for o in outcomes]
 
-    def _pipelined(self, calls, first: tuple = ()) -> list:
+    def pipelined(self, calls, first: tuple = (), errors: bool = False) -> list:
         """Script calls, ``(script, keys, args)``, in one round trip, after the plain
         command ``first`` if given (its reply comes first). redis-py's own pipelined
         scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
         reply (Redis restarted) loads the script and runs that call again: it had
-        done nothing."""
+        done nothing. An error reply is raised, or with ``errors`` left in its place
+        (every script checks before it writes, so a refused call changed nothing)."""
         commands = [first] if first else []
         commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
                      for script, keys, args in calls]
@@ -263,8 +272,13 @@ class Broker:
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError) and i >= skip:
                 script, keys, args = calls[i - skip]
-                replies[i] = script.script(keys=keys, args=args)   # redis-py's: loads it
-            elif isinstance(reply, Exception):
+                try:
+                    replies[i] = script.script(keys=keys, args=args)   # redis-py's: loads it
+                except redis.ResponseError as exc:
+                    if not errors:
+                        raise
+                    replies[i] = exc
+            elif isinstance(reply, Exception) and not (errors and i >= skip):
                 raise reply
         return replies
 
@@ -308,19 +322,38 @@ class Broker:
                  task.payload.get("execute_at") or 0, *flat(record)])
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
-        record = json.dumps({"entry": entry, "reason": reason, "ts": int(time.time()),
-                             "node": self.node}, ensure_ascii=False)
-        self._dead(keys=[self.keys.dead, self.keys.staging(self.node)],
-                   args=[record, entry if source else ""])
+        """Park a prepare-queue entry (taken out of our staging list unless not
+        ``source``) in the dead-letter list with its reason."""
+        staging = self.keys.staging(self.node)
+        self._dead(keys=[self.keys.dead, staging, staging, self.keys.dead_trimmed],
+                   args=[self._dead_record(entry, reason), entry if source else "",
+                         self.dead_max, "0"])
+
+    def _dead_record(self, entry: str, reason: str, **more) -> str:
+        """A dead letter: the entry (an oversized one cut, with its length and hash),
+        why, when and where. Text that cannot be UTF-8 is escaped, never an error."""
+        record = {"entry": entry, "reason": reason, **more, "ts": int(time.time()),
+                  "node": self.node}
+        if len(entry) > DEAD_ENTRY_MAX:
+            data = entry.encode("utf-8", "surrogateescape")
+            record.update(entry=entry[:DEAD_ENTRY_MAX], truncated=True, entry_bytes=len(data),
+                          entry_sha256=hashlib.sha256(data).hexdigest())
+        text = json.dumps(record, ensure_ascii=False)
+        try:
+            text.encode("utf-8", "surrogateescape")
+            return text
+        except UnicodeEncodeError:
+            return json.dumps(record)
 
     def now(self) -> float:
         """Redis's clock (unix seconds): every node agrees on it."""
         seconds, micros = self.redis.time()
         return seconds + micros / 1e6
 
-    def staged(self) -> list[str]:
-        """Entries this node moved out of the prepare queue and has not routed yet."""
-        return self.redis.lrange(self.keys.staging(self.node), 0, -1)
+    def staged(self, most: int) -> list[str]:
+        """The oldest ``most`` entries this node moved out of the prepare queue and has
+        not routed yet (they are taken from the right)."""
+        return self.redis.lrange(self.keys.staging(self.node), -most, -1)[::-1]
 
     def take_prepared(self, most: int, timeout: float = BLOCK) -> list[str]:
         """Move the oldest prepare-queue entries (up to ``most``) into this node's
@@ -350,11 +383,16 @@ class Broker:
         """Queue delayed tasks whose time (by Redis's clock) has come;
         ``locate(raw) -> (channel, task id)``."""
         now = self.now()
-        moved = 0
+        moved, refused = 0, None
         for raw in self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit):
             chan, task_id = locate(raw)
-            moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),
-                                              self.keys.record(task_id)], args=[raw]))
+            try:
+                moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),
+                                                  self.keys.record(task_id)], args=[raw]))
+            except redis.ResponseError as exc:   # one channel's queue: the others go on
+                refused = exc
+        if refused is not None:
+            raise refused
         return moved
 
     # -- consuming --------------------------------------------------------
@@ -369,7 +407,7 @@ class Broker:
         # none: wait for one, and start it in the same round trip
         k = self.keys
         processing = k.processing(self.node, chan)
-        raw, started = self._pipelined(
+        raw, started = self.pipelined(
             [(self._start_newest, [processing, k.running(chan)], [self.node, k.record("")])],
             first=("BLMOVE", k.queue(chan), processing, "RIGHT", "LEFT", timeout))
         if raw is None:
@@ -417,19 +455,16 @@ class Broker:
         calls = [(self._finish, keys, args)]
         if claim_next:
             calls.append((self._claim, *self._claim_args(chan, claim_next)))
-        done, *claimed = self._pipelined(calls)
+        done, *claimed = self.pipelined(calls)
         return int(done), self._claims(claimed[0]) if claimed else []
 
-    def release(self, chan: str, raw: str, reason: str = "") -> None:
-        """Drop a claimed entry that cannot run into the dead-letter list."""
+    def release(self, chan: str, raw: str, reason: str = "") -> int:
+        """Drop a claimed entry that cannot run into the dead-letter list, in one step
+        (a MULTI would go on past a command that fails); 0 if it was no longer ours."""
         k = self.keys
-        record = json.dumps({"entry": raw, "reason": reason, "channel": chan,
-                             "ts": int(time.time()), "node": self.node}, ensure_ascii=False)
-        with self.redis.pipeline() as pipe:
-            pipe.lpush(k.dead, record)
-            pipe.lrem(k.processing(self.node, chan), 1, raw)
-            pipe.srem(k.running(chan), raw)
-            pipe.execute()
+        return int(self._dead(
+            keys=[k.dead, k.processing(self.node, chan), k.running(chan), k.dead_trimmed],
+            args=[self._dead_record(raw, reason, channel=chan), raw, self.dead_max, "1"]))
 
     def requeue(self, chan: str, raw: str, task_id: str = "", ran: bool = True) -> bool:
         """Give one claimed entry back to the queue (it runs next); ``ran=False``
@@ -555,10 +590,9 @@ class Broker:
     def failed_tasks(self, chan: str, offset: int = 0, limit: int = 100):
         """(raw entries, newest failure first; total count)."""
         k = self.keys
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(k.failed_index(chan), offset, offset + limit - 1)
-            pipe.zcard(k.failed_index(chan))
-            ids, count = pipe.execute()
+        index = k.failed_index(chan)
+        ids, count = self._page(lambda pipe: pipe.zrevrange(index, offset, offset + limit - 1),
+                                ("zcard", index), limit)
         entries = self.redis.hmget(k.failed(chan), ids) if ids else []
         return [e for e in entries if e is not None], count
 
@@ -581,11 +615,9 @@ class Broker:
 
     def delayed_tasks(self, offset: int = 0, limit: int = 100):
         """(raw entries with their due time, soonest first; total count)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.keys.delayed, offset, offset + limit - 1, withscores=True)
-            pipe.zcard(self.keys.delayed)
-            entries, count = pipe.execute()
-        return entries, count
+        return self._page(lambda pipe: pipe.zrange(self.keys.delayed, offset, offset + limit - 1,
+                                                   withscores=True),
+                          ("zcard", self.keys.delayed), limit)
 
     def delayed_task(self, task_id: str) -> tuple[str, float] | None:
         record = self.record(task_id)
@@ -595,8 +627,18 @@ class Broker:
         return None if score is None else (record["raw"], score)
 
     def dead_letters(self, offset: int = 0, limit: int = 100):
+        """(entries, newest first; count; how many were trimmed off the end so far)."""
+        entries, count = self._page(
+            lambda pipe: pipe.lrange(self.keys.dead, offset, offset + limit - 1),
+            ("llen", self.keys.dead), limit)
+        return entries, count, int(self.redis.get(self.keys.dead_trimmed) or 0)
+
+    def _page(self, pipe_range, count: tuple[str, str], limit: int) -> tuple[list, int]:
+        """(a page, the total) in one round trip; no range at all for limit 0 (a range
+        ending at offset - 1 = -1 would be the whole list)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(self.keys.dead, offset, offset + limit - 1)
-            pipe.llen(self.keys.dead)
-            entries, count = pipe.execute()
-        return entries, count
+            getattr(pipe, count[0])(count[1])
+            if limit:
+                pipe_range(pipe)
+            total, *page = pipe.execute()
+        return (page[0] if page else []), total

@@ -16,6 +16,7 @@ class Keys:
         self.prepare = p + "task:prepare:queue"   # list: producers LPUSH, we take from the right
         self.channels = p + "task:channels"       # hash: channel name -> JSON settings
         self.dead = p + "task:prepare:dead"       # list: rejected entries with their reason
+        self.dead_trimmed = self.dead + ":trimmed"  # string: dead letters trimmed off so far
         self.delayed = p + "task:delay:queue"     # zset: task JSON scored by execute_at
         self.nodes = p + "task:nodes"             # set: ids of nodes that may hold work
 

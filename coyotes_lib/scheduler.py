@@ -25,7 +25,7 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import Broker, ChannelSpec, Claim
+from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim
 from .command import Command, Result, pid_alive, runner
 from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
@@ -38,6 +38,8 @@ SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
 MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
 ROUTE_BATCH = 100                    # prepare-queue entries routed per round trip
+STAGED_READ = 1000                   # staged entries read at a time to route again
+STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis refused
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 
 
@@ -56,7 +58,7 @@ class Outage:
     def failed(self, exc: Exception) -> None:
         if not self.delay:
             self.since = time.monotonic()
-            log.warning("%s: redis unavailable (%s), retrying", self.what, exc)
+            log.warning("%s: %s, retrying", self.what, redis_trouble(exc))
         self.delay = min(5.0, (self.delay or 0.05) * 2)
         self.wake.wait(self.delay)
 
@@ -66,6 +68,14 @@ class Outage:
         log.info("%s: redis is back after %.1fs", self.what, time.monotonic() - self.since)
         self.delay = 0.0
         return True
+
+
+def redis_trouble(exc: Exception) -> str:
+    """What went wrong, in words: a refused command (a key of another type, out of
+    memory) is not an unavailable server."""
+    if isinstance(exc, redis.ResponseError):
+        return f"redis refused a command ({exc})"
+    return f"redis unavailable ({exc})"
 
 
 def persist(what: str, action, give_up: gevent.event.Event):
@@ -221,9 +231,21 @@ class Channel:
         worker = self.free.pop()
         try:
             while claim is not None:
-                claim = self._run_one(claim, worker)
+                try:
+                    claim = self._run_one(claim, worker)
+                except Exception as exc:   # a bug of ours: park the entry, the worker lives on
+                    what = f"channel {self.name}: worker {worker}"
+                    log.exception("%s: unexpected error with %.200r", what, claim.raw)
+                    self._park(claim.raw, f"internal error: {exc!r}", what)
+                    claim = None
         finally:
             self.free.append(worker)
+
+    def _park(self, raw: str, reason: str, what: str) -> None:
+        """A claimed entry that cannot run goes to the dead-letter list with its reason."""
+        if persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up):
+            log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
+                      what, raw, reason)
 
     def _run_one(self, claim: Claim, worker: int) -> Claim | None:
         raw = claim.raw
@@ -236,9 +258,7 @@ class Channel:
                 policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
             except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
                 reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
-                log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
-                          what, raw, reason)
-                persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up)
+                self._park(raw, reason, what)
                 return None
             self.by_id[task.id] = worker
             started = claim.started
@@ -251,6 +271,10 @@ class Channel:
             if started is None:
                 return None   # shutting down without redis: requeued when this node is back
             attempt, redeliveries, kill, retries = started
+            if attempt == FOREIGN_RECORD:
+                self._park(raw, f"its record key {self.broker.keys.record(task.id)} holds "
+                                "another type", what)
+                return None
             label = printable(task.name)
             if not attempt:
                 log.warning("%s: task %s is no longer ours (this node was reaped and the "
@@ -478,18 +502,29 @@ class Scheduler:
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:
         """Move producer entries from the prepare queue into their channel queue,
-        a batch at a time when they come quickly."""
+        a batch at a time when they come quickly. Entries that Redis refused (a key
+        of another type) stay in this node's staging list and are tried again,
+        oldest first, after a pause that grows while they keep being refused."""
         outage = Outage("prepare queue", self.stop)
         leftovers = True   # entries already staged (a reply lost in an outage) go first
+        pause, retry_at = 0.0, 0.0
         while not self.stop.is_set():
             try:
-                if leftovers:
-                    batch, leftovers = self.broker.staged(), False
+                again = leftovers or (pause and time.monotonic() >= retry_at)
+                if again:
+                    batch, leftovers = self.broker.staged(STAGED_READ), False
                 else:
                     batch = self.broker.take_prepared(ROUTE_BATCH)
                     leftovers = outage.recovered()
+                refused = self._route(batch) if batch else None
+                if refused is not None and (again or not pause):
+                    pause = min(STUCK_PAUSE_MAX, max(1.0, pause * 2))
+                    retry_at = time.monotonic() + pause
+                    log.warning("prepare queue: entries kept in the staging list, %s; "
+                                "trying again in %.0fs", redis_trouble(refused), pause)
+                elif refused is None and again and pause:
+                    leftovers, pause = len(batch) == STAGED_READ, 0.0   # more may wait
                 if batch:
-                    self._route(batch)
                     gevent.sleep(0)   # channels woken by these tasks start them first
             except redis.RedisError as exc:
                 outage.failed(exc)
@@ -497,39 +532,77 @@ class Scheduler:
                 log.exception("prepare queue: unexpected error")
                 self.stop.wait(1)
 
-    def _route(self, raws: list[str]) -> None:
-        pushes = []
+    def _route(self, raws: list[str]) -> redis.ResponseError | None:
+        """Route a batch of staged entries: each goes into its channel queue (or the
+        delayed set) or into the dead-letter list with its reason. -> the first
+        refusal by Redis, whose entries were left in the staging list."""
+        pushes, refused = [], []
         for raw in raws:
             try:
                 task, spec = self._check(raw)
             except BadTask as exc:
-                log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
-                          raw, exc)
-                self.broker.dead_letter(raw, str(exc))
+                refused.append(self._reject(raw, str(exc)))
                 continue
             except redis.RedisError:
                 raise
             except Exception as exc:   # a bug of ours must not wedge the entry or the loop
-                log.exception("prepare queue: cannot route %.200r (moved to the dead-letter "
-                              "list)", raw)
-                self.broker.dead_letter(raw, f"internal error: {exc!r}")
+                log.exception("prepare queue: cannot route %.200r", raw)
+                refused.append(self._reject(raw, f"internal error: {exc!r}"))
                 continue
             pushes.append((task, spec.distinct, raw))
-        for (task, _, raw), outcome in zip(pushes, self.broker.push_many(pushes), strict=True):
-            if outcome == 4:
+        for (task, _, raw), outcome in zip(pushes, self._push_many(pushes), strict=True):
+            if isinstance(outcome, redis.ResponseError):
+                refused.append(outcome)
+            elif isinstance(outcome, Exception):
+                refused.append(self._reject(raw, f"internal error: {outcome!r}"))
+            elif outcome == 4:
                 log.warning("prepare queue: %.200r went back to the queue while this node was "
                             "routing it (reaped); left to whoever takes it", raw)
             elif outcome == 3:
-                log.error("prepare queue: rejected %.200r: id %s is in use by a task that has "
-                          "not finished (moved to the dead-letter list)", raw, task.id)
-                self.broker.dead_letter(raw, f"id {task.id!r} is in use by a task that has "
-                                             "not finished")
+                refused.append(self._reject(raw, f"id {task.id!r} is in use by a task that "
+                                                 "has not finished"))
+            elif outcome == 5:
+                refused.append(self._reject(raw, f"id {task.id!r}: its record key "
+                                                 f"{self.broker.keys.record(task.id)} holds "
+                                                 "another type"))
             elif outcome == 0:
                 log.info("channel %s: task %s refused, already queued or running: %s",
                          task.channel, task.id, task.name)
             else:
                 log.debug("channel %s: task %s %s", task.channel, task.id,
                           "delayed" if outcome == 2 else "queued")
+        return next((exc for exc in refused if exc is not None), None)
+
+    def _push_many(self, pushes) -> list:
+        """The outcome of each push; an entry that cannot even be sent (a bug of ours)
+        has its exception in its place instead of failing the whole batch."""
+        try:
+            return self.broker.push_many(pushes)
+        except redis.RedisError:
+            raise
+        except Exception:
+            log.exception("prepare queue: a batch could not be sent, routing its entries "
+                          "one by one")
+        outcomes = []
+        for push in pushes:
+            try:
+                outcomes += self.broker.push_many([push])
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _reject(self, raw: str, reason: str) -> redis.ResponseError | None:
+        """Move a staged entry into the dead-letter list; -> Redis's refusal if it
+        could not (the entry stays staged)."""
+        try:
+            self.broker.dead_letter(raw, reason)
+        except redis.ResponseError as exc:
+            return exc
+        log.error("prepare queue: rejected %.200r: %s (moved to the dead-letter list)",
+                  raw, reason)
+        return None
 
     def _check(self, raw: str) -> tuple[Task, ChannelSpec]:
         """A producer entry -> (task, its channel), or BadTask."""

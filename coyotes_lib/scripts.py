@@ -7,23 +7,57 @@ canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
 Some scripts (REAP, PROMOTE, CLAIM, START_NEWEST) reach the record of an entry
 they read, by building its key from ARGV's prefix: fine on one Redis (not on
 Cluster).
+
+Redis does not roll back a script that fails half-way, so every script checks
+what could make a later command fail (a key of another type, set by someone
+else) before its first write, and then either refuses with an error reply
+naming the key (``WRONGTYPE <key> holds a string, not a list``) or, for a
+task's own record, answers with a return code: an error leaves Redis as it was.
+Counters are read and written with HGET/HSET, never HINCRBY, which fails on a
+field that is not a number.
 """
 
 # Shared by the scripts below: is a status final? What time is it (unix s, to the us)?
 _FINAL = "local final = {succeeded=1, failed=1, timed_out=1, canceled=1, killed=1}\n"
+# An error reply for the first key that exists with another type than wanted, else nil:
+# wrongtype(key1, 'list', key2, 'set', ...)
+_TYPES = """
+local function wrongtype(...)
+  local want = {...}
+  for i = 1, #want, 2 do
+    local kind = redis.call('TYPE', want[i])['ok']
+    if kind ~= 'none' and kind ~= want[i + 1] then
+      return redis.error_reply('WRONGTYPE ' .. want[i] .. ' holds a ' .. kind .. ', not a '
+                               .. want[i + 1])
+    end
+  end
+end
+local function is_hash(key)
+  local kind = redis.call('TYPE', key)['ok']
+  return kind == 'hash', kind == 'none'
+end
+local function number(key, field)
+  return tonumber(redis.call('HGET', key, field) or '0') or 0
+end
+"""
 _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
           "  return t[1] .. '.' .. string.format('%06d', t[2])\nend\n")
 
 # Route one task into its channel queue (or the delayed set) and create its
 # record, honouring the distinct rule, and remove the entry it came from.
 # Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task,
-# 4 the source entry was no longer in our staging list (nothing done).
-ENQUEUE = _FINAL + _CLOCK + """
+# 4 the source entry was no longer in our staging list (nothing done), 5 the
+# record's key holds another type (nothing done).
+ENQUEUE = _FINAL + _CLOCK + _TYPES + """
 -- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
 -- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
 -- ARGV[5..] record fields and values
+local hash, none = is_hash(KEYS[5])
+if not (hash or none) then return 5 end
+local bad = wrongtype(KEYS[1], 'list', KEYS[3], 'zset', KEYS[4], 'list')
+if bad then return bad end
 local status = redis.call('HGET', KEYS[5], 'status')
 if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
   return 3   -- the id belongs to a task not finished, or kept in a failed list
@@ -61,12 +95,31 @@ end
 return out
 """
 
-# Park an entry that cannot become a task, with its reason.
-DEAD = """
+# Park an entry that cannot become a task, with its reason, taking it out of the
+# list it sits in (a staging or processing list) and, for a claimed one, out of
+# the running set. The dead-letter list keeps its newest ARGV[3] entries; the
+# trimmed ones are counted. Returns 1, or 0 when the entry was no longer there.
+DEAD = _TYPES + """
 -- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
+-- KEYS[3] running set (ARGV[4] = '1') or KEYS[2] again   KEYS[4] trimmed counter
 -- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry ('' = none)
+-- ARGV[3] most entries kept   ARGV[4] '1' = also leave the running set KEYS[3]
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[4], 'string')
+  or (ARGV[4] == '1' and wrongtype(KEYS[3], 'set'))
+if bad then return bad end
+local trimmed = redis.call('GET', KEYS[4])
+if trimmed and not tonumber(trimmed) then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[4] .. ' holds a string that is not a number')
+end
 if ARGV[2] ~= '' and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 0 end
-return redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[2]) end
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+local most = tonumber(ARGV[3])
+if n > most then
+  redis.call('SET', KEYS[4], (tonumber(trimmed) or 0) + n - most)
+  redis.call('LTRIM', KEYS[1], 0, most - 1)
+end
+return 1
 """
 
 # A claimed task starts: it joins the running set and its record says so.
@@ -74,28 +127,33 @@ return redis.call('LPUSH', KEYS[1], ARGV[1])
 _START = """
 local function start(record, running, entry, node)
   redis.call('SADD', running, entry)
-  local attempt = redis.call('HINCRBY', record, 'attempt', 1)
-  redis.call('HSET', record, 'status', 'running', 'node', node, 'started_at', clock())
+  local attempt = number(record, 'attempt') + 1
+  redis.call('HSET', record, 'attempt', attempt, 'status', 'running', 'node', node,
+             'started_at', clock())
   redis.call('HDEL', record, 'finished_at', 'exit_code', 'signal', 'duration', 'error',
              'retry_at')
   redis.call('PERSIST', record)
-  return {attempt, tonumber(redis.call('HGET', record, 'redeliveries') or '0'),
-          redis.call('HEXISTS', record, 'kill_requested'),
-          tonumber(redis.call('HGET', record, 'retry_count') or '0')}
+  return {attempt, number(record, 'redeliveries'), redis.call('HEXISTS', record, 'kill_requested'),
+          number(record, 'retry_count')}
 end
 """
 
 # Start a claimed entry if it names its id and its record exists (every task
 # routed by a node): {entry, id, attempt, redeliveries, kill, retries}, or id ''
 # for an entry left for START (a bare Go command line, an id that is not a
-# string, no record).
+# string, no record). Attempt -1: the record's key holds another type (not started).
 _CLAIMED = """
 local function claimed(entry, running, node, prefix)
   local ok, task = pcall(cjson.decode, entry)
   local id = ok and type(task) == 'table' and task.id
-  if type(id) == 'string' and id ~= '' and redis.call('EXISTS', prefix .. id) == 1 then
-    local started = start(prefix .. id, running, entry, node)
-    return {entry, id, started[1], started[2], started[3], started[4]}
+  if type(id) == 'string' and id ~= '' then
+    local hash, none = is_hash(prefix .. id)
+    if hash then
+      local started = start(prefix .. id, running, entry, node)
+      return {entry, id, started[1], started[2], started[3], started[4]}
+    elseif not none then
+      return {entry, id, -1, 0, 0, 0}
+    end
   end
   return {entry, '', 0, 0, 0, 0}
 end
@@ -103,9 +161,11 @@ end
 
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
 # processing list), each started where it can be (see _CLAIMED).
-CLAIM = _CLOCK + _START + _CLAIMED + """
+CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set')
+if bad then return bad end
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
@@ -120,20 +180,26 @@ return out
 # started already (a worker's CLAIM came between). If the BLMOVE moved nothing,
 # the newest entry is normally started already too; one left for START (a
 # fallback) would have its attempt counted twice, nothing worse.
-START_NEWEST = _CLOCK + _START + _CLAIMED + """
+START_NEWEST = _CLOCK + _TYPES + _START + _CLAIMED + """
 -- KEYS[1] this node's processing list   KEYS[2] running set
 -- ARGV[1] node   ARGV[2] task record key prefix
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set')
+if bad then return bad end
 local entry = redis.call('LINDEX', KEYS[1], 0)
 if not entry or redis.call('SISMEMBER', KEYS[2], entry) == 1 then return {} end
 return {claimed(entry, KEYS[2], ARGV[1], ARGV[2])}
 """
 
 # START for one claimed entry CLAIM left alone; attempt 0 when the claim is no
-# longer in this node's processing list.
-START = _CLOCK + _START + """
+# longer in this node's processing list, -1 when the record's key holds another type.
+START = _CLOCK + _TYPES + _START + """
 -- KEYS[1] running set   KEYS[2] task record   KEYS[3] this node's processing list
 -- ARGV[1] entry   ARGV[2] node
 -- ARGV[3..] fields set only where missing (an entry pushed without a record)
+local bad = wrongtype(KEYS[1], 'set', KEYS[3], 'list')
+if bad then return bad end
+local hash, none = is_hash(KEYS[2])
+if not (hash or none) then return {-1, 0, 0, 0} end
 if not redis.call('LPOS', KEYS[3], ARGV[1]) then
   return {0, 0, 0, 0}   -- not ours any more: reaped, and finished by an earlier run
 end
@@ -147,20 +213,23 @@ return start(KEYS[2], KEYS[1], ARGV[1], ARGV[2])
 # kept until deleted there), or 'retry' (into the delayed set after ARGV[5]
 # seconds). Returns 0, touching nothing, when the entry was no longer ours
 # (another node requeued it and may be running it now).
-FINISH = _CLOCK + """
+FINISH = _CLOCK + _TYPES + """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] distinct flag
 -- KEYS[4] task record   KEYS[5] failed hash   KEYS[6] failed index zset
 -- KEYS[7] delayed zset
 -- ARGV[1] entry   ARGV[2] 'done' | 'failed' | 'retry'   ARGV[3] task id
 -- ARGV[4] record TTL (s)   ARGV[5] retry delay (s)   ARGV[6..] record fields and values
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash', KEYS[5], 'hash',
+                      KEYS[6], 'zset', KEYS[7], 'zset')
+if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
 if #ARGV >= 6 then redis.call('HSET', KEYS[4], unpack(ARGV, 6)) end
 local now = clock()
 if ARGV[2] == 'retry' then
   local at = tonumber(now) + tonumber(ARGV[5])
-  redis.call('HSET', KEYS[4], 'status', 'delayed', 'retry_at', at)
-  redis.call('HINCRBY', KEYS[4], 'retry_count', 1)
+  redis.call('HSET', KEYS[4], 'status', 'delayed', 'retry_at', at,
+             'retry_count', number(KEYS[4], 'retry_count') + 1)
   redis.call('ZADD', KEYS[7], at, ARGV[1])
   return 2
 end
@@ -179,16 +248,19 @@ return 1
 # Give one claimed entry back to its queue, on the side workers take from
 # (a shutdown that stopped it, or a claim made while stopping, whose start is
 # undone: it did not run).
-REQUEUE = """
+REQUEUE = _TYPES + """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
 -- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt its start counted
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[3], 'list')
+if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local started = redis.call('SREM', KEYS[2], ARGV[1]) == 1
 redis.call('RPUSH', KEYS[3], ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then
+if is_hash(KEYS[4]) then
   redis.call('HSET', KEYS[4], 'status', 'queued')
-  if ARGV[2] == '1' and started and tonumber(redis.call('HGET', KEYS[4], 'attempt') or '0') > 0 then
-    redis.call('HINCRBY', KEYS[4], 'attempt', -1)
+  local attempt = number(KEYS[4], 'attempt')
+  if ARGV[2] == '1' and started and attempt > 0 then
+    redis.call('HSET', KEYS[4], 'attempt', attempt - 1)
   end
 end
 return 1
@@ -199,13 +271,19 @@ return 1
 # queue (to run next), counting a redelivery in each task's record. With
 # ARGV[2] = '1' it does nothing while the node's heartbeat lives, so a node
 # that came back in between keeps its claims.
-REAP = """
+REAP = _TYPES + """
 -- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
 -- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
 -- KEYS[6..] per channel, three keys: processing list, running set, queue
 -- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
 -- ARGV[3] '1' = forget the node afterwards   ARGV[4] record key prefix
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local bad = wrongtype(KEYS[2], 'set', KEYS[3], 'list', KEYS[4], 'list', KEYS[5], 'set')
+if bad then return bad end
+for i = 6, #KEYS, 3 do
+  bad = wrongtype(KEYS[i], 'list', KEYS[i + 1], 'set', KEYS[i + 2], 'list')
+  if bad then return bad end
+end
 local n = 0
 while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
 for i = 6, #KEYS, 3 do
@@ -216,9 +294,9 @@ for i = 6, #KEYS, 3 do
     local ok, task = pcall(cjson.decode, entry)
     if ok and type(task) == 'table' and type(task.id) == 'string' then
       local record = ARGV[4] .. task.id
-      if redis.call('HGET', record, 'status') == 'running' then
-        redis.call('HSET', record, 'status', 'queued')
-        redis.call('HINCRBY', record, 'redeliveries', 1)
+      if is_hash(record) and redis.call('HGET', record, 'status') == 'running' then
+        redis.call('HSET', record, 'status', 'queued',
+                   'redeliveries', number(record, 'redeliveries') + 1)
       end
     end
     n = n + 1
@@ -232,12 +310,14 @@ return n
 """
 
 # Move one due delayed task into its queue; only one node wins the ZREM.
-PROMOTE = """
+PROMOTE = _TYPES + """
 -- KEYS[1] delayed zset   KEYS[2] channel queue   KEYS[3] task record
 -- ARGV[1] task JSON
+local bad = wrongtype(KEYS[1], 'zset', KEYS[2], 'list')
+if bad then return bad end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[3], 'status') == 'delayed' then
+if is_hash(KEYS[3]) and redis.call('HGET', KEYS[3], 'status') == 'delayed' then
   redis.call('HSET', KEYS[3], 'status', 'queued')
 end
 return 1
@@ -245,10 +325,12 @@ return 1
 
 # Cancel a task that waits (queued or delayed): remove it and mark it.
 # Returns 1 canceled, 0 not waiting any more (running, finished or unknown).
-CANCEL = _CLOCK + """
+CANCEL = _CLOCK + _TYPES + """
 -- KEYS[1] task record   KEYS[2] channel queue   KEYS[3] delayed zset
 -- KEYS[4] distinct flag
 -- ARGV[1] entry   ARGV[2] record TTL (s)
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'zset')
+if bad then return bad end
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 and redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
   return 0
 end
@@ -259,10 +341,12 @@ return 1
 """
 
 # Ask the node running a task to kill it (it polls its set), unless it ended.
-KILL = _FINAL + """
+KILL = _FINAL + _TYPES + """
 -- KEYS[1] task record
 -- KEYS[2] kill requests of the node running it (KEYS[1] again: no node yet)
 -- ARGV[1] task id
+local bad = wrongtype(KEYS[1], 'hash') or (KEYS[2] ~= KEYS[1] and wrongtype(KEYS[2], 'set'))
+if bad then return bad end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or final[status] then return 0 end
 redis.call('HSET', KEYS[1], 'kill_requested', '1')
@@ -272,11 +356,13 @@ return 1
 
 # Take a task out of the failed hash: back into its queue (ARGV[2] = '1'),
 # or dropped, its record left to expire.
-UNFAIL = """
+UNFAIL = _TYPES + """
 -- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
 -- KEYS[4] task record   KEYS[5] distinct flag
 -- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
 -- ARGV[4] distinct flag TTL (s), 0 = not distinct
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'hash')
+if bad then return bad end
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])

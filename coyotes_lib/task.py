@@ -107,12 +107,19 @@ def locate(raw: str, default_channel: str = "") -> tuple[str, str]:
     string (the default channel, a derived id)."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         return default_channel, legacy_id(raw)
-    chan = data.get("chan") or data.get("channel") or default_channel
-    return str(chan), str(data.get("id") or data.get("task_id") or legacy_id(raw))
+    chan = str(data.get("chan") or data.get("channel") or default_channel)
+    task_id = str(data.get("id") or data.get("task_id") or legacy_id(raw))
+    if "\\u" in raw:   # an escaped lone surrogate cannot name a Redis key
+        try:
+            chan.encode("utf-8", "surrogateescape")
+            task_id.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return default_channel, legacy_id(raw)
+    return chan, task_id
 
 
 def format_arg(value) -> str:
@@ -193,11 +200,39 @@ def _no_constant(name: str):
 
 
 def parse_json(text: str | bytes):
-    """Strict JSON: NaN and Infinity (which Python accepts) are refused."""
+    """Strict JSON: NaN and Infinity (which Python accepts) are refused, and so are
+    nesting deeper than Python's recursion allows and escapes of lone surrogates."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadTask("JSON nested too deeply") from None
     except ValueError:
         raise BadTask("not valid JSON") from None
+    check_unicode(data, text)
+    return data
+
+
+def check_unicode(data, text: str | bytes) -> None:
+    """BadTask if a string of ``data`` (parsed from ``text``) cannot be written back as
+    UTF-8: a ``\\ud800`` escape that JavaScript's JSON.stringify makes of a broken string.
+    Surrogate escapes of bytes that were not UTF-8 (``\\udc80``-``\\udcff``) round-trip."""
+    if (b"\\u" if isinstance(text, bytes) else "\\u") not in text:
+        return   # no escape, no surrogate: the parser read valid UTF-8 (or our own escapes)
+    stack = [data]
+    while stack:   # no recursion: the data may be nested as deeply as the parser allowed
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as exc:
+                bad = item[exc.start]
+                raise BadTask(f"text holds a lone surrogate (\\u{ord(bad):04x}), "
+                              "which is not Unicode") from None
 
 
 def from_producer(raw: str, default_channel: str) -> Task:
@@ -236,6 +271,9 @@ def from_queue(raw: str, channel: str) -> Task:
             data = json.loads(raw)
         except ValueError:
             data = None
+        except RecursionError:
+            raise BadTask("JSON nested too deeply") from None
+        check_unicode(data, raw)
     if not isinstance(data, dict):
         # the Go daemon queued bare command lines; their id is derived from the text
         return Task(raw, legacy_id(raw), raw, channel, argv_of(raw, None), {})

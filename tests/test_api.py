@@ -12,6 +12,7 @@ test decides when they end and never sleeps.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import shlex
@@ -267,7 +268,8 @@ def test_post_channels_defaults_distinct_false_and_worker_concurrent(coyotes_fac
 
 
 def test_dead_letters(coyotes, r):
-    assert ok_data(coyotes.request("GET", "/dead-letters")) == {"entries": [], "count": 0}
+    assert ok_data(coyotes.request("GET", "/dead-letters")) == {"entries": [], "count": 0,
+                                                                "trimmed": 0}
     r.lpush("task:prepare:queue", "not json at all")
     r.lpush("task:prepare:queue", json.dumps({"task": "echo x", "chan": "nowhere"}))
     wait_until(lambda: r.llen(DEAD_KEY) == 2, what="two dead letters")
@@ -280,6 +282,24 @@ def test_dead_letters(coyotes, r):
     page = ok_data(coyotes.request("GET", "/dead-letters?limit=1&offset=1"))
     assert page["count"] == 2 and len(page["entries"]) == 1, page
     assert page["entries"][0]["entry"] == "not json at all"   # newest first
+
+
+def test_dead_letter_list_is_capped_and_keeps_a_prefix_of_oversized_entries(coyotes_factory, r):
+    daemon = coyotes_factory("-dead-letters-max", "5")
+    r.lpush("task:prepare:queue", *[f"not json {i}" for i in range(12)])
+    wait_until(lambda: r.llen("task:prepare:queue") == 0 and not r.keys("task:node:*:prepare"),
+               what="the bad entries to be routed")
+    data = ok_data(daemon.request("GET", "/dead-letters"))
+    assert data["count"] == 5 and data["trimmed"] == 7, data
+    assert [e["entry"] for e in data["entries"]] == [f"not json {i}" for i in (11, 10, 9, 8, 7)]
+    huge = "x" * 100_000   # not JSON, and larger than a dead letter keeps
+    r.lpush("task:prepare:queue", huge)
+    wait_until(lambda: r.get(DEAD_KEY + ":trimmed") == "8", what="the huge entry parked")
+    letter = ok_data(daemon.request("GET", "/dead-letters?limit=1"))["entries"][0]
+    assert letter["truncated"] is True and letter["entry_bytes"] == 100_000, letter
+    assert letter["entry"] == huge[:len(letter["entry"])] and len(letter["entry"]) <= 16384
+    assert letter["entry_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
+    assert r.llen(DEAD_KEY) == 5
 
 
 # -- errors ------------------------------------------------------------------
@@ -716,3 +736,50 @@ def test_redis_down_gives_503_envelope(coyotes, redis_server):
                          ("GET", "/dead-letters")):
         assert "redis" in assert_error(coyotes.request(method, path), 503, path)
     assert_error(post_form(coyotes, "/channels/default", [("task", "echo x")]), 503)
+
+
+# -- hostile input: every refusal is a 4xx with a message ------------------------
+def test_limit_zero_returns_counts_only_and_huge_offsets_are_refused(api_only, r):
+    """limit=0 once returned whole lists (LRANGE 0 -1); a huge offset gave 503."""
+    daemon = api_only()
+    r.lpush(DEAD_KEY, *[json.dumps({"entry": f"e{i}", "reason": "x"}) for i in range(30)])
+    r.zadd(DELAYED_KEY, {json.dumps({"id": f"d{i}", "task": "true", "chan": "default"}): 4e9
+                         for i in range(30)})
+    r.lpush("default:tasks:queue", *[f"echo {i}" for i in range(30)])
+    r.hset("default:tasks:queue:failed", mapping={f"f{i}": json.dumps(
+        {"id": f"f{i}", "task": "false", "chan": "default"}) for i in range(30)})
+    r.zadd("default:tasks:queue:failed:index", {f"f{i}": i for i in range(30)})
+    for path, items in (("/dead-letters", "entries"), ("/delay-tasks", "tasks"),
+                        ("/channels/default/failed-tasks", "tasks"),
+                        ("/channels/default", "tasks")):
+        data = ok_data(daemon.request("GET", f"{path}?limit=0"))
+        assert data[items] == [] and data["count"] == 30, path
+        data = ok_data(daemon.request("GET", f"{path}?limit=1000&offset=29"))
+        assert len(data[items]) == 1 and data["count"] == 30, path
+        for offset in ("99999999999999999999", "9223372036854775807", "4294967296"):
+            assert_error(daemon.request("GET", f"{path}?offset={offset}"), 400, path)
+
+
+def test_bodies_that_are_not_utf8_or_not_unicode_or_too_deep_are_400(api_only, r):
+    daemon = api_only()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    as_json = {"Content-Type": "application/json"}
+    cases = [
+        (b"task=echo+%ff%fe", form),                         # percent-escaped bytes, not UTF-8
+        (b"task=echo \xff\xfe", form),                         # raw bytes, not UTF-8
+        (b'{"task": "echo \\ud800"}', as_json),               # lone surrogate escape
+        (b'{"task": "echo ok", "note": "\\udfff"}', as_json),  # in a field we only keep
+        (b'{"command": "echo", "args": ["\\ud83d"]}', as_json),
+        (b'{"task": "echo \xff"}', as_json),                   # JSON text not UTF-8
+        (b"[" * 10_000 + b"]" * 10_000, as_json),              # 10,000 deep
+        (b'{"task": "echo x", "a": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", as_json),
+    ]
+    for body, headers in cases:
+        for path in ("/channels/default", "/channels/default/tasks", "/channels"):
+            assert_error(daemon.request("POST", path, body=body, headers=headers), 400,
+                         f"{path} {body[:60]!r}")
+    mixed = b"--b\r\nContent-Disposition: form-data; name=\"task\"\r\n\r\necho \xff\r\n--b--\r\n"
+    assert_error(daemon.request("POST", "/channels/default", body=mixed, headers={
+        "Content-Type": "multipart/form-data; boundary=b"}), 400, "multipart")
+    assert r.llen("default:tasks:queue") == 0 and r.zcard(DELAYED_KEY) == 0
+    assert "Traceback" not in daemon.log()
