@@ -54,6 +54,18 @@ Options (new in this version):
   --log-output-max=<bytes>     Output of one task written to the log at most (each
                                line cut at 4096 bytes); the rest is counted, and the
                                record keeps its tails [default: 1048576]
+  --http-timeout=<seconds>     A request's line and headers must arrive within this
+                               time of its first byte (else the connection is
+                               closed), its body within this time too (else 408),
+                               and each write of its reply be taken within it; a
+                               new connection waits this long for its first byte
+                               [default: 10]
+  --http-idle-timeout=<seconds>
+                               A keep-alive connection idle this long between two
+                               requests is closed [default: 60]
+  --http-max-connections=<n>   Connections served at once (at most a third of the
+                               open-file limit); more wait in the listen backlog
+                               until one ends [default: 1000]
 """
 
 from gevent import monkey

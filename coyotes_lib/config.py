@@ -28,7 +28,8 @@ FLAGS = {
     "debug": False, "daemonize": False, "node-id": True, "grace": True,
     "node-ttl": True, "allowed-hosts": True, "max-body": True, "result-ttl": True,
     "output-tail": True, "max-redeliveries": True, "kill-grace": True, "runner": True,
-    "dead-letters-max": True, "log-output-max": True,
+    "dead-letters-max": True, "log-output-max": True, "http-timeout": True,
+    "http-idle-timeout": True, "http-max-connections": True,
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
@@ -69,6 +70,9 @@ class Config:
     runner: str = "spawn"
     dead_letters_max: int = 10_000
     log_output_max: int = 1 << 20
+    http_timeout: float = 10.0
+    http_idle_timeout: float = 60.0
+    http_max_connections: int = 1000
 
     @property
     def http_loopback(self) -> bool:
@@ -144,13 +148,15 @@ def _choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _seconds(flag: str, value: str) -> float:
+def _seconds(flag: str, value: str, positive: bool = False) -> float:
     try:
         number = float(value)
     except ValueError:
         raise UsageError(f'invalid value "{value}" for flag -{flag}: not a number') from None
     if not 0 <= number <= 86400:   # False for NaN too
         raise UsageError(f'invalid value "{value}" for flag -{flag}: must be 0..86400')
+    if positive and number == 0:
+        raise UsageError(f'invalid value "{value}" for flag -{flag}: must be more than 0')
     return number
 
 
@@ -208,6 +214,10 @@ def build_config(opts: dict) -> Config:
         runner=_choice("runner", get("runner"), ("spawn", "subprocess")),
         dead_letters_max=_int("dead-letters-max", get("dead-letters-max"), 1, 10_000_000),
         log_output_max=_int("log-output-max", get("log-output-max"), 0, 1 << 40),
+        http_timeout=_seconds("http-timeout", get("http-timeout"), positive=True),
+        http_idle_timeout=_seconds("http-idle-timeout", get("http-idle-timeout"), positive=True),
+        http_max_connections=_int("http-max-connections", get("http-max-connections"),
+                                  1, 1_000_000),
     )
 
 

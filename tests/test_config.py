@@ -66,6 +66,20 @@ def test_defaults_equal_the_dataclass_defaults():
             assert getattr(parsed, field) == getattr(fresh, field), field
 
 
+def test_http_bounds_defaults():
+    c = parse()
+    assert (c.http_timeout, c.http_idle_timeout, c.http_max_connections) == (10.0, 60.0, 1000)
+
+
+def test_http_bounds_in_the_usage_text(capsys):
+    with pytest.raises(SystemExit):
+        parse("-h")
+    out = capsys.readouterr().out
+    for flag in ("--http-timeout=<seconds>", "--http-idle-timeout=<seconds>",
+                 "--http-max-connections=<n>"):
+        assert flag in out
+
+
 def test_node_id_defaults_to_hostname_and_http_port():
     assert parse().node_id == f"{socket.gethostname()}:60001"
     assert parse("-http-addr", "0.0.0.0:7001").node_id == f"{socket.gethostname()}:7001"
@@ -101,6 +115,11 @@ VALUE_CASES = [
     ("max-redeliveries", "5", {"max_redeliveries": 5}),
     ("kill-grace", "2.5", {"kill_grace": 2.5}),
     ("runner", "subprocess", {"runner": "subprocess"}),
+    ("dead-letters-max", "500", {"dead_letters_max": 500}),
+    ("log-output-max", "4096", {"log_output_max": 4096}),
+    ("http-timeout", "2.5", {"http_timeout": 2.5}),
+    ("http-idle-timeout", "30", {"http_idle_timeout": 30.0}),
+    ("http-max-connections", "50", {"http_max_connections": 50}),
 ]
 
 
@@ -273,6 +292,18 @@ def test_bad_host_is_reported_even_through_the_alias():
     (["-max-redeliveries", "x"], r"for flag -max-redeliveries: not an integer"),
     (["-kill-grace", "nan"], r"for flag -kill-grace"),
     (["-runner", "fork"], r'invalid value "fork" for flag -runner: expected spawn or subprocess'),
+    (["-dead-letters-max", "0"], r"for flag -dead-letters-max: must be 1\.\.10000000"),
+    (["-log-output-max", "-1"], r"for flag -log-output-max"),
+    (["-http-timeout", "0"], r'invalid value "0" for flag -http-timeout: must be more than 0'),
+    (["-http-timeout", "-2"], r"for flag -http-timeout: must be 0\.\.86400"),
+    (["-http-timeout", "soon"], r"for flag -http-timeout: not a number"),
+    (["-http-timeout", "nan"], r"for flag -http-timeout"),
+    (["-http-idle-timeout", "0"], r"for flag -http-idle-timeout: must be more than 0"),
+    (["-http-idle-timeout", "inf"], r"for flag -http-idle-timeout"),
+    (["-http-max-connections", "0"],
+     r'invalid value "0" for flag -http-max-connections: must be 1\.\.1000000'),
+    (["-http-max-connections", "1.5"], r"for flag -http-max-connections: not an integer"),
+    (["-http-max-connections"], r"flag needs an argument: -http-max-connections"),
     (["-bogus"], r"flag provided but not defined: -bogus"),
     (["--bogus=1"], r"flag provided but not defined: -bogus"),
     (["---redis-host", "h:1"], r"flag provided but not defined"),
