@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from .command import pid_alive
 from .config import is_ip
 from .keys import Keys
 from .scheduler import NodeConflict, Scheduler, persist
-from .server import make_server
+from .server import connection_cap, make_server
 
 log = logging.getLogger("coyotes.daemon")
 
@@ -97,6 +98,25 @@ def release_memory(stop: gevent.event.Event, every: float = TRIM_EVERY) -> None:
             return
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (systemd's soft default, 1024,
+    is low for a server), log the limit, and return it (0: unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft != unlimited and (hard == unlimited or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:   # an unlimited hard limit some systems refuse
+            log.warning("file descriptors: limit %d (cannot raise it to the hard limit: %s)",
+                        soft, exc)
+            return soft
+        log.info("file descriptors: limit %s (raised from %d)",
+                 "unlimited" if hard == unlimited else hard, soft)
+        return 0 if hard == unlimited else hard
+    log.info("file descriptors: limit %s", "unlimited" if soft == unlimited else soft)
+    return 0 if soft == unlimited else soft
+
+
 def run(config) -> int:
     if config.daemonize:
         daemonize()
@@ -106,6 +126,11 @@ def run(config) -> int:
     log.info("coyotes starting: node %s, redis %s:%d db %d, http %s:%d, task mode %s",
              config.node_id, config.redis_host, config.redis_port, config.redis_db,
              config.http_host, config.http_port, config.task_mode)
+
+    cap = connection_cap(config.http_max_connections, raise_fd_limit())
+    if cap < config.http_max_connections:
+        log.info("http: at most %d connections at once (a third of the file descriptor "
+                 "limit; -http-max-connections is %d)", cap, config.http_max_connections)
 
     pidfile = PidFile(config.pidfile)
     try:
@@ -133,7 +158,7 @@ def run(config) -> int:
                         config.result_ttl)
         scheduler = Scheduler(broker, config, stop)
         app = make_app(broker, config, scheduler.sync if config.task_mode else None)
-        server = make_server(app, config)
+        server = make_server(app, config, cap)
         try:
             server.start()
         except OSError as exc:

@@ -4,23 +4,52 @@ hostile clients from exhausting the daemon.
 ``Guard`` refuses bodies over the limit (413), and, because this API runs
 commands, requests a web page could make through the operator's browser (403):
 a cross-site ``Origin`` or ``Sec-Fetch-Site``, and on a loopback listener a
-``Host`` that is not a loopback name (DNS rebinding).
+``Host`` that is not a loopback name (DNS rebinding). It reads the body itself,
+within ``-http-timeout`` (else 408).
+
+``Handler`` bounds the rest of a connection's life in time: ``-http-timeout`` for
+the first byte of a new connection, then for the request line and headers (a
+deadline, not a per-read timeout, so trickling bytes does not extend it) and
+for each write of the reply; ``-http-idle-timeout`` between keep-alive requests.
+``Server`` serves at most ``connection_cap(...)`` connections at once; the others
+wait, unaccepted, in the kernel's listen backlog.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import logging
 import socket
+import time
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import bottle
+import gevent
+import gevent.pool
 from gevent import pywsgi
 
 from .api import envelope
 from .config import Config, is_ip, is_loopback
+
+log = logging.getLogger("coyotes.http")
+
+BACKLOG = 1024          # the listen backlog at least (the kernel caps it at somaxconn)
+ACCEPT_BACKOFF = 0.5    # seconds without accept() once it failed for want of descriptors
+LINGER = 2.0            # seconds, at most, that a closing connection's unread body is drained
+# accept() errors that say "not now" rather than "this listener is broken"
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def connection_cap(max_connections: int, fd_limit: int) -> int:
+    """Connections served at once: the flag, but at most a third of the descriptor
+    limit, since a request may hold a Redis connection besides its socket and the
+    last third stays for commands' pipes, the channels' Redis connections and logs."""
+    if fd_limit <= 0:   # unlimited
+        return max_connections
+    return max(1, min(max_connections, fd_limit // 3))
 
 
 class Guard:
@@ -69,35 +98,191 @@ class Guard:
         return {socket.gethostname().lower(), socket.getfqdn().lower()}
 
     def limit_body(self, environ) -> tuple[int, str] | None:
+        """Read the whole body (if any) within -http-timeout, and hand the app a copy."""
         limit = self.config.max_body
         too_big = (413, f"request body larger than {limit} bytes")
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            data = environ["wsgi.input"].read(limit + 1)
-            if len(data) > limit:
-                return too_big
-            environ["wsgi.input"] = io.BytesIO(data)
-            environ["CONTENT_LENGTH"] = str(len(data))
-            del environ["HTTP_TRANSFER_ENCODING"]
-            return None
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked:
+            wanted = limit + 1
+        else:
+            try:
+                wanted = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return 400, "bad Content-Length"
+            if wanted > limit:
+                return too_big   # refused before it is sent: never waited for
+            if wanted <= 0:
+                return None
+        data = None
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return 400, "bad Content-Length"
-        return too_big if length > limit else None
+            with gevent.Timeout(self.config.http_timeout, False):
+                data = environ["wsgi.input"].read(wanted)
+        except OSError:   # the client closed (or broke the chunking) mid-body
+            return 400, "request body incomplete"
+        if data is None:
+            return 408, f"request body not received within {self.config.http_timeout:g} s"
+        if len(data) > limit:
+            return too_big
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return None
+
+
+class _LingeringInput:
+    """Stands in for a request's input after its reply: gevent then reads what is
+    left of the body, so that the next request starts in step and a close does not
+    reset the connection (a reset can destroy the reply before the client reads it).
+    A client that never sends that rest must not hold the connection, so the read
+    is bounded; if it runs out, the connection is closed."""
+
+    __slots__ = ("handler", "stream")
+
+    def __init__(self, handler: Handler, stream):
+        self.handler, self.stream = handler, stream
+
+    def _discard(self) -> None:
+        finished = False
+        with gevent.Timeout(min(LINGER, self.handler.server.http_timeout), False):
+            self.stream._discard()
+            finished = True
+        if not finished:
+            self.handler.close_connection = True
+
+
+class Handler(pywsgi.WSGIHandler):
+    """gevent's handler, bounded in time (see the module docstring). A connection cut
+    for slowness is closed without a reply and logged at debug level only: under a
+    slowloris attack there are thousands of them."""
+
+    # a reply not taken in time is the client's doing, like a reset: no traceback
+    ignored_socket_errors = (*pywsgi.WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
+    served = 0                                  # requests read on this connection
+    deadline: gevent.Timeout | None = None      # the request line and headers'
+
+    def read_requestline(self) -> str:
+        wait = self.server.idle_timeout if self.served else self.server.http_timeout
+        first = None
+        with gevent.Timeout(wait, False):
+            first = self.rfile.peek(1)   # the first byte only: the deadline starts there
+        if not first:
+            if first is None:
+                log.debug("http: %s: nothing received in %g s; connection closed",
+                          self.peer, wait)
+            return ""   # gevent closes the connection
+        self.deadline = gevent.Timeout.start_new(self.server.http_timeout)
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self.cancel_deadline()
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as timeout:
+            if timeout is not self.deadline:
+                raise
+            log.debug("http: %s: request headers not complete in %g s; connection closed",
+                      self.peer, self.server.http_timeout)
+            return None
+        finally:
+            self.cancel_deadline()
+            self.served += 1
+
+    def cancel_deadline(self) -> None:
+        # the reference stays: handle_one_request tells this deadline's Timeout by it
+        if self.deadline is not None:
+            self.deadline.close()
+
+    def get_environ(self):
+        env = super().get_environ()
+        # no connection upgrades here: the body is always read through gevent's Input
+        # (which frames it), never from the raw socket file
+        env["wsgi.input"], env["wsgi.input_terminated"] = self.wsgi_input, True
+        return env
+
+    def run_application(self) -> None:
+        try:
+            super().run_application()
+        finally:
+            self.wsgi_input = _LingeringInput(self, self.wsgi_input)
+
+    def _sendall(self, data) -> None:
+        timeout = OSError(errno.ETIMEDOUT, "reply not taken in time")
+        with gevent.Timeout(self.server.http_timeout, timeout):
+            super()._sendall(data)
+
+    @property
+    def peer(self) -> str:
+        address = self.client_address
+        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
 
 class Server(pywsgi.WSGIServer):
-    """gevent's WSGI server with TCP_NODELAY on every connection: it writes a reply's
-    headers and body separately, and without it a keep-alive client waits for the
-    delayed ACK (~40 ms) on every request (about 450 requests/s instead of thousands)."""
+    """gevent's WSGI server, bounded: at most ``cap`` connections at once, and quiet
+    when accept() fails for want of descriptors.
+
+    TCP_NODELAY on every connection: gevent writes a reply's headers and body
+    separately, and without it a keep-alive client waits for the delayed ACK (~40 ms)
+    on every request (about 450 requests/s instead of thousands)."""
+
+    handler_class = Handler
+    burst_gap = 10.0   # seconds without a failed accept() that end a burst of them
+
+    def __init__(self, address, app, config: Config, cap: int, **kwargs):
+        # gevent's BaseServer stops accept() while pool.full(), resumes when a slot frees
+        super().__init__(address, app, spawn=gevent.pool.Pool(cap),
+                         backlog=max(BACKLOG, cap), **kwargs)
+        self.http_timeout, self.idle_timeout = config.http_timeout, config.http_idle_timeout
+        self.failed_accepts, self.last_failed_accept = 0, 0.0
 
     def handle(self, sock, address):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle(sock, address)
 
+    def do_read(self):
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            self.note_failed_accept(exc)
+            return None
 
-def make_server(app: bottle.Bottle, config: Config) -> Server:
-    return Server((config.http_host, config.http_port), Guard(app, config),
+    def note_failed_accept(self, exc: OSError) -> None:
+        """gevent logs a traceback for every failed accept() and retries after 10 ms
+        (doubling up to 1 s, back to 10 ms after a success): out of descriptors, a
+        stream of tracebacks. Here: one warning per burst (a burst
+        ends after burst_gap seconds without a failure, then one line says so), and a
+        pause of ACCEPT_BACKOFF between tries."""
+        if not self.failed_accepts:
+            log.warning("http: cannot accept connections: %s; retrying every %g s "
+                        "(waiting clients stay in the listen backlog)",
+                        exc.strerror or exc, ACCEPT_BACKOFF)
+            gevent.spawn_later(self.burst_gap, self.end_burst)
+        self.failed_accepts += 1
+        self.last_failed_accept = time.monotonic()
+        self.stop_accepting()
+        gevent.spawn_later(ACCEPT_BACKOFF, self.resume_accepting)
+
+    def end_burst(self) -> None:
+        quiet = time.monotonic() - self.last_failed_accept
+        if quiet < self.burst_gap:
+            gevent.spawn_later(self.burst_gap - quiet, self.end_burst)
+            return
+        log.info("http: accepting connections again (%d tries had failed)",
+                 self.failed_accepts)
+        self.failed_accepts = 0
+
+    def resume_accepting(self) -> None:
+        if self.started:
+            self.start_accepting()
+
+
+def make_server(app: bottle.Bottle, config: Config, cap: int) -> Server:
+    return Server((config.http_host, config.http_port), Guard(app, config), config, cap,
                   log=logging.getLogger("coyotes.access") if config.debug else None,
                   error_log=logging.getLogger("coyotes.api"))
-
