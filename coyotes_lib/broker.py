@@ -384,7 +384,11 @@ class Broker:
         ``locate(raw) -> (channel, task id)``."""
         now = self.now()
         moved, refused = 0, None
-        for raw in self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit):
+        try:
+            due = self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit)
+        except redis.ResponseError as exc:
+            raise redis.ResponseError(f"{exc} ({self.keys.delayed})") from None
+        for raw in due:
             chan, task_id = locate(raw)
             try:
                 moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),

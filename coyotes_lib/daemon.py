@@ -155,7 +155,7 @@ def run(config) -> int:
         client = connect(config.redis_host, config.redis_port, config.redis_password,
                          config.redis_db)
         broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
-                        config.result_ttl)
+                        config.result_ttl, config.dead_letters_max)
         scheduler = Scheduler(broker, config, stop)
         app = make_app(broker, config, scheduler.sync if config.task_mode else None)
         server = make_server(app, config, cap)

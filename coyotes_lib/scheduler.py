@@ -445,7 +445,7 @@ class Scheduler:
                         self.broker.node, moved)
         self.broker.beat()
         self.started = True
-        self.sync()
+        self._sync()
 
     def _check_node_id(self) -> None:
         """Refuse to share our node id with a live process: its claims would look like
@@ -470,6 +470,15 @@ class Scheduler:
                                f"{host}); give this one its own -node-id")
 
     def sync(self) -> None:
+        """``_sync`` now, for a caller that just created a channel; if Redis refuses,
+        the maintenance loop tries again within SYNC_EVERY seconds."""
+        try:
+            self._sync()
+        except redis.RedisError as exc:
+            log.warning("channels: new channels not started yet, %s; trying again "
+                        "within %.0fs", redis_trouble(exc), SYNC_EVERY)
+
+    def _sync(self) -> None:
         """Start channels that appeared in ``task:channels`` (not before ``start``,
         nor once stopping)."""
         if not self.started or self.stop.is_set():
@@ -637,7 +646,7 @@ class Scheduler:
                 if self.stop.is_set():
                     continue
                 if now - last_sync >= SYNC_EVERY:
-                    self.sync()
+                    self._sync()
                     last_sync = now
                 self.broker.promote_due(self._locate)
                 outage.recovered()

@@ -56,7 +56,10 @@ ENQUEUE = _FINAL + _CLOCK + _TYPES + """
 -- ARGV[5..] record fields and values
 local hash, none = is_hash(KEYS[5])
 if not (hash or none) then return 5 end
-local bad = wrongtype(KEYS[1], 'list', KEYS[3], 'zset', KEYS[4], 'list')
+local now = clock()
+local delayed = tonumber(ARGV[4]) > tonumber(now)
+local bad = wrongtype(KEYS[4], 'list')
+  or (delayed and wrongtype(KEYS[3], 'zset')) or (not delayed and wrongtype(KEYS[1], 'list'))
 if bad then return bad end
 local status = redis.call('HGET', KEYS[5], 'status')
 if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
@@ -68,8 +71,6 @@ end
 if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return 0
 end
-local now = clock()
-local delayed = tonumber(ARGV[4]) > tonumber(now)
 redis.call('DEL', KEYS[5])
 if #ARGV >= 6 then redis.call('HSET', KEYS[5], unpack(ARGV, 5)) end
 redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
@@ -219,8 +220,9 @@ FINISH = _CLOCK + _TYPES + """
 -- KEYS[7] delayed zset
 -- ARGV[1] entry   ARGV[2] 'done' | 'failed' | 'retry'   ARGV[3] task id
 -- ARGV[4] record TTL (s)   ARGV[5] retry delay (s)   ARGV[6..] record fields and values
-local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash', KEYS[5], 'hash',
-                      KEYS[6], 'zset', KEYS[7], 'zset')
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash')
+  or (ARGV[2] == 'retry' and wrongtype(KEYS[7], 'zset'))
+  or (ARGV[2] == 'failed' and wrongtype(KEYS[5], 'hash', KEYS[6], 'zset'))
 if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
