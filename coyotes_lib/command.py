@@ -6,7 +6,11 @@ Ctrl-C or a signal sent to the daemon's process group never reaches it, and
 timeout, a cancel or a shutdown. stdout and stderr are read as they come, in
 the hub's callbacks, line by line with a cap on line length, so a command that
 prints megabytes never blocks on a full pipe; the last bytes of each are kept.
-A command that cannot start is a result (exit 127 or 126), not an exception.
+A command that cannot start is a result (exit 127 or 126), not an exception;
+when the cause may pass (out of descriptors, processes or memory) the result
+says so (``transient``). Only 0, 1 and 2 reach a command: no descriptor of the
+daemon's, inherited or not. When the command exits, what it left running in
+its process group is ended too (``kill_group``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import errno
 import logging
 import os
+import resource
 import signal
 import time
 
@@ -37,6 +42,9 @@ MAX_UNCLAIMED_EXITS = 1000
 POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK, POSIX_SPAWN_SETSID = 0x04, 0x08, 0x80
 log = logging.getLogger("coyotes.command")
 PIPE_LINGER = 2.0      # seconds to keep reading after exit (background children may hold the pipes)
+# errors that say "not now" rather than "never": the task can run again later
+TRANSIENT_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM,
+                              errno.ENOBUFS))
 # Python ignores these; a command gets them back at their default, as with
 # subprocess's restore_signals (and Go's os/exec)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -51,6 +59,7 @@ class Result:
     stopped: str = ""          # why ``stop`` ended it: timeout, cancel, shutdown
     stdout: str = ""           # the last bytes of each stream (see ``tail``)
     stderr: str = ""
+    transient: bool = False    # it could not start for a reason that may pass (EMFILE...)
 
     @property
     def ok(self) -> bool:
@@ -112,10 +121,23 @@ class Spawner:
     When nothing else runs (an idle daemon), the call is made right here: no
     hand-over to wait for. Exits are seen by one libev child watcher for every
     pid: a child may end before the greenlet that started it has heard of its
-    pid."""
+    pid.
 
-    def __init__(self):
+    Descriptors 3 and up are closed in the child as subprocess's close_fds does,
+    by ``posix_spawn_file_actions_addclosefrom_np`` where libc has it (glibc
+    2.34+); elsewhere (musl, older glibc; or ``closefrom=False``) those open when
+    the spawner is made are marked close-on-exec."""
+
+    def __init__(self, closefrom: bool = True):
         libc = self.libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            self.closefrom = libc.posix_spawn_file_actions_addclosefrom_np if closefrom else None
+        except AttributeError:   # musl, glibc before 2.34
+            self.closefrom = None
+        if self.closefrom is None:
+            # covers what the daemon inherited; one it opens later without O_CLOEXEC
+            # (Python never does by default) would still reach commands
+            close_on_exec_from(3)
         self.attr = ctypes.create_string_buffer(1024)   # posix_spawnattr_t: 336 bytes in glibc
         signals = ctypes.create_string_buffer(128)       # sigset_t
         libc.posix_spawnattr_init(self.attr)
@@ -149,7 +171,8 @@ class Spawner:
         under the spawning thread)."""
         try:
             job = SpawnJob(self.libc, [os.fsencode(a) for a in argv],
-                           self.environ if env is None else environ_array(env), stdout, stderr)
+                           self.environ if env is None else environ_array(env), stdout, stderr,
+                           self.closefrom)
         except BaseException:
             close_fd(stdout)
             close_fd(stderr)
@@ -218,6 +241,20 @@ class Spawner:
             del self.exits[next(iter(self.exits))]
 
 
+def close_on_exec_from(first: int) -> None:
+    """Mark every open descriptor from ``first`` up close-on-exec."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except FileNotFoundError:   # no /proc: every number the limit allows
+        fds = range(first, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    for fd in fds:
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:   # not open (the listing's own descriptor, now closed)
+                pass
+
+
 def c_strings(items: list[bytes]):
     """A NULL-terminated ``char *[]``, as argv and envp are."""
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
@@ -230,7 +267,8 @@ def environ_array(env) -> ctypes.Array:
 class SpawnJob:
     """One posix_spawnp call, with the C data it needs kept alive until it is done."""
 
-    def __init__(self, libc, argv: list[bytes], envp, stdout: int, stderr: int):
+    def __init__(self, libc, argv: list[bytes], envp, stdout: int, stderr: int,
+                 closefrom=None):
         self.libc, self.argv, self.envp = libc, argv, envp
         self.argv_array = c_strings(argv)
         self.actions = ctypes.create_string_buffer(256)   # 80 bytes in glibc
@@ -238,6 +276,8 @@ class SpawnJob:
         libc.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)
         libc.posix_spawn_file_actions_adddup2(self.actions, stdout, 1)
         libc.posix_spawn_file_actions_adddup2(self.actions, stderr, 2)
+        if closefrom is not None:   # after the dup2s: their sources are 3 and up
+            closefrom(self.actions, 3)
         self.fds = (stdout, stderr)
         self.pid = ctypes.c_int()
         self.error = 0
@@ -336,12 +376,18 @@ class Output:
 class Command:
     """One run of argv; ``on_line(stream, text)`` gets every output line, and the
     last ``tail`` bytes of each stream come back in the result. ``runner`` starts
-    the process (``runner()``: spawn or subprocess); both behave the same."""
+    the process (``runner()``: spawn or subprocess); both behave the same.
+
+    With ``kill_group`` (the default), when the command exits what is left of its
+    process group (background children) is ended too: TERM at once, KILL after
+    ``kill_grace``, without holding up the result. Off, a background child that
+    does not hold the output pipes outlives the task. A child that calls setsid
+    or setpgid has left the group and escapes either way."""
 
     def __init__(self, argv, on_line, runner, tail: int = 64 * 1024,
-                 kill_grace: float = 5.0, env=None):
+                 kill_grace: float = 5.0, env=None, kill_group: bool = True):
         self.argv, self.on_line, self.env = list(argv), on_line, env
-        self.kill_grace = kill_grace
+        self.kill_grace, self.kill_group = kill_grace, kill_group
         self.start = runner.start
         self.tails = {"stdout": Tail(tail), "stderr": Tail(tail)}
         self.proc: Process | None = None
@@ -351,18 +397,25 @@ class Command:
         """Start the command, wait for it (and its output); ``on_start(pid)`` is called
         once the process exists."""
         started = time.monotonic()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out_r = err_r = None
         try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            except BaseException:
+                close_fd(out_w)
+                raise
             self.proc = self.start(self.argv, self.env, out_w, err_w)   # closes out_w, err_w
         except BaseException as exc:
-            close_fd(out_r)
-            close_fd(err_r)
+            for fd in (out_r, err_r):
+                if fd is not None:
+                    close_fd(fd)
             if not isinstance(exc, OSError):
                 raise
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             return Result(code, duration=time.monotonic() - started,
-                          error=f"{exc.strerror}: {self.argv[0]}")
+                          error=f"{exc.strerror}: {self.argv[0]}",
+                          transient=exc.errno in TRANSIENT_ERRORS)
         if self.stopped:   # asked while it was being started
             gevent.spawn(self._end_group, self.kill_grace)
         if on_start is not None:
@@ -374,6 +427,10 @@ class Command:
         duration = time.monotonic() - started
         if timer is not None and self.stopped != "timeout":
             timer.kill(block=False)
+        # TERM now, so that pipe holders let go; KILL, if needed, later. Not when
+        # ``stop`` ended it: its own _end_group is at work
+        if self.kill_group and not self.stopped and self._signal_group(signal.SIGTERM):
+            gevent.spawn(self._end_group, self.kill_grace, termed=True)
         linger = time.monotonic() + PIPE_LINGER
         if not all(o.done.wait(max(0.0, linger - time.monotonic())) for o in outputs):
             # background processes of the command still hold its output: the task is
@@ -397,8 +454,8 @@ class Command:
         if self.proc is not None:
             self._end_group(self.kill_grace if grace is None else grace)
 
-    def _end_group(self, grace: float) -> None:
-        if not self._signal_group(signal.SIGTERM):
+    def _end_group(self, grace: float, termed: bool = False) -> None:
+        if not termed and not self._signal_group(signal.SIGTERM):
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self._signal_group(0):

@@ -18,26 +18,36 @@ import time
 import pytest
 from conftest import ROOT, wait_until
 
+from coyotes_lib.command import Result
+
 RUNNERS = ["spawn", "subprocess"]
 
 
-def run(runner: str, body: str, timeout: float = 60) -> dict:
-    """Run ``body`` (which sets ``result`` from Command objects) under gevent."""
+def run(runner: str, body: str, timeout: float = 60, make: str = "runner(sys.argv[1])",
+        **popen) -> dict:
+    """Run ``body`` (which sets ``result`` from Command objects) under gevent, with
+    the runner made by ``make``."""
     script = textwrap.dedent("""
         from gevent import monkey; monkey.patch_all()
         import json, os, sys, time, gevent, gevent.pool
-        from coyotes_lib.command import Command, runner
-        RUNNER = runner(sys.argv[1])
+        from coyotes_lib.command import Command, Spawner, runner
+        RUNNER = %s
         lines = []
         def cmd(argv, **kw):
             return Command(argv, lambda s, t: lines.append([s, t]), RUNNER, **kw)
         def show(r):
             return {"exit_code": r.exit_code, "signal": r.signal, "error": r.error,
                     "stopped": r.stopped, "stdout": r.stdout, "stderr": r.stderr,
-                    "duration": r.duration}
-    """) + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
+                    "duration": r.duration, "transient": r.transient}
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except FileNotFoundError:
+                return False
+    """) % make + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
     out = subprocess.run([sys.executable, "-c", script, runner], cwd=ROOT, capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=timeout, **popen)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -48,6 +58,14 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def end(pid: int) -> None:
+    """Clean-up: kill a process a test left running on purpose."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -141,6 +159,175 @@ def test_stdin_is_empty_and_fds_are_not_leaked(runner):
     assert result["exit_code"] == 0 and result["stdout"].strip() == "4"
 
 
+LIST_FDS = ["ls", "/proc/self/fd"]   # 0, 1, 2 and ls's own directory fd, if nothing leaks
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_inherited_descriptors_do_not_reach_commands(runner):
+    """A descriptor the daemon inherited without close-on-exec (a careless parent, a
+    supervisor's socket), or opened so later, is not passed on to commands: the
+    subprocess runner closes them (close_fds), and the spawn runner the same."""
+    inherited = os.open(os.devnull, os.O_RDONLY)
+    try:
+        result = run(runner, f"""
+            assert os.get_inheritable({inherited})   # the premise: it would reach children
+            late = os.open(os.devnull, os.O_RDONLY)
+            os.set_inheritable(late, True)
+            r = cmd({LIST_FDS!r}).run()
+            result = {{**show(r), "listed": sorted(int(line[1]) for line in lines)}}
+        """, pass_fds=(inherited,))
+    finally:
+        os.close(inherited)
+    assert result["exit_code"] == 0 and result["listed"] == [0, 1, 2, 3], result
+
+
+def test_without_closefrom_the_spawner_marks_inherited_descriptors_close_on_exec():
+    """The fallback where libc lacks posix_spawn_file_actions_addclosefrom_np (musl,
+    glibc before 2.34): the descriptors present when the spawner is made."""
+    inherited = os.open(os.devnull, os.O_RDONLY)
+    try:
+        result = run("spawn", f"""
+            r = cmd({LIST_FDS!r}).run()
+            result = {{**show(r), "listed": sorted(int(line[1]) for line in lines),
+                       "closefrom": RUNNER.closefrom is not None}}
+        """, make="Spawner(closefrom=False)", pass_fds=(inherited,))
+    finally:
+        os.close(inherited)
+    assert not result["closefrom"]
+    assert result["exit_code"] == 0 and result["listed"] == [0, 1, 2, 3], result
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_running_out_of_descriptors_is_a_transient_result(runner):
+    """EMFILE when the pipes are made, or when the command is started (the spawn
+    child's /dev/null, subprocess's own descriptors), is a result the scheduler can
+    requeue, never an exception that kills the worker; nothing leaks, and the runner
+    works again once descriptors are free."""
+    result = run(runner, """
+        import resource
+        from gevent.monkey import get_original
+        close = get_original("os", "close")   # gevent's waits for a turn of the loop
+        def count():
+            return len(os.listdir("/proc/self/fd"))
+        cmd(["true"]).run()   # the runner is set up (thread, watchers)
+        base = count()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (base + 32, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        no_pipes = show(cmd(["echo", "hi"]).run())
+        for fd in held[-4:]:   # room for the two pipes, not for what starting needs
+            close(fd)
+        del held[-4:]
+        no_start = show(cmd(["echo", "hi"]).run())
+        for fd in held:
+            close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        leaked = count() - base
+        result = {"no_pipes": no_pipes, "no_start": no_start, "leaked": leaked,
+                  "after": show(cmd(["echo", "hi"]).run())}
+    """)
+    failures = [result["no_pipes"]]
+    if runner == "subprocess":
+        failures.append(result["no_start"])
+    else:   # glibc's posix_spawn needs no descriptor beyond the pipes (musl's does)
+        assert result["no_start"]["exit_code"] == 0 or result["no_start"]["transient"], result
+    for failed in failures:
+        assert failed["transient"] is True and failed["exit_code"] == 126, result
+        assert "Too many open files" in failed["error"], result
+        assert Result(**{k: failed[k] for k in ("exit_code", "error", "transient")}).describe() \
+            == f"failed to start ({failed['error']})"
+    assert result["leaked"] == 0, result
+    after = result["after"]
+    assert after["exit_code"] == 0 and after["stdout"] == "hi\n" and not after["transient"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("kill_group", [True, False])
+def test_background_children_end_with_the_command(runner, kill_group):
+    """With kill_group on (the default) what a command leaves in its process group
+    ends when it exits; off, a background child with its output redirected (so it
+    holds no pipe) outlives it."""
+    result = run(runner, f"""
+        r = cmd(["sh", "-c", "sleep 60 > /dev/null 2>&1 & echo $!"],
+                kill_group={kill_group}).run()
+        result = show(r)
+    """)
+    pid = int(result["stdout"])
+    try:
+        assert result["exit_code"] == 0 and not result["transient"]
+        if kill_group:
+            wait_until(lambda: not alive(pid), what="the background sleep to end")
+        else:
+            assert alive(pid)
+    finally:
+        end(pid)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_without_kill_group_a_child_holding_the_output_still_ends(runner):
+    """kill_group off spares only children that let go of the output pipes: one
+    that holds them keeps the task from ending, so its group goes after the linger."""
+    result = run(runner, """
+        t0 = time.monotonic()
+        r = cmd(["sh", "-c", "sleep 60 & echo $!"], kill_group=False, kill_grace=1).run()
+        result = {**show(r), "took": time.monotonic() - t0}
+    """)
+    pid = int(result["stdout"])
+    try:
+        assert result["exit_code"] == 0 and result["took"] >= 2.0, result   # PIPE_LINGER
+        wait_until(lambda: not alive(pid), what="the pipe holder to end")
+    finally:
+        end(pid)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_background_child_that_ignores_term_is_killed_after_the_grace(runner):
+    """The result does not wait for the group to end: TERM at once, KILL later."""
+    result = run(runner, """
+        c = cmd(["sh", "-c", "trap '' TERM; sleep 60 > /dev/null 2>&1 & echo $!"],
+                kill_grace=2)
+        t0 = time.monotonic()
+        r = c.run()
+        took = time.monotonic() - t0
+        pid = int(r.stdout)
+        alive_at_result = alive(pid)
+        while alive(pid) and time.monotonic() - t0 < 20:
+            gevent.sleep(0.05)
+        result = {**show(r), "took": took, "pid": pid, "alive_at_result": alive_at_result,
+                  "gone_after": time.monotonic() - t0 if not alive(pid) else None}
+    """)
+    try:
+        assert result["exit_code"] == 0 and result["took"] < 1.5, result
+        assert result["alive_at_result"], result         # TERM did not end it
+        assert result["gone_after"] is not None and result["gone_after"] < 10, result
+    finally:
+        end(result["pid"])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("kill_group", [True, False])
+def test_a_child_in_a_session_of_its_own_escapes_either_way(runner, kill_group):
+    """The limit of kill_group (documented): a child that calls setsid leaves the
+    group. The command waits until it has, so that the test does not race it."""
+    line = ("setsid sleep 60 > /dev/null 2>&1 & p=$!; "
+            "while [ \"$(ps -o sid= -p $p | tr -d ' ')\" != $p ]; do sleep 0.01; done; echo $p")
+    result = run(runner, f"""
+        result = show(cmd(["sh", "-c", {line!r}], kill_group={kill_group}).run())
+    """)
+    pid = int(result["stdout"])
+    try:
+        assert result["exit_code"] == 0
+        time.sleep(0.3)   # a kill, were one sent, has landed by now
+        assert alive(pid)
+    finally:
+        end(pid)
+
+
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_large_output_does_not_block_and_tail_is_capped(runner):
     result = run(runner, """
@@ -152,6 +339,28 @@ def test_large_output_does_not_block_and_tail_is_capped(runner):
     assert result["exit_code"] == 0 and result["count"] == 10001
     assert len(result["stdout"]) == 1000 and result["stdout"].endswith("LAST\n")
     assert len(result["stderr"]) == 1000 and set(result["stderr"]) == {"y", "\n"}
+
+
+def test_a_flood_without_newlines_is_read_in_pieces_of_max_line():
+    """Output held in memory for a line is bounded: a command that never prints a
+    newline comes in MAX_LINE pieces, and the partial line kept never reaches it."""
+    result = run("spawn", """
+        from coyotes_lib import command
+        peak = [0]
+        read_lines = command.Output._lines
+        def watched(self, data):   # observe the partial line after every read
+            read_lines(self, data)
+            peak[0] = max(peak[0], len(self.partial))
+        command.Output._lines = watched
+        prog = "import sys; sys.stdout.write('x' * 3000000)"
+        r = cmd([sys.executable, "-c", prog], tail=10).run()
+        result = {**show(r), "sizes": [len(t) for _s, t in lines], "peak": peak[0],
+                  "max_line": command.MAX_LINE}
+    """)
+    sizes, max_line = result["sizes"], result["max_line"]
+    assert result["exit_code"] == 0 and sum(sizes) == 3000000
+    assert sizes[:-1] == [max_line] * (len(sizes) - 1) and 0 < sizes[-1] <= max_line
+    assert 0 < result["peak"] < max_line
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -251,3 +460,22 @@ def test_the_daemon_runs_tasks_with_either_runner(coyotes_factory, r, tmp_path):
         wait_until(marker.exists, what=f"a task under -runner {runner}")
         assert daemon.stop() == 0
     assert os.path.exists(tmp_path / "spawn") and time.time()
+
+
+def test_the_daemon_passes_no_inherited_descriptor_to_tasks(coyotes_factory, r, tmp_path):
+    """The whole path: a daemon started with an extra descriptor open (as a careless
+    supervisor might) runs a task that lists its own."""
+    inherited = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for runner in RUNNERS:
+            daemon = coyotes_factory("-runner", runner, start=False).start(pass_fds=(inherited,))
+            assert os.path.exists(f"/proc/{daemon.proc.pid}/fd/{inherited}")   # the premise
+            record = f"task:record:fds-{runner}"
+            r.lpush("task:prepare:queue", json.dumps({"id": f"fds-{runner}",
+                                                      "task": " ".join(LIST_FDS)}))
+            wait_until(lambda record=record: r.hget(record, "status") == "succeeded",
+                       what=f"the task under -runner {runner}")
+            assert r.hget(record, "stdout").split() == ["0", "1", "2", "3"], runner
+            assert daemon.stop() == 0
+    finally:
+        os.close(inherited)
