@@ -1,9 +1,12 @@
-"""Logging set-up, colours and the start-up banner.
+r"""Logging set-up, colours and the start-up banner.
 
 Everything goes through ``logging`` under ``coyotes.*``; command output goes
 to ``coyotes.output`` with the channel, worker and command in each line.
 ``-colorful-tty`` colours levels and output lines and prints a banner;
-``-log-file`` sends it all to a file instead of stderr.
+``-log-file`` sends it all to a file instead of stderr. Control characters in a
+message are escaped (``\n``, ``\x1b``): a task name or a line of output cannot
+forge a log line or drive the terminal. ``OutputBudget`` caps how much of one
+task's output reaches the log.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ LEVEL_COLOURS = {logging.DEBUG: "\033[90m", logging.INFO: "\033[32m",
                  logging.WARNING: "\033[33m", logging.ERROR: "\033[31m",
                  logging.CRITICAL: "\033[1;31m"}
 STREAM_COLOURS = {"stdout": "\033[36m", "stderr": "\033[35m"}
+# C0 and C1 controls and DEL, as repr writes them (\n, \r, \t, \x1b...)
+CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7f, 0xa0))}
 
 BANNER = r"""
    ______                  __
@@ -30,6 +35,77 @@ BANNER = r"""
 \____/\____/\__, /\____/\__/\___/____/
            /____/   you give me the command, I run it.
 """
+
+
+def escape(text: str) -> str:
+    """``text`` with what ``str.isprintable`` rejects written as repr writes it."""
+    if text.isprintable():
+        return text
+    text = text.translate(CONTROLS)
+    if text.isprintable():
+        return text
+    # the rare rest: line separators, format characters, lone surrogates
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def human(size: int) -> str:
+    """1536 -> '1.5 KB' (binary units, as the flags count)."""
+    if size < 1024:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    value = float(size)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            break
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+class OutputBudget:
+    """How much of one task's output goes to the log: each line cut at ``line``
+    bytes, and nothing more once ``total`` bytes were seen (0: nothing at all,
+    and no summary: output logging is off).
+
+    Sizes are UTF-8 bytes, and each line counts one more for its newline (a flood
+    of empty lines spends the budget too). ``line(text)`` is the text to log, or
+    None; ``summary`` says, once the budget ran out, how much was not logged."""
+
+    def __init__(self, total: int, line: int = 4096):
+        self.total, self.width = total, line
+        self.seen = 0       # bytes of output, newlines included
+        self.logged = 0     # bytes of it that were logged
+        self.spent = False  # a line was dropped or cut for want of budget
+
+    def line(self, text: str) -> str | None:
+        data = None
+        if text.isascii():
+            size = len(text)
+        else:
+            data = text.encode("utf-8", "surrogatepass")
+            size = len(data)
+        room = self.total - self.seen
+        self.seen += size + 1
+        if room <= 0:
+            self.spent = self.spent or self.total > 0
+            return None
+        keep = min(self.width, room)
+        if size <= keep:
+            self.logged += size + 1
+            return text
+        if room < self.width:
+            self.spent = True
+        # cut at a character boundary: a multibyte character is never split
+        kept = text[:keep] if data is None else data[:keep].decode("utf-8", "ignore")
+        kept_size = keep if data is None else len(kept.encode("utf-8", "surrogatepass"))
+        self.logged += kept_size + 1
+        more = size - kept_size
+        return f"{kept} [... {more} more byte{'' if more == 1 else 's'}]"
+
+    @property
+    def summary(self) -> str:
+        if not self.spent:
+            return ""
+        return (f"output: {human(self.seen - self.logged)} not logged "
+                f"(log budget of {human(self.total)} per task)")
 
 
 class Formatter(logging.Formatter):
@@ -45,6 +121,10 @@ class Formatter(logging.Formatter):
             self.second, self.stamp = second, time.strftime(self.default_time_format,
                                                             self.converter(second))
         return self.default_msec_format % (self.stamp, record.msecs)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line without the traceback (which ``format`` adds after, unescaped)."""
+        return escape(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
