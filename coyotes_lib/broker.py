@@ -117,6 +117,13 @@ class Packer:
         return self.safe.pack(*args)
 
 
+def spare_cap(fd_limit: int) -> int:
+    """Idle connections the lean path keeps: an eighth of the descriptor limit (0 =
+    unlimited), so that a burst of concurrent calls cannot keep holding the
+    descriptors that commands' pipes need."""
+    return max(4, fd_limit // 8) if fd_limit else MAX_CONNECTIONS
+
+
 class Connection(redis.Connection):
     """redis-py checks each connection it takes from the pool for unread data
     with ``select.poll`` and a zero timeout. Under gevent's patching that poll
@@ -124,6 +131,12 @@ class Connection(redis.Connection):
     once per command: a fifth of the daemon's time per task. The unpatched poll
     answers at once; when it sees something (data, or a closed socket) redis-py's
     own check decides."""
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except OSError as exc:   # out of descriptors (redis-py reads a file here): an outage
+            raise redis.ConnectionError(f"cannot make a connection: {exc}") from exc
 
     def can_read(self, timeout: float = 0) -> bool:
         sock = self._sock
@@ -183,7 +196,8 @@ class Lua:
 
 class Broker:
     def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30,
-                 record_ttl: int = 7 * 86400, dead_max: int = DEAD_LETTERS_MAX):
+                 record_ttl: int = 7 * 86400, dead_max: int = DEAD_LETTERS_MAX,
+                 spare_max: int = MAX_CONNECTIONS):
         self.redis, self.keys, self.node = client, keys, node_id
         self.node_ttl = node_ttl
         self.record_ttl = record_ttl
@@ -192,6 +206,7 @@ class Broker:
         # connections of the lean path (``_round_trip``) between two uses; made by the
         # pool, with its settings, but not handed back to it (see ``_round_trip``)
         self.spare: list[Connection] = []
+        self.spare_max = spare_max   # more are closed after use: they would hold descriptors
         # a forked child must not share them (redis-py's pool resets itself likewise);
         # dropping a connection closes only the child's copy of its socket
         broker = weakref.ref(self)
@@ -307,7 +322,10 @@ class Broker:
             conn.disconnect()
             raise
         finally:
-            spare.append(conn)
+            if len(spare) < self.spare_max:
+                spare.append(conn)
+            else:
+                conn.disconnect()
         return replies
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:

@@ -22,7 +22,7 @@ import gevent.event
 
 from . import log as logsetup
 from .api import make_app
-from .broker import Broker, connect
+from .broker import Broker, connect, spare_cap
 from .command import pid_alive
 from .config import is_ip
 from .keys import Keys
@@ -127,7 +127,8 @@ def run(config) -> int:
              config.node_id, config.redis_host, config.redis_port, config.redis_db,
              config.http_host, config.http_port, config.task_mode)
 
-    cap = connection_cap(config.http_max_connections, raise_fd_limit())
+    fd_limit = raise_fd_limit()
+    cap = connection_cap(config.http_max_connections, fd_limit)
     if cap < config.http_max_connections:
         log.info("http: at most %d connections at once (a third of the file descriptor "
                  "limit; -http-max-connections is %d)", cap, config.http_max_connections)
@@ -155,7 +156,7 @@ def run(config) -> int:
         client = connect(config.redis_host, config.redis_port, config.redis_password,
                          config.redis_db)
         broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
-                        config.result_ttl, config.dead_letters_max)
+                        config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
         scheduler = Scheduler(broker, config, stop)
         app = make_app(broker, config, scheduler.sync if config.task_mode else None)
         server = make_server(app, config, cap)

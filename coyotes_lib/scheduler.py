@@ -27,6 +27,7 @@ import redis
 
 from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim
 from .command import Command, Result, pid_alive, runner
+from .log import OutputBudget
 from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -41,6 +42,7 @@ ROUTE_BATCH = 100                    # prepare-queue entries routed per round tr
 STAGED_READ = 1000                   # staged entries read at a time to route again
 STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis refused
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
+TRANSIENT_PAUSE = 1.0                # seconds before a command that could not start is requeued
 
 
 class NodeConflict(Exception):
@@ -99,6 +101,7 @@ class Limits:
     """Node-wide settings every channel applies (from the command line)."""
     output_tail: int = 64 * 1024
     kill_grace: float = KILL_GRACE
+    log_output_max: int = 1 << 20
     max_redeliveries: int = 3
     crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
 
@@ -236,7 +239,10 @@ class Channel:
                 except Exception as exc:   # a bug of ours: park the entry, the worker lives on
                     what = f"channel {self.name}: worker {worker}"
                     log.exception("%s: unexpected error with %.200r", what, claim.raw)
-                    self._park(claim.raw, f"internal error: {exc!r}", what)
+                    try:
+                        self._park(claim.raw, f"internal error: {exc!r}", what)
+                    except Exception:   # stays in our processing list, requeued with it
+                        log.exception("%s: cannot park %.200r", what, claim.raw)
                     claim = None
         finally:
             self.free.append(worker)
@@ -294,6 +300,13 @@ class Channel:
                         self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
                 return None
+            if result.transient:   # out of descriptors or memory: not the command's fault
+                self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
+                persist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
+                        self.give_up)
+                log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
+                            result.error)
+                return None
             return self._record_result(task, policy, result, retries, what, label)
         finally:
             if task is not None:
@@ -304,13 +317,18 @@ class Channel:
 
     def _execute(self, task: Task, policy: Policy, worker: int, attempt: int, label: str,
                  what: str) -> Result:
+        budget = OutputBudget(self.limits.log_output_max)
+
         def on_line(stream: str, text: str) -> None:
-            output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
-                        stream, text, extra={"stream": stream})
+            text = budget.line(text)
+            if text is not None:
+                output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
+                            stream, text, extra={"stream": stream})
 
         command = self.commands[worker] = Command(task.argv, on_line, self.run_with,
                                                   self.limits.output_tail,
-                                                  self.limits.kill_grace)
+                                                  self.limits.kill_grace,
+                                                  kill_group=policy.kill_group)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, "cancel")
         def on_start(pid: int) -> None:   # logged once running: the log line costs time
@@ -324,6 +342,8 @@ class Channel:
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
                 result.duration, label)
+        if budget.summary:
+            log.info("%s: task %s %s", what, task.id, budget.summary)
         return result
 
     def _record_result(self, task: Task, policy: Policy, result: Result, retries: int,
@@ -408,8 +428,8 @@ class Scheduler:
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
         self.started = False
-        self.limits = Limits(config.output_tail, config.kill_grace, config.max_redeliveries,
-                             os.environ.get("COYOTES_CRASH_AT", ""))
+        self.limits = Limits(config.output_tail, config.kill_grace, config.log_output_max,
+                             config.max_redeliveries, os.environ.get("COYOTES_CRASH_AT", ""))
         self.run_with = None   # the runner, made by start() (not in API-only mode)
 
     # -- start ------------------------------------------------------------

@@ -50,6 +50,7 @@ class Policy:
     retry_backoff: float = 1.0      # seconds before the first retry, doubled each time
     retry_max: float = 600.0        # cap of the backoff
     retry_on: tuple[int, ...] = ()  # exit codes worth a retry; empty = any failure
+    kill_group: bool = True         # end the command's process group when it exits
 
     def merge(self, payload: dict) -> Policy:
         given = {k: payload[k] for k in POLICY_LIMITS if payload.get(k) is not None}
@@ -65,7 +66,9 @@ class Policy:
 # key -> (type, low, high)
 POLICY_LIMITS = {"timeout": (float, 0, 7 * 86400), "retries": (int, 0, 100),
                  "retry_backoff": (float, 0, 86400), "retry_max": (float, 0, 7 * 86400),
-                 "retry_on": (tuple, 0, 255)}
+                 "retry_on": (tuple, 0, 255), "kill_group": (bool, 0, 1)}
+# JSON's booleans (and 1/0, equal to them as keys) or a form's words
+BOOLEANS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}
 
 
 def check_policy(values: dict) -> dict:
@@ -74,7 +77,10 @@ def check_policy(values: dict) -> dict:
     for key, value in values.items():
         kind, low, high = POLICY_LIMITS[key]
         try:
-            if kind is tuple:
+            if kind is bool:
+                number = BOOLEANS[value.lower() if isinstance(value, str) else value]
+                ok = True
+            elif kind is tuple:
                 items = value if isinstance(value, (list, tuple)) else str(value).split(",")
                 number = tuple(sorted({int(str(v).strip()) for v in items if str(v).strip()}))
                 ok = all(low <= n <= high for n in number)
@@ -83,9 +89,11 @@ def check_policy(values: dict) -> dict:
                     raise ValueError
                 number = kind(value)
                 ok = low <= number <= high   # False for NaN as well
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             ok = False
         if not ok:
+            if kind is bool:
+                raise BadTask(f"{key} must be true or false")
             raise BadTask(f"{key} must be {'exit codes ' if kind is tuple else ''}"
                           f"between {low} and {high}")
         out[key] = number

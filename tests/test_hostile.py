@@ -9,6 +9,9 @@ was moving, and nothing is left behind in a staging or processing list.
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
 import time
 
 import pytest
@@ -215,3 +218,61 @@ def test_api_calls_refused_by_a_key_of_the_wrong_type_change_nothing(coyotes_fac
     wait_until(lambda: r.hget("task:record:fails", "attempt") == "2"
                and status(r, "fails") == "failed", what="the retried task to fail again")
     assert held(r) == {} and "Traceback" not in daemon.log()
+
+
+# -- exhausted resources and orphans ---------------------------------------------
+def low_fd_limit(n: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
+
+
+@pytest.mark.parametrize("runner", ["spawn", "subprocess"])
+def test_tasks_that_cannot_start_for_want_of_descriptors_are_requeued(coyotes_factory, r,
+                                                                      runner):
+    """More workers than descriptors for their pipes: the tasks that cannot start go
+    back to the queue (their attempt not counted) and run once others have finished."""
+    r.hset("task:channels", "wide", json.dumps({"name": "wide", "distinct": False,
+                                                 "worker_count": 60}))
+    daemon = coyotes_factory("-node-id", NODE, "-runner", runner, start=False)
+    daemon.start(preexec_fn=low_fd_limit(72))
+    ids = [f"wide-{i}" for i in range(60)]
+    r.lpush("wide:tasks:queue", *[entry(task_id, "sleep 0.5") for task_id in ids])
+    wait_until(lambda: all_in(r, ids), timeout=90, what=f"every task: {statuses(r, ids)}")
+    log = daemon.log()
+    assert "could not start (Too many open files" in log, log[-3000:]
+    assert {r.hget(f"task:record:{task_id}", "attempt") for task_id in ids} == {"1"}
+    assert held(r) == {} and "Traceback" not in log
+    assert daemon.request("GET", "/channels/wide")[0] == 200
+
+
+def background_child(r, task_id: str) -> int:
+    stdout = r.hget(f"task:record:{task_id}", "stdout") or ""
+    return int(stdout.split()[0])
+
+
+def test_a_channel_decides_whether_a_commands_process_group_ends_with_it(coyotes_factory, r):
+    daemon = coyotes_factory("-node-id", NODE)
+    code, env = daemon.request("POST", "/channels", {"name": "keeps", "kill_group": False})
+    assert code == 200, env
+    assert json.loads(r.hget("task:channels", "keeps"))["kill_group"] is False
+    assert daemon.request("POST", "/channels", {"name": "x", "kill_group": "maybe"})[0] == 400
+    spawn = "sh -c 'sleep 60 > /dev/null 2>&1 & echo $!'"
+    r.lpush(PREPARE, entry("ends", spawn), entry("stays", spawn, chan="keeps"))
+    wait_until(lambda: all_in(r, ["ends", "stays"]), what="both tasks")
+    ended, stays = background_child(r, "ends"), background_child(r, "stays")
+    try:
+        wait_until(lambda: not alive(ended), what="the default channel's orphan to end")
+        assert alive(stays)
+    finally:
+        if alive(stays):
+            os.kill(stays, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:   # a zombie is not alive
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
