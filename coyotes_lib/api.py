@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import bottle
@@ -80,7 +81,10 @@ def record_view(record: dict) -> dict:
             continue
         if key in RECORD_NUMBERS:
             try:
-                value = RECORD_NUMBERS[key](float(value))
+                number = float(value)
+                # inf and nan stay text: int() refuses them, and JSON has no word for them
+                if math.isfinite(number):
+                    value = RECORD_NUMBERS[key](number)
             except ValueError:
                 pass
         elif key == "argv":
@@ -112,6 +116,8 @@ class Body:
                 self.query = request.query.decode("utf-8")
             except UnicodeError:
                 raise fail(400, "form fields must be UTF-8") from None
+            except ValueError as exc:   # bottle's parser refusing a part's headers
+                raise fail(400, f"form body is malformed: {exc}") from None
 
     def get(self, name: str, default=None):
         if self.json is not None:
@@ -121,21 +127,34 @@ class Body:
 
     def get_list(self, name: str) -> list:
         if self.json is not None:
-            value = self.json.get(name) or []
-            return value if isinstance(value, list) else [value]
-        values = self.forms.getall(name) or self.forms.getall(name + "[]")
-        if not values:  # PHP's http_build_query: args[0]=..&args[1]=..
-            indexed = [(k, v) for k, v in self.forms.allitems() if k.startswith(name + "[")]
-            values = [v for _, v in sorted(indexed, key=lambda kv: _index(kv[0]))]
-        return values
-
+            # only null is "none": a 0 or {} is a value (to use, or to refuse), not nothing
+            value = self.json.get(name)
+            return [] if value is None else value if isinstance(value, list) else [value]
+        for fields in (self.forms, self.query):   # the query as well, as get() reads it
+            values = fields.getall(name) or fields.getall(name + "[]")
+            if not values:  # PHP's http_build_query: args[0]=..&args[1]=..
+                indexed = [(k, v) for k, v in fields.allitems() if k.startswith(name + "[")]
+                values = [v for _, v in sorted(indexed, key=lambda kv: _index(kv[0]))]
+            if values:
+                return values
+        return []
 
     def policy(self) -> dict:
         """The policy keys given (timeout, retries, ...), not yet validated."""
         given = {key: self.get(key) for key in POLICY_LIMITS if self.get(key) not in (None, "")}
-        if "retry_on" in given and not isinstance(given["retry_on"], list):
-            given["retry_on"] = self.get_list("retry_on")
+        # exit codes: repeated, PHP's retry_on[] or retry_on[0], a JSON list, or "1,75"
+        codes = [code for value in self.get_list("retry_on")
+                 for code in (value.split(",") if isinstance(value, str) else [value])]
+        if "retry_on" in given or any(str(code).strip() for code in codes):
+            given["retry_on"] = codes
         return given
+
+
+def whole(value) -> int:
+    """An integer field: an int, a float without a fraction, or its text."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
 
 
 def _index(key: str) -> int:
@@ -186,10 +205,15 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
             command = body.get("command")
             if isinstance(command, str):
                 command = {"name": command, "args": body.get_list("args")}
+        task_id = body.get("id") if with_command else ""
+        if isinstance(task_id, bool) or not isinstance(task_id, (str, int, float, type(None))):
+            raise fail(400, "id must be a string")   # not a Python repr such as 'True' or '[]'
         execute_at = None
         delay = body.get("delay") if with_command else None
         if delay not in (None, "", 0, "0"):
             try:
+                if isinstance(delay, bool):
+                    raise TypeError
                 delay = float(delay)
             except (TypeError, ValueError):
                 raise fail(400, "delay must be a number of seconds") from None
@@ -198,8 +222,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
             execute_at = broker.now() + delay
         policy = body.policy() if with_command else {}
         try:
-            task = build(name, name_field, command,
-                         body.get("id") if with_command else "", execute_at, policy)
+            task = build(name, name_field, command, task_id, execute_at, policy)
         except BadTask as exc:
             raise fail(400, str(exc)) from None
         result = broker.push(task, spec.distinct)
@@ -215,6 +238,14 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
     def home():
         return ok({"name": "coyotes", "version": __version__, "node": broker.node,
                    "task_mode": config.task_mode})
+
+    @app.get("/openapi.json")
+    def openapi():
+        # imported here: the document is needed by few and costs memory in every daemon
+        from .openapi import document
+        parts = bottle.request.urlparts   # the address this client reached us at
+        bottle.response.content_type = "application/json; charset=utf-8"
+        return json.dumps(document(f"{parts.scheme}://{parts.netloc}"))
 
     @app.get("/channels")
     def channels():
@@ -239,13 +270,14 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         name = str(body.get("name") or "")
         if not CHANNEL_NAME.match(name):
             raise fail(400, "name must be 1-64 letters, digits, '_', '-' or '.'")
-        distinct = str(body.get("distinct", "false")).lower()
+        distinct = body.get("distinct")
+        distinct = "false" if distinct is None else str(distinct).lower()
         if distinct not in ("true", "false", "1", "0"):
             raise fail(400, "distinct must be true or false")
         worker = body.get("worker")
         try:
-            worker = config.concurrent if worker in (None, "") else int(worker)
-        except (TypeError, ValueError):
+            worker = config.concurrent if worker in (None, "") else whole(worker)
+        except (TypeError, ValueError, OverflowError):   # JSON's 1e400 is infinity
             raise fail(400, "worker must be an integer") from None
         if not 1 <= worker <= 1000:
             raise fail(400, "worker must be 1..1000")
@@ -410,8 +442,11 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
         if error.status_code >= 500:
             log.error("api: %s %s failed: %r", bottle.request.method, bottle.request.path,
                       error.exception)
-        message = {404: "not found", 405: "method not allowed"}.get(error.status_code,
-                                                                    "internal error")
+        if error.status_code >= 500:
+            message = "internal error"
+        else:   # bottle's own other 4xx say why (a broken multipart body ...)
+            message = {404: "not found", 405: "method not allowed"}.get(error.status_code) \
+                or str(error.body or "") or "bad request"
         return envelope(error.status_code, message)
 
     app.default_error_handler = on_error
