@@ -1,0 +1,311 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``.
+
+Written by hand as Python data so that it ships inside the package (and the
+one-file build) with no build step. ``tests/test_openapi.py`` keeps it in step
+with the routes of ``api.make_app`` and fuzzes the live daemon against it.
+Every reply is the Go daemon's envelope; its ``status_code`` is the HTTP status.
+"""
+
+from __future__ import annotations
+
+from . import __version__
+from .api import MAX_DELAY, MAX_LIMIT, MAX_OFFSET
+from .config import CHANNEL_NAME
+from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
+
+DEFAULT_SERVER = "http://127.0.0.1:60001"
+CHANNEL_PATTERN = CHANNEL_NAME.pattern
+ID_PATTERN = r"^[^\s/]+$"   # and printable: what JSON Schema cannot say
+_CODE = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"   # 0-255
+CODES = rf"^ *({_CODE} *)?(, *({_CODE} *)?)*$"              # "1,75": comma-separated codes
+
+JSON, URLENCODED, MULTIPART = ("application/json", "application/x-www-form-urlencoded",
+                               "multipart/form-data")
+REF = "#/components/"
+
+ERRORS = {400: "a bad field, query parameter or body", 403:
+          "refused by the browser protections: a cross-site Origin or Sec-Fetch-Site, or "
+          "a Host that is not allowed (DNS rebinding)", 404: "no such channel or task",
+          405: "the path exists with another method (see the Allow header)",
+          408: "the request body did not arrive within -http-timeout",
+          409: "a conflict with what exists", 413: "the body is larger than -max-body",
+          500: "a bug: the daemon's log has the details",
+          503: "Redis is unavailable (or out of memory): retry later"}
+# what the guard in front of every route may answer (400: a broken Content-Length or
+# body), and a bug; 503 comes from every route that reads Redis
+EVERY_ROUTE = (400, 403, 408, 413, 500)
+
+
+def ref(kind: str, name: str) -> dict:
+    return {"$ref": f"{REF}{kind}/{name}"}
+
+
+def ok(data: dict, description: str) -> dict:
+    """A 200 reply: the envelope around ``data``."""
+    return {"description": description, "content": {JSON: {"schema": {
+        "type": "object", "required": ["status_code", "message", "data"],
+        "additionalProperties": False,
+        "properties": {"status_code": {"const": 200}, "message": {"const": "ok"},
+                       "data": data}}}}}
+
+
+def error(status: int) -> dict:
+    return {"description": ERRORS[status], "content": {JSON: {"schema": {
+        "type": "object", "required": ["status_code", "message", "data"],
+        "additionalProperties": False,
+        "properties": {"status_code": {"const": status},
+                       "message": {"type": "string", "minLength": 1},
+                       "data": {"type": "null"}}}}}}
+
+
+def operation(op_id: str, summary: str, reply: dict, *statuses: int, params=(),
+              body: dict | None = None, redis: bool = True) -> dict:
+    """One operation: its 200 reply and the error statuses it may answer besides
+    those of every route."""
+    responses = {"200": reply}
+    for status in sorted({*statuses, *EVERY_ROUTE, *([503] if redis else [])}):
+        responses[str(status)] = ref("responses", str(status))
+    op = {"operationId": op_id, "summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = [ref("parameters", p) for p in params]
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def body(form: dict, json_schema: dict, example: dict) -> dict:
+    """A request body in the three encodings the API reads alike."""
+    return {"required": True, "content": {
+        URLENCODED: {"schema": form, "example": example},
+        MULTIPART: {"schema": form, "example": example},
+        JSON: {"schema": json_schema, "example": example}}}
+
+
+def number(low: float, high: float, kind: str = "number", **extra) -> dict:
+    return {"type": kind, "minimum": low, "maximum": high, **extra}
+
+
+def boolean(json: bool) -> dict:
+    text = {"type": "string", "enum": ["true", "false", "1", "0"]}
+    return {"anyOf": [{"type": "boolean"}, text]} if json else text
+
+
+def policy_fields(json: bool) -> dict:
+    """timeout, retries, retry_backoff, retry_max, retry_on (...): per task or per channel.
+    From POLICY_LIMITS, so that a new key is described as soon as it is read."""
+    fields = {}
+    for key, (kind, low, high) in POLICY_LIMITS.items():
+        if kind is bool:
+            fields[key] = boolean(json)
+        elif kind is tuple:   # exit codes, repeated or in a JSON list, or "1,75"
+            codes = {"type": "array", "items": number(low, high, "integer"),
+                     "description": "exit codes (empty: any)"}
+            fields[key] = {"anyOf": [codes, {"type": "string", "pattern": CODES}]} \
+                if json else codes
+        else:
+            fields[key] = number(low, high, "integer" if kind is int else "number")
+    return fields
+
+
+def push_fields(json: bool) -> dict:
+    task_id = {"type": "string", "maxLength": MAX_ID, "pattern": ID_PATTERN,
+               "description": "your task id (printable, no spaces or '/')"}
+    args = {"type": "array", "description": "arguments of command, in order",
+            "items": {"type": ["string", "number"]} if json else {"type": "string"}}
+    command = {"type": "string", "minLength": 1, "description": "the program"}
+    if json:
+        command = {"anyOf": [command, {
+            "type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "args": {"type": "array", "items": {"type": ["string", "number"]}}}}]}
+    return {"task": {"type": "string", "maxLength": MAX_COMMAND,
+                     "description": "the command line; with command, only a display name"},
+            "command": command, "args": args,
+            "delay": number(0, MAX_DELAY, description="seconds before it may run"),
+            "id": {"anyOf": [task_id, {"type": "integer"}]} if json else task_id,
+            **policy_fields(json)}
+
+
+def push_body() -> dict:
+    def schema(json: bool) -> dict:
+        return {"type": "object", "properties": push_fields(json),
+                "anyOf": [{"required": ["task"]}, {"required": ["command"]}]}
+    return body(schema(False), schema(True), {"command": "echo", "args": ["hello"],
+                                              "id": "hello-1"})
+
+
+def channel_body() -> dict:
+    def schema(json: bool) -> dict:
+        return {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "pattern": CHANNEL_PATTERN},
+            "distinct": boolean(json),
+            "worker": number(1, 1000, "integer",
+                             description="commands run at once (default -concurrent)"),
+            **policy_fields(json)}}
+    return body(schema(False), schema(True), {"name": "reports", "distinct": "false",
+                                              "worker": 1})
+
+
+def components() -> dict:
+    command = {"type": "object", "required": ["name", "args"], "properties": {
+        "name": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}}}}
+    integer, num, text = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+    listed = {"type": "object", "required": ["task_name", "channel", "status", "task_id"],
+              "description": "the Go fields, then ours where known; an entry that cannot "
+                             "be read is shown as it is, with an error",
+              "properties": {
+                  "task_name": text, "channel": text, "task_id": text,
+                  "command": ref("schemas", "Command"),
+                  "status": {"type": "string", "description": "queued, running, delayed, "
+                             "or for a failed task failed or timed_out"},
+                  "execute_at": num, "error": text, "exit_code": integer, "signal": integer,
+                  "failed_at": num, "attempt": integer, "retry_count": integer,
+                  "redeliveries": integer, "stdout": text, "stderr": text}}
+    listing = {"type": "object", "required": ["tasks", "count"], "properties": {
+        "tasks": {"type": "array", "items": ref("schemas", "ListedTask")},
+        "count": {"type": "integer", "minimum": 0, "description": "the true total"}}}
+    record = {"type": "object", "required": ["task_id"], "properties": {
+        "task_id": text, "id": text, "channel": text, "task_name": text,
+        "status": {"type": "string", "enum": ["queued", "delayed", "running", "succeeded",
+                                              "failed", "timed_out", "canceled", "killed"]},
+        "argv": {"type": "array", "items": text}, "node": text, "stdout": text,
+        "stderr": text, "error": text, "attempt": integer, "redeliveries": integer,
+        "retry_count": integer, "exit_code": integer, "signal": integer, "retries": integer,
+        "timeout": num, "duration": num, "queued_at": num, "started_at": num,
+        "finished_at": num, "failed_at": num, "retry_at": num, "execute_at": num}}
+    page = {"limit": number(0, MAX_LIMIT, "integer", default=100),
+            "offset": number(0, MAX_OFFSET, "integer", default=0)}
+    return {
+        "schemas": {"Command": command, "ListedTask": listed, "Listing": listing,
+                    "TaskRecord": record},
+        "parameters": {
+            "name": {"name": "name", "in": "path", "required": True,
+                     "description": "a channel", "example": "default",
+                     "schema": {"type": "string", "pattern": CHANNEL_PATTERN}},
+            "task_id": {"name": "task_id", "in": "path", "required": True,
+                        "description": "a task id", "example": "hello-1",
+                        "schema": {"type": "string", "maxLength": MAX_ID,
+                                   "pattern": ID_PATTERN}},
+            **{key: {"name": key, "in": "query", "required": False, "schema": schema,
+                     "description": "page size" if key == "limit" else "entries skipped"}
+               for key, schema in page.items()}},
+        "responses": {str(status): error(status) for status in ERRORS},
+    }
+
+
+def document(server: str = DEFAULT_SERVER) -> dict:
+    """The OpenAPI document, with ``server`` as the base URL of every path."""
+    listing = ref("schemas", "Listing")
+    push_result = {"type": "object", "required": ["task_id", "task_name", "result"],
+                   "properties": {"task_id": {"type": "string"},
+                                  "task_name": {"type": "string"},
+                                  "result": {"type": "boolean",
+                                             "description": "false: refused by the distinct "
+                                                            "rule (no record is kept)"}}}
+    canceled = {"type": "object", "required": ["task_id", "status"], "properties": {
+        "task_id": {"type": "string"}, "status": {"enum": ["canceled", "killing"]}}}
+    unfailed = {"type": "object", "required": ["task_id", "result"], "properties": {
+        "task_id": {"type": "string"}, "result": {"const": True}}}
+    counted = {"type": "object", "required": ["count"],
+               "properties": {"count": {"type": "integer", "minimum": 0}}}
+    delayed = ref("schemas", "ListedTask")
+    page = ("limit", "offset")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Coyotes", "version": __version__,
+            "description": "You give me the command, I run it. Every reply is JSON "
+                           '{"status_code", "message", "data"}; status_code is also the '
+                           "HTTP status, and on an error data is null. Bodies may be "
+                           "urlencoded or multipart forms, or JSON. A method a path does "
+                           "not have answers 405 with an Allow header; an unknown path 404.",
+        },
+        "servers": [{"url": server}],
+        "paths": {
+            "/": {"get": operation("home", "what answers here", ok({
+                "type": "object", "required": ["name", "version", "node", "task_mode"],
+                "properties": {"name": {"const": "coyotes"}, "version": {"type": "string"},
+                               "node": {"type": "string"},
+                               "task_mode": {"type": "boolean"}}}, "this daemon"),
+                                  redis=False)},
+            "/openapi.json": {"get": operation(
+                "openapi", "this document (not in the envelope)",
+                {"description": "the OpenAPI document",
+                 "content": {JSON: {"schema": {"type": "object",
+                                               "required": ["openapi", "paths"]}}}},
+                redis=False)},
+            "/channels": {
+                "get": operation("list_channels", "every channel's tasks",
+                                 ok({"type": "object", "additionalProperties": listing},
+                                    "channel name -> its listing (limit and offset apply "
+                                    "to each)"), params=page),
+                "post": operation("add_channel", "create a channel", ok(
+                    {"type": "null"}, "created; it starts consuming at once"), 409,
+                    body=channel_body())},
+            "/channels/{name}": {
+                "get": operation("list_channel", "one channel's tasks: running, then queued",
+                                 ok(listing, "a page of the listing"), 404,
+                                 params=("name", *page)),
+                "post": operation("push_task", "push a command line (the original form)",
+                                  ok(push_result, "queued, or refused by the distinct rule"),
+                                  404, params=("name",), body=body(
+                                      {"type": "object", "required": ["task"], "properties": {
+                                          "task": {"type": "string", "minLength": 1}}},
+                                      {"type": "object", "required": ["task"], "properties": {
+                                          "task": {"type": "string", "minLength": 1}}},
+                                      {"task": "echo hello"}))},
+            "/channels/{name}/tasks": {
+                "post": operation("push_task_v2", "push a task: argv, id, delay, policy",
+                                  ok(push_result, "queued or delayed, or refused by the "
+                                     "distinct rule"), 404, 409, params=("name",),
+                                  body=push_body())},
+            "/channels/{name}/tasks/{task_id}": {
+                "delete": operation("cancel_channel_task",
+                                    "cancel a waiting task or kill a running one",
+                                    ok(canceled, "canceled, or its node was asked to kill it"),
+                                    404, 409, params=("name", "task_id"))},
+            "/channels/{name}/failed-tasks": {
+                "get": operation("list_failed", "failed tasks, newest failure first",
+                                 ok(listing, "a page of the failed tasks"), 404,
+                                 params=("name", *page)),
+                "post": operation("retry_all_failed", "retry every failed task",
+                                  ok(counted, "how many"), 404, params=("name",)),
+                "delete": operation("delete_all_failed", "delete every failed task",
+                                    ok(counted, "how many"), 404, params=("name",))},
+            "/channels/{name}/failed-tasks/{task_id}": {
+                "get": operation("get_failed", "one failed task",
+                                 ok(ref("schemas", "ListedTask"), "the failed task"), 404,
+                                 params=("name", "task_id")),
+                "post": operation("retry_failed", "retry one failed task",
+                                  ok(unfailed, "back in its queue"), 404,
+                                  params=("name", "task_id")),
+                "delete": operation("delete_failed", "delete one failed task",
+                                    ok(unfailed, "deleted"), 404, params=("name", "task_id"))},
+            "/tasks/{task_id}": {
+                "get": operation("get_task", "a task's record",
+                                 ok(ref("schemas", "TaskRecord"), "the record"), 404,
+                                 params=("task_id",)),
+                "delete": operation("cancel_task", "cancel a waiting task or kill a running one",
+                                    ok(canceled, "canceled, or its node was asked to kill it"),
+                                    404, 409, params=("task_id",))},
+            "/delay-tasks": {
+                "get": operation("list_delayed", "delayed tasks, soonest first",
+                                 ok(listing, "a page of them"), params=page)},
+            "/delay-tasks/{task_id}": {
+                "get": operation("get_delayed", "one delayed task",
+                                 ok(delayed, "the task"), 404, params=("task_id",)),
+                "delete": operation("cancel_delayed", "cancel a delayed task",
+                                    ok(canceled, "canceled"), 404, 409, params=("task_id",))},
+            "/dead-letters": {
+                "get": operation("dead_letters", "entries that could not become tasks",
+                                 ok({"type": "object",
+                                     "required": ["entries", "count", "trimmed"],
+                                     "properties": {
+                                         "entries": {"type": "array",
+                                                     "items": {"type": "object"}},
+                                         "count": {"type": "integer", "minimum": 0},
+                                         "trimmed": {"type": "integer", "minimum": 0}}},
+                                    "newest first"), params=page)},
+        },
+        "components": components(),
+    }
