@@ -106,8 +106,8 @@ class Body:
         if (request.content_type or "").startswith("application/json"):
             try:
                 self.json = parse_json(request.body.read() or b"{}")
-            except BadTask:
-                raise fail(400, "body is not valid JSON") from None
+            except BadTask as exc:
+                raise fail(400, f"body: {exc}") from None
             if not isinstance(self.json, dict):
                 raise fail(400, "JSON body must be an object")
         else:
