@@ -82,14 +82,14 @@ def check_policy(values: dict) -> dict:
                 ok = True
             elif kind is tuple:
                 items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-                number = tuple(sorted({int(str(v).strip()) for v in items if str(v).strip()}))
+                number = tuple(sorted({exit_code(v) for v in items if str(v).strip()}))
                 ok = all(low <= n <= high for n in number)
             else:
                 if isinstance(value, bool):
                     raise ValueError
                 number = kind(value)
                 ok = low <= number <= high   # False for NaN as well
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, OverflowError):   # 1e400 is infinity
             ok = False
         if not ok:
             if kind is bool:
@@ -98,6 +98,15 @@ def check_policy(values: dict) -> dict:
                           f"between {low} and {high}")
         out[key] = number
     return out
+
+
+def exit_code(value) -> int:
+    """An exit code given as a number (50, or 50.0 as PHP sends a float) or as text."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
 
 
 def new_id() -> str:
@@ -159,7 +168,8 @@ def argv_of(name: str, command) -> tuple[str, ...]:
         if not isinstance(command, dict) or not isinstance(command.get("name"), str) \
                 or not command["name"].strip():
             raise BadTask('command must be {"name": "...", "args": [...]}')
-        args = command.get("args") or []
+        args = command.get("args")
+        args = [] if args is None else args
         if not isinstance(args, list):
             raise BadTask("command.args must be a list")
         argv = (command["name"], *(format_arg(a) for a in args))

@@ -12,6 +12,7 @@ from coyotes_lib.scheduler import backoff
 from coyotes_lib.task import (
     BadTask,
     Policy,
+    argv_of,
     build,
     check_policy,
     from_producer,
@@ -95,3 +96,18 @@ def test_split_line_is_shlex_split(line):
             split_line(line)
         return
     assert split_line(line) == expected
+
+
+def test_policy_and_args_edge_values_found_by_schemathesis():
+    """1e400 is infinity in JSON (an OverflowError as an int), PHP sends exit codes as
+    floats (50.0), and an args of 0 or "" was read as no args at all."""
+    for fields in ({"retries": 1e400}, {"timeout": 1e400}, {"retry_on": [1e400]},
+                   {"retry_on": [1.5]}):
+        with pytest.raises(BadTask):
+            check_policy(fields)
+    assert check_policy({"retry_on": [50.0, "1", 3]}) == {"retry_on": (1, 3, 50)}
+    for args in (0, "", {}, False):
+        with pytest.raises(BadTask, match=r"command\.args must be a list"):
+            argv_of("", {"name": "sleep", "args": args})
+    with pytest.raises(BadTask):
+        from_producer('{"task": "true", "retries": 1e400}', "default")
