@@ -344,8 +344,8 @@ class Broker:
         ``source``) in the dead-letter list with its reason."""
         staging = self.keys.staging(self.node)
         self._dead(keys=[self.keys.dead, staging, staging, self.keys.dead_trimmed],
-                   args=[self._dead_record(entry, reason), entry if source else "",
-                         self.dead_max, "0"])
+                   args=[self._dead_record(entry, reason), entry, self.dead_max,
+                         "1" if source else "0"])
 
     def _dead_record(self, entry: str, reason: str, **more) -> str:
         """A dead letter: the entry (an oversized one cut, with its length and hash),
@@ -486,7 +486,7 @@ class Broker:
         k = self.keys
         return int(self._dead(
             keys=[k.dead, k.processing(self.node, chan), k.running(chan), k.dead_trimmed],
-            args=[self._dead_record(raw, reason, channel=chan), raw, self.dead_max, "1"]))
+            args=[self._dead_record(raw, reason, channel=chan), raw, self.dead_max, "2"]))
 
     def requeue(self, chan: str, raw: str, task_id: str = "", ran: bool = True) -> bool:
         """Give one claimed entry back to the queue (it runs next); ``ran=False``

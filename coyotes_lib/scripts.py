@@ -102,18 +102,19 @@ return out
 # trimmed ones are counted. Returns 1, or 0 when the entry was no longer there.
 DEAD = _TYPES + """
 -- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
--- KEYS[3] running set (ARGV[4] = '1') or KEYS[2] again   KEYS[4] trimmed counter
--- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry ('' = none)
--- ARGV[3] most entries kept   ARGV[4] '1' = also leave the running set KEYS[3]
+-- KEYS[3] running set (ARGV[4] = '2') or KEYS[2] again   KEYS[4] trimmed counter
+-- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry (it may be '')
+-- ARGV[3] most entries kept
+-- ARGV[4] '0' = no source, '1' = take it out of KEYS[2], '2' = and out of KEYS[3]
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[4], 'string')
-  or (ARGV[4] == '1' and wrongtype(KEYS[3], 'set'))
+  or (ARGV[4] == '2' and wrongtype(KEYS[3], 'set'))
 if bad then return bad end
 local trimmed = redis.call('GET', KEYS[4])
 if trimmed and not tonumber(trimmed) then
   return redis.error_reply('WRONGTYPE ' .. KEYS[4] .. ' holds a string that is not a number')
 end
-if ARGV[2] ~= '' and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 0 end
-if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[2]) end
+if ARGV[4] ~= '0' and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 0 end
+if ARGV[4] == '2' then redis.call('SREM', KEYS[3], ARGV[2]) end
 local n = redis.call('LPUSH', KEYS[1], ARGV[1])
 local most = tonumber(ARGV[3])
 if n > most then

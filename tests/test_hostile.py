@@ -71,7 +71,7 @@ DEEP = '{"task": "true", "deep": ' + "[" * 7_000 + "]" * 7_000 + "}"   # kept wh
 def test_a_bad_entry_does_not_poison_the_batch_it_is_routed_with(coyotes_factory, r):
     """Pushed before the daemon starts, so that one move stages them all together."""
     good = [f"good-{i}" for i in range(6)]
-    bad = [*LONE_SURROGATES, DEEP]
+    bad = [*LONE_SURROGATES, DEEP, ""]   # an empty entry was parked but left staged
     mixed = [entry(good[0]), *bad[:3], entry(good[1]), entry(good[2]), *bad[3:],
              entry(good[3]), entry(good[4]), entry(good[5])]
     r.lpush(PREPARE, *mixed)
@@ -93,7 +93,7 @@ def test_a_bad_entry_in_a_channel_queue_is_parked_and_its_worker_lives_on(coyote
     so the good task after the bad ones runs only if that worker survived them."""
     daemon = coyotes_factory("-node-id", NODE, "-concurrent", "1")
     bad = ['{"id": "q-bad", "task": "echo x", "argv": ["echo", "\\ud800"]}',
-           '{"id": "q-bad-2", "task": "echo \\udc00\\ud800"}', DEEP]
+           '{"id": "q-bad-2", "task": "echo \\udc00\\ud800"}', DEEP, ""]
     r.lpush("default:tasks:queue", *bad, entry("after-the-bad-ones"))
     wait_until(lambda: status(r, "after-the-bad-ones") == "succeeded", timeout=20,
                what="the good task after the bad ones")
