@@ -624,9 +624,44 @@ def test_channel_queue_entries_run_or_are_dead_lettered(live, pushed):
     letters = dead_letters(r)
     assert collections.Counter(map(dead_key, letters)) == expected_dead
     assert all(letter.get("channel") == "default" for letter in letters)
+    # and no record says it runs (or waits) when nothing does
+    for record in records(r):
+        assert record.get("status") in FINAL or record.get("status") == "delayed", record
     # the workers live on: a good task pushed after them runs
     after = f"after-{uuid.uuid4().hex[:8]}"
     r.lpush(K.prepare, json.dumps({"task": f"true {after}", "id": after}))
     wait_until(lambda: r.hget(K.record(after), "status") == "succeeded", timeout=15,
                what="a good task after the random ones")
     no_trouble(daemon, since)
+
+
+@pytest.mark.parametrize("second", [
+    pytest.param(b'{"task": "true", "id": "%s", "retries": -1}',   # a policy the worker refuses
+                 id="bad-policy"),
+    # a raw control character: Lua's JSON reads the id, Python's strict JSON does not (to
+    # the worker it is a plain command line, with an id of its own)
+    pytest.param(b'{"task": "true", "id": "%s", "note": "a\x1bb"}', id="control-character"),
+    pytest.param(b'{"task": "true", "id": "%s", "note": "\\ud800"}', id="lone-surrogate"),
+    # nested deeper than Python parses in a worker, not deeper than Lua's JSON does
+    pytest.param(b'{"task": "true", "id": "%s", "ts": ' + b"[" * 990 + b"]" * 990 + b"}",
+                 id="deep"),
+])
+def test_an_entry_the_worker_refuses_leaves_the_record_of_its_id_alone(live, second):
+    """Found by the property above: an entry pushed into a channel queue with the id
+    of a finished task, which the worker then refuses (or reads without that id).
+    CLAIM reads the id with Lua's JSON and starts that record; the worker must not
+    leave it 'running' for ever (no TTL, its result erased)."""
+    _, r = live
+    forget(r)
+    task_id = f"twice-{uuid.uuid4().hex[:8]}"
+    r.lpush(K.queue("default"), json.dumps({"task": "true", "id": task_id}))
+    wait_until(lambda: r.hget(K.record(task_id), "status") == "succeeded", timeout=15)
+    before = r.hgetall(K.record(task_id))
+    raw = second.replace(b"%s", task_id.encode())
+    r.lpush(K.queue("default"), raw)
+    settle(r, lambda: r.llen(K.dead) or any(rec.get("status") in FINAL for rec in records(r)
+                                            if rec.get("id") != task_id),
+           what="the second entry to be dead-lettered or run")
+    after = r.hgetall(K.record(task_id))
+    assert after.get("status") == before["status"], (before, after)
+    assert r.ttl(K.record(task_id)) > 0   # it expires as a finished record does
