@@ -140,20 +140,23 @@ local function start(record, running, entry, node)
 end
 """
 
-# Start a claimed entry if it names its id and its record exists (every task
-# routed by a node): {entry, id, attempt, redeliveries, kill, retries}, or id ''
-# for an entry left for START (a bare Go command line, an id that is not a
-# string, no record). Attempt -1: the record's key holds another type (not started).
+# Start a claimed entry if it names its id and its record waits for it (status
+# queued: every task routed by a node): {entry, id, attempt, redeliveries, kill,
+# retries}, or id '' for an entry left for START once the worker has read it (a
+# bare Go command line, an id that is not a string, no record, or the record of
+# another task: an entry pushed straight into the queue may reuse a finished
+# task's id, and the worker may refuse it). Attempt -1: the record's key holds
+# another type (not started).
 _CLAIMED = """
 local function claimed(entry, running, node, prefix)
   local ok, task = pcall(cjson.decode, entry)
   local id = ok and type(task) == 'table' and task.id
   if type(id) == 'string' and id ~= '' then
     local hash, none = is_hash(prefix .. id)
-    if hash then
+    if hash and redis.call('HGET', prefix .. id, 'status') == 'queued' then
       local started = start(prefix .. id, running, entry, node)
       return {entry, id, started[1], started[2], started[3], started[4]}
-    elseif not none then
+    elseif not (hash or none) then
       return {entry, id, -1, 0, 0, 0}
     end
   end
