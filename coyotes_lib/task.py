@@ -300,6 +300,8 @@ def from_queue(raw: str, channel: str) -> Task:
         raise BadTask("task must be a string")
     argv = data.get("argv")
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        if any("\0" in a for a in argv):   # exec would cut the argument short there
+            raise BadTask("command contains a NUL byte")
         argv = tuple(argv)   # split when it was pushed
     else:
         argv = argv_of(name, given_command(data.get("command")))

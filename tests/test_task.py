@@ -111,3 +111,10 @@ def test_policy_and_args_edge_values_found_by_schemathesis():
             argv_of("", {"name": "sleep", "args": args})
     with pytest.raises(BadTask):
         from_producer('{"task": "true", "retries": 1e400}', "default")
+
+
+def test_a_nul_in_a_queued_argv_is_refused_not_cut_short():
+    """exec reads each argument up to its first NUL: 'a\\0b' would run as 'a'."""
+    raw = json.dumps({"id": "x", "task": "echo a", "argv": ["echo", "a\0b"]})
+    with pytest.raises(BadTask, match="NUL"):
+        from_queue(raw, "default")
