@@ -551,7 +551,7 @@ class Scheduler:
                     retry_at = time.monotonic() + pause
                     log.warning("prepare queue: entries kept in the staging list, %s; "
                                 "trying again in %.0fs", redis_trouble(refused), pause)
-                elif refused is None and again and pause:
+                elif refused is None and again:
                     leftovers, pause = len(batch) == STAGED_READ, 0.0   # more may wait
                 if batch:
                     gevent.sleep(0)   # channels woken by these tasks start them first

@@ -407,6 +407,8 @@ def test_entries_that_are_not_utf8_still_run(coyotes, redis_server, tmp_path):
 
 def test_unreadable_queue_entries_are_dead_lettered(coyotes_factory, r, tmp_path):
     viewer = coyotes_factory("-task-mode=false")
+    # in API-only mode the default channels are created after "ready", in the background
+    wait_until(lambda: r.hexists("task:channels", "cron"), what="the cron channel")
     r.lpush("cron:tasks:queue", '{"id": "n1", "task": 5}')
     status, reply = viewer.request("GET", "/channels/cron")
     assert status == 200 and reply["data"]["tasks"][0]["task_id"] == "n1"
