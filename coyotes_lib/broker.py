@@ -8,7 +8,8 @@ list); a worker claims a task by moving it into this node's processing list
 once its result is recorded. A node
 that dies leaves its staging and processing lists behind; it requeues them
 when it starts again, and any live node does so once the dead node's
-heartbeat key has expired. The scripts live in ``scripts.py``.
+heartbeat key has expired. The scripts live in ``scripts.py``, the connections
+and the round trips they take in ``connection.py``.
 """
 
 from __future__ import annotations
@@ -19,40 +20,23 @@ import hashlib
 import json
 import logging
 import os
-import select
 import socket
 import time
 import uuid
-import weakref
 
 import redis
-from gevent.monkey import get_original
-from redis.backoff import NoBackoff
-from redis.connection import HIREDIS_AVAILABLE, Encoder, HiredisRespSerializer, PythonRespSerializer
-from redis.exceptions import NoScriptError
-from redis.retry import Retry
-
-if HIREDIS_AVAILABLE:
-    import hiredis
 
 from . import scripts
+from .connection import BLOCK, MAX_CONNECTIONS, Lean
 from .keys import Keys
 from .task import Policy, Task, legacy_id
 
 log = logging.getLogger("coyotes.broker")
 
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
-BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
-# bytes a connection reads at a time; its parser keeps a buffer this size for good
-# (redis-py's default of 64 KiB, for replies that are mostly under 1 KiB here)
-READ_SIZE = 16 * 1024
-MAX_CONNECTIONS = 100_000
-SCRIPTS = ("ENQUEUE", "DEAD", "TAKE", "CLAIM", "START_NEWEST", "START", "FINISH", "REQUEUE",
-           "REAP", "PROMOTE", "CANCEL", "KILL", "UNFAIL")
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 DEAD_ENTRY_MAX = 16 * 1024   # characters of an entry a dead letter keeps (with length and hash)
 DEAD_LETTERS_MAX = 10_000    # entries the dead-letter list keeps by default
-RAW_POLL = get_original("select", "poll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,110 +74,6 @@ def flat(fields: dict) -> list:
     return out
 
 
-class Packer:
-    """hiredis packs commands fast but encodes text strictly as UTF-8; an argument
-    holding surrogate escapes (bytes that were not UTF-8) falls back to redis-py's
-    own packer, which honours ``encoding_errors``. A one-word command of str, bytes
-    and numbers (every command on the per-task path) goes to hiredis as it is:
-    redis-py's wrapper first rebuilds the arguments in a generator, which cost
-    more than the packing itself."""
-
-    def __init__(self):
-        self.fast = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
-        self.safe = PythonRespSerializer(6000, Encoder("utf-8", "surrogateescape",
-                                                       True).encode)
-
-    def pack(self, *args):
-        if self.fast is not None:
-            try:
-                try:
-                    if " " not in args[0]:
-                        return [hiredis.pack_command(args)]
-                except TypeError:   # a bytes name, a bytearray or memoryview argument
-                    pass
-                return self.fast.pack(*args)
-            except UnicodeEncodeError:
-                pass
-        return self.safe.pack(*args)
-
-
-def spare_cap(fd_limit: int) -> int:
-    """Idle connections the lean path keeps: an eighth of the descriptor limit (0 =
-    unlimited), so that a burst of concurrent calls cannot keep holding the
-    descriptors that commands' pipes need."""
-    return max(4, fd_limit // 8) if fd_limit else MAX_CONNECTIONS
-
-
-class Connection(redis.Connection):
-    """redis-py checks each connection it takes from the pool for unread data
-    with ``select.poll`` and a zero timeout. Under gevent's patching that poll
-    waits for a turn of the hub (a loop iteration and a timer) before it answers,
-    once per command: a fifth of the daemon's time per task. The unpatched poll
-    answers at once; when it sees something (data, or a closed socket) redis-py's
-    own check decides."""
-
-    def __init__(self, *args, **kwargs):
-        try:
-            super().__init__(*args, **kwargs)
-        except OSError as exc:   # out of descriptors (redis-py reads a file here): an outage
-            raise redis.ConnectionError(f"cannot make a connection: {exc}") from exc
-
-    def can_read(self, timeout: float = 0) -> bool:
-        sock = self._sock
-        if timeout or sock is None:
-            return super().can_read(timeout)
-        poller = RAW_POLL()
-        poller.register(sock, select.POLLIN)
-        if poller.poll(0):
-            return super().can_read(timeout)
-        reader = getattr(self._parser, "_reader", None)   # hiredis: a reply read, not taken
-        return bool(reader is not None and reader.has_data())
-
-    def fresh(self) -> None:
-        """Ready to send: closed (to reconnect at the next send) if there is something
-        to read, which on an idle connection means the server closed it (Redis
-        restarted) or a reply was left unread."""
-        try:
-            stale = self._sock is not None and self.can_read()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            stale = True
-        if stale:
-            self.disconnect()
-
-
-def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
-    """A client whose socket timeout outlasts every blocking call we make.
-
-    redis-py's own silent retries are turned off: resending a move whose reply
-    was lost is not idempotent, so every caller handles the error itself (and
-    a claim loop reconciles its processing list after an outage). Bytes that
-    are not UTF-8 (a GBK command line left by an old producer) decode with
-    surrogate escapes, so they round-trip to Redis and to argv unchanged."""
-    pool = redis.ConnectionPool(
-        host=host, port=port, password=password or None, db=db,
-        decode_responses=True, encoding_errors="surrogateescape",
-        socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
-        health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
-        socket_read_size=READ_SIZE,
-        # one connection per channel waits in BLMOVE at any time, plus those of
-        # workers and API requests: no small cap (redis-py's default of 100 refused
-        # the 97th channel)
-        max_connections=MAX_CONNECTIONS, connection_class=Connection)
-    return redis.Redis(connection_pool=pool)
-
-
-class Lua:
-    """A registered script: ``script(keys, args)`` is one round trip on the lean path
-    of ``Broker.pipelined`` (a sixth cheaper than redis-py's own call), which also
-    takes it in ``(script, keys, args)`` calls sent together."""
-
-    def __init__(self, broker: Broker, script):
-        self.broker, self.script, self.sha = broker, script, script.sha
-
-    def __call__(self, keys=(), args=()):
-        return self.broker.pipelined([(self, keys, args)])[0]
-
-
 class Broker:
     def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30,
                  record_ttl: int = 7 * 86400, dead_max: int = DEAD_LETTERS_MAX,
@@ -203,25 +83,25 @@ class Broker:
         self.record_ttl = record_ttl
         self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
-        # connections of the lean path (``_round_trip``) between two uses; made by the
-        # pool, with its settings, but not handed back to it (see ``_round_trip``)
-        self.spare: list[Connection] = []
-        self.spare_max = spare_max   # more are closed after use: they would hold descriptors
-        # a forked child must not share them (redis-py's pool resets itself likewise);
-        # dropping a connection closes only the child's copy of its socket
-        broker = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (b := broker()) and b.spare.clear())
-        self.scripts = [client.register_script(getattr(scripts, name)) for name in SCRIPTS]
-        for name, script in zip(SCRIPTS, self.scripts, strict=True):
-            setattr(self, "_" + name.lower(), Lua(self, script))
+        self.lean = lean = Lean(client, spare_max)
+        self._enqueue = lean.script(scripts.ENQUEUE)
+        self._dead = lean.script(scripts.DEAD)
+        self._take = lean.script(scripts.TAKE)
+        self._claim = lean.script(scripts.CLAIM)
+        self._start_newest = lean.script(scripts.START_NEWEST)
+        self._start = lean.script(scripts.START)
+        self._finish = lean.script(scripts.FINISH)
+        self._requeue = lean.script(scripts.REQUEUE)
+        self._reap = lean.script(scripts.REAP)
+        self._promote = lean.script(scripts.PROMOTE)
+        self._cancel = lean.script(scripts.CANCEL)
+        self._kill = lean.script(scripts.KILL)
+        self._unfail = lean.script(scripts.UNFAIL)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
         after Redis restarted, is run again by itself, or takes the slower path)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for script in self.scripts:
-                pipe.script_load(script.script)
-            pipe.execute()
+        self.lean.load_scripts()
 
     # -- channels ---------------------------------------------------------
     def channels(self) -> dict[str, ChannelSpec]:
@@ -266,67 +146,9 @@ class Broker:
         """``push`` for many ``(task, distinct, source)`` in one round trip; an entry
         that Redis refused (a key of another type) has the error in its place, and
         was left where it was."""
-        outcomes = self.pipelined([(self._enqueue, *self._enqueue_args(task, distinct, source))
+        outcomes = self.lean.pipelined([(self._enqueue, *self._enqueue_args(task, distinct, source))
                                    for task, distinct, source in pushes], errors=True)
         return [o if isinstance(o, redis.ResponseError) else int(o) for o in outcomes]
-
-    def pipelined(self, calls, first: tuple = (), errors: bool = False) -> list:
-        """Script calls, ``(script, keys, args)``, in one round trip, after the plain
-        command ``first`` if given (its reply comes first). redis-py's own pipelined
-        scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
-        reply (Redis restarted) loads the script and runs that call again: it had
-        done nothing. An error reply is raised, or with ``errors`` left in its place
-        (every script checks before it writes, so a refused call changed nothing)."""
-        commands = [first] if first else []
-        commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
-                     for script, keys, args in calls]
-        if not commands:
-            return []
-        replies = self._round_trip(commands)
-        skip = 1 if first else 0
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError) and i >= skip:
-                script, keys, args = calls[i - skip]
-                try:
-                    replies[i] = script.script(keys=keys, args=args)   # redis-py's: loads it
-                except redis.ResponseError as exc:
-                    if not errors:
-                        raise
-                    replies[i] = exc
-            elif isinstance(reply, Exception) and not (errors and i >= skip):
-                raise reply
-        return replies
-
-    def _round_trip(self, commands: list[tuple]) -> list:
-        """Send commands together on one connection and read every reply (an error
-        reply in its place): what a redis-py pipeline does, without its command
-        stack, callbacks and reset, a quarter of its cost on the per-task path.
-        The connection comes from a list of our own rather than from the pool, whose
-        checks, locks and metrics on each take and return cost a twentieth of the
-        daemon's time per task: a connection goes back to that list only with
-        every reply read, or closed (an error, or a greenlet killed mid-reply), so
-        the one check it needs when taken again is for a server that closed it.
-        A forked child drops the list (see ``__init__``)."""
-        spare = self.spare
-        conn = spare.pop() if spare else self.redis.connection_pool.make_connection()
-        try:
-            conn.fresh()   # it may yield (a closed socket): a kill there still puts it back
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            if len(spare) < self.spare_max:
-                spare.append(conn)
-            else:
-                conn.disconnect()
-        return replies
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
         k = self.keys
@@ -429,7 +251,7 @@ class Broker:
         # none: wait for one, and start it in the same round trip
         k = self.keys
         processing = k.processing(self.node, chan)
-        raw, started = self.pipelined(
+        raw, started = self.lean.pipelined(
             [(self._start_newest, [processing, k.running(chan)], [self.node, k.record("")])],
             first=("BLMOVE", k.queue(chan), processing, "RIGHT", "LEFT", timeout))
         if raw is None:
@@ -477,7 +299,7 @@ class Broker:
         calls = [(self._finish, keys, args)]
         if claim_next:
             calls.append((self._claim, *self._claim_args(chan, claim_next)))
-        done, *claimed = self.pipelined(calls)
+        done, *claimed = self.lean.pipelined(calls)
         return int(done), self._claims(claimed[0]) if claimed else []
 
     def release(self, chan: str, raw: str, reason: str = "") -> int:

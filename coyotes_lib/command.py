@@ -469,13 +469,3 @@ class Command:
             return True
         except (ProcessLookupError, PermissionError):
             return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,65 +15,24 @@ import os
 import resource
 import signal
 import sys
-import tempfile
 
 import gevent
 import gevent.event
 
 from . import log as logsetup
 from .api import make_app
-from .broker import Broker, connect, spare_cap
-from .command import pid_alive
+from .broker import Broker
 from .config import is_ip
+from .connection import connect, spare_cap
 from .keys import Keys
-from .scheduler import NodeConflict, Scheduler, persist
+from .pidfile import PidFile, PidFileError
+from .scheduler import NodeConflict, Scheduler, insist
 from .server import connection_cap, make_server
 
 log = logging.getLogger("coyotes.daemon")
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 TRIM_EVERY = 60.0   # seconds between two malloc_trim calls
-
-
-class PidFileError(Exception):
-    pass
-
-
-class PidFile:
-    """gunicorn's rules: refuse a live owner, replace a stale file, write
-    atomically, and on exit remove the file only if it still names us."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.pid = 0
-
-    def acquire(self) -> None:
-        other = self.read()
-        if other and other != os.getpid() and pid_alive(other):
-            raise PidFileError(f"pid file {self.path} names running process {other}; "
-                               "is another coyotes running?")
-        if other:
-            log.warning("pid file %s: replacing a stale file (pid %d is gone)", self.path, other)
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".coyotes-", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
-        self.pid = os.getpid()
-
-    def read(self) -> int:
-        try:
-            with open(self.path) as f:
-                return int(f.read().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            return 0
-
-    def release(self) -> None:
-        if self.pid and self.read() == self.pid:
-            os.unlink(self.path)
 
 
 def daemonize() -> None:
@@ -179,7 +138,7 @@ def run(config) -> int:
                          ", ".join(sorted(scheduler.channels)))
         else:
             scheduler.give_up.set()
-            gevent.spawn(persist, "start-up", scheduler.ensure_default_channels, stop)
+            gevent.spawn(insist, "start-up", scheduler.ensure_default_channels, stop)
             log.info("task mode off: serving the API only, consuming nothing")
         gevent.spawn(release_memory, stop)   # ends with the stop signal
         stop.wait()

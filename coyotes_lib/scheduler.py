@@ -26,8 +26,9 @@ import gevent.pool
 import redis
 
 from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim
-from .command import Command, Result, pid_alive, runner
+from .command import Command, Result, runner
 from .log import OutputBudget
+from .pidfile import pid_alive
 from .task import BadTask, Policy, Task, from_producer, from_queue, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -80,7 +81,7 @@ def redis_trouble(exc: Exception) -> str:
     return f"redis unavailable ({exc})"
 
 
-def persist(what: str, action, give_up: gevent.event.Event):
+def insist(what: str, action, give_up: gevent.event.Event):
     """Run ``action()`` until Redis takes it, or until ``give_up`` is set (-> None)."""
     outage = Outage(what, give_up)
     while True:
@@ -192,7 +193,7 @@ class Channel:
         if not self.stop.is_set():
             return claims
         for claim in claims:
-            persist(f"channel {self.name}",
+            insist(f"channel {self.name}",
                     lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id, ran=False),
                     self.give_up)
             self.handing.discard(claim.task_id)
@@ -249,7 +250,7 @@ class Channel:
 
     def _park(self, raw: str, reason: str, what: str) -> None:
         """A claimed entry that cannot run goes to the dead-letter list with its reason."""
-        if persist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up):
+        if insist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up):
             log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
                       what, raw, reason)
 
@@ -273,7 +274,7 @@ class Channel:
                             "started as %s", what, raw, claim.task_id, task.id, task.id)
                 started = None
             if started is None:
-                started = persist(what, lambda: self.broker.start(task), self.give_up)
+                started = insist(what, lambda: self.broker.start(task), self.give_up)
             if started is None:
                 return None   # shutting down without redis: requeued when this node is back
             attempt, redeliveries, kill, retries = started
@@ -296,13 +297,13 @@ class Channel:
                     f"its node died {redeliveries} times while running it")}, what)
             result = self._execute(task, policy, worker, attempt, label, what)
             if result.stopped == "shutdown":   # it has not finished: it runs again later
-                persist(what, lambda: self.broker.requeue(self.name, raw, task.id),
+                insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
                         self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
                 return None
             if result.transient:   # out of descriptors or memory: not the command's fault
                 self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
-                persist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
+                insist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
                         self.give_up)
                 log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
                             result.error)
@@ -383,7 +384,7 @@ class Channel:
             except redis.RedisError:
                 pass   # recorded below, without a claim, once redis takes it
         if done is None:
-            done = persist(what, lambda: self.broker.finish(task, outcome, fields, delay)[0],
+            done = insist(what, lambda: self.broker.finish(task, outcome, fields, delay)[0],
                            self.give_up)
         if done == 0:
             log.warning("%s: task %s finished but was no longer in this node's processing "
@@ -442,7 +443,7 @@ class Scheduler:
     def start(self) -> None:
         """Wait for Redis, requeue our leftovers, start channels and loops."""
         self.run_with = runner(self.config.runner)
-        persist("start-up", self._prepare_start, self.stop)
+        insist("start-up", self._prepare_start, self.stop)
         if self.stop.is_set():
             return
         self.greenlets = [gevent.spawn(self._route_prepared)]

@@ -1,4 +1,5 @@
-"""The Redis client the daemon builds (``broker.connect``), under gevent.
+"""The Redis client the daemon builds (``connection.connect``) and its lean round
+trips, under gevent.
 
 It runs in a child Python that monkey-patches gevent as the daemon does, so
 the test process itself is never patched.
@@ -28,7 +29,7 @@ def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_ser
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
         import json, sys, time, gevent, redis
-        from coyotes_lib.broker import connect
+        from coyotes_lib.connection import connect
         client = connect("127.0.0.1", int(sys.argv[1]))
         conn = client.connection_pool.get_connection()
         conn.send_command("PING"); conn.read_response()
@@ -73,19 +74,18 @@ def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_co
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
         import json, sys, gevent, redis
-        from coyotes_lib.broker import Broker, connect
-        from coyotes_lib.keys import Keys
+        from coyotes_lib.connection import Lean, connect
         client = connect("127.0.0.1", int(sys.argv[1]))
-        broker = Broker(client, Keys(), "n1")
-        replies = broker._round_trip([("SET", "k", "1"), ("LPUSH", "k", "x"), ("GET", "k")])
+        lean = Lean(client)
+        replies = lean.round_trip([("SET", "k", "1"), ("LPUSH", "k", "x"), ("GET", "k")])
         try:
-            broker._round_trip([("EVAL", "return redis.error_reply('LOADING x')", 0),
+            lean.round_trip([("EVAL", "return redis.error_reply('LOADING x')", 0),
                                 ("PING",)])
             loading = "no error"
         except redis.ConnectionError as exc:
             loading = type(exc).__name__
-        after_loading = broker._round_trip([("ECHO", "mine")])
-        waiting = gevent.spawn(broker._round_trip, [("BLPOP", "later", 5)])
+        after_loading = lean.round_trip([("ECHO", "mine")])
+        waiting = gevent.spawn(lean.round_trip, [("BLPOP", "later", 5)])
         while client.info("clients")["blocked_clients"] == 0:   # it waits in redis
             gevent.sleep(0.01)
         waiting.kill()
@@ -93,7 +93,7 @@ def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_co
         print(json.dumps({
             "replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
             "loading": loading, "after_loading": after_loading,
-            "next": broker._round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
+            "next": lean.round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
             "blocked": client.info("clients")["blocked_clients"]}))
     """, redis_server.port)
     assert result["replies"] == ["OK", "ResponseError", "1"]
@@ -115,18 +115,17 @@ def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(r
         from gevent import monkey; monkey.patch_all()
         import json, os, select, sys, time, gevent, redis
         from gevent.monkey import get_original
-        from coyotes_lib.broker import RAW_POLL, Broker, connect
-        from coyotes_lib.keys import Keys
+        from coyotes_lib.connection import RAW_POLL, Lean, connect
         client = connect("127.0.0.1", int(sys.argv[1]))
-        broker = Broker(client, Keys(), "n1")
-        waits = [gevent.spawn(broker._round_trip, [("BLPOP", f"q{i}", 0.2)]) for i in range(4)]
+        lean = Lean(client)
+        waits = [gevent.spawn(lean.round_trip, [("BLPOP", f"q{i}", 0.2)]) for i in range(4)]
         gevent.joinall(waits, raise_error=True)
-        after_concurrent = len(broker.spare)
-        ids = {broker._round_trip([("CLIENT", "ID")])[0] for _ in range(20)}
+        after_concurrent = len(lean.spare)
+        ids = {lean.round_trip([("CLIENT", "ID")])[0] for _ in range(20)}
 
         def close_spare():   # the server closes it: (it, its id) once our socket saw it
-            conn = broker.spare[-1]
-            conn_id = broker._round_trip([("CLIENT", "ID")])[0]
+            conn = lean.spare[-1]
+            conn_id = lean.round_trip([("CLIENT", "ID")])[0]
             client.execute_command("CLIENT", "KILL", "ID", conn_id)
             poller = RAW_POLL()
             poller.register(conn._sock, select.POLLIN)
@@ -136,25 +135,25 @@ def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(r
             return conn, conn_id
 
         conn, killed = close_spare()
-        echo = broker._round_trip([("ECHO", "after")])
-        new_id = broker._round_trip([("CLIENT", "ID")])[0]
+        echo = lean.round_trip([("ECHO", "after")])
+        new_id = lean.round_trip([("CLIENT", "ID")])[0]
         # killed while it checks a connection the server closed (that check yields):
         # the connection still goes back to the list
         conn, _ = close_spare()
-        caller = gevent.spawn(broker._round_trip, [("PING",)])
+        caller = gevent.spawn(lean.round_trip, [("PING",)])
         gevent.sleep(0)
         caller.kill()
-        kept = conn in broker.spare
+        kept = conn in lean.spare
         # a forked child starts without them: it must not share the parent's sockets
         # (the plain fork and waitpid: gevent's may miss a child that exits at once)
         pid = get_original("os", "fork")()
         if pid == 0:
-            os._exit(len(broker.spare))
+            os._exit(len(lean.spare))
         child = os.waitstatus_to_exitcode(get_original("os", "waitpid")(pid, 0)[1])
         print(json.dumps({"after_concurrent": after_concurrent, "ids": len(ids),
                           "echo": echo, "new_id": new_id, "killed": killed,
-                          "spare": len(broker.spare), "kept": kept, "child": child,
-                          "ping": broker._round_trip([("PING",)])}))
+                          "spare": len(lean.spare), "kept": kept, "child": child,
+                          "ping": lean.round_trip([("PING",)])}))
     """, redis_server.port)
     assert result["after_concurrent"] == 4   # one each while they ran together
     assert result["ids"] == 1                # one at a time: the same one, again and again
@@ -170,7 +169,8 @@ def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
         import json, sys
-        from coyotes_lib.broker import Broker, connect
+        from coyotes_lib.broker import Broker
+        from coyotes_lib.connection import connect
         from coyotes_lib.keys import Keys
         from coyotes_lib.task import from_producer
         client = connect("127.0.0.1", int(sys.argv[1]))
@@ -195,7 +195,8 @@ def test_idle_claim_survives_a_script_cache_flush(redis_server):
     result = run_patched("""
         from gevent import monkey; monkey.patch_all()
         import json, sys, gevent
-        from coyotes_lib.broker import Broker, connect
+        from coyotes_lib.broker import Broker
+        from coyotes_lib.connection import connect
         from coyotes_lib.keys import Keys
         from coyotes_lib.task import from_producer
         client = connect("127.0.0.1", int(sys.argv[1]))
@@ -226,7 +227,7 @@ def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):
     result = run_patched("""
         import json, sys
         from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
-        from coyotes_lib.broker import Packer, connect
+        from coyotes_lib.connection import Packer, connect
         packer = Packer()
         cases = [("EVALSHA", "a" * 40, 2, "k1", "k2", 1.5, -3, b"raw", "\\u4e2d\\u6587"),
                  ("CLIENT SETNAME", "x"), (b"GET", "k"), ("SET", "k", bytearray(b"ab")),

@@ -668,7 +668,7 @@ def test_shutdown_during_a_redis_outage_stays_within_its_budget(coyotes_factory,
 
     Fails today: Scheduler.drain counts a worker that only retries its ack as running
     (full -grace), then ``channel.pool.join(timeout=10)`` waits 10 s more for it, because
-    ``persist`` gives up only once ``give_up`` is set, after that join: 12 s here, and
+    ``insist`` gives up only once ``give_up`` is set, after that join: 12 s here, and
     50 + 10 + ... > 60 s with the defaults, so supervisor would SIGKILL it."""
     grace, kill_grace = 2, 1
     daemon = coyotes_factory("-grace", str(grace), "-kill-grace", str(kill_grace),

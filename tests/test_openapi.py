@@ -32,8 +32,9 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from coyotes_lib import __version__
 from coyotes_lib.api import envelope, make_app, record_view
-from coyotes_lib.broker import Broker, connect
+from coyotes_lib.broker import Broker
 from coyotes_lib.config import Config
+from coyotes_lib.connection import connect
 from coyotes_lib.keys import Keys
 from coyotes_lib.openapi import DEFAULT_SERVER, document
 

@@ -1,6 +1,6 @@
 """The pid file: refuse a live owner, replace a stale file, hold our pid while
 running, remove it on a clean exit only if it still names us; and
-``coyotes_lib.daemon.PidFile`` in-process.
+``coyotes_lib.pidfile.PidFile`` in-process.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import pytest
 from conftest import wait_until
 
-from coyotes_lib.command import pid_alive as alive
-from coyotes_lib.daemon import PidFile, PidFileError
+from coyotes_lib.pidfile import PidFile, PidFileError
+from coyotes_lib.pidfile import pid_alive as alive
 
 
 @pytest.fixture

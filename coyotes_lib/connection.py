@@ -1,0 +1,223 @@
+"""Redis connections, and the lean round trip the per-task path takes.
+
+``connect`` makes the client every part of the daemon uses: no silent retries,
+surrogate escapes for bytes that are not UTF-8, a socket timeout longer than
+any blocking call. ``Lean`` sends commands and script calls on connections of
+its own, several in one round trip, and is what ``broker.py`` calls its Lua
+scripts through. What Coyotes does with Redis is in ``broker.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import weakref
+
+import redis
+from gevent.monkey import get_original
+from redis.backoff import NoBackoff
+from redis.connection import HIREDIS_AVAILABLE, Encoder, HiredisRespSerializer, PythonRespSerializer
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
+# bytes a connection reads at a time; its parser keeps a buffer this size for good
+# (replies here are mostly under 1 KiB; redis-py's default is 64 KiB)
+READ_SIZE = 16 * 1024
+MAX_CONNECTIONS = 100_000
+RAW_POLL = get_original("select", "poll")
+
+
+class Packer:
+    """hiredis packs commands fast but encodes text strictly as UTF-8; an argument
+    holding surrogate escapes (bytes that were not UTF-8) falls back to redis-py's
+    own packer, which honours ``encoding_errors``. A one-word command of str, bytes
+    and numbers (every command on the per-task path) goes to hiredis as it is:
+    redis-py's wrapper first rebuilds the arguments in a generator, which cost
+    more than the packing itself."""
+
+    def __init__(self):
+        self.fast = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        self.safe = PythonRespSerializer(6000, Encoder("utf-8", "surrogateescape",
+                                                       True).encode)
+
+    def pack(self, *args):
+        if self.fast is not None:
+            try:
+                try:
+                    if " " not in args[0]:
+                        return [hiredis.pack_command(args)]
+                except TypeError:   # a bytes name, a bytearray or memoryview argument
+                    pass
+                return self.fast.pack(*args)
+            except UnicodeEncodeError:
+                pass
+        return self.safe.pack(*args)
+
+
+def spare_cap(fd_limit: int) -> int:
+    """Idle connections the lean path keeps: an eighth of the descriptor limit (0 =
+    unlimited), so that a burst of concurrent calls cannot keep holding the
+    descriptors that commands' pipes need."""
+    return max(4, fd_limit // 8) if fd_limit else MAX_CONNECTIONS
+
+
+class Connection(redis.Connection):
+    """redis-py checks each connection it takes from the pool for unread data
+    with ``select.poll`` and a zero timeout. Under gevent's patching that poll
+    waits for a turn of the hub (a loop iteration and a timer) before it answers,
+    once per command: a fifth of the daemon's time per task. The unpatched poll
+    answers at once; when it sees something (data, or a closed socket) redis-py's
+    own check decides."""
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except OSError as exc:   # out of descriptors (redis-py reads a file here): an outage
+            raise redis.ConnectionError(f"cannot make a connection: {exc}") from exc
+
+    def can_read(self, timeout: float = 0) -> bool:
+        sock = self._sock
+        if timeout or sock is None:
+            return super().can_read(timeout)
+        poller = RAW_POLL()
+        poller.register(sock, select.POLLIN)
+        if poller.poll(0):
+            return super().can_read(timeout)
+        reader = getattr(self._parser, "_reader", None)   # hiredis: a reply read, not taken
+        return bool(reader is not None and reader.has_data())
+
+    def fresh(self) -> None:
+        """Ready to send: closed (to reconnect at the next send) if there is something
+        to read, which on an idle connection means the server closed it (Redis
+        restarted) or a reply was left unread."""
+        try:
+            stale = self._sock is not None and self.can_read()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            self.disconnect()
+
+
+def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
+    """A client whose socket timeout outlasts every blocking call we make.
+
+    redis-py's own silent retries are turned off: resending a move whose reply
+    was lost is not idempotent, so every caller handles the error itself (and
+    a claim loop reconciles its processing list after an outage). Bytes that
+    are not UTF-8 (a GBK command line left by an old producer) decode with
+    surrogate escapes, so they round-trip to Redis and to argv unchanged."""
+    pool = redis.ConnectionPool(
+        host=host, port=port, password=password or None, db=db,
+        decode_responses=True, encoding_errors="surrogateescape",
+        socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
+        health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
+        socket_read_size=READ_SIZE,
+        # one connection per channel waits in BLMOVE at any time, plus those of
+        # workers and API requests: no small cap (redis-py's default of 100 refused
+        # the 97th channel)
+        max_connections=MAX_CONNECTIONS, connection_class=Connection)
+    return redis.Redis(connection_pool=pool)
+
+
+class Script:
+    """A registered script: ``script(keys, args)`` is one round trip on the lean path
+    (``Lean.pipelined``, cheaper than redis-py's own call), which also takes it in
+    ``(script, keys, args)`` calls sent together."""
+
+    def __init__(self, lean: Lean, script):
+        self.lean, self.script, self.sha = lean, script, script.sha
+
+    def __call__(self, keys=(), args=()):
+        return self.lean.pipelined([(self, keys, args)])[0]
+
+
+class Lean:
+    """Round trips on connections of our own: the per-task path, without the pool's
+    checks, locks and metrics on each take and return."""
+
+    def __init__(self, client: redis.Redis, spare_max: int = MAX_CONNECTIONS):
+        self.redis = client
+        # connections between two uses; made by the pool, with its settings, but not
+        # handed back to it (see ``round_trip``)
+        self.spare: list[Connection] = []
+        self.spare_max = spare_max   # more are closed after use: they would hold descriptors
+        self.scripts: list[Script] = []
+        # a forked child must not share them (redis-py's pool resets itself likewise);
+        # dropping a connection closes only the child's copy of its socket
+        lean = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (ln := lean()) and ln.spare.clear())
+
+    def script(self, text: str) -> Script:
+        script = Script(self, self.redis.register_script(text))
+        self.scripts.append(script)
+        return script
+
+    def load_scripts(self) -> None:
+        """Load every script now: a pipelined call finds it there (one that does not,
+        after Redis restarted, is run again by itself, or takes the slower path)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for script in self.scripts:
+                pipe.script_load(script.script.script)
+            pipe.execute()
+
+    def pipelined(self, calls, first: tuple = (), errors: bool = False) -> list:
+        """Script calls, ``(script, keys, args)``, in one round trip, after the plain
+        command ``first`` if given (its reply comes first). redis-py's own pipelined
+        scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
+        reply (Redis restarted) loads the script and runs that call again: it had
+        done nothing. An error reply is raised, or with ``errors`` left in its place
+        (every script checks before it writes, so a refused call changed nothing)."""
+        commands = [first] if first else []
+        commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
+                     for script, keys, args in calls]
+        if not commands:
+            return []
+        replies = self.round_trip(commands)
+        skip = 1 if first else 0
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError) and i >= skip:
+                script, keys, args = calls[i - skip]
+                try:
+                    replies[i] = script.script(keys=keys, args=args)   # redis-py's: loads it
+                except redis.ResponseError as exc:
+                    if not errors:
+                        raise
+                    replies[i] = exc
+            elif isinstance(reply, Exception) and not (errors and i >= skip):
+                raise reply
+        return replies
+
+    def round_trip(self, commands: list[tuple]) -> list:
+        """Send commands together on one connection and read every reply (an error
+        reply in its place): what a redis-py pipeline does, without its command
+        stack, callbacks and reset, a quarter of its cost on the per-task path.
+        The connection comes from a list of our own rather than from the pool, whose
+        checks, locks and metrics on each take and return cost a twentieth of the
+        daemon's time per task: a connection goes back to that list only with
+        every reply read, or closed (an error, or a greenlet killed mid-reply), so
+        the one check it needs when taken again is for a server that closed it.
+        A forked child drops the list (see ``__init__``)."""
+        spare = self.spare
+        conn = spare.pop() if spare else self.redis.connection_pool.make_connection()
+        try:
+            conn.fresh()   # it may yield (a closed socket): a kill there still puts it back
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            if len(spare) < self.spare_max:
+                spare.append(conn)
+            else:
+                conn.disconnect()
+        return replies
