@@ -185,6 +185,13 @@ class Broker:
         except UnicodeEncodeError:
             return json.dumps(record)
 
+    def ping(self) -> None:
+        self.redis.ping()
+
+    def claimed(self, chan: str) -> list[str]:
+        """Every entry of ``chan`` this node's processing list holds."""
+        return self.redis.lrange(self.keys.processing(self.node, chan), 0, -1)
+
     def now(self) -> float:
         """Redis's clock (unix seconds): every node agrees on it."""
         seconds, micros = self.redis.time()

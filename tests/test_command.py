@@ -30,7 +30,8 @@ def run(runner: str, body: str, timeout: float = 60, make: str = "runner(sys.arg
     script = textwrap.dedent("""
         from gevent import monkey; monkey.patch_all()
         import json, os, sys, time, gevent, gevent.pool
-        from coyotes_lib.command import Command, Spawner, runner
+        from coyotes_lib.command import Command
+        from coyotes_lib.runners import Spawner, runner
         RUNNER = %s
         lines = []
         def cmd(argv, **kw):

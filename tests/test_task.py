@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from coyotes_lib.scheduler import backoff
+from coyotes_lib.channel import backoff
 from coyotes_lib.task import (
     BadTask,
     Policy,

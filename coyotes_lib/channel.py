@@ -1,0 +1,355 @@
+"""One channel: a queue and the gevent pool of workers that run its tasks.
+
+Its dispatcher claims tasks only for free workers; a worker runs its task,
+and acks it together with the claim of its next one (one round trip per task
+under load) until the queue is empty. A claimed entry either runs, goes back
+to the queue (a shutdown, a command that could not start for want of
+resources), or goes to the dead-letter list with its reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import random
+
+import gevent
+import gevent.event
+import gevent.pool
+import redis
+
+from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim
+from .command import Command, Result
+from .log import OutputBudget
+from .outage import Outage, insist
+from .task import BadTask, Policy, Task, from_queue, locate
+
+log = logging.getLogger("coyotes.channel")
+output = logging.getLogger("coyotes.output")
+
+KILL_GRACE = 5.0        # seconds between TERM and KILL of a group
+TRANSIENT_PAUSE = 1.0   # seconds before a command that could not start is requeued
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Node-wide settings every channel applies (from the command line)."""
+    output_tail: int = 64 * 1024
+    kill_grace: float = KILL_GRACE
+    log_output_max: int = 1 << 20
+    max_redeliveries: int = 3
+    crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
+
+
+def backoff(policy: Policy, retries_so_far: int) -> float:
+    """Exponential, capped, with jitter (half to all of the step) so that a burst
+    of failures does not retry in lockstep."""
+    step = min(policy.retry_max, policy.retry_backoff * 2 ** retries_so_far)
+    return step * random.uniform(0.5, 1.0)
+
+
+class Channel:
+    def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
+                 give_up: gevent.event.Event, run_with, limits: Limits = Limits()):
+        self.spec, self.name, self.broker = spec, spec.name, broker
+        self.run_with = run_with   # the runner commands are started with
+        self.stop, self.give_up, self.limits = stop, give_up, limits
+        self.pool = gevent.pool.Pool(spec.worker_count)
+        self.commands: dict[int, Command] = {}        # worker number -> running command
+        self.by_id: dict[str, int] = {}               # task id -> worker number
+        self.kill_wanted: set[str] = set()            # asked before its command existed
+        self.handing: set[str] = set()                # ids claimed, not yet with a worker
+        self.claimed: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0          # claims sent whose reply has not come
+        self.no_claim_in_flight = gevent.event.Event()
+        self.no_claim_in_flight.set()
+        self.unsure = False         # a claim failed: its entries may be ours, unheld
+        self.reconciling = False
+        self.free = list(range(spec.worker_count, 0, -1))
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._dispatch)
+
+    def _dispatch(self) -> None:
+        outage = Outage(f"channel {self.name}", self.stop)
+        while not self.stop.is_set():
+            free = self.pool.wait_available(timeout=1)
+            if not free:
+                continue
+            try:
+                # as many as there are free workers; a busy worker claims its next task
+                # itself, with the result of the last one
+                claims = self._hold(self._claiming(self.broker.claim, self.name, free))
+            except redis.RedisError as exc:
+                outage.failed(exc)
+                continue
+            except Exception:   # a bug of ours must not end this channel's consumption
+                log.exception("channel %s: unexpected error while claiming", self.name)
+                self.stop.wait(1)
+                continue
+            outage.recovered()
+            if self.unsure:
+                self._reconcile()
+            claims = self._keep(claims)
+            for claim in claims:
+                self.pool.spawn(self._run, claim)
+            if claims:
+                gevent.sleep(0)   # let them start their commands before we claim again
+
+    def _claiming(self, action, *args, **kwargs):
+        """Run ``action``, a call that claims. If its reply is lost, it may have moved
+        entries that nobody holds: the next reconcile finds them."""
+        self.in_flight += 1
+        self.no_claim_in_flight.clear()
+        try:
+            return action(*args, **kwargs)
+        except Exception:   # a lost reply, or one we could not read: check the list
+            self.unsure = True
+            raise
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.no_claim_in_flight.set()
+
+    def _hold(self, claims: list[Claim]) -> list[Claim]:
+        """Count claims as held (before anything yields: a reconcile trusts it), and
+        know their ids until their worker does (a cancel may come in between)."""
+        for claim in claims:
+            self.claimed[claim.raw] += 1
+            if claim.task_id:
+                self.handing.add(claim.task_id)
+            self._crash_if("after-claim")
+        return claims
+
+    def _keep(self, claims: list[Claim]) -> list[Claim]:
+        """The claims to run; all of them go back if a stop signal came meanwhile."""
+        if not self.stop.is_set():
+            return claims
+        for claim in claims:
+            insist(f"channel {self.name}",
+                    lambda c=claim: self.broker.requeue(self.name, c.raw, c.task_id, ran=False),
+                    self.give_up)
+            self.handing.discard(claim.task_id)
+            self._unclaim(claim.raw)
+        return []
+
+    def _crash_if(self, point: str) -> None:
+        if self.limits.crash_at == point:
+            log.critical("test hook: crashing at %s", point)
+            os._exit(99)
+
+    def _reconcile(self) -> None:
+        """After a claim failed, requeue entries of our processing list that no worker
+        holds (a claim whose reply was lost with the connection). Workers claim
+        nothing meanwhile, and claims under way are waited for, so that what the
+        list holds and what ``claimed`` counts are read at one moment."""
+        self.reconciling, self.unsure = True, False
+        try:
+            self.no_claim_in_flight.wait()
+            held = collections.Counter(self.broker.claimed(self.name))
+            for raw, count in held.items():
+                for _ in range(count - self.claimed.get(raw, 0)):
+                    if self.broker.requeue(self.name, raw, locate(raw)[1], ran=False):
+                        log.warning("channel %s: requeued a claim lost in the outage", self.name)
+        except redis.RedisError as exc:
+            self.unsure = True
+            log.warning("channel %s: could not reconcile after the outage (%s)", self.name, exc)
+        finally:
+            self.reconciling = False
+
+    def _unclaim(self, raw: str) -> None:
+        self.claimed[raw] -= 1
+        if self.claimed[raw] <= 0:
+            del self.claimed[raw]
+
+    def _run(self, claim: Claim) -> None:
+        """One worker: runs the claimed task, then each next one it claims itself."""
+        worker = self.free.pop()
+        try:
+            while claim is not None:
+                try:
+                    claim = self._run_one(claim, worker)
+                except Exception as exc:   # a bug of ours: park the entry, the worker lives on
+                    what = f"channel {self.name}: worker {worker}"
+                    log.exception("%s: unexpected error with %.200r", what, claim.raw)
+                    try:
+                        self._park(claim.raw, f"internal error: {exc!r}", what)
+                    except Exception:   # stays in our processing list, requeued with it
+                        log.exception("%s: cannot park %.200r", what, claim.raw)
+                    claim = None
+        finally:
+            self.free.append(worker)
+
+    def _park(self, raw: str, reason: str, what: str) -> None:
+        """A claimed entry that cannot run goes to the dead-letter list with its reason."""
+        if insist(what, lambda: self.broker.release(self.name, raw, reason), self.give_up):
+            log.error("%s: bad entry %.200r: %s (moved to the dead-letter list)",
+                      what, raw, reason)
+
+    def _run_one(self, claim: Claim, worker: int) -> Claim | None:
+        raw = claim.raw
+        self.handing.discard(claim.task_id)
+        what = f"channel {self.name}: worker {worker}"
+        task = None
+        try:
+            try:
+                task = from_queue(raw, self.name)
+                policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
+            except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
+                reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
+                self._park(raw, reason, what)
+                return None
+            self.by_id[task.id] = worker
+            started = claim.started
+            if started is not None and claim.task_id != task.id:
+                log.warning("%s: entry %.200r read as task %s by redis and as %s here; "
+                            "started as %s", what, raw, claim.task_id, task.id, task.id)
+                started = None
+            if started is None:
+                started = insist(what, lambda: self.broker.start(task), self.give_up)
+            if started is None:
+                return None   # shutting down without redis: requeued when this node is back
+            attempt, redeliveries, kill, retries = started
+            if attempt == FOREIGN_RECORD:
+                self._park(raw, f"its record key {self.broker.keys.record(task.id)} holds "
+                                "another type", what)
+                return None
+            label = printable(task.name)
+            if not attempt:
+                log.warning("%s: task %s is no longer ours (this node was reaped and the "
+                            "task finished meanwhile); not run again: %s", what, task.id, label)
+                return None
+            if kill:
+                log.info("%s: task %s canceled before it started: %s", what, task.id, label)
+                return self._finish(task, "done", {"status": "canceled"}, what)
+            if redeliveries > self.limits.max_redeliveries:
+                log.error("%s: task %s moved to the failed tasks: its node died %d times while "
+                          "running it: %s", what, task.id, redeliveries, label)
+                return self._finish(task, "failed", {"status": "failed", "error": (
+                    f"its node died {redeliveries} times while running it")}, what)
+            result = self._execute(task, policy, worker, attempt, label, what)
+            if result.stopped == "shutdown":   # it has not finished: it runs again later
+                insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
+                        self.give_up)
+                log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
+                return None
+            if result.transient:   # out of descriptors or memory: not the command's fault
+                self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
+                insist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
+                        self.give_up)
+                log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
+                            result.error)
+                return None
+            return self._record_result(task, policy, result, retries, what, label)
+        finally:
+            if task is not None:
+                self.by_id.pop(task.id, None)
+                self.kill_wanted.discard(task.id)
+            self.commands.pop(worker, None)
+            self._unclaim(raw)
+
+    def _execute(self, task: Task, policy: Policy, worker: int, attempt: int, label: str,
+                 what: str) -> Result:
+        budget = OutputBudget(self.limits.log_output_max)
+
+        def on_line(stream: str, text: str) -> None:
+            text = budget.line(text)
+            if text is not None:
+                output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
+                            stream, text, extra={"stream": stream})
+
+        command = self.commands[worker] = Command(task.argv, on_line, self.run_with,
+                                                  self.limits.output_tail,
+                                                  self.limits.kill_grace,
+                                                  kill_group=policy.kill_group)
+        if task.id in self.kill_wanted:
+            gevent.spawn(command.stop, "cancel")
+        def on_start(pid: int) -> None:   # logged once running: the log line costs time
+            log.info("%s: task %s started (attempt %d, pid %d): %s", what, task.id, attempt,
+                     pid, label)
+
+        try:
+            result = command.run(policy.timeout, on_start)
+        finally:
+            self.commands.pop(worker, None)   # what is left is recording the result
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
+                result.duration, label)
+        if budget.summary:
+            log.info("%s: task %s %s", what, task.id, budget.summary)
+        return result
+
+    def _record_result(self, task: Task, policy: Policy, result: Result, retries: int,
+                       what: str, label: str) -> Claim | None:
+        fields = {"exit_code": result.exit_code, "signal": result.signal,
+                  "duration": f"{result.duration:.6f}", "error": result.error or None,
+                  "stdout": result.stdout, "stderr": result.stderr}
+        delay = 0.0
+        if result.ok:
+            outcome, fields["status"] = "done", "succeeded"
+        elif result.stopped == "cancel":
+            outcome, fields["status"] = "done", "killed"
+        else:
+            fields["status"] = "timed_out" if result.stopped == "timeout" else "failed"
+            retry = retries < policy.retries and (
+                not policy.retry_on or result.exit_code in policy.retry_on)
+            outcome = "retry" if retry else "failed"
+            if retry:
+                delay = backoff(policy, retries)
+                log.info("%s: task %s retries in %.1fs (retry %d of %d): %s", what, task.id,
+                         delay, retries + 1, policy.retries, label)
+            else:
+                log.warning("%s: task %s moved to the failed tasks (%s): %s", what, task.id,
+                            fields["status"], label)
+        return self._finish(task, outcome, fields, what, delay)
+
+    def _finish(self, task: Task, outcome: str, fields: dict, what: str,
+                delay: float = 0.0) -> Claim | None:
+        """Record the result; with it, claim this worker's next task (-> that claim)."""
+        self._crash_if("before-ack")
+        done, claims = None, []
+        if not (self.stop.is_set() or self.reconciling):
+            try:
+                done, claims = self._claiming(self.broker.finish, task, outcome, fields, delay,
+                                              claim_next=1)
+                self._hold(claims)
+            except redis.RedisError:
+                pass   # recorded below, without a claim, once redis takes it
+        if done is None:
+            done = insist(what, lambda: self.broker.finish(task, outcome, fields, delay)[0],
+                           self.give_up)
+        if done == 0:
+            log.warning("%s: task %s finished but was no longer in this node's processing "
+                        "list (requeued by another node, or lost by Redis): late ack, "
+                        "it may run again", what, task.id)
+        return next(iter(self._keep(claims)), None)
+
+    def kill(self, task_id: str) -> bool:
+        """A caller canceled this running task: end its process group."""
+        if task_id in self.handing:   # claimed (and started in redis), worker not yet there
+            self.kill_wanted.add(task_id)
+            return True
+        worker = self.by_id.get(task_id)
+        if worker is None:
+            return False
+        command = self.commands.get(worker)
+        if command is None:
+            self.kill_wanted.add(task_id)
+        else:
+            gevent.spawn(command.stop, "cancel")
+        return True
+
+    def kill_running(self) -> None:
+        """Shutdown ran out of time: end every running group; its worker requeues it."""
+        gevent.joinall([gevent.spawn(c.stop, "shutdown") for c in list(self.commands.values())])
+
+
+def printable(name: str, width: int = 80) -> str:
+    """A command line fit for one log line: control characters escaped, length capped."""
+    if len(name) <= width and name.isprintable():
+        return name
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return text if len(text) <= width else text[:width - 3] + "..."
