@@ -173,8 +173,10 @@ def page_args() -> tuple[int, int]:
     return offset, limit
 
 
-def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bottle:
-    """The API app; ``on_channel_added()`` lets the scheduler start a new channel now."""
+def make_app(broker: Broker, config: Config, on_channel_added=None,
+             not_ready=None) -> bottle.Bottle:
+    """The API app; ``on_channel_added()`` lets the scheduler start a new channel now,
+    and ``not_ready()`` says why the node is not ready yet ('' once it is)."""
     app = bottle.Bottle(autojson=False)
 
     known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, settings)
@@ -233,6 +235,14 @@ def make_app(broker: Broker, config: Config, on_channel_added=None) -> bottle.Bo
                 "HTTP: %s", name, task.id, ("refused (distinct)", "queued", "delayed")[result],
                 task.name)
         return {"task_id": task.id, "task_name": task.name, "result": result != 0}
+
+    @app.get("/health")
+    def health():
+        reason = not_ready() if not_ready else ""
+        if reason:
+            raise fail(503, reason)
+        broker.ping()   # unreachable: 503, as every route answers then
+        return ok({"node": broker.node, "ready": True})
 
     @app.get("/")
     def home():

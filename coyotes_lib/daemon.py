@@ -117,7 +117,14 @@ def run(config) -> int:
         broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
                         config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
         scheduler = Scheduler(broker, config, stop)
-        app = make_app(broker, config, scheduler.sync if config.task_mode else None)
+        defaults_made = gevent.event.Event()   # API only: the default channels exist
+
+        def not_ready() -> str:
+            if config.task_mode:
+                return scheduler.not_ready()
+            return "" if defaults_made.is_set() else "starting: creating the default channels"
+
+        app = make_app(broker, config, scheduler.sync if config.task_mode else None, not_ready)
         server = make_server(app, config, cap)
         try:
             server.start()
@@ -138,7 +145,8 @@ def run(config) -> int:
                          ", ".join(sorted(scheduler.channels)))
         else:
             scheduler.give_up.set()
-            gevent.spawn(insist, "start-up", scheduler.ensure_default_channels, stop)
+            gevent.spawn(insist, "start-up", lambda: (scheduler.ensure_default_channels(),
+                                                      defaults_made.set()), stop)
             log.info("task mode off: serving the API only, consuming nothing")
         gevent.spawn(release_memory, stop)   # ends with the stop signal
         stop.wait()

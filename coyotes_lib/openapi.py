@@ -228,6 +228,12 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                "node": {"type": "string"},
                                "task_mode": {"type": "boolean"}}}, "this daemon"),
                                   redis=False)},
+            "/health": {"get": operation(
+                "health", "200 once this node is ready to work (its channels exist and it "
+                "is registered); 503 before that, and while Redis is unreachable",
+                ok({"type": "object", "required": ["node", "ready"],
+                    "properties": {"node": {"type": "string"}, "ready": {"const": True}}},
+                   "ready"))},
             "/openapi.json": {"get": operation(
                 "openapi", "this document (not in the envelope)",
                 {"description": "the OpenAPI document",

@@ -311,6 +311,10 @@ class Scheduler:
         return locate(raw, self.config.channel_default)
 
     # -- stop -------------------------------------------------------------
+    def not_ready(self) -> str:
+        """Why this node is not ready to work yet; '' once its channels run."""
+        return "" if self.started and self.channels else "starting: waiting for redis"
+
     def running(self) -> int:
         """Commands running now (not workers that only record a result)."""
         return sum(len(c.commands) for c in self.channels.values())

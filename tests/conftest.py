@@ -131,10 +131,15 @@ class Coyotes:
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
+        """Until GET /health answers 200: the channels exist and the node is registered."""
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"coyotes exited {self.proc.returncode}:\n{self.log()}")
-            return "coyotes ready" in self.log() or ("task mode off" in self.log())
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as resp:
+                    return resp.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
         wait_until(ready, timeout=timeout, what="coyotes to be ready")
 
     def log(self) -> str:
@@ -220,7 +225,8 @@ def read_ledger(path: Path) -> list[tuple[str, str, float]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    # every line ends with a newline: what follows the last one is still being written
+    for line in path.read_text().split("\n")[:-1]:
         event, tag, when = line.split()
         rows.append((event, tag, float(when)))
     return rows

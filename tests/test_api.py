@@ -783,3 +783,30 @@ def test_bodies_that_are_not_utf8_or_not_unicode_or_too_deep_are_400(api_only, r
         "Content-Type": "multipart/form-data; boundary=b"}), 400, "multipart")
     assert r.llen("default:tasks:queue") == 0 and r.zcard(DELAYED_KEY) == 0
     assert "Traceback" not in daemon.log()
+
+
+def test_health_is_503_until_ready_and_while_redis_is_down(coyotes_factory, redis_server):
+    """A real readiness signal: 503 while the node waits for Redis, 200 once it runs
+    its channels, 503 again when Redis goes away, in task mode and API-only mode."""
+    redis_server.kill()
+    daemons = [coyotes_factory(*args, start=False) for args in ((), ("-task-mode=false",))]
+    for daemon in daemons:
+        daemon.start(wait=False)
+        wait_until(lambda d=daemon: health(d)[0] == 503, what="the API up, not ready")
+        assert "starting" in assert_error(health(daemon), 503)
+    redis_server.start()
+    for daemon in daemons:
+        daemon.wait_ready()
+        data = ok_data(health(daemon))
+        assert data["ready"] is True and data["node"]
+    redis_server.kill()
+    for daemon in daemons:
+        assert "redis" in assert_error(health(daemon), 503)
+    redis_server.start()
+
+
+def health(daemon):
+    try:
+        return daemon.request("GET", "/health")
+    except OSError:   # the API is not listening yet
+        return 0, None
