@@ -1,0 +1,1110 @@
+"""Each Lua script of ``coyotes_lib.scripts`` against a real redis-server.
+
+No daemon and no ``Broker``: every script's text is registered on a plain
+redis-py client and called with the keys ``broker.py`` gives it (names from
+``Keys``) and its arguments. Each test checks a return code and every key the
+script leaves (values, scores, TTLs). Each ``test_<script>_refuses_...`` makes
+every key the script writes a string in turn and checks that the script answers
+with an error reply naming that key and that Redis is exactly as before: Redis
+does not roll back a script that fails half-way, so that promise (see the
+docstring of ``scripts.py``) is what keeps a broken key from losing a task.
+
+One private redis-server serves the whole module and is flushed before each
+test. Times come from Redis's clock (``TIME``) inside the scripts, so they are
+compared with Redis's clock too, with a margin.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from conftest import RedisServer
+
+from coyotes_lib import scripts
+from coyotes_lib.keys import Keys
+
+K = Keys()
+CHAN = "c"
+NODE, OTHER = "n1", "n2"
+NAME = "echo hi"
+FLAG = K.distinct(CHAN, NAME)
+FINAL = ["succeeded", "failed", "timed_out", "canceled", "killed"]
+MARGIN = 2.0   # seconds of slack around a time a script took from TIME
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RedisServer(tmp_path_factory.mktemp("scripts-redis"), aof=False)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def db(server) -> redis.Redis:
+    client = server.client()
+    client.flushdb()   # our own server: no other test's keys
+    yield client
+    client.close()
+
+
+# -- helpers -----------------------------------------------------------------
+def entry(task_id: str, chan: str = CHAN, task: str = NAME, **more) -> str:
+    """A task entry as the daemon queues it (JSON with its id)."""
+    return json.dumps({"id": task_id, "channel": chan, "task": task, **more})
+
+
+def run(db: redis.Redis, name: str, keys, args=()):
+    """Call scripts.<name> as broker.py does, but with plain redis-py."""
+    return db.register_script(getattr(scripts, name))(keys=list(keys), args=list(args))
+
+
+def pairs(fields: dict) -> list:
+    return [item for pair in fields.items() for item in pair]
+
+
+def now(db: redis.Redis) -> float:
+    seconds, micros = db.time()
+    return seconds + micros / 1e6
+
+
+def between(value, low: float, high: float) -> None:
+    assert low - MARGIN <= float(value) <= high + MARGIN, (value, low, high)
+
+
+def value(db: redis.Redis, key: str):
+    """str, list, set, [(member, score)] or dict, by the key's type."""
+    kind = db.type(key)
+    if kind == "string":
+        return db.get(key)
+    if kind == "list":
+        return db.lrange(key, 0, -1)
+    if kind == "set":
+        return db.smembers(key)
+    if kind == "zset":
+        return [(member, score) for member, score in db.zrange(key, 0, -1, withscores=True)]
+    if kind == "hash":
+        return db.hgetall(key)
+    raise AssertionError(f"{key}: unexpected type {kind}")
+
+
+def state(db: redis.Redis) -> dict:
+    """Every key with its value (see ``value``)."""
+    return {key: value(db, key) for key in db.keys("*")}
+
+
+def dump(db: redis.Redis) -> dict:
+    """Every key with its type, value and TTL in ms (None: no TTL)."""
+    out = {}
+    for key in db.keys("*"):
+        pttl = db.pttl(key)
+        out[key] = (db.type(key), value(db, key), None if pttl < 0 else pttl)
+    return out
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    """Two dumps agree: the same keys, types and values, TTLs within a second."""
+    assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in before.items()}
+    for key, (_, _, ttl) in before.items():
+        later = after[key][2]
+        assert (ttl is None) == (later is None), key
+        if ttl is not None:
+            assert ttl - 1000 <= later <= ttl, key
+
+
+def assert_refuses(db: redis.Redis, setup, name: str, keys, args, wanted: dict) -> None:
+    """After ``setup`` the script writes; with each key of ``wanted`` (key -> the type
+    the script wants there) made a string in turn, it refuses with an error naming
+    that key and leaves Redis exactly as it was."""
+    setup()
+    before = dump(db)
+    run(db, name, keys, args)
+    assert dump(db) != before, "the setup should have made the script write"
+    for key, kind in wanted.items():
+        db.flushdb()
+        setup()
+        db.set(key, "x")
+        before = dump(db)
+        with pytest.raises(redis.ResponseError) as err:
+            run(db, name, keys, args)
+        assert str(err.value) == f"WRONGTYPE {key} holds a string, not a {kind}"
+        assert_unchanged(before, dump(db))
+
+
+# -- ENQUEUE -------------------------------------------------------------------
+def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, distinct: int = 0,
+                 source: str = "", at: float = 0, **extra) -> tuple[list, list]:
+    fields = {"id": task_id, "channel": chan, "task_name": name, "raw": raw, "attempt": 0,
+              "retry_count": 0, **extra}
+    return ([K.queue(chan), K.distinct(chan, name), K.delayed, K.staging(NODE),
+             K.record(task_id)],
+            [raw, distinct, source, at, *pairs(fields)])
+
+
+def enqueue(db, raw, task_id, **kw):
+    return run(db, "ENQUEUE", *enqueue_call(raw, task_id, **kw))
+
+
+def new_record(task_id: str, raw: str, status: str) -> dict:
+    return {"id": task_id, "channel": CHAN, "task_name": NAME, "raw": raw, "attempt": "0",
+            "retry_count": "0", "status": status}
+
+
+def test_enqueue_queues_takes_the_staged_entry_and_writes_the_record(db):
+    a, b = entry("a"), entry("b")
+    db.lpush(K.staging(NODE), "older", a)
+    t0 = now(db)
+    assert enqueue(db, a, "a", source=a, timeout=60) == 1
+    assert enqueue(db, b, "b") == 1   # no source: a push over HTTP
+    t1 = now(db)
+    got = state(db)
+    for task_id in ("a", "b"):
+        between(got[K.record(task_id)].pop("queued_at"), t0, t1)
+        assert db.ttl(K.record(task_id)) == -1
+    assert got == {K.queue(CHAN): [b, a],   # pushed on the left, taken from the right
+                   K.staging(NODE): ["older"],
+                   K.record("a"): {**new_record("a", a, "queued"), "timeout": "60"},
+                   K.record("b"): new_record("b", b, "queued")}
+
+
+def test_enqueue_into_a_channel_nobody_declared(db):
+    """The scripts never read task:channels: refusing an unknown channel is the
+    dispatcher's job (it dead-letters the entry, see DEAD)."""
+    raw = entry("a", chan="nowhere")
+    assert enqueue(db, raw, "a", chan="nowhere") == 1
+    assert db.lrange(K.queue("nowhere"), 0, -1) == [raw]
+    assert not db.exists(K.channels)
+
+
+def test_enqueue_distinct_flag_held(db):
+    a, b = entry("a"), entry("b")   # the same task name
+    assert enqueue(db, a, "a", distinct=1800) == 1
+    assert db.get(FLAG) == "1"
+    assert 1790 <= db.ttl(FLAG) <= 1800
+    db.expire(FLAG, 100)   # a refusal must leave the flag's TTL alone
+    db.lpush(K.staging(NODE), b)
+    before = state(db)
+    assert enqueue(db, b, "b", distinct=1800, source=b) == 0
+    # refused: no record, and the staged entry is dropped (as the distinct rule asks)
+    del before[K.staging(NODE)]
+    assert state(db) == before
+    assert 90 <= db.ttl(FLAG) <= 100
+    # not distinct: the flag neither refuses nor changes
+    assert enqueue(db, b, "b") == 1
+    assert db.get(FLAG) == "1" and 90 <= db.ttl(FLAG) <= 100
+    # another name has its own flag
+    c = entry("c", task="echo other")
+    assert enqueue(db, c, "c", name="echo other", distinct=1800) == 1
+    assert 1790 <= db.ttl(K.distinct(CHAN, "echo other")) <= 1800
+    # once the flag is gone the name is accepted again
+    db.delete(FLAG)
+    assert enqueue(db, entry("d"), "d", distinct=1800) == 1
+    assert db.lrange(K.queue(CHAN), 0, -1) == [entry("d"), c, b, a]
+
+
+def test_enqueue_delayed_and_due(db):
+    t0 = now(db)
+    later, past = entry("later"), entry("past")
+    assert enqueue(db, later, "later", at=t0 + 100) == 2
+    assert enqueue(db, past, "past", at=t0 - 10) == 1   # already due: queued
+    t1 = now(db)
+    got = state(db)
+    for task_id in ("later", "past"):
+        between(got[K.record(task_id)].pop("queued_at"), t0, t1)
+    assert got == {K.delayed: [(later, pytest.approx(t0 + 100))],
+                   K.queue(CHAN): [past],
+                   K.record("later"): new_record("later", later, "delayed"),
+                   K.record("past"): new_record("past", past, "queued")}
+
+
+@pytest.mark.parametrize("record", [
+    {"status": "queued"}, {"status": "delayed"}, {"status": "running"},
+    {"status": "not-a-status"},                    # not final either
+    {"status": "failed", "parked": "1"},           # kept in the failed list
+])
+def test_enqueue_id_in_use(db, record):
+    raw = entry("a")
+    db.lpush(K.staging(NODE), raw)
+    db.hset(K.record("a"), mapping={"id": "a", **record})
+    before = dump(db)
+    assert enqueue(db, raw, "a", source=raw, distinct=1800) == 3
+    assert_unchanged(before, dump(db))   # the entry stays staged, for the caller to park
+
+
+@pytest.mark.parametrize("status", FINAL)
+def test_enqueue_replaces_a_finished_record(db, status):
+    raw = entry("a")
+    db.hset(K.record("a"), mapping={"id": "a", "status": status, "exit_code": "1",
+                                    "attempt": "3", "stdout": "old", "finished_at": "1"})
+    db.expire(K.record("a"), 100)
+    assert enqueue(db, raw, "a") == 1
+    record = db.hgetall(K.record("a"))
+    record.pop("queued_at")
+    assert record == new_record("a", raw, "queued")   # none of the old fields
+    assert db.ttl(K.record("a")) == -1
+
+
+@pytest.mark.parametrize("at", [0, 4e9])
+def test_enqueue_source_no_longer_staged(db, at):
+    raw = entry("a")
+    db.lpush(K.staging(NODE), "other")
+    before = dump(db)
+    assert enqueue(db, raw, "a", source=raw, distinct=1800, at=at) == 4
+    assert_unchanged(before, dump(db))   # no flag, no record, no queue
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_enqueue_record_key_of_another_type(db, kind):
+    raw = entry("a")
+    db.lpush(K.staging(NODE), raw)
+    if kind == "string":
+        db.set(K.record("a"), "x")
+    else:
+        db.rpush(K.record("a"), "x")
+    before = dump(db)
+    assert enqueue(db, raw, "a", source=raw, distinct=1800) == 5
+    assert_unchanged(before, dump(db))
+
+
+def test_enqueue_refuses_wrong_types(db):
+    raw = entry("a")
+
+    def setup():
+        db.lpush(K.staging(NODE), raw)
+
+    keys, args = enqueue_call(raw, "a", source=raw, distinct=1800)
+    assert_refuses(db, setup, "ENQUEUE", keys, args,
+                   {K.queue(CHAN): "list", K.staging(NODE): "list"})
+    db.flushdb()
+    keys, args = enqueue_call(raw, "a", source=raw, distinct=1800, at=4e9)
+    assert_refuses(db, setup, "ENQUEUE", keys, args,
+                   {K.delayed: "zset", K.staging(NODE): "list"})
+    # the key of the other way is neither checked nor touched
+    db.flushdb()
+    db.set(K.queue(CHAN), "x")
+    assert enqueue(db, raw, "a", at=4e9) == 2
+    assert db.get(K.queue(CHAN)) == "x"
+    db.flushdb()
+    db.set(K.delayed, "x")
+    assert enqueue(db, raw, "a") == 1
+    assert db.get(K.delayed) == "x"
+
+
+# -- DEAD ----------------------------------------------------------------------
+DEAD_STAGED = [K.dead, K.staging(NODE), K.staging(NODE), K.dead_trimmed]      # dead_letter
+DEAD_CLAIMED = [K.dead, K.processing(NODE, CHAN), K.running(CHAN), K.dead_trimmed]  # release
+
+
+def letter(raw: str, reason: str = "bad") -> str:
+    return json.dumps({"entry": raw, "reason": reason, "node": NODE})
+
+
+def test_dead_parks_an_entry_for_an_unknown_channel_out_of_staging(db):
+    raw = entry("a", chan="nowhere")
+    db.lpush(K.staging(NODE), "y", raw, "x")
+    rec = letter(raw, "unknown channel 'nowhere'")
+    assert run(db, "DEAD", DEAD_STAGED, [rec, raw, 10, "1"]) == 1
+    assert state(db) == {K.dead: [rec], K.staging(NODE): ["x", "y"]}
+
+
+def test_dead_without_a_source(db):
+    raw = entry("a")
+    db.lpush(K.staging(NODE), raw)
+    assert run(db, "DEAD", DEAD_STAGED, [letter(raw, "1"), raw, 10, "0"]) == 1
+    assert run(db, "DEAD", DEAD_STAGED, [letter(raw, "2"), raw, 10, "0"]) == 1
+    assert state(db) == {K.dead: [letter(raw, "2"), letter(raw, "1")],
+                         K.staging(NODE): [raw]}
+
+
+def test_dead_releases_a_claimed_entry_from_processing_and_running(db):
+    raw, other = entry("a"), entry("b")
+    db.lpush(K.processing(NODE, CHAN), raw, other)
+    db.sadd(K.running(CHAN), raw, other)
+    assert run(db, "DEAD", DEAD_CLAIMED, [letter(raw), raw, 10, "2"]) == 1
+    assert state(db) == {K.dead: [letter(raw)], K.processing(NODE, CHAN): [other],
+                         K.running(CHAN): {other}}
+
+
+def test_dead_entry_no_longer_there(db):
+    raw = entry("a")
+    db.lpush(K.staging(NODE), "other")
+    db.lpush(K.processing(NODE, CHAN), "other")
+    db.sadd(K.running(CHAN), raw)   # running, but not in our processing list
+    before = dump(db)
+    assert run(db, "DEAD", DEAD_STAGED, [letter(raw), raw, 10, "1"]) == 0
+    assert run(db, "DEAD", DEAD_CLAIMED, [letter(raw), raw, 10, "2"]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_dead_empty_entry(db):
+    db.lpush(K.staging(NODE), "x", "")
+    assert run(db, "DEAD", DEAD_STAGED, [letter(""), "", 10, "1"]) == 1
+    assert state(db) == {K.dead: [letter("")], K.staging(NODE): ["x"]}
+    before = dump(db)
+    assert run(db, "DEAD", DEAD_STAGED, [letter(""), "", 10, "1"]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_dead_cap_and_trimmed_counter(db):
+    assert run(db, "DEAD", DEAD_STAGED, ["r0", "e", 3, "0"]) == 1
+    assert state(db) == {K.dead: ["r0"]}   # under the cap: no counter
+    db.rpush(K.dead, "d1", "d2")            # three now: [r0, d1, d2]
+    assert run(db, "DEAD", DEAD_STAGED, ["r1", "e", 3, "0"]) == 1
+    assert state(db) == {K.dead: ["r1", "r0", "d1"], K.dead_trimmed: "1"}
+    assert run(db, "DEAD", DEAD_STAGED, ["r2", "e", 3, "0"]) == 1
+    assert state(db) == {K.dead: ["r2", "r1", "r0"], K.dead_trimmed: "2"}
+    # a smaller cap than before trims all the excess at once
+    assert run(db, "DEAD", DEAD_STAGED, ["r3", "e", 1, "0"]) == 1
+    assert state(db) == {K.dead: ["r3"], K.dead_trimmed: "5"}
+    assert db.ttl(K.dead_trimmed) == -1
+
+
+def test_dead_refuses_wrong_types(db):
+    raw = entry("a")
+
+    def staged():
+        db.lpush(K.staging(NODE), raw)
+
+    def claimed():
+        db.lpush(K.processing(NODE, CHAN), raw)
+        db.sadd(K.running(CHAN), raw)
+
+    for mode in ("0", "1"):   # the source list is checked even when not used
+        db.flushdb()
+        assert_refuses(db, staged, "DEAD", DEAD_STAGED, [letter(raw), raw, 10, mode],
+                       {K.dead: "list", K.staging(NODE): "list"})
+    db.flushdb()
+    assert_refuses(db, claimed, "DEAD", DEAD_CLAIMED, [letter(raw), raw, 10, "2"],
+                   {K.dead: "list", K.processing(NODE, CHAN): "list",
+                    K.running(CHAN): "set"})
+    # the trimmed counter: of another type, or a string that is not a number
+    for spoil, error in [(lambda: db.rpush(K.dead_trimmed, "1"), "holds a list, not a string"),
+                         (lambda: db.set(K.dead_trimmed, "many"),
+                          "holds a string that is not a number")]:
+        db.flushdb()
+        claimed()
+        spoil()
+        before = dump(db)
+        with pytest.raises(redis.ResponseError) as err:
+            run(db, "DEAD", DEAD_CLAIMED, [letter(raw), raw, 10, "2"])
+        assert str(err.value) == f"WRONGTYPE {K.dead_trimmed} {error}"
+        assert_unchanged(before, dump(db))
+
+
+# -- TAKE ----------------------------------------------------------------------
+TAKE_KEYS = [K.prepare, K.staging(NODE)]
+
+
+def test_take_moves_the_oldest_entries(db):
+    db.lpush(K.prepare, "e1", "e2", "e3")   # e1 is the oldest, at the right
+    assert run(db, "TAKE", TAKE_KEYS, [2]) == ["e1", "e2"]
+    assert state(db) == {K.prepare: ["e3"], K.staging(NODE): ["e2", "e1"]}
+    assert run(db, "TAKE", TAKE_KEYS, [5]) == ["e3"]
+    assert state(db) == {K.staging(NODE): ["e3", "e2", "e1"]}
+    assert run(db, "TAKE", TAKE_KEYS, [5]) == []
+    assert state(db) == {K.staging(NODE): ["e3", "e2", "e1"]}
+
+
+def _take_spoiled(db):
+    """TAKE with each of its keys a string in turn: (key, error text) for each."""
+    out = []
+    for key in TAKE_KEYS:
+        db.flushdb()
+        db.lpush(K.prepare, "e1", "e2")
+        db.set(key, "x")
+        before = dump(db)
+        with pytest.raises(redis.ResponseError) as err:
+            run(db, "TAKE", TAKE_KEYS, [5])
+        assert str(err.value).startswith("WRONGTYPE")
+        assert_unchanged(before, dump(db))
+        out.append((key, str(err.value)))
+    return out
+
+
+def test_take_refuses_wrong_types_and_changes_nothing(db):
+    _take_spoiled(db)
+
+
+@pytest.mark.xfail(strict=True, reason="TAKE has no wrongtype() check: Redis's own "
+                   "WRONGTYPE error does not name the key (reported to the lead)")
+def test_take_refusal_names_the_key(db):
+    for key, error in _take_spoiled(db):
+        assert error == f"WRONGTYPE {key} holds a string, not a list"
+
+
+# -- CLAIM ---------------------------------------------------------------------
+def claim_call(most: int = 1, node: str = NODE, keys: Keys = K) -> tuple[list, list]:
+    return ([keys.queue(CHAN), keys.processing(node, CHAN), keys.running(CHAN)],
+            [most, node, keys.record("")])
+
+
+STALE = {"finished_at": "1", "exit_code": "1", "signal": "9", "duration": "1", "error": "e",
+         "retry_at": "5"}   # left by an earlier attempt; a start removes them
+
+
+@pytest.mark.parametrize("prefix", ["", "biz"])
+def test_claim_starts_a_queued_record(db, prefix):
+    k = Keys(prefix)
+    raw = entry("a")
+    db.lpush(k.queue(CHAN), raw)
+    db.hset(k.record("a"), mapping={"id": "a", "status": "queued", "attempt": "1",
+                                    "redeliveries": "2", "retry_count": "1",
+                                    "kill_requested": "1", **STALE})
+    db.expire(k.record("a"), 1000)
+    t0 = now(db)
+    assert run(db, "CLAIM", *claim_call(keys=k)) == [[raw, "a", 2, 2, 1, 1]]
+    t1 = now(db)
+    got = state(db)
+    between(got[k.record("a")].pop("started_at"), t0, t1)
+    assert got == {k.processing(NODE, CHAN): [raw], k.running(CHAN): {raw},
+                   k.record("a"): {"id": "a", "status": "running", "attempt": "2",
+                                   "node": NODE, "redeliveries": "2", "retry_count": "1",
+                                   "kill_requested": "1"}}
+    assert db.ttl(k.record("a")) == -1
+
+
+def test_claim_takes_the_oldest_first_up_to_most(db):
+    raws = [entry(f"t{i}") for i in range(3)]
+    for i, raw in enumerate(raws):
+        db.lpush(K.queue(CHAN), raw)
+        db.hset(K.record(f"t{i}"), mapping={"id": f"t{i}", "status": "queued"})
+    assert run(db, "CLAIM", *claim_call(2)) == [[raws[0], "t0", 1, 0, 0, 0],
+                                                [raws[1], "t1", 1, 0, 0, 0]]
+    assert value(db, K.queue(CHAN)) == [raws[2]]
+    assert value(db, K.processing(NODE, CHAN)) == [raws[1], raws[0]]
+    assert value(db, K.running(CHAN)) == {raws[0], raws[1]}
+    assert run(db, "CLAIM", *claim_call(5)) == [[raws[2], "t2", 1, 0, 0, 0]]
+    assert not db.exists(K.queue(CHAN))
+    assert run(db, "CLAIM", *claim_call(5)) == []
+
+
+def test_claim_leaves_entries_it_cannot_start_to_start(db):
+    records = {"done": "succeeded", "other": "running", "later": "delayed"}
+    for task_id, status in records.items():
+        db.hset(K.record(task_id), mapping={"id": task_id, "status": status})
+    raws = ["sleep 1",                          # a bare command line (Go's producers)
+            '{"task": "echo"}', '{"id": 7}', '{"id": ""}', "[1, 2]", '"text"', "null",
+            entry("missing"),                   # no record
+            *(entry(task_id) for task_id in records)]   # a record that waits for no entry
+    db.lpush(K.queue(CHAN), *raws)
+    before = state(db)
+    assert run(db, "CLAIM", *claim_call(20)) == [[raw, "", 0, 0, 0, 0] for raw in raws]
+    expected = {k: v for k, v in before.items() if k != K.queue(CHAN)}
+    assert state(db) == {**expected, K.processing(NODE, CHAN): raws[::-1]}   # no running set
+
+
+def test_claim_record_key_of_another_type(db):
+    foreign, fine = entry("a"), entry("b")
+    db.set(K.record("a"), "x")
+    db.hset(K.record("b"), mapping={"id": "b", "status": "queued"})
+    db.lpush(K.queue(CHAN), foreign, fine)
+    assert run(db, "CLAIM", *claim_call(2)) == [[foreign, "a", -1, 0, 0, 0],
+                                                [fine, "b", 1, 0, 0, 0]]
+    assert value(db, K.record("a")) == "x"
+    assert value(db, K.processing(NODE, CHAN)) == [fine, foreign]   # claimed, not started
+    assert value(db, K.running(CHAN)) == {fine}
+
+
+def test_claim_refuses_wrong_types(db):
+    raw = entry("a")
+
+    def setup():
+        db.lpush(K.queue(CHAN), raw)
+        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+
+    assert_refuses(db, setup, "CLAIM", *claim_call(),
+                   {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
+                    K.running(CHAN): "set"})
+
+
+# -- START_NEWEST ----------------------------------------------------------------
+NEWEST_KEYS = [K.processing(NODE, CHAN), K.running(CHAN)]
+NEWEST_ARGS = [NODE, K.record("")]
+
+
+def test_start_newest_starts_the_newest_claim(db):
+    old, new = entry("old"), entry("new")
+    db.lpush(K.processing(NODE, CHAN), old, new)
+    for task_id in ("old", "new"):
+        db.hset(K.record(task_id), mapping={"id": task_id, "status": "queued",
+                                            "redeliveries": "1"})
+    t0 = now(db)
+    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [[new, "new", 1, 1, 0, 0]]
+    got = state(db)
+    between(got[K.record("new")].pop("started_at"), t0, now(db))
+    assert got == {K.processing(NODE, CHAN): [new, old], K.running(CHAN): {new},
+                   K.record("new"): {"id": "new", "status": "running", "attempt": "1",
+                                     "node": NODE, "redeliveries": "1"},
+                   K.record("old"): {"id": "old", "status": "queued", "redeliveries": "1"}}
+
+
+def test_start_newest_when_started_already_or_empty(db):
+    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == []
+    assert state(db) == {}
+    new = entry("new")
+    db.lpush(K.processing(NODE, CHAN), new)
+    db.sadd(K.running(CHAN), new)   # a worker's CLAIM came between
+    db.hset(K.record("new"), mapping={"id": "new", "status": "queued"})
+    before = dump(db)
+    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == []
+    assert_unchanged(before, dump(db))
+
+
+def test_start_newest_leaves_what_it_cannot_start(db):
+    db.lpush(K.processing(NODE, CHAN), "sleep 1")
+    before = dump(db)
+    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [["sleep 1", "", 0, 0, 0, 0]]
+    assert_unchanged(before, dump(db))
+    db.set(K.record("a"), "x")
+    db.lpush(K.processing(NODE, CHAN), entry("a"))
+    before = dump(db)
+    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [[entry("a"), "a", -1, 0, 0, 0]]
+    assert_unchanged(before, dump(db))
+
+
+def test_start_newest_refuses_wrong_types(db):
+    def setup():
+        db.lpush(K.processing(NODE, CHAN), entry("a"))
+        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+
+    assert_refuses(db, setup, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS,
+                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set"})
+
+
+# -- START ---------------------------------------------------------------------
+def start_call(raw: str, task_id: str = "a") -> tuple[list, list]:
+    missing = {"id": task_id, "channel": CHAN, "task_name": NAME, "argv": '["echo", "hi"]',
+               "raw": raw, "retry_count": 0}
+    return ([K.running(CHAN), K.record(task_id), K.processing(NODE, CHAN)],
+            [raw, NODE, *pairs(missing)])
+
+
+def test_start_without_a_record_writes_one(db):
+    raw = "echo hi"   # pushed straight into the queue by a Go producer
+    db.lpush(K.processing(NODE, CHAN), raw)
+    t0 = now(db)
+    assert run(db, "START", *start_call(raw)) == [1, 0, 0, 0]
+    got = state(db)
+    between(got[K.record("a")].pop("started_at"), t0, now(db))
+    assert got == {K.processing(NODE, CHAN): [raw], K.running(CHAN): {raw},
+                   K.record("a"): {"id": "a", "channel": CHAN, "task_name": NAME,
+                                   "argv": '["echo", "hi"]', "raw": raw, "retry_count": "0",
+                                   "attempt": "1", "status": "running", "node": NODE}}
+
+
+def test_start_keeps_the_fields_a_record_has(db):
+    raw = entry("a")
+    db.lpush(K.processing(NODE, CHAN), raw)
+    db.hset(K.record("a"), mapping={"id": "a", "task_name": "named", "status": "queued",
+                                    "attempt": "2", "redeliveries": "1", "retry_count": "3",
+                                    "kill_requested": "1", **STALE})
+    db.expire(K.record("a"), 1000)
+    assert run(db, "START", *start_call(raw)) == [3, 1, 1, 3]
+    record = db.hgetall(K.record("a"))
+    record.pop("started_at")
+    assert record == {"id": "a", "task_name": "named", "status": "running", "attempt": "3",
+                      "redeliveries": "1", "retry_count": "3", "kill_requested": "1",
+                      "channel": CHAN, "argv": '["echo", "hi"]', "raw": raw, "node": NODE}
+    assert db.ttl(K.record("a")) == -1
+
+
+def test_start_when_no_longer_in_the_processing_list(db):
+    raw = entry("a")
+    db.lpush(K.processing(NODE, CHAN), "other")
+    db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+    before = dump(db)
+    assert run(db, "START", *start_call(raw)) == [0, 0, 0, 0]
+    assert_unchanged(before, dump(db))
+
+
+def test_start_record_key_of_another_type(db):
+    raw = entry("a")
+    db.lpush(K.processing(NODE, CHAN), raw)
+    db.set(K.record("a"), "x")
+    before = dump(db)
+    assert run(db, "START", *start_call(raw)) == [-1, 0, 0, 0]
+    assert_unchanged(before, dump(db))
+
+
+def test_start_refuses_wrong_types(db):
+    raw = entry("a")
+
+    def setup():
+        db.lpush(K.processing(NODE, CHAN), raw)
+
+    assert_refuses(db, setup, "START", *start_call(raw),
+                   {K.running(CHAN): "set", K.processing(NODE, CHAN): "list"})
+
+
+# -- FINISH --------------------------------------------------------------------
+FINISH_KEYS = [K.processing(NODE, CHAN), K.running(CHAN), FLAG, K.record("a"), K.failed(CHAN),
+               K.failed_index(CHAN), K.delayed]
+RAW, OTHER_RAW = entry("a"), entry("b")
+RUNNING = {"id": "a", "task_name": NAME, "status": "running", "attempt": "1",
+           "retry_count": "0", "node": NODE}
+
+
+def finish_args(outcome: str, fields: dict, ttl: int = 600, delay: str = "0.000") -> list:
+    return [RAW, outcome, "a", ttl, delay, *pairs(fields)]
+
+
+def running(db):
+    """Task a runs on our node next to task b; a distinct flag is held."""
+    db.lpush(K.processing(NODE, CHAN), RAW, OTHER_RAW)
+    db.sadd(K.running(CHAN), RAW, OTHER_RAW)
+    db.set(FLAG, "1", ex=1800)
+    db.hset(K.record("a"), mapping=RUNNING)
+
+
+def test_finish_done(db):
+    running(db)
+    t0 = now(db)
+    assert run(db, "FINISH", FINISH_KEYS,
+               finish_args("done", {"status": "succeeded", "exit_code": 0})) == 1
+    got = state(db)
+    between(got[K.record("a")].pop("finished_at"), t0, now(db))
+    assert got == {K.processing(NODE, CHAN): [OTHER_RAW], K.running(CHAN): {OTHER_RAW},
+                   K.record("a"): {**RUNNING, "status": "succeeded", "exit_code": "0"}}
+    assert 590 <= db.ttl(K.record("a")) <= 600   # the flag is gone too
+
+
+def test_finish_failed_parks_the_task(db):
+    running(db)
+    t0 = now(db)
+    assert run(db, "FINISH", FINISH_KEYS,
+               finish_args("failed", {"status": "failed", "exit_code": 3})) == 1
+    got = state(db)
+    record = got[K.record("a")]
+    between(record["finished_at"], t0, now(db))
+    assert record.pop("failed_at") == record.pop("finished_at")
+    (task_id, score), = got.pop(K.failed_index(CHAN))
+    assert task_id == "a"
+    between(score, t0, now(db))
+    assert got == {K.processing(NODE, CHAN): [OTHER_RAW], K.running(CHAN): {OTHER_RAW},
+                   K.record("a"): {**RUNNING, "status": "failed", "exit_code": "3",
+                                   "parked": "1"},
+                   K.failed(CHAN): {"a": RAW}}
+    assert db.ttl(K.record("a")) == -1   # kept until deleted from the failed list
+
+
+def test_finish_retry_delays_the_task(db):
+    running(db)
+    db.hset(K.record("a"), "retry_count", "2")
+    t0 = now(db)
+    assert run(db, "FINISH", FINISH_KEYS,
+               finish_args("retry", {"exit_code": 1}, delay="30.000")) == 2
+    t1 = now(db)
+    got = state(db)
+    (raw, score), = got.pop(K.delayed)
+    assert raw == RAW
+    between(score, t0 + 30, t1 + 30)
+    record = got[K.record("a")]
+    assert float(record.pop("retry_at")) == pytest.approx(score)
+    assert got == {K.processing(NODE, CHAN): [OTHER_RAW], K.running(CHAN): {OTHER_RAW},
+                   K.record("a"): {**RUNNING, "status": "delayed", "exit_code": "1",
+                                   "retry_count": "3"},
+                   FLAG: "1"}   # still held while it waits
+    assert 1790 <= db.ttl(FLAG) <= 1800
+    assert db.ttl(K.record("a")) == -1
+
+
+@pytest.mark.parametrize("outcome", ["done", "failed", "retry"])
+def test_finish_late_ack_changes_nothing(db, outcome):
+    """Our node was reaped: the entry went back to the queue (and may run elsewhere)."""
+    db.lpush(K.processing(NODE, CHAN), OTHER_RAW)
+    db.sadd(K.running(CHAN), OTHER_RAW)
+    db.lpush(K.queue(CHAN), RAW)
+    db.set(FLAG, "1", ex=1800)
+    db.hset(K.record("a"), mapping={**RUNNING, "status": "queued", "redeliveries": "1"})
+    before = dump(db)
+    assert run(db, "FINISH", FINISH_KEYS,
+               finish_args(outcome, {"status": "succeeded", "exit_code": 0})) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_finish_refuses_wrong_types(db):
+    common = {K.processing(NODE, CHAN): "list", K.running(CHAN): "set", K.record("a"): "hash"}
+    for outcome, more in [("done", {}), ("retry", {K.delayed: "zset"}),
+                          ("failed", {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset"})]:
+        db.flushdb()
+        assert_refuses(db, lambda: running(db), "FINISH", FINISH_KEYS,
+                       finish_args(outcome, {"exit_code": 1}), {**common, **more})
+
+
+def test_finish_ignores_the_keys_of_other_outcomes(db):
+    running(db)
+    for key in (K.failed(CHAN), K.failed_index(CHAN), K.delayed):
+        db.set(key, "x")
+    assert run(db, "FINISH", FINISH_KEYS, finish_args("done", {"status": "succeeded"})) == 1
+    assert [db.get(key) for key in (K.failed(CHAN), K.failed_index(CHAN), K.delayed)] == ["x"] * 3
+
+
+# -- REQUEUE -------------------------------------------------------------------
+REQUEUE_KEYS = [K.processing(NODE, CHAN), K.running(CHAN), K.queue(CHAN), K.record("a")]
+
+
+@pytest.mark.parametrize("started,did_not_run,attempt,after", [
+    (True, "0", "2", "2"),    # it ran (a shutdown stopped it): the attempt counts
+    (True, "1", "2", "1"),    # it did not run: the attempt its start counted is taken back
+    (False, "1", "2", "2"),   # claimed, never started: nothing was counted
+    (True, "1", "0", "0"),    # never below 0
+])
+def test_requeue_gives_the_entry_back(db, started, did_not_run, attempt, after):
+    db.lpush(K.queue(CHAN), "next")
+    db.lpush(K.processing(NODE, CHAN), RAW, OTHER_RAW)
+    if started:
+        db.sadd(K.running(CHAN), RAW)
+    db.hset(K.record("a"), mapping={**RUNNING, "attempt": attempt})
+    assert run(db, "REQUEUE", REQUEUE_KEYS, [RAW, did_not_run]) == 1
+    assert state(db) == {K.queue(CHAN): ["next", RAW],   # at the right: it runs next
+                         K.processing(NODE, CHAN): [OTHER_RAW],
+                         K.record("a"): {**RUNNING, "status": "queued", "attempt": after}}
+
+
+def test_requeue_when_no_longer_ours(db):
+    db.lpush(K.processing(NODE, CHAN), OTHER_RAW)
+    db.sadd(K.running(CHAN), RAW)
+    db.hset(K.record("a"), mapping=RUNNING)
+    before = dump(db)
+    assert run(db, "REQUEUE", REQUEUE_KEYS, [RAW, "1"]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_requeue_without_a_record(db):
+    for record in (None, "x"):   # broker.py passes task:record:- for no record
+        db.flushdb()
+        keys = [*REQUEUE_KEYS[:3], K.record("-")]
+        if record:
+            db.set(K.record("-"), record)
+        db.lpush(K.processing(NODE, CHAN), "sleep 1")
+        db.sadd(K.running(CHAN), "sleep 1")
+        assert run(db, "REQUEUE", keys, ["sleep 1", "1"]) == 1
+        assert state(db) == {K.queue(CHAN): ["sleep 1"],
+                             **({K.record("-"): record} if record else {})}
+
+
+def test_requeue_refuses_wrong_types(db):
+    def setup():
+        db.lpush(K.processing(NODE, CHAN), RAW)
+        db.sadd(K.running(CHAN), RAW)
+        db.hset(K.record("a"), mapping=RUNNING)
+
+    assert_refuses(db, setup, "REQUEUE", REQUEUE_KEYS, [RAW, "1"],
+                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set",
+                    K.queue(CHAN): "list"})
+
+
+# -- REAP ----------------------------------------------------------------------
+def reap_call(only_if_dead: str = "1", forget: str = "1", node: str = NODE,
+              chans=("a", "b")) -> tuple[list, list]:
+    keys = [K.heartbeat(node), K.nodes, K.staging(node), K.prepare, K.node_channels(node)]
+    for chan in chans:
+        keys += [K.processing(node, chan), K.running(chan), K.queue(chan)]
+    return keys, [node, only_if_dead, forget, K.record("")]
+
+
+A1, A2, B1 = entry("a1", chan="a"), entry("a2", chan="a"), "sleep 1"
+A1_RUNNING = {"id": "a1", "status": "running", "redeliveries": "1", "node": NODE}
+A2_QUEUED = {"id": "a2", "status": "queued"}   # claimed, not started yet
+
+
+def dead_node(db):
+    """Node n1 died routing two entries, holding two claims of channel a (a1
+    started, a2 not) and one of channel b (a bare command line)."""
+    db.lpush(K.prepare, "p1")
+    db.lpush(K.staging(NODE), "s1", "s2")        # s1 taken first (the older)
+    db.sadd(K.nodes, NODE, OTHER)
+    db.sadd(K.node_channels(NODE), "a", "b")
+    db.lpush(K.processing(NODE, "a"), A1, A2)    # a1 claimed first
+    db.sadd(K.running("a"), A1, A2, "elsewhere")
+    db.lpush(K.queue("a"), "qa")
+    db.hset(K.record("a1"), mapping=A1_RUNNING)
+    db.hset(K.record("a2"), mapping=A2_QUEUED)
+    db.lpush(K.processing(NODE, "b"), B1)
+    db.sadd(K.running("b"), B1)
+
+
+REAPED = {K.prepare: ["p1", "s2", "s1"],           # s1 is taken next, then s2
+          K.queue("a"): ["qa", A2, A1],             # a1 runs next, then a2
+          K.running("a"): {"elsewhere"},
+          K.record("a1"): {**A1_RUNNING, "status": "queued", "redeliveries": "2"},
+          K.record("a2"): A2_QUEUED,                # not started: no redelivery counted
+          K.queue("b"): [B1]}
+
+
+def test_reap_a_dead_node(db):
+    dead_node(db)
+    assert run(db, "REAP", *reap_call()) == 5
+    assert state(db) == {**REAPED, K.nodes: {OTHER}}   # forgotten: no staging, no lists
+
+
+def test_reap_waits_while_the_heartbeat_lives(db):
+    dead_node(db)
+    db.set(K.heartbeat(NODE), "alive", ex=30)
+    before = dump(db)
+    assert run(db, "REAP", *reap_call()) == -1
+    assert_unchanged(before, dump(db))
+
+
+def test_reap_own_node_on_leaving_and_without_forgetting(db):
+    dead_node(db)
+    db.set(K.heartbeat(NODE), "alive", ex=30)
+    assert run(db, "REAP", *reap_call(only_if_dead="0", forget="0")) == 5
+    assert state(db) == {**REAPED, K.heartbeat(NODE): "alive", K.nodes: {NODE, OTHER},
+                         K.node_channels(NODE): {"a", "b"}}
+
+
+def test_reap_leaves_records_that_do_not_run(db):
+    entries = {"s": "x", "f": {"id": "f", "status": "succeeded"},
+               "n": {"id": "n", "status": "running", "redeliveries": "bad"}}
+    for task_id, record in entries.items():
+        if isinstance(record, str):
+            db.set(K.record(task_id), record)
+        else:
+            db.hset(K.record(task_id), mapping=record)
+        db.lpush(K.processing(NODE, "a"), entry(task_id, chan="a"))
+    db.lpush(K.processing(NODE, "a"), '{"id": 5}', "[]")
+    assert run(db, "REAP", *reap_call(chans=("a",))) == 5
+    assert value(db, K.record("s")) == "x"
+    assert value(db, K.record("f")) == entries["f"]
+    assert value(db, K.record("n")) == {"id": "n", "status": "queued", "redeliveries": "1"}
+    assert len(value(db, K.queue("a"))) == 5
+
+
+def test_reap_refuses_wrong_types(db):
+    keys, args = reap_call()
+    assert_refuses(db, lambda: dead_node(db), "REAP", keys, args,
+                   {K.nodes: "set", K.staging(NODE): "list", K.prepare: "list",
+                    K.node_channels(NODE): "set",
+                    **{key: kind for chan in ("a", "b") for key, kind in [
+                        (K.processing(NODE, chan), "list"), (K.running(chan), "set"),
+                        (K.queue(chan), "list")]}})
+
+
+def test_late_ack_after_a_dead_node_was_reaped(db):
+    """n1 claims a task and stops beating; n2 reaps it and runs the task again;
+    n1's late FINISH changes nothing, n2's finishes the task."""
+    assert enqueue(db, RAW, "a", distinct=1800) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 1, 0, 0, 0]]
+    assert run(db, "REAP", *reap_call(chans=(CHAN,))) == 1
+    assert run(db, "CLAIM", *claim_call(node=OTHER)) == [[RAW, "a", 2, 1, 0, 0]]
+    before = dump(db)
+    assert run(db, "FINISH", FINISH_KEYS, finish_args("done", {"status": "succeeded"})) == 0
+    assert_unchanged(before, dump(db))
+    theirs = [K.processing(OTHER, CHAN), *FINISH_KEYS[1:]]
+    assert run(db, "FINISH", theirs, finish_args("done", {"status": "succeeded"})) == 1
+    assert db.hget(K.record("a"), "status") == "succeeded"
+    assert db.hget(K.record("a"), "node") == OTHER
+    assert set(db.keys("*")) == {K.record("a")}
+
+
+# -- PROMOTE -------------------------------------------------------------------
+PROMOTE_KEYS = [K.delayed, K.queue(CHAN), K.record("a")]
+
+
+def test_promote_queues_a_due_task(db):
+    db.zadd(K.delayed, {RAW: 100, OTHER_RAW: 200})
+    db.lpush(K.queue(CHAN), "earlier")
+    db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert state(db) == {K.delayed: [(OTHER_RAW, 200.0)], K.queue(CHAN): [RAW, "earlier"],
+                         K.record("a"): {"id": "a", "status": "queued"}}
+
+
+def test_promote_lost_to_another_node(db):
+    db.zadd(K.delayed, {OTHER_RAW: 200})
+    db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+    before = dump(db)
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 0
+    assert_unchanged(before, dump(db))
+
+
+@pytest.mark.parametrize("record", [None, "x", {"id": "a", "status": "canceled"}])
+def test_promote_leaves_a_record_that_is_not_delayed(db, record):
+    db.zadd(K.delayed, {RAW: 100})
+    if isinstance(record, str):
+        db.set(K.record("a"), record)
+    elif record:
+        db.hset(K.record("a"), mapping=record)
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert state(db) == {K.queue(CHAN): [RAW], **({K.record("a"): record} if record else {})}
+
+
+def test_promote_refuses_wrong_types(db):
+    def setup():
+        db.zadd(K.delayed, {RAW: 100})
+        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+
+    assert_refuses(db, setup, "PROMOTE", PROMOTE_KEYS, [RAW],
+                   {K.delayed: "zset", K.queue(CHAN): "list"})
+
+
+# -- CANCEL --------------------------------------------------------------------
+CANCEL_KEYS = [K.record("a"), K.queue(CHAN), K.delayed, FLAG]
+
+
+@pytest.mark.parametrize("where", ["queue", "delayed"])
+def test_cancel_a_waiting_task(db, where):
+    if where == "queue":
+        db.lpush(K.queue(CHAN), "q1", RAW, "q2")
+    else:
+        db.zadd(K.delayed, {RAW: 4e9, "d": 5e9})
+    db.set(FLAG, "1", ex=1800)
+    db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+    t0 = now(db)
+    assert run(db, "CANCEL", CANCEL_KEYS, [RAW, 600]) == 1
+    got = state(db)
+    between(got[K.record("a")].pop("finished_at"), t0, now(db))
+    rest = {K.queue(CHAN): ["q2", "q1"]} if where == "queue" else {K.delayed: [("d", 5e9)]}
+    assert got == {K.record("a"): {"id": "a", "status": "canceled"}, **rest}   # no flag
+    assert 590 <= db.ttl(K.record("a")) <= 600
+
+
+def test_cancel_an_entry_without_a_record(db):
+    db.lpush(K.queue(CHAN), "echo hi")
+    assert run(db, "CANCEL", CANCEL_KEYS, ["echo hi", 600]) == 1
+    record = db.hgetall(K.record("a"))
+    assert record.pop("status") == "canceled" and set(record) == {"finished_at"}
+    assert 590 <= db.ttl(K.record("a")) <= 600
+    assert set(db.keys("*")) == {K.record("a")}
+
+
+@pytest.mark.parametrize("status", [None, "running", "succeeded"])
+def test_cancel_a_task_that_does_not_wait(db, status):
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    db.set(FLAG, "1", ex=1800)
+    if status:
+        db.hset(K.record("a"), mapping={"id": "a", "status": status})
+    before = dump(db)
+    assert run(db, "CANCEL", CANCEL_KEYS, [RAW, 600]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_cancel_refuses_wrong_types(db):
+    def setup():
+        db.lpush(K.queue(CHAN), RAW)
+        db.zadd(K.delayed, {"d": 1})
+        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+
+    assert_refuses(db, setup, "CANCEL", CANCEL_KEYS, [RAW, 600],
+                   {K.record("a"): "hash", K.queue(CHAN): "list", K.delayed: "zset"})
+
+
+# -- KILL ----------------------------------------------------------------------
+KILLS = K.kill_requests(NODE)
+
+
+def test_kill_a_running_task(db):
+    db.hset(K.record("a"), mapping=RUNNING)
+    assert run(db, "KILL", [K.record("a"), KILLS], ["a"]) == 1
+    assert state(db) == {K.record("a"): {**RUNNING, "kill_requested": "1"}, KILLS: {"a"}}
+
+
+def test_kill_a_task_no_node_has_started(db):
+    db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+    assert run(db, "KILL", [K.record("a"), K.record("a")], ["a"]) == 1
+    assert state(db) == {K.record("a"): {"id": "a", "status": "queued", "kill_requested": "1"}}
+
+
+@pytest.mark.parametrize("record", [None, {"id": "a"}, *({"status": s} for s in FINAL)])
+def test_kill_a_task_that_ended_or_is_unknown(db, record):
+    if record:
+        db.hset(K.record("a"), mapping=record)
+    before = dump(db)
+    assert run(db, "KILL", [K.record("a"), KILLS], ["a"]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_kill_refuses_wrong_types(db):
+    def setup():
+        db.hset(K.record("a"), mapping=RUNNING)
+
+    assert_refuses(db, setup, "KILL", [K.record("a"), KILLS], ["a"],
+                   {K.record("a"): "hash", KILLS: "set"})
+    db.flushdb()
+    assert_refuses(db, setup, "KILL", [K.record("a"), K.record("a")], ["a"],
+                   {K.record("a"): "hash"})
+
+
+# -- UNFAIL --------------------------------------------------------------------
+UNFAIL_KEYS = [K.failed(CHAN), K.failed_index(CHAN), K.queue(CHAN), K.record("a"), FLAG]
+PARKED = {"id": "a", "task_name": NAME, "status": "failed", "parked": "1", "failed_at": "100",
+          "finished_at": "100", "kill_requested": "1", "retry_count": "2", "redeliveries": "1",
+          "attempt": "3", "exit_code": "1"}
+
+
+def parked(db):
+    db.hset(K.failed(CHAN), mapping={"a": RAW, "b": OTHER_RAW})
+    db.zadd(K.failed_index(CHAN), {"a": 100, "b": 200})
+    db.hset(K.record("a"), mapping=PARKED)
+
+
+def test_unfail_retry(db):
+    parked(db)
+    db.expire(K.record("a"), 1000)   # a retried record is kept: PERSIST
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    kept = {k: v for k, v in PARKED.items() if k not in ("parked", "kill_requested", "failed_at")}
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.queue(CHAN): [RAW], FLAG: "1",
+                         K.record("a"): {**kept, "status": "queued", "retry_count": "0",
+                                         "redeliveries": "0"}}
+    assert db.ttl(K.record("a")) == -1
+    assert 1790 <= db.ttl(FLAG) <= 1800
+
+
+def test_unfail_retry_not_distinct_leaves_the_flag_alone(db):
+    parked(db)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
+    assert not db.exists(FLAG)
+    db.flushdb()
+    parked(db)
+    db.set(FLAG, "held", ex=100)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
+    assert db.get(FLAG) == "held" and 90 <= db.ttl(FLAG) <= 100
+
+
+def test_unfail_delete(db):
+    parked(db)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 1800]) == 1
+    kept = {k: v for k, v in PARKED.items() if k != "parked"}
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.record("a"): kept}
+    assert 590 <= db.ttl(K.record("a")) <= 600
+
+
+def test_unfail_an_id_that_is_not_failed(db):
+    parked(db)
+    keys = [*UNFAIL_KEYS[:3], K.record("zz"), FLAG]
+    before = dump(db)
+    assert run(db, "UNFAIL", keys, ["zz", "1", 600, 1800]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_unfail_refuses_wrong_types(db):
+    assert_refuses(db, lambda: parked(db), "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800],
+                   {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset", K.queue(CHAN): "list",
+                    K.record("a"): "hash"})
+
+
+# -- a whole life ---------------------------------------------------------------
+def test_a_task_through_every_script(db):
+    """Delayed, promoted, claimed, retried, promoted, claimed, failed, unfailed,
+    claimed, done: the record's counters add up along the way."""
+    t0 = now(db)
+    assert enqueue(db, RAW, "a", distinct=1800, at=t0 + 60) == 2
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 1, 0, 0, 0]]
+    assert run(db, "FINISH", FINISH_KEYS, finish_args("retry", {"exit_code": 1})) == 2
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 2, 0, 0, 1]]
+    assert run(db, "FINISH", FINISH_KEYS, finish_args("failed", {"status": "failed"})) == 1
+    assert not db.exists(FLAG)
+    assert enqueue(db, RAW, "a") == 3   # parked: the id stays in use
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 3, 0, 0, 0]]
+    assert run(db, "FINISH", FINISH_KEYS, finish_args("done", {"status": "succeeded"})) == 1
+    assert set(db.keys("*")) == {K.record("a")}
+    assert db.hget(K.record("a"), "status") == "succeeded"
+    assert 590 <= db.ttl(K.record("a")) <= 600
