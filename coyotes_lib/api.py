@@ -17,7 +17,7 @@ import bottle
 import redis
 
 from . import __version__
-from .broker import Broker, ChannelSpec
+from .broker import Broker, ChannelSpec, Enqueued
 from .config import CHANNEL_NAME, Config
 from .task import POLICY_LIMITS, BadTask, Policy, build, from_queue, locate, parse_json
 
@@ -228,13 +228,16 @@ def make_app(broker: Broker, config: Config, on_channel_added=None,
         except BadTask as exc:
             raise fail(400, str(exc)) from None
         result = broker.push(task, spec.distinct)
-        if result == 3:
+        if result == Enqueued.ID_IN_USE:
             raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
+        if result == Enqueued.FOREIGN_RECORD:
+            raise fail(409, f"task id {task.id!r}: its record key holds another type")
+        refused = result == Enqueued.REFUSED
         # like the prepare queue: a refusal is news, a queued task is logged when it runs
-        log.log(logging.INFO if result == 0 else logging.DEBUG, "channel %s: task %s %s via "
-                "HTTP: %s", name, task.id, ("refused (distinct)", "queued", "delayed")[result],
-                task.name)
-        return {"task_id": task.id, "task_name": task.name, "result": result != 0}
+        log.log(logging.INFO if refused else logging.DEBUG, "channel %s: task %s %s via "
+                "HTTP: %s", name, task.id, "refused (distinct)" if refused
+                else result.name.lower(), task.name)
+        return {"task_id": task.id, "task_name": task.name, "result": not refused}
 
     @app.get("/health")
     def health():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import hashlib
 import json
 import logging
@@ -49,6 +50,23 @@ class ChannelSpec:
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "distinct": self.distinct,
                            "worker_count": self.worker_count, **self.policy.to_dict()})
+
+
+class Enqueued(enum.IntEnum):
+    """What ENQUEUE did with a task (its return code)."""
+    REFUSED = 0         # the distinct rule: the same command is queued or running
+    QUEUED = 1
+    DELAYED = 2
+    ID_IN_USE = 3       # by a task that has not finished, or one kept among the failed
+    NOT_OURS = 4        # the staged entry went back to the queue (this node was reaped)
+    FOREIGN_RECORD = 5  # the id's record key holds another type: nothing done
+
+
+class Outcome(enum.StrEnum):
+    """How FINISH records an attempt."""
+    DONE = "done"       # final; the record expires after the record TTL
+    FAILED = "failed"   # final, kept in the channel's failed tasks
+    RETRY = "retry"     # into the delayed set for another attempt
 
 
 Started = tuple[int, int, bool, int]   # attempt, redeliveries, kill requested, retries
@@ -132,23 +150,20 @@ class Broker:
         return bool(self.redis.hsetnx(self.keys.channels, spec.name, spec.to_json()))
 
     # -- producing --------------------------------------------------------
-    def push(self, task: Task, distinct: bool, source: str = "") -> int:
-        """1 queued, 2 delayed, 0 refused by the distinct rule, 3 id in use,
-        4 the staged entry is no longer ours (this node was reaped meanwhile).
-
-        ``source`` names the entry of this node's staging list the task came
-        from; it is removed in the same step (unless the id is in use).
-        """
+    def push(self, task: Task, distinct: bool, source: str = "") -> Enqueued:
+        """Queue (or delay) one task, see ``Enqueued``. ``source`` names the entry of
+        this node's staging list the task came from; it is removed in the same step
+        (unless the id is in use)."""
         keys, args = self._enqueue_args(task, distinct, source)
-        return int(self._enqueue(keys=keys, args=args))
+        return Enqueued(self._enqueue(keys=keys, args=args))
 
-    def push_many(self, pushes) -> list[int | redis.ResponseError]:
+    def push_many(self, pushes) -> list[Enqueued | redis.ResponseError]:
         """``push`` for many ``(task, distinct, source)`` in one round trip; an entry
         that Redis refused (a key of another type) has the error in its place, and
         was left where it was."""
         outcomes = self.lean.pipelined([(self._enqueue, *self._enqueue_args(task, distinct, source))
                                    for task, distinct, source in pushes], errors=True)
-        return [o if isinstance(o, redis.ResponseError) else int(o) for o in outcomes]
+        return [o if isinstance(o, redis.ResponseError) else Enqueued(o) for o in outcomes]
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
         k = self.keys
@@ -291,7 +306,7 @@ class Broker:
             args=[task.raw, self.node, *flat(missing)])
         return int(attempt), int(redeliveries), bool(kill), int(retries)
 
-    def finish(self, task: Task, outcome: str, fields: dict, retry_delay: float = 0,
+    def finish(self, task: Task, outcome: Outcome, fields: dict, retry_delay: float = 0,
                claim_next: int = 0) -> tuple[int, list[Claim]]:
         """Record an attempt's result: ``outcome`` 'done', 'failed' or 'retry'.
         -> (done, claims): done is 0 if the task was no longer ours (requeued

@@ -20,8 +20,8 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim
-from .command import Command, Result
+from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim, Outcome
+from .command import Command, Result, Stop
 from .log import OutputBudget
 from .outage import Outage, insist
 from .task import BadTask, Policy, Task, from_queue, locate
@@ -224,14 +224,14 @@ class Channel:
                 return None
             if kill:
                 log.info("%s: task %s canceled before it started: %s", what, task.id, label)
-                return self._finish(task, "done", {"status": "canceled"}, what)
+                return self._finish(task, Outcome.DONE, {"status": "canceled"}, what)
             if redeliveries > self.limits.max_redeliveries:
                 log.error("%s: task %s moved to the failed tasks: its node died %d times while "
                           "running it: %s", what, task.id, redeliveries, label)
-                return self._finish(task, "failed", {"status": "failed", "error": (
+                return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
                     f"its node died {redeliveries} times while running it")}, what)
             result = self._execute(task, policy, worker, attempt, label, what)
-            if result.stopped == "shutdown":   # it has not finished: it runs again later
+            if result.stopped == Stop.SHUTDOWN:   # it has not finished: it runs again later
                 insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
                         self.give_up)
                 log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
@@ -266,7 +266,7 @@ class Channel:
                                                   self.limits.kill_grace,
                                                   kill_group=policy.kill_group)
         if task.id in self.kill_wanted:
-            gevent.spawn(command.stop, "cancel")
+            gevent.spawn(command.stop, Stop.CANCEL)
         def on_start(pid: int) -> None:   # logged once running: the log line costs time
             log.info("%s: task %s started (attempt %d, pid %d): %s", what, task.id, attempt,
                      pid, label)
@@ -289,14 +289,14 @@ class Channel:
                   "stdout": result.stdout, "stderr": result.stderr}
         delay = 0.0
         if result.ok:
-            outcome, fields["status"] = "done", "succeeded"
-        elif result.stopped == "cancel":
-            outcome, fields["status"] = "done", "killed"
+            outcome, fields["status"] = Outcome.DONE, "succeeded"
+        elif result.stopped == Stop.CANCEL:
+            outcome, fields["status"] = Outcome.DONE, "killed"
         else:
-            fields["status"] = "timed_out" if result.stopped == "timeout" else "failed"
+            fields["status"] = "timed_out" if result.stopped == Stop.TIMEOUT else "failed"
             retry = retries < policy.retries and (
                 not policy.retry_on or result.exit_code in policy.retry_on)
-            outcome = "retry" if retry else "failed"
+            outcome = Outcome.RETRY if retry else Outcome.FAILED
             if retry:
                 delay = backoff(policy, retries)
                 log.info("%s: task %s retries in %.1fs (retry %d of %d): %s", what, task.id,
@@ -306,7 +306,7 @@ class Channel:
                             fields["status"], label)
         return self._finish(task, outcome, fields, what, delay)
 
-    def _finish(self, task: Task, outcome: str, fields: dict, what: str,
+    def _finish(self, task: Task, outcome: Outcome, fields: dict, what: str,
                 delay: float = 0.0) -> Claim | None:
         """Record the result; with it, claim this worker's next task (-> that claim)."""
         self._crash_if("before-ack")
@@ -339,12 +339,12 @@ class Channel:
         if command is None:
             self.kill_wanted.add(task_id)
         else:
-            gevent.spawn(command.stop, "cancel")
+            gevent.spawn(command.stop, Stop.CANCEL)
         return True
 
     def kill_running(self) -> None:
         """Shutdown ran out of time: end every running group; its worker requeues it."""
-        gevent.joinall([gevent.spawn(c.stop, "shutdown") for c in list(self.commands.values())])
+        gevent.joinall([gevent.spawn(c.stop, Stop.SHUTDOWN) for c in self.commands.values()])
 
 
 def printable(name: str, width: int = 80) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import errno
 import logging
 import os
@@ -41,13 +42,20 @@ TRANSIENT_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EN
                               errno.ENOBUFS))
 
 
+class Stop(enum.StrEnum):
+    """Why ``Command.stop`` ended a command."""
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"       # a caller killed its task
+    SHUTDOWN = "shutdown"   # the daemon is stopping: the task runs again later
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     exit_code: int | None      # None when ended by a signal
     signal: int | None = None
     duration: float = 0.0
     error: str = ""            # why it could not start
-    stopped: str = ""          # why ``stop`` ended it: timeout, cancel, shutdown
+    stopped: str = ""          # why ``stop`` ended it: a Stop, or
     stdout: str = ""           # the last bytes of each stream (see ``tail``)
     stderr: str = ""
     transient: bool = False    # it could not start for a reason that may pass (EMFILE...)
@@ -187,10 +195,10 @@ class Command:
             on_start(self.proc.pid)
         outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line),
                    Output(err_r, "stderr", self.tails["stderr"], self.on_line)]
-        timer = gevent.spawn_later(timeout, self.stop, "timeout") if timeout else None
+        timer = gevent.spawn_later(timeout, self.stop, Stop.TIMEOUT) if timeout else None
         code = self.proc.wait()
         duration = time.monotonic() - started
-        if timer is not None and self.stopped != "timeout":
+        if timer is not None and self.stopped != Stop.TIMEOUT:
             timer.kill(block=False)
         # TERM now, so that pipe holders let go; KILL, if needed, later. Not when
         # ``stop`` ended it: its own _end_group is at work
@@ -204,14 +212,14 @@ class Command:
             for o in outputs:
                 o.done.wait(1)
                 o.close()
-        if timer is not None and self.stopped == "timeout":
+        if timer is not None and self.stopped == Stop.TIMEOUT:
             timer.join(timeout=self.kill_grace + 1)   # its stop ends what is left of the group
         tails = {name: tail.text() for name, tail in self.tails.items()}
         if code < 0:
             return Result(None, -code, duration, stopped=self.stopped, **tails)
         return Result(code, None, duration, stopped=self.stopped, **tails)
 
-    def stop(self, reason: str = "shutdown", grace: float | None = None) -> None:
+    def stop(self, reason: Stop = Stop.SHUTDOWN, grace: float | None = None) -> None:
         """TERM the whole process group, then KILL what lingers past the grace time
         (at once if it is running, else as soon as ``run`` has started it)."""
         if not self.stopped and (self.proc is None or self.proc.returncode is None):

@@ -20,7 +20,7 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import Broker, ChannelSpec
+from .broker import Broker, ChannelSpec, Enqueued
 from .channel import Channel, Limits
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
@@ -208,22 +208,22 @@ class Scheduler:
                 refused.append(outcome)
             elif isinstance(outcome, Exception):
                 refused.append(self._reject(raw, f"internal error: {outcome!r}"))
-            elif outcome == 4:
+            elif outcome == Enqueued.NOT_OURS:
                 log.warning("prepare queue: %.200r went back to the queue while this node was "
                             "routing it (reaped); left to whoever takes it", raw)
-            elif outcome == 3:
+            elif outcome == Enqueued.ID_IN_USE:
                 refused.append(self._reject(raw, f"id {task.id!r} is in use by a task that "
                                                  "has not finished"))
-            elif outcome == 5:
+            elif outcome == Enqueued.FOREIGN_RECORD:
                 refused.append(self._reject(raw, f"id {task.id!r}: its record key "
                                                  f"{self.broker.keys.record(task.id)} holds "
                                                  "another type"))
-            elif outcome == 0:
+            elif outcome == Enqueued.REFUSED:
                 log.info("channel %s: task %s refused, already queued or running: %s",
                          task.channel, task.id, task.name)
             else:
                 log.debug("channel %s: task %s %s", task.channel, task.id,
-                          "delayed" if outcome == 2 else "queued")
+                          outcome.name.lower())
         return next((exc for exc in refused if exc is not None), None)
 
     def _push_many(self, pushes) -> list:
