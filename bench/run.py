@@ -1047,7 +1047,7 @@ def machine() -> list[str]:
     return [f"- CPU: {cpu}, {os.cpu_count()} cores",
             f"- RAM: {int(mem) / 1024 / 1024:.1f} GiB" if mem.isdigit() else "- RAM: ?",
             f"- Kernel: {platform.system()} {platform.release()}",
-            f"- Python: {platform.python_version()} ({sys.executable})",
+            f"- Python: {platform.python_version()} ({platform.python_implementation()})",
             f"- Redis: {run('redis-server', '--version')}",
             f"- wrk: {wrk_version}",
             ("- Wake-ups: CPU per round trip of one byte between two processes over "

@@ -84,9 +84,11 @@ return 1
 
 # Move up to ARGV[1] entries from one list to another (right to left), as
 # many LMOVEs in one round trip: the prepare queue into a node's staging list.
-TAKE = """
+TAKE = _TYPES + """
 -- KEYS[1] source list   KEYS[2] destination list
 -- ARGV[1] how many at most
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list')
+if bad then return bad end
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')

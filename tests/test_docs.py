@@ -141,10 +141,6 @@ def test_readme_is_short_and_keeps_the_two_commands(name):
     assert "make test" in text
 
 
-# bench/run.py writes its interpreter's path into the machine section ("Python:
-# 3.11.7 (/work/main/.bench/venv/bin/python)"). Strict: once the generator is
-# fixed and the report regenerated, this passes and the mark must go.
-@pytest.mark.xfail(strict=True, reason="bench/run.py writes sys.executable into BENCHMARKS.md")
 def test_benchmarks_name_no_machine_path():
     text = (ROOT / "docs" / "BENCHMARKS.md").read_text(encoding="utf-8")
     found = [line for line in text.splitlines() if any(p in line for p in MACHINE_PATHS)]

@@ -116,6 +116,9 @@ def test_a_record_key_of_another_type_parks_only_its_own_task(coyotes_factory, r
     for letter in letters(r):
         assert "task:record:taken" in letter["reason"] and "another type" in letter["reason"]
     assert r.get("task:record:taken") == "someone else's"   # not ours: left alone
+    code, env = daemon.request("POST", "/channels/default/tasks",
+                               {"task": "true over http", "id": "taken"})
+    assert code == 409 and "another type" in env["message"], env
     assert held(r) == {} and stranded(r) == {}
     assert "Traceback" not in daemon.log()
 

@@ -427,8 +427,6 @@ def test_take_refuses_wrong_types_and_changes_nothing(db):
     _take_spoiled(db)
 
 
-@pytest.mark.xfail(strict=True, reason="TAKE has no wrongtype() check: Redis's own "
-                   "WRONGTYPE error does not name the key (reported to the lead)")
 def test_take_refusal_names_the_key(db):
     for key, error in _take_spoiled(db):
         assert error == f"WRONGTYPE {key} holds a string, not a list"
