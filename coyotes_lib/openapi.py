@@ -9,8 +9,9 @@ Every reply is the Go daemon's envelope; its ``status_code`` is the HTTP status.
 from __future__ import annotations
 
 from . import __version__
-from .api import MAX_DELAY, MAX_LIMIT, MAX_OFFSET
 from .config import CHANNEL_NAME
+from .replies import MAX_LIMIT, MAX_OFFSET
+from .routes import MAX_DELAY
 from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
 
 DEFAULT_SERVER = "http://127.0.0.1:60001"

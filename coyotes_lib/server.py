@@ -31,8 +31,8 @@ import gevent
 import gevent.pool
 from gevent import pywsgi
 
-from .api import envelope
 from .config import Config, is_ip, is_loopback
+from .replies import envelope
 
 log = logging.getLogger("coyotes.http")
 

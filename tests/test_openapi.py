@@ -31,12 +31,13 @@ from schemathesis.engine import Status, events
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from coyotes_lib import __version__
-from coyotes_lib.api import envelope, make_app, record_view
+from coyotes_lib.api import make_app
 from coyotes_lib.broker import Broker
 from coyotes_lib.config import Config
 from coyotes_lib.connection import connect
 from coyotes_lib.keys import Keys
 from coyotes_lib.openapi import DEFAULT_SERVER, document
+from coyotes_lib.replies import envelope, record_view
 
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_schema_conformance", "unsupported_method", "allow_header_conformance")

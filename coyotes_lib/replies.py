@@ -1,0 +1,160 @@
+"""Requests and replies of the HTTP API: the Go daemon's JSON envelope, errors as
+responses, bodies read alike from forms and JSON, pages, and how tasks and
+records are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import bottle
+
+from .task import POLICY_LIMITS, BadTask, from_queue, locate, parse_json
+
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**32 - 1   # Redis's longest list
+
+
+def envelope(status: int, message: str, data=None) -> str:
+    text = json.dumps({"status_code": status, "message": message, "data": data},
+                      ensure_ascii=False)
+    return text if text.isascii() else utf8_safe(text)
+
+
+def utf8_safe(text: str) -> str:
+    """Bytes that were not UTF-8 in Redis (surrogate escapes) become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:   # a lone surrogate from a JSON escape
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def fail(status: int, message: str) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(envelope(status, message), status,
+                               {"Content-Type": "application/json; charset=utf-8"})
+
+
+def ok(data=None) -> str:
+    bottle.response.content_type = "application/json; charset=utf-8"
+    return envelope(200, "ok", data)
+
+
+def describe(raw: str, channel: str, status: str) -> dict:
+    """A task in a listing: the Go fields, plus ours where known."""
+    try:
+        task = from_queue(raw, channel)
+    except Exception as exc:   # shown as it is; it goes to the dead-letter list when claimed
+        return {"task_name": raw, "channel": channel, "status": status,
+                "task_id": locate(raw)[1], "error": str(exc)}
+    item = {"task_name": task.name, "channel": channel, "status": status,
+            "task_id": task.id, "command": {"name": task.argv[0], "args": list(task.argv[1:])}}
+    if task.payload.get("execute_at"):
+        item["execute_at"] = task.payload["execute_at"]
+    return item
+
+
+RECORD_NUMBERS = {"attempt": int, "redeliveries": int, "retry_count": int, "exit_code": int,
+                  "signal": int, "timeout": float, "retries": int, "duration": float,
+                  "queued_at": float, "started_at": float, "finished_at": float,
+                  "failed_at": float, "retry_at": float, "execute_at": float}
+
+
+def record_view(record: dict) -> dict:
+    """A task record as the API shows it: typed fields, argv as a list, no raw entry."""
+    view = {}
+    for key, value in record.items():
+        if key in ("raw", "kill_requested", "parked"):
+            continue
+        if key in RECORD_NUMBERS:
+            try:
+                number = float(value)
+                # inf and nan stay text: int() refuses them, and JSON has no word for them
+                if math.isfinite(number):
+                    value = RECORD_NUMBERS[key](number)
+            except ValueError:
+                pass
+        elif key == "argv":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        view[key] = value
+    if "id" in view:
+        view["task_id"] = view["id"]
+    return view
+
+
+class Body:
+    """Fields of a form or JSON body, read the same way."""
+
+    def __init__(self, request: bottle.BaseRequest):
+        self.json = None
+        if (request.content_type or "").startswith("application/json"):
+            try:
+                self.json = parse_json(request.body.read() or b"{}")
+            except BadTask as exc:
+                raise fail(400, f"body: {exc}") from None
+            if not isinstance(self.json, dict):
+                raise fail(400, "JSON body must be an object")
+        else:
+            try:
+                self.forms = request.forms.decode("utf-8")
+                self.query = request.query.decode("utf-8")
+            except UnicodeError:
+                raise fail(400, "form fields must be UTF-8") from None
+            except ValueError as exc:   # bottle's parser refusing a part's headers
+                raise fail(400, f"form body is malformed: {exc}") from None
+
+    def get(self, name: str, default=None):
+        if self.json is not None:
+            return self.json.get(name, default)
+        value = self.forms.get(name)
+        return value if value is not None else self.query.get(name, default)
+
+    def get_list(self, name: str) -> list:
+        if self.json is not None:
+            # only null is "none": a 0 or {} is a value (to use, or to refuse), not nothing
+            value = self.json.get(name)
+            return [] if value is None else value if isinstance(value, list) else [value]
+        for fields in (self.forms, self.query):   # the query as well, as get() reads it
+            values = fields.getall(name) or fields.getall(name + "[]")
+            if not values:  # PHP's http_build_query: args[0]=..&args[1]=..
+                indexed = [(k, v) for k, v in fields.allitems() if k.startswith(name + "[")]
+                values = [v for _, v in sorted(indexed, key=lambda kv: _index(kv[0]))]
+            if values:
+                return values
+        return []
+
+    def policy(self) -> dict:
+        """The policy keys given (timeout, retries, ...), not yet validated."""
+        given = {key: self.get(key) for key in POLICY_LIMITS if self.get(key) not in (None, "")}
+        # exit codes: repeated, PHP's retry_on[] or retry_on[0], a JSON list, or "1,75"
+        codes = [code for value in self.get_list("retry_on")
+                 for code in (value.split(",") if isinstance(value, str) else [value])]
+        if "retry_on" in given or any(str(code).strip() for code in codes):
+            given["retry_on"] = codes
+        return given
+
+
+def whole(value) -> int:
+    """An integer field: an int, a float without a fraction, or its text."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _index(key: str) -> int:
+    inner = key[key.index("[") + 1:-1]
+    return int(inner) if inner.isdigit() else 0
+
+
+def page_args() -> tuple[int, int]:
+    try:
+        limit = int(bottle.request.query.get("limit", 100))
+        offset = int(bottle.request.query.get("offset", 0))
+    except ValueError:
+        raise fail(400, "limit and offset must be integers") from None
+    if not 0 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise fail(400, f"limit must be 0..{MAX_LIMIT} and offset 0..{MAX_OFFSET}")
+    return offset, limit

@@ -1,0 +1,297 @@
+"""The API's routes, grouped by resource: service, channels, tasks, failed tasks,
+delayed tasks, dead letters. Each route is a function of the shared ``Api``
+(the broker, the config, the node's hooks and a short cache of channel
+settings) and of its URL's parts; ``api.make_app`` mounts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import bottle
+
+from . import __version__
+from .broker import Broker, ChannelSpec, Enqueued
+from .config import CHANNEL_NAME, Config
+from .replies import Body, describe, fail, ok, page_args, record_view, whole
+from .task import BadTask, Policy, build, locate
+
+log = logging.getLogger("coyotes.api")
+
+SPEC_TTL = 2.0   # seconds a channel's settings are reused between requests
+MAX_DELAY = 366 * 86400
+
+
+class Api:
+    """What every route needs: the broker, the config, the node's hooks
+    (``on_channel_added()`` starts a new channel now, ``not_ready()`` says why the
+    node is not ready, '' once it is) and channel settings read lately."""
+
+    def __init__(self, broker: Broker, config: Config, on_channel_added=None,
+                 not_ready=None):
+        self.broker, self.config = broker, config
+        self.on_channel_added, self.not_ready = on_channel_added, not_ready
+        self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
+
+    def spec_of(self, name: str) -> ChannelSpec:
+        """A channel's settings, read again from Redis when older than SPEC_TTL
+        (changed settings apply within that time)."""
+        cached = self.known.get(name)
+        if cached is not None and time.monotonic() - cached[0] < SPEC_TTL:
+            return cached[1]
+        spec = self.broker.channel(name)
+        if spec is None:
+            raise fail(404, f"channel {name!r} does not exist")
+        self.known[name] = (time.monotonic(), spec)
+        return spec
+
+    def listing(self, name: str) -> dict:
+        offset, limit = page_args()
+        entries, count = self.broker.channel_tasks(name, offset, limit)
+        return {"tasks": [describe(raw, name, status) for raw, status in entries],
+                "count": count}
+
+    def cancel(self, task_id: str, channel: str | None = None) -> str:
+        broker = self.broker
+        record = broker.record(task_id)
+        if channel is not None and record is not None and record.get("channel") != channel:
+            raise fail(404, f"task {task_id!r} is not in channel {channel!r}")
+        # a Go plain-string entry has no record: look for it in the queue(s)
+        outcome = broker.cancel(task_id, [channel] if channel else sorted(broker.channels()))
+        if outcome == "unknown":
+            raise fail(404, f"task {task_id!r} is unknown (or its record expired)")
+        if outcome == "finished":
+            raise fail(409, f"task {task_id!r} has finished already")
+        log.info("task %s: %s via HTTP", task_id,
+                 "canceled" if outcome == "canceled" else "kill requested")
+        return ok({"task_id": task_id, "status": outcome})
+
+
+# -- service ------------------------------------------------------------------
+def health(api: Api):
+    reason = api.not_ready() if api.not_ready else ""
+    if reason:
+        raise fail(503, reason)
+    api.broker.ping()   # unreachable: 503, as every route answers then
+    return ok({"node": api.broker.node, "ready": True})
+
+
+def home(api: Api):
+    return ok({"name": "coyotes", "version": __version__, "node": api.broker.node,
+               "task_mode": api.config.task_mode})
+
+
+def openapi(api: Api):
+    # imported here: the document is needed by few and costs memory in every daemon
+    from .openapi import document
+    parts = bottle.request.urlparts   # the address this client reached us at
+    bottle.response.content_type = "application/json; charset=utf-8"
+    return json.dumps(document(f"{parts.scheme}://{parts.netloc}"))
+
+
+# -- channels -----------------------------------------------------------------
+def channels(api: Api):
+    return ok({name: api.listing(name) for name in sorted(api.broker.channels())})
+
+
+def channel(api: Api, name):
+    api.spec_of(name)
+    return ok(api.listing(name))
+
+
+def push_task(api: Api, name):
+    return ok(push(api, name, Body(bottle.request), with_command=False))
+
+
+def push_task_v2(api: Api, name):
+    return ok(push(api, name, Body(bottle.request), with_command=True))
+
+
+def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
+    broker = api.broker
+    spec = api.spec_of(name)
+    name_field = body.get("task") or ""
+    command = None
+    if with_command and body.get("command"):
+        command = body.get("command")
+        if isinstance(command, str):
+            command = {"name": command, "args": body.get_list("args")}
+    task_id = body.get("id") if with_command else ""
+    if isinstance(task_id, bool) or not isinstance(task_id, (str, int, float, type(None))):
+        raise fail(400, "id must be a string")   # not a Python repr such as 'True' or '[]'
+    execute_at = None
+    delay = body.get("delay") if with_command else None
+    if delay not in (None, "", 0, "0"):
+        try:
+            if isinstance(delay, bool):
+                raise TypeError
+            delay = float(delay)
+        except (TypeError, ValueError):
+            raise fail(400, "delay must be a number of seconds") from None
+        if not 0 <= delay <= MAX_DELAY:
+            raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
+        execute_at = broker.now() + delay
+    policy = body.policy() if with_command else {}
+    try:
+        task = build(name, name_field, command, task_id, execute_at, policy)
+    except BadTask as exc:
+        raise fail(400, str(exc)) from None
+    result = broker.push(task, spec.distinct)
+    if result == Enqueued.ID_IN_USE:
+        raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
+    if result == Enqueued.FOREIGN_RECORD:
+        raise fail(409, f"task id {task.id!r}: its record key holds another type")
+    refused = result == Enqueued.REFUSED
+    # like the prepare queue: a refusal is news, a queued task is logged when it runs
+    log.log(logging.INFO if refused else logging.DEBUG, "channel %s: task %s %s via "
+            "HTTP: %s", name, task.id, "refused (distinct)" if refused
+            else result.name.lower(), task.name)
+    return {"task_id": task.id, "task_name": task.name, "result": not refused}
+
+
+def add_channel(api: Api):
+    broker, config = api.broker, api.config
+    body = Body(bottle.request)
+    name = str(body.get("name") or "")
+    if not CHANNEL_NAME.match(name):
+        raise fail(400, "name must be 1-64 letters, digits, '_', '-' or '.'")
+    distinct = body.get("distinct")
+    distinct = "false" if distinct is None else str(distinct).lower()
+    if distinct not in ("true", "false", "1", "0"):
+        raise fail(400, "distinct must be true or false")
+    worker = body.get("worker")
+    try:
+        worker = config.concurrent if worker in (None, "") else whole(worker)
+    except (TypeError, ValueError, OverflowError):   # JSON's 1e400 is infinity
+        raise fail(400, "worker must be an integer") from None
+    if not 1 <= worker <= 1000:
+        raise fail(400, "worker must be 1..1000")
+    spec = ChannelSpec(name, distinct in ("true", "1"), worker, policy_fields(body))
+    if not broker.add_channel(spec):
+        raise fail(409, f"channel {name!r} already exists")
+    log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
+    if api.on_channel_added:
+        api.on_channel_added()
+    return ok(None)
+
+def policy_fields(body: Body) -> Policy:
+    try:
+        return Policy().merge(body.policy())
+    except BadTask as exc:
+        raise fail(400, str(exc)) from None
+
+
+# -- tasks --------------------------------------------------------------------
+def record_of(api: Api, task_id: str) -> dict:
+    record = api.broker.record(task_id)
+    if record is None:
+        raise fail(404, f"task {task_id!r} is unknown (or its record expired)")
+    return record_view(record)
+
+
+def get_task(api: Api, task_id):
+    return ok(record_of(api, task_id))
+
+
+def delete_task(api: Api, task_id):
+    return api.cancel(task_id)
+
+
+def delete_channel_task(api: Api, name, task_id):
+    api.spec_of(name)
+    return api.cancel(task_id, name)
+
+
+# -- failed tasks ---------------------------------------------------------------
+def failed_item(chan: str, raw: str, record: dict | None) -> dict:
+    item = describe(raw, chan, "failed")
+    view = record_view(record or {})
+    for key in ("exit_code", "signal", "error", "failed_at", "attempt", "retry_count",
+                "redeliveries", "status", "stdout", "stderr"):
+        if key in view:
+            item[key] = view[key]
+    return item
+
+
+def failed_tasks(api: Api, name):
+    broker = api.broker
+    api.spec_of(name)
+    offset, limit = page_args()
+    entries, count = broker.failed_tasks(name, offset, limit)
+    records = broker.records([describe(raw, name, "failed")["task_id"] for raw in entries])
+    return ok({"tasks": [failed_item(name, raw, rec) for raw, rec in zip(entries, records,
+                                                                          strict=True)],
+               "count": count})
+
+def failed_task(api: Api, name, task_id):
+    broker = api.broker
+    api.spec_of(name)
+    raw = broker.failed_task(name, task_id)
+    if raw is None:
+        raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
+    return ok(failed_item(name, raw, broker.record(task_id)))
+
+def unfail_task(api: Api, name, task_id):
+    broker = api.broker
+    spec = api.spec_of(name)
+    retry = bottle.request.method == "POST"
+    if not broker.unfail(name, task_id, retry, spec.distinct):
+        raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
+    log.info("channel %s: failed task %s %s via HTTP", name, task_id,
+             "retried" if retry else "deleted")
+    return ok({"task_id": task_id, "result": True})
+
+def unfail_all(api: Api, name):
+    broker = api.broker
+    spec = api.spec_of(name)
+    retry = bottle.request.method == "POST"
+    done, now = 0, broker.now()
+    # those that failed before this call: one retried now and failing again is not
+    # taken twice (it is scored later)
+    while ids := broker.failed_ids(name, now):
+        done += sum(broker.unfail(name, task_id, retry, spec.distinct) for task_id in ids)
+    log.info("channel %s: %d failed task(s) %s via HTTP", name, done,
+             "retried" if retry else "deleted")
+    return ok({"count": done})
+
+
+# -- delayed tasks --------------------------------------------------------------
+def delayed_item(raw: str, due: float) -> dict:
+    item = describe(raw, locate(raw)[0], "delayed")
+    item["execute_at"] = due
+    return item
+
+
+def delay_tasks(api: Api):
+    broker = api.broker
+    offset, limit = page_args()
+    entries, count = broker.delayed_tasks(offset, limit)
+    return ok({"tasks": [delayed_item(raw, due) for raw, due in entries], "count": count})
+
+def delay_task(api: Api, task_id):
+    broker = api.broker
+    found = broker.delayed_task(task_id)
+    if found is None:
+        raise fail(404, f"task {task_id!r} is not delayed")
+    return ok(delayed_item(*found))
+
+def delete_delay_task(api: Api, task_id):
+    if api.broker.delayed_task(task_id) is None:
+        raise fail(404, f"task {task_id!r} is not delayed")
+    return api.cancel(task_id)
+
+
+# -- dead letters ---------------------------------------------------------------
+def dead_letters(api: Api):
+    broker = api.broker
+    offset, limit = page_args()
+    entries, count, trimmed = broker.dead_letters(offset, limit)
+    items = []
+    for entry in entries:
+        try:
+            items.append(json.loads(entry))
+        except ValueError:
+            items.append({"entry": entry})
+    return ok({"entries": items, "count": count, "trimmed": trimmed})
