@@ -32,8 +32,8 @@ from .runners import Process
 
 MAX_LINE = 64 * 1024   # bytes; a longer line is cut into pieces
 CHUNK = 16 * 1024      # bytes of output read per turn of the loop
-# gevent's os.close first looks for watchers of the fd to cancel (3% of the
-# daemon's time per task); ours are all stopped before their fd is closed
+# gevent's os.close first looks for watchers of the fd to cancel; ours are all
+# stopped before their fd is closed
 close_fd = get_original("os", "close")
 log = logging.getLogger("coyotes.command")
 PIPE_LINGER = 2.0      # seconds to keep reading after exit (background children may hold the pipes)

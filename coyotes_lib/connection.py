@@ -69,7 +69,7 @@ class Connection(redis.Connection):
     """redis-py checks each connection it takes from the pool for unread data
     with ``select.poll`` and a zero timeout. Under gevent's patching that poll
     waits for a turn of the hub (a loop iteration and a timer) before it answers,
-    once per command: a fifth of the daemon's time per task. The unpatched poll
+    once per command. The unpatched poll
     answers at once; when it sees something (data, or a closed socket) redis-py's
     own check decides."""
 
@@ -117,8 +117,7 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
         health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
         socket_read_size=READ_SIZE,
         # one connection per channel waits in BLMOVE at any time, plus those of
-        # workers and API requests: no small cap (redis-py's default of 100 refused
-        # the 97th channel)
+        # workers and API requests: no small cap such as redis-py's default of 100
         max_connections=MAX_CONNECTIONS, connection_class=Connection)
     return redis.Redis(connection_pool=pool)
 
@@ -194,10 +193,10 @@ class Lean:
     def round_trip(self, commands: list[tuple]) -> list:
         """Send commands together on one connection and read every reply (an error
         reply in its place): what a redis-py pipeline does, without its command
-        stack, callbacks and reset, a quarter of its cost on the per-task path.
+        stack, callbacks and reset.
         The connection comes from a list of our own rather than from the pool, whose
-        checks, locks and metrics on each take and return cost a twentieth of the
-        daemon's time per task: a connection goes back to that list only with
+        checks, locks and metrics cost time on each take and return: a connection
+        goes back to that list only with
         every reply read, or closed (an error, or a greenlet killed mid-reply), so
         the one check it needs when taken again is for a server that closed it.
         A forked child drops the list (see ``__init__``)."""

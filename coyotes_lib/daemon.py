@@ -49,7 +49,7 @@ def daemonize() -> None:
 
 def release_memory(stop: gevent.event.Event, every: float = TRIM_EVERY) -> None:
     """Give the memory malloc holds free back to the system: after start-up (imports
-    leave about 1.3 MB of it) and then now and then (glibc only)."""
+    leave some) and then now and then (glibc only)."""
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     while trim is not None:
         trim(0)
@@ -109,7 +109,7 @@ def run(config) -> int:
 
     if is_ip(config.redis_host) and is_ip(config.http_host):
         # nothing to look up: addresses resolve in place, at once, instead of in
-        # gevent's resolver thread (a thread and its modules, about 0.3 MB for good)
+        # gevent's resolver thread (a thread and its modules, kept for good)
         gevent.config.resolver = "block"
     try:
         client = connect(config.redis_host, config.redis_port, config.redis_password,

@@ -137,7 +137,7 @@ class Formatter(logging.Formatter):
 
 def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None:
     # records skip what our format never shows (logging's documented optimisations:
-    # the caller's frame, thread and process names), a third of a line's cost
+    # the caller's frame, thread and process names)
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # a command line or output that is not UTF-8 is logged escaped, never an error
@@ -146,7 +146,7 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None
     handler.setFormatter(Formatter(colour and not log_file))
     # logging locks the handler twice a line (emit, flush); under gevent's patching
     # that is a lock written in Python. Writing a line never yields to another
-    # greenlet, so the thread's own lock is enough, at a tenth of the cost
+    # greenlet, so the thread's own, much cheaper, lock is enough
     handler.lock = get_original("_thread", "RLock")()
     root = logging.getLogger("coyotes")
     root.handlers[:] = [handler]

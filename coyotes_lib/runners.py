@@ -55,12 +55,12 @@ class Spawner:
     thread of its own through ctypes.
 
     posix_spawn is vfork-like: no copy of this interpreter and no Python in the
-    child before exec, about 5x faster than fork+exec from Python. But the thread
-    that calls it waits until the child has exec'ed, and on a busy machine (the
-    child queued behind other work on the other CPU) that wait was half of the
-    daemon's time per task. ctypes lets go of the GIL during the call, so the hub
-    goes on meanwhile. The plain ``posix_spawnp`` is used, not gevent's wrapper,
-    which files every child in a table that each SIGCHLD scans.
+    child before exec, much faster than fork+exec from Python. But the thread
+    that calls it waits until the child has exec'ed, which takes long on a busy
+    machine (the child queued behind other work on the other CPU). ctypes lets go
+    of the GIL during the call, so the hub goes on meanwhile. The plain
+    ``posix_spawnp`` is used, not gevent's wrapper, which files every child in a
+    table that each SIGCHLD scans.
 
     When nothing else runs (an idle daemon), the call is made right here: no
     hand-over to wait for. Exits are seen by one libev child watcher for every

@@ -226,8 +226,8 @@ class Server(pywsgi.WSGIServer):
     when accept() fails for want of descriptors.
 
     TCP_NODELAY on every connection: gevent writes a reply's headers and body
-    separately, and without it a keep-alive client waits for the delayed ACK (~40 ms)
-    on every request (about 450 requests/s instead of thousands)."""
+    separately, and without it a keep-alive client waits for the delayed ACK on every
+    request."""
 
     handler_class = Handler
     burst_gap = 10.0   # seconds without a failed accept() that end a burst of them
