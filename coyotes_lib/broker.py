@@ -23,11 +23,13 @@ import logging
 import os
 import socket
 import time
+import typing
 import uuid
 
 import redis
 
 from . import scripts
+from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean
 from .keys import Keys
 from .task import Policy, Task, legacy_id
@@ -37,7 +39,6 @@ log = logging.getLogger("coyotes.broker")
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 DEAD_ENTRY_MAX = 16 * 1024   # characters of an entry a dead letter keeps (with length and hash)
-DEAD_LETTERS_MAX = 10_000    # entries the dead-letter list keeps by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,19 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"     # into the delayed set for another attempt
 
 
-Started = tuple[int, int, bool, int]   # attempt, redeliveries, kill requested, retries
+class Started(typing.NamedTuple):
+    """What starting a claimed task found in its record."""
+    attempt: int        # this attempt's number; 0 = no longer ours, FOREIGN_RECORD
+    redeliveries: int   # times its node died under it
+    kill: bool          # a caller asked to kill it before it started
+    retries: int        # retries so far
+
+    @classmethod
+    def of(cls, reply) -> Started:
+        attempt, redeliveries, kill, retries = reply
+        return cls(int(attempt), int(redeliveries), bool(kill), int(retries))
+
+
 # the attempt of a Started when the task's record key holds another type: not started
 FOREIGN_RECORD = -1
 
@@ -93,8 +106,9 @@ def flat(fields: dict) -> list:
 
 
 class Broker:
-    def __init__(self, client: redis.Redis, keys: Keys, node_id: str, node_ttl: int = 30,
-                 record_ttl: int = 7 * 86400, dead_max: int = DEAD_LETTERS_MAX,
+    def __init__(self, client: redis.Redis, keys: Keys, node_id: str,
+                 node_ttl: int = Config.node_ttl, record_ttl: int = Config.result_ttl,
+                 dead_max: int = Config.dead_letters_max,
                  spare_max: int = MAX_CONNECTIONS):
         self.redis, self.keys, self.node = client, keys, node_id
         self.node_ttl = node_ttl
@@ -290,9 +304,8 @@ class Broker:
     @staticmethod
     def _claims(replies) -> list[Claim]:
         claims = []
-        for raw, task_id, attempt, redeliveries, kill, retries in replies:
-            started = (int(attempt), int(redeliveries), bool(kill), int(retries))
-            claims.append(Claim(raw, task_id, started) if task_id else Claim(raw))
+        for raw, task_id, *started in replies:
+            claims.append(Claim(raw, task_id, Started.of(started)) if task_id else Claim(raw))
         return claims
 
     def start(self, task: Task) -> Started:
@@ -300,11 +313,10 @@ class Broker:
         k = self.keys
         missing = {"id": task.id, "channel": task.channel, "task_name": task.name,
                    "argv": list(task.argv), "raw": task.raw, "retry_count": 0}
-        attempt, redeliveries, kill, retries = self._start(
+        return Started.of(self._start(
             keys=[k.running(task.channel), k.record(task.id),
                   k.processing(self.node, task.channel)],
-            args=[task.raw, self.node, *flat(missing)])
-        return int(attempt), int(redeliveries), bool(kill), int(retries)
+            args=[task.raw, self.node, *flat(missing)]))
 
     def finish(self, task: Task, outcome: Outcome, fields: dict, retry_delay: float = 0,
                claim_next: int = 0) -> tuple[int, list[Claim]]:

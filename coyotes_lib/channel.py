@@ -22,6 +22,7 @@ import redis
 
 from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim, Outcome
 from .command import Command, Result, Stop
+from .config import Config
 from .log import OutputBudget
 from .outage import Outage, insist
 from .task import BadTask, Policy, Task, from_queue, locate
@@ -29,17 +30,16 @@ from .task import BadTask, Policy, Task, from_queue, locate
 log = logging.getLogger("coyotes.channel")
 output = logging.getLogger("coyotes.output")
 
-KILL_GRACE = 5.0        # seconds between TERM and KILL of a group
 TRANSIENT_PAUSE = 1.0   # seconds before a command that could not start is requeued
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Node-wide settings every channel applies (from the command line)."""
-    output_tail: int = 64 * 1024
-    kill_grace: float = KILL_GRACE
-    log_output_max: int = 1 << 20
-    max_redeliveries: int = 3
+    output_tail: int = Config.output_tail
+    kill_grace: float = Config.kill_grace
+    log_output_max: int = Config.log_output_max
+    max_redeliveries: int = Config.max_redeliveries
     crash_at: str = ""   # test hook (COYOTES_CRASH_AT): os._exit at that point
 
 

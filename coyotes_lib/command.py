@@ -28,6 +28,7 @@ import gevent
 import gevent.event
 from gevent.monkey import get_original
 
+from .config import Config
 from .runners import Process
 
 MAX_LINE = 64 * 1024   # bytes; a longer line is cut into pieces
@@ -157,8 +158,8 @@ class Command:
     does not hold the output pipes outlives the task. A child that calls setsid
     or setpgid has left the group and escapes either way."""
 
-    def __init__(self, argv, on_line, runner, tail: int = 64 * 1024,
-                 kill_grace: float = 5.0, env=None, kill_group: bool = True):
+    def __init__(self, argv, on_line, runner, tail: int = Config.output_tail,
+                 kill_grace: float = Config.kill_grace, env=None, kill_group: bool = True):
         self.argv, self.on_line, self.env = list(argv), on_line, env
         self.kill_grace, self.kill_group = kill_grace, kill_group
         self.start = runner.start
