@@ -77,6 +77,7 @@ def raise_fd_limit() -> int:
 
 
 def run(config) -> int:
+    """The whole daemon: 0 after a graceful stop, 1 when it cannot start."""
     if config.daemonize:
         daemonize()
     logsetup.setup(config.colorful_tty, config.debug, config.log_file)
@@ -85,20 +86,13 @@ def run(config) -> int:
     log.info("coyotes starting: node %s, redis %s:%d db %d, http %s:%d, task mode %s",
              config.node_id, config.redis_host, config.redis_port, config.redis_db,
              config.http_host, config.http_port, config.task_mode)
-
     fd_limit = raise_fd_limit()
-    cap = connection_cap(config.http_max_connections, fd_limit)
-    if cap < config.http_max_connections:
-        log.info("http: at most %d connections at once (a third of the file descriptor "
-                 "limit; -http-max-connections is %d)", cap, config.http_max_connections)
-
     pidfile = PidFile(config.pidfile)
     try:
         pidfile.acquire()
     except (PidFileError, OSError) as exc:
         log.error("%s", exc)
         return 1
-
     stop, force = gevent.event.Event(), gevent.event.Event()
 
     def on_signal(signum: int) -> None:
@@ -106,57 +100,63 @@ def run(config) -> int:
 
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_signal, sig)
-
     if is_ip(config.redis_host) and is_ip(config.http_host):
         # nothing to look up: addresses resolve in place, at once, instead of in
         # gevent's resolver thread (a thread and its modules, kept for good)
         gevent.config.resolver = "block"
     try:
-        client = connect(config.redis_host, config.redis_port, config.redis_password,
-                         config.redis_db)
-        broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
-                        config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
-        scheduler = Scheduler(broker, config, stop)
-        defaults_made = gevent.event.Event()   # API only: the default channels exist
-
-        def not_ready() -> str:
-            if config.task_mode:
-                return scheduler.not_ready()
-            return "" if defaults_made.is_set() else "starting: creating the default channels"
-
-        app = make_app(broker, config, scheduler.sync if config.task_mode else None, not_ready)
-        server = make_server(app, config, cap)
-        try:
-            server.start()
-        except OSError as exc:
-            log.error("http: cannot listen on %s:%d: %s", config.http_host, config.http_port,
-                      exc.strerror or exc)
-            return 1
-        log.info("http: API listening on http://%s:%d", config.http_host, config.http_port)
-        if config.task_mode:
-            try:
-                scheduler.start()   # waits for redis, with backoff
-            except NodeConflict as exc:
-                log.error("%s", exc)
-                server.stop(timeout=1)
-                return 1
-            if not stop.is_set():
-                log.info("coyotes ready: %d channel(s): %s", len(scheduler.channels),
-                         ", ".join(sorted(scheduler.channels)))
-        else:
-            scheduler.give_up.set()
-            gevent.spawn(insist, "start-up", lambda: (scheduler.ensure_default_channels(),
-                                                      defaults_made.set()), stop)
-            log.info("task mode off: serving the API only, consuming nothing")
-        gevent.spawn(release_memory, stop)   # ends with the stop signal
-        stop.wait()
-        log.info("shutdown: signal received; no new tasks are claimed "
-                 "(a second signal kills and requeues running ones)")
-        clean = True
-        if config.task_mode:
-            clean = scheduler.drain(config.grace, force)
-        server.stop(timeout=1)
-        log.info("coyotes stopped%s", "" if clean else " (unfinished tasks were requeued)")
-        return 0
+        return serve(config, fd_limit, stop, force)
     finally:
         pidfile.release()
+
+
+def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.Event) -> int:
+    """Serve the API and run the channels until ``stop``, then drain."""
+    cap = connection_cap(config.http_max_connections, fd_limit)
+    if cap < config.http_max_connections:
+        log.info("http: at most %d connections at once (a third of the file descriptor "
+                 "limit; -http-max-connections is %d)", cap, config.http_max_connections)
+    client = connect(config.redis_host, config.redis_port, config.redis_password,
+                     config.redis_db)
+    broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
+                    config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
+    scheduler = Scheduler(broker, config, stop)
+    defaults_made = gevent.event.Event()   # API only: the default channels exist
+
+    def not_ready() -> str:
+        if config.task_mode:
+            return scheduler.not_ready()
+        return "" if defaults_made.is_set() else "starting: creating the default channels"
+
+    app = make_app(broker, config, scheduler.sync if config.task_mode else None, not_ready)
+    server = make_server(app, config, cap)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("http: cannot listen on %s:%d: %s", config.http_host, config.http_port,
+                  exc.strerror or exc)
+        return 1
+    log.info("http: API listening on http://%s:%d", config.http_host, config.http_port)
+    if config.task_mode:
+        try:
+            scheduler.start()   # waits for redis, with backoff
+        except NodeConflict as exc:
+            log.error("%s", exc)
+            server.stop(timeout=1)
+            return 1
+        if not stop.is_set():
+            log.info("coyotes ready: %d channel(s): %s", len(scheduler.channels),
+                     ", ".join(sorted(scheduler.channels)))
+    else:
+        scheduler.give_up.set()
+        gevent.spawn(insist, "start-up", lambda: (scheduler.ensure_default_channels(),
+                                                  defaults_made.set()), stop)
+        log.info("task mode off: serving the API only, consuming nothing")
+    gevent.spawn(release_memory, stop)   # ends with the stop signal
+    stop.wait()
+    log.info("shutdown: signal received; no new tasks are claimed "
+             "(a second signal kills and requeues running ones)")
+    clean = scheduler.drain(config.grace, force) if config.task_mode else True
+    server.stop(timeout=1)
+    log.info("coyotes stopped%s", "" if clean else " (unfinished tasks were requeued)")
+    return 0
