@@ -14,16 +14,13 @@ and the round trips they take in ``connection.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import enum
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
-import typing
 import uuid
 
 import redis
@@ -32,6 +29,7 @@ from . import scripts
 from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean
 from .keys import Keys
+from .model import ChannelSpec, Claim, Enqueued, Outcome, Started
 from .task import Policy, Task, legacy_id
 
 log = logging.getLogger("coyotes.broker")
@@ -39,61 +37,6 @@ log = logging.getLogger("coyotes.broker")
 DISTINCT_TTL = 1800  # seconds; a safety net, the flag is cleared when the task ends
 GO_TIME_FLOOR = 1e13  # a delayed score this large is Go's YYYYmmddHHMMSS, not unix time
 DEAD_ENTRY_MAX = 16 * 1024   # characters of an entry a dead letter keeps (with length and hash)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChannelSpec:
-    name: str
-    distinct: bool
-    worker_count: int
-    policy: Policy = dataclasses.field(default_factory=Policy)
-
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "distinct": self.distinct,
-                           "worker_count": self.worker_count, **self.policy.to_dict()})
-
-
-class Enqueued(enum.IntEnum):
-    """What ENQUEUE did with a task (its return code)."""
-    REFUSED = 0         # the distinct rule: the same command is queued or running
-    QUEUED = 1
-    DELAYED = 2
-    ID_IN_USE = 3       # by a task that has not finished, or one kept among the failed
-    NOT_OURS = 4        # the staged entry went back to the queue (this node was reaped)
-    FOREIGN_RECORD = 5  # the id's record key holds another type: nothing done
-
-
-class Outcome(enum.StrEnum):
-    """How FINISH records an attempt."""
-    DONE = "done"       # final; the record expires after the record TTL
-    FAILED = "failed"   # final, kept in the channel's failed tasks
-    RETRY = "retry"     # into the delayed set for another attempt
-
-
-class Started(typing.NamedTuple):
-    """What starting a claimed task found in its record."""
-    attempt: int        # this attempt's number; 0 = no longer ours, FOREIGN_RECORD
-    redeliveries: int   # times its node died under it
-    kill: bool          # a caller asked to kill it before it started
-    retries: int        # retries so far
-
-    @classmethod
-    def of(cls, reply) -> Started:
-        attempt, redeliveries, kill, retries = reply
-        return cls(int(attempt), int(redeliveries), bool(kill), int(retries))
-
-
-# the attempt of a Started when the task's record key holds another type: not started
-FOREIGN_RECORD = -1
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claimed entry; ``task_id`` and ``started`` are set when CLAIM started it
-    (else the worker calls ``Broker.start``)."""
-    raw: str
-    task_id: str = ""
-    started: Started | None = None
 
 
 def flat(fields: dict) -> list:

@@ -20,10 +20,11 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import FOREIGN_RECORD, Broker, ChannelSpec, Claim, Outcome
+from .broker import Broker
 from .command import Command, Result, Stop
 from .config import Config
 from .log import OutputBudget
+from .model import FOREIGN_RECORD, ChannelSpec, Claim, Outcome
 from .outage import Outage, insist
 from .task import BadTask, Policy, Task, from_queue, locate
 

@@ -13,8 +13,9 @@ import time
 import bottle
 
 from . import __version__
-from .broker import Broker, ChannelSpec, Enqueued
+from .broker import Broker
 from .config import CHANNEL_NAME, Config
+from .model import ChannelSpec, Enqueued
 from .replies import Body, describe, fail, ok, page_args, record_view, whole
 from .task import BadTask, Policy, build, locate
 

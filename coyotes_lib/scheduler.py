@@ -20,8 +20,9 @@ import gevent.event
 import gevent.pool
 import redis
 
-from .broker import Broker, ChannelSpec, Enqueued
+from .broker import Broker
 from .channel import Channel, Limits
+from .model import ChannelSpec, Enqueued
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
 from .runners import runner

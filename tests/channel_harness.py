@@ -20,10 +20,11 @@ import sys
 import gevent
 import gevent.event
 
-from coyotes_lib.broker import Broker, ChannelSpec
+from coyotes_lib.broker import Broker
 from coyotes_lib.channel import Channel, Limits
 from coyotes_lib.connection import connect
 from coyotes_lib.keys import Keys
+from coyotes_lib.model import ChannelSpec
 from coyotes_lib.runners import Process
 from coyotes_lib.task import Policy, build
 

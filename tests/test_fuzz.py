@@ -38,10 +38,11 @@ from conftest import Coyotes, RedisServer, wait_until
 from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 
-from coyotes_lib.broker import DEAD_ENTRY_MAX, Broker, ChannelSpec
+from coyotes_lib.broker import DEAD_ENTRY_MAX, Broker
 from coyotes_lib.config import Config
 from coyotes_lib.connection import connect
 from coyotes_lib.keys import Keys
+from coyotes_lib.model import ChannelSpec
 from coyotes_lib.scheduler import MAX_ENTRY, Scheduler
 from coyotes_lib.task import POLICY_LIMITS, BadTask, Policy, from_producer, from_queue
 

@@ -1,0 +1,67 @@
+"""The values that cross between the broker and its callers: a channel's settings,
+what queueing, claiming and starting a task found, and how an attempt ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import typing
+
+from .task import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSpec:
+    name: str
+    distinct: bool
+    worker_count: int
+    policy: Policy = dataclasses.field(default_factory=Policy)
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "distinct": self.distinct,
+                           "worker_count": self.worker_count, **self.policy.to_dict()})
+
+
+class Enqueued(enum.IntEnum):
+    """What ENQUEUE did with a task (its return code)."""
+    REFUSED = 0         # the distinct rule: the same command is queued or running
+    QUEUED = 1
+    DELAYED = 2
+    ID_IN_USE = 3       # by a task that has not finished, or one kept among the failed
+    NOT_OURS = 4        # the staged entry went back to the queue (this node was reaped)
+    FOREIGN_RECORD = 5  # the id's record key holds another type: nothing done
+
+
+class Outcome(enum.StrEnum):
+    """How FINISH records an attempt."""
+    DONE = "done"       # final; the record expires after the record TTL
+    FAILED = "failed"   # final, kept in the channel's failed tasks
+    RETRY = "retry"     # into the delayed set for another attempt
+
+
+class Started(typing.NamedTuple):
+    """What starting a claimed task found in its record."""
+    attempt: int        # this attempt's number; 0 = no longer ours, FOREIGN_RECORD
+    redeliveries: int   # times its node died under it
+    kill: bool          # a caller asked to kill it before it started
+    retries: int        # retries so far
+
+    @classmethod
+    def of(cls, reply) -> Started:
+        attempt, redeliveries, kill, retries = reply
+        return cls(int(attempt), int(redeliveries), bool(kill), int(retries))
+
+
+# the attempt of a Started when the task's record key holds another type: not started
+FOREIGN_RECORD = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claimed entry; ``task_id`` and ``started`` are set when CLAIM started it
+    (else the worker calls ``Broker.start``)."""
+    raw: str
+    task_id: str = ""
+    started: Started | None = None
