@@ -93,6 +93,15 @@ def redis_server(tmp_path):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    """One private redis-server (no persistence) for a module whose tests flush it."""
+    server = RedisServer(tmp_path_factory.mktemp("module-redis"), aof=False)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def r(redis_server) -> redis.Redis:
     return redis_server.client()

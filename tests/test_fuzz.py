@@ -311,17 +311,9 @@ class RecordingBroker(Broker):
 
 
 @pytest.fixture(scope="module")
-def fuzz_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("fuzz-redis"), aof=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def router(fuzz_redis):
-    config = Config(redis_port=fuzz_redis.port, node_id=NODE, concurrent=2)
-    broker = RecordingBroker(connect("127.0.0.1", fuzz_redis.port), Keys(), NODE)
+def router(module_redis):
+    config = Config(redis_port=module_redis.port, node_id=NODE, concurrent=2)
+    broker = RecordingBroker(connect("127.0.0.1", module_redis.port), Keys(), NODE)
     return Scheduler(broker, config, gevent.event.Event())
 
 

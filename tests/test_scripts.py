@@ -20,7 +20,6 @@ import json
 
 import pytest
 import redis
-from conftest import RedisServer
 
 from coyotes_lib import scripts
 from coyotes_lib.keys import Keys
@@ -34,17 +33,9 @@ FINAL = ["succeeded", "failed", "timed_out", "canceled", "killed"]
 MARGIN = 2.0   # seconds of slack around a time a script took from TIME
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("scripts-redis"), aof=False)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def db(server) -> redis.Redis:
-    client = server.client()
+def db(module_redis) -> redis.Redis:
+    client = module_redis.client()
     client.flushdb()   # our own server: no other test's keys
     yield client
     client.close()
