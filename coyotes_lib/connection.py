@@ -127,8 +127,10 @@ class Script:
     (``Lean.pipelined``, cheaper than redis-py's own call), which also takes it in
     ``(script, keys, args)`` calls sent together."""
 
-    def __init__(self, lean: Lean, script):
-        self.lean, self.script, self.sha = lean, script, script.sha
+    def __init__(self, lean: Lean, registered):
+        # redis-py's own call, which loads the script when Redis lost it
+        self.lean, self.registered = lean, registered
+        self.text, self.sha = registered.script, registered.sha
 
     def __call__(self, keys=(), args=()):
         return self.lean.pipelined([(self, keys, args)])[0]
@@ -160,7 +162,7 @@ class Lean:
         after Redis restarted, is run again by itself, or takes the slower path)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for script in self.scripts:
-                pipe.script_load(script.script.script)
+                pipe.script_load(script.text)
             pipe.execute()
 
     def pipelined(self, calls, first: tuple = (), errors: bool = False) -> list:
@@ -181,7 +183,7 @@ class Lean:
             if isinstance(reply, NoScriptError) and i >= skip:
                 script, keys, args = calls[i - skip]
                 try:
-                    replies[i] = script.script(keys=keys, args=args)   # redis-py's: loads it
+                    replies[i] = script.registered(keys=keys, args=args)
                 except redis.ResponseError as exc:
                     if not errors:
                         raise

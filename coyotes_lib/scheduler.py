@@ -164,7 +164,7 @@ class Scheduler:
         pause, retry_at = 0.0, 0.0
         while not self.stop.is_set():
             try:
-                again = leftovers or (pause and time.monotonic() >= retry_at)
+                again = leftovers or bool(pause and time.monotonic() >= retry_at)
                 if again:
                     batch, leftovers = self.broker.staged(STAGED_READ), False
                 else:
