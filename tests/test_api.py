@@ -1,6 +1,6 @@
 """The HTTP API against the real daemon process.
 
-Every call of COMPAT's table with its envelope and HTTP status, the three
+Every call the Go daemon answers, with its envelope and HTTP status, the three
 body encodings (urlencoded, multipart, JSON) and PHP's array styles, the
 error replies, the distinct rule, listings and their pagination, and the
 guard (cross-site requests, DNS rebinding, body limits).
@@ -132,7 +132,7 @@ def api_only(coyotes_factory, r):
     return make
 
 
-# -- every call of the table ---------------------------------------------------
+# -- every call of the API -----------------------------------------------------
 def test_get_channels_lists_the_three_default_channels(coyotes):
     data = ok_data(coyotes.request("GET", "/channels"))
     assert {"default", "biz", "cron"} <= set(data), data

@@ -127,8 +127,9 @@ def test_bad_flag_is_one_line_and_exit_2(argv, expected, tmp_path):
 
 @pytest.mark.parametrize("host_flag", ["-redis-host", "-host"])
 def test_seed_readme_command_line(secret_redis, tmp_path, daemons, host_flag):
-    """`coyotes -redis-host 127.0.0.1:PORT -password SECRET` (the seed README's line,
-    and its deprecated -host form) against a redis that requires that password."""
+    """`coyotes -redis-host 127.0.0.1:PORT -password SECRET` (how users of the
+    Go daemon start it, and its deprecated -host form) against a redis that requires
+    that password."""
     r = secret_redis.client()
     daemon = RawCoyotes(secret_redis.port, tmp_path,
                         [host_flag, f"127.0.0.1:{secret_redis.port}", "-password", "SECRET"])
@@ -222,9 +223,9 @@ def test_task_mode_false_serves_api_and_consumes_nothing(coyotes_factory, r, tmp
 
 
 def test_task_mode_false_creates_default_channels(coyotes_factory, r):
-    """COMPAT: on start the default channel, biz and cron are created if missing;
-    the API-only mode must accept POST /channels/default on a fresh Redis
-    (the seed README's own API example)."""
+    """As the Go daemon does, on start the default channel, biz and cron are created
+    if missing: the API-only mode accepts POST /channels/default on a fresh Redis
+    (the README's first API example)."""
     daemon = coyotes_factory("-task-mode=false", "-concurrent", "4")
     wait_until(lambda: set(r.hkeys("task:channels")) == {"default", "biz", "cron"},
                timeout=5, what="the default channels")

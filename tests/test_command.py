@@ -1,8 +1,8 @@
 """Both runners (posix_spawn and gevent.subprocess) behave the same.
 
-Each test runs in a child Python that monkey-patches gevent (as the daemon
-does) and prints the Result as JSON, so the test process itself is never
-patched.
+Each test's body is a function in child_runners.py, run in a child Python that
+monkey-patches gevent (as the daemon does) and returns the Result as JSON, so the
+test process itself is never patched.
 """
 
 from __future__ import annotations
@@ -10,55 +10,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
+import child_runners as child
 import pytest
-from conftest import ROOT, wait_until
+from child_runners import alive
+from conftest import wait_until
+from gevent_child import call
 
 from coyotes_lib.command import Result
 
 RUNNERS = ["spawn", "subprocess"]
-
-
-def run(runner: str, body: str, timeout: float = 60, make: str = "runner(sys.argv[1])",
-        **popen) -> dict:
-    """Run ``body`` (which sets ``result`` from Command objects) under gevent, with
-    the runner made by ``make``."""
-    script = textwrap.dedent("""
-        from gevent import monkey; monkey.patch_all()
-        import json, os, sys, time, gevent, gevent.pool
-        from coyotes_lib.command import Command
-        from coyotes_lib.runners import Spawner, runner
-        RUNNER = %s
-        lines = []
-        def cmd(argv, **kw):
-            return Command(argv, lambda s, t: lines.append([s, t]), RUNNER, **kw)
-        def show(r):
-            return {"exit_code": r.exit_code, "signal": r.signal, "error": r.error,
-                    "stopped": r.stopped, "stdout": r.stdout, "stderr": r.stderr,
-                    "duration": r.duration, "transient": r.transient}
-        def alive(pid):
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-            except FileNotFoundError:
-                return False
-    """) % make + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
-    out = subprocess.run([sys.executable, "-c", script, runner], cwd=ROOT, capture_output=True,
-                         text=True, timeout=timeout, **popen)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def end(pid: int) -> None:
@@ -71,10 +33,7 @@ def end(pid: int) -> None:
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_exit_code_output_lines_and_tails(runner):
-    result = run(runner, """
-        r = cmd(["sh", "-c", "echo out1; echo err1 >&2; printf 'no newline'; exit 3"]).run()
-        result = {**show(r), "lines": lines}
-    """)
+    result = call(child.exit_code_and_output, runner)
     assert result["exit_code"] == 3 and result["signal"] is None and not result["error"]
     assert result["stdout"] == "out1\nno newline" and result["stderr"] == "err1\n"
     assert sorted(map(tuple, result["lines"])) == [("stderr", "err1"), ("stdout", "no newline"),
@@ -85,20 +44,14 @@ def test_exit_code_output_lines_and_tails(runner):
 def test_missing_and_not_executable_commands_are_results(runner, tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("not a program")
-    result = run(runner, f"""
-        result = [show(cmd(["no-such-program-xyz"]).run()), show(cmd(["{plain}"]).run())]
-    """)
+    result = call(child.missing_and_not_executable, runner, str(plain))
     assert result[0]["exit_code"] == 127 and "No such file" in result[0]["error"]
     assert result[1]["exit_code"] == 126 and "Permission denied" in result[1]["error"]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_signal_exit_and_own_session(runner):
-    result = run(runner, """
-        r = cmd(["sh", "-c", "echo $$ $(ps -o sid= -p $$); kill -TERM $$"]).run()
-        pid, sid = lines[0][1].split()
-        result = {**show(r), "pid": pid, "sid": sid, "my_sid": os.getsid(0)}
-    """)
+    result = call(child.killed_by_its_signal, runner)
     assert result["exit_code"] is None and result["signal"] == 15
     assert result["pid"] == result["sid"] and int(result["sid"]) != result["my_sid"]
 
@@ -109,7 +62,7 @@ def test_first_command_of_a_process_is_reaped_even_when_it_ends_at_once(runner):
     command that ended before that was never reaped, and its task hung (a fresh
     process each time: it happened about one time in four)."""
     for _ in range(12):
-        result = run(runner, 'result = show(cmd(["true"]).run())', timeout=20)
+        result = call(child.first_command, runner, timeout=20)
         assert result["exit_code"] == 0, result
 
 
@@ -118,16 +71,7 @@ def test_an_old_exit_of_the_same_pid_is_not_taken_for_a_new_command():
     reaped by the hub first); a later command that gets the same pid must wait for
     its own exit, not take that one. Linux gives the next pid to the next process,
     so a stale exit 3 is planted for it."""
-    result = run("spawn", """
-        cmd(["true"]).run()                       # the spawner is set up
-        results = []
-        for _ in range(5):
-            nxt = int(open("/proc/sys/kernel/ns_last_pid").read()) + 1
-            RUNNER.reaps += 1
-            RUNNER.exits[nxt] = (RUNNER.reaps, 3 << 8)   # "exited 3", seen before the spawn
-            results.append(show(cmd(["sh", "-c", "sleep 0.2; echo $$"]).run()))
-        result = results
-    """)
+    result = call(child.after_stale_exits)
     assert all(r["exit_code"] == 0 for r in result), result
 
 
@@ -135,15 +79,7 @@ def test_an_old_exit_of_the_same_pid_is_not_taken_for_a_new_command():
 def test_commands_start_with_default_signals(runner):
     """Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (``yes |
     head`` would print errors instead of ending quietly), nor a blocked signal."""
-    result = run(runner, """
-        import signal
-        # the daemon's own handlers for these (so a shell that started it with them
-        # ignored, as a background job without job control, leaves no trace)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            gevent.signal_handler(sig, lambda: None)
-        cmd(["grep", "^Sig[BI]", "/proc/self/status"]).run()
-        result = dict(line[1].split(":\t") for line in lines)
-    """)
+    result = call(child.signal_masks, runner)
     ignored, blocked = int(result["SigIgn"], 16), int(result["SigBlk"], 16)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
         assert not ignored & (1 << (sig - 1)), (sig, result)
@@ -152,10 +88,7 @@ def test_commands_start_with_default_signals(runner):
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_stdin_is_empty_and_fds_are_not_leaked(runner):
-    result = run(runner, """
-        r = cmd(["sh", "-c", "cat; ls /proc/self/fd | wc -l"]).run()
-        result = show(r)
-    """)
+    result = call(child.stdin_and_descriptor_count, runner)
     # cat reads an empty stdin at once; ls sees 0, 1, 2 and its own directory fd
     assert result["exit_code"] == 0 and result["stdout"].strip() == "4"
 
@@ -170,15 +103,11 @@ def test_inherited_descriptors_do_not_reach_commands(runner):
     subprocess runner closes them (close_fds), and the spawn runner the same."""
     inherited = os.open(os.devnull, os.O_RDONLY)
     try:
-        result = run(runner, f"""
-            assert os.get_inheritable({inherited})   # the premise: it would reach children
-            late = os.open(os.devnull, os.O_RDONLY)
-            os.set_inheritable(late, True)
-            r = cmd({LIST_FDS!r}).run()
-            result = {{**show(r), "listed": sorted(int(line[1]) for line in lines)}}
-        """, pass_fds=(inherited,))
+        result = call(child.descriptors_listed, runner, inherited, LIST_FDS,
+                      pass_fds=(inherited,))
     finally:
         os.close(inherited)
+    assert result["inheritable"], result   # the premise: it would reach children
     assert result["exit_code"] == 0 and result["listed"] == [0, 1, 2, 3], result
 
 
@@ -187,11 +116,8 @@ def test_without_closefrom_the_spawner_marks_inherited_descriptors_close_on_exec
     glibc before 2.34): the descriptors present when the spawner is made."""
     inherited = os.open(os.devnull, os.O_RDONLY)
     try:
-        result = run("spawn", f"""
-            r = cmd({LIST_FDS!r}).run()
-            result = {{**show(r), "listed": sorted(int(line[1]) for line in lines),
-                       "closefrom": RUNNER.closefrom is not None}}
-        """, make="Spawner(closefrom=False)", pass_fds=(inherited,))
+        result = call(child.descriptors_listed_without_closefrom, LIST_FDS,
+                      pass_fds=(inherited,))
     finally:
         os.close(inherited)
     assert not result["closefrom"]
@@ -204,34 +130,7 @@ def test_running_out_of_descriptors_is_a_transient_result(runner):
     child's /dev/null, subprocess's own descriptors), is a result the scheduler can
     requeue, never an exception that kills the worker; nothing leaks, and the runner
     works again once descriptors are free."""
-    result = run(runner, """
-        import resource
-        from gevent.monkey import get_original
-        close = get_original("os", "close")   # gevent's waits for a turn of the loop
-        def count():
-            return len(os.listdir("/proc/self/fd"))
-        cmd(["true"]).run()   # the runner is set up (thread, watchers)
-        base = count()
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (base + 32, hard))
-        held = []
-        try:
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
-        no_pipes = show(cmd(["echo", "hi"]).run())
-        for fd in held[-4:]:   # room for the two pipes, not for what starting needs
-            close(fd)
-        del held[-4:]
-        no_start = show(cmd(["echo", "hi"]).run())
-        for fd in held:
-            close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        leaked = count() - base
-        result = {"no_pipes": no_pipes, "no_start": no_start, "leaked": leaked,
-                  "after": show(cmd(["echo", "hi"]).run())}
-    """)
+    result = call(child.out_of_descriptors, runner)
     failures = [result["no_pipes"]]
     if runner == "subprocess":
         failures.append(result["no_start"])
@@ -253,11 +152,7 @@ def test_background_children_end_with_the_command(runner, kill_group):
     """With kill_group on (the default) what a command leaves in its process group
     ends when it exits; off, a background child with its output redirected (so it
     holds no pipe) outlives it."""
-    result = run(runner, f"""
-        r = cmd(["sh", "-c", "sleep 60 > /dev/null 2>&1 & echo $!"],
-                kill_group={kill_group}).run()
-        result = show(r)
-    """)
+    result = call(child.background_child, runner, kill_group)
     pid = int(result["stdout"])
     try:
         assert result["exit_code"] == 0 and not result["transient"]
@@ -273,11 +168,7 @@ def test_background_children_end_with_the_command(runner, kill_group):
 def test_without_kill_group_a_child_holding_the_output_still_ends(runner):
     """kill_group off spares only children that let go of the output pipes: one
     that holds them keeps the task from ending, so its group goes after the linger."""
-    result = run(runner, """
-        t0 = time.monotonic()
-        r = cmd(["sh", "-c", "sleep 60 & echo $!"], kill_group=False, kill_grace=1).run()
-        result = {**show(r), "took": time.monotonic() - t0}
-    """)
+    result = call(child.child_holding_the_output, runner)
     pid = int(result["stdout"])
     try:
         assert result["exit_code"] == 0 and result["took"] >= 2.0, result   # PIPE_LINGER
@@ -289,19 +180,7 @@ def test_without_kill_group_a_child_holding_the_output_still_ends(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_a_background_child_that_ignores_term_is_killed_after_the_grace(runner):
     """The result does not wait for the group to end: TERM at once, KILL later."""
-    result = run(runner, """
-        c = cmd(["sh", "-c", "trap '' TERM; sleep 60 > /dev/null 2>&1 & echo $!"],
-                kill_grace=2)
-        t0 = time.monotonic()
-        r = c.run()
-        took = time.monotonic() - t0
-        pid = int(r.stdout)
-        alive_at_result = alive(pid)
-        while alive(pid) and time.monotonic() - t0 < 20:
-            gevent.sleep(0.05)
-        result = {**show(r), "took": took, "pid": pid, "alive_at_result": alive_at_result,
-                  "gone_after": time.monotonic() - t0 if not alive(pid) else None}
-    """)
+    result = call(child.child_ignoring_term, runner)
     try:
         assert result["exit_code"] == 0 and result["took"] < 1.5, result
         assert result["alive_at_result"], result         # TERM did not end it
@@ -317,9 +196,7 @@ def test_a_child_in_a_session_of_its_own_escapes_either_way(runner, kill_group):
     group. The command waits until it has, so that the test does not race it."""
     line = ("setsid sleep 60 > /dev/null 2>&1 & p=$!; "
             "while [ \"$(ps -o sid= -p $p | tr -d ' ')\" != $p ]; do sleep 0.01; done; echo $p")
-    result = run(runner, f"""
-        result = show(cmd(["sh", "-c", {line!r}], kill_group={kill_group}).run())
-    """)
+    result = call(child.shell_line, runner, line, kill_group)
     pid = int(result["stdout"])
     try:
         assert result["exit_code"] == 0
@@ -331,12 +208,7 @@ def test_a_child_in_a_session_of_its_own_escapes_either_way(runner, kill_group):
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_large_output_does_not_block_and_tail_is_capped(runner):
-    result = run(runner, """
-        prog = ("import sys; [(sys.stdout.write('x' * 999 + chr(10)), "
-                "sys.stderr.write('y' * 99 + chr(10))) for _ in range(5000)]; print('LAST')")
-        r = cmd([sys.executable, "-c", prog], tail=1000).run()
-        result = {**show(r), "count": len(lines)}
-    """)
+    result = call(child.large_output, runner)
     assert result["exit_code"] == 0 and result["count"] == 10001
     assert len(result["stdout"]) == 1000 and result["stdout"].endswith("LAST\n")
     assert len(result["stderr"]) == 1000 and set(result["stderr"]) == {"y", "\n"}
@@ -345,19 +217,7 @@ def test_large_output_does_not_block_and_tail_is_capped(runner):
 def test_a_flood_without_newlines_is_read_in_pieces_of_max_line():
     """Output held in memory for a line is bounded: a command that never prints a
     newline comes in MAX_LINE pieces, and the partial line kept never reaches it."""
-    result = run("spawn", """
-        from coyotes_lib import command
-        peak = [0]
-        read_lines = command.Output._lines
-        def watched(self, data):   # observe the partial line after every read
-            read_lines(self, data)
-            peak[0] = max(peak[0], len(self.partial))
-        command.Output._lines = watched
-        prog = "import sys; sys.stdout.write('x' * 3000000)"
-        r = cmd([sys.executable, "-c", prog], tail=10).run()
-        result = {**show(r), "sizes": [len(t) for _s, t in lines], "peak": peak[0],
-                  "max_line": command.MAX_LINE}
-    """)
+    result = call(child.flood_without_newlines)
     sizes, max_line = result["sizes"], result["max_line"]
     assert result["exit_code"] == 0 and sum(sizes) == 3000000
     assert sizes[:-1] == [max_line] * (len(sizes) - 1) and 0 < sizes[-1] <= max_line
@@ -367,11 +227,7 @@ def test_a_flood_without_newlines_is_read_in_pieces_of_max_line():
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_timeout_kills_the_whole_group(runner, tmp_path):
     pidfile = tmp_path / "bg.pid"
-    result = run(runner, f"""
-        c = cmd(["sh", "-c", "sleep 60 & echo $! > {pidfile}; sleep 60"], kill_grace=2)
-        r = c.run(timeout=0.5)
-        result = show(r)
-    """)
+    result = call(child.timeout_with_a_background_child, runner, str(pidfile))
     assert result["stopped"] == "timeout" and result["signal"] == 15
     assert 0.4 < result["duration"] < 10
     wait_until(lambda: not alive(int(pidfile.read_text())), what="the background sleep to die")
@@ -379,10 +235,7 @@ def test_timeout_kills_the_whole_group(runner, tmp_path):
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_term_ignored_means_kill_after_the_grace(runner):
-    result = run(runner, """
-        r = cmd(["sh", "-c", "trap '' TERM; sleep 60 & wait"], kill_grace=1).run(timeout=0.3)
-        result = show(r)
-    """)
+    result = call(child.timeout_with_term_ignored, runner)
     assert result["stopped"] == "timeout" and result["signal"] == 9
     assert 1.0 < result["duration"] < 10
 
@@ -390,14 +243,7 @@ def test_term_ignored_means_kill_after_the_grace(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_stop_from_another_greenlet_and_background_holders(runner, tmp_path):
     pidfile = tmp_path / "holder.pid"
-    result = run(runner, f"""
-        c = cmd(["sleep", "60"], kill_grace=1)
-        gevent.spawn_later(0.3, c.stop, "cancel")
-        first = show(c.run())
-        # exits at once, but a background child keeps the output pipe open
-        second = show(cmd(["sh", "-c", "sleep 60 & echo $! > {pidfile}"]).run())
-        result = [first, second]
-    """)
+    result = call(child.stopped_and_pipe_holder, runner, str(pidfile))
     assert result[0]["stopped"] == "cancel" and result[0]["signal"] == 15
     assert result[1]["exit_code"] == 0 and not result[1]["stopped"]
     wait_until(lambda: not alive(int(pidfile.read_text())), what="the pipe holder to end")
@@ -407,49 +253,21 @@ def test_stop_from_another_greenlet_and_background_holders(runner, tmp_path):
 def test_stop_asked_before_the_process_exists_still_ends_it(runner):
     """A cancel that arrives while the command is being started (the spawn runner
     waits for its thread) is not lost: the process is ended once it exists."""
-    result = run(runner, """
-        c = cmd(["sleep", "60"], kill_grace=1)
-        gevent.spawn(c.stop, "cancel")   # runs at run()'s first wait, perhaps before the pid
-        t0 = time.monotonic()
-        result = {**show(c.run()), "took": time.monotonic() - t0}
-    """)
+    result = call(child.stopped_before_it_exists, runner)
     assert result["stopped"] == "cancel" and result["signal"] == 15, result
     assert result["took"] < 30
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_many_at_once_stay_cooperative(runner):
-    result = run(runner, """
-        ticks = []
-        ticker = gevent.spawn(lambda: [ticks.append(time.monotonic()) or gevent.sleep(0.01)
-                                       for _ in range(10**6)])
-        pool = gevent.pool.Pool(10)
-        codes = pool.map(lambda i: cmd(["sh", "-c", f"sleep 0.2; exit {i % 3}"]).run().exit_code,
-                         range(30))
-        ticker.kill()
-        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-        result = {"codes": codes, "max_gap": max(gaps)}
-    """)
+    result = call(child.many_at_once, runner)
     assert result["codes"] == [i % 3 for i in range(30)]
     assert result["max_gap"] < 0.5   # the loop kept turning while commands ran
 
 
 def test_spawn_reaps_every_child(tmp_path):
     """No zombies left behind by the child watcher, even for fast exits."""
-    result = run("spawn", """
-        pool = gevent.pool.Pool(20)
-        pool.map(lambda i: cmd(["true"]).run(), range(200))
-        me = os.getpid()
-        zombies = 0
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                zombies += stat[0] == "Z" and int(stat[1]) == me
-        result = {"zombies": zombies}
-    """)
+    result = call(child.zombies_after_many)
     assert result["zombies"] == 0
 
 

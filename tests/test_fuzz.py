@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis): bad input is never silently dropped.
 
-Guarantee 2 of DESIGN.md, checked on random input rather than on the examples
-we thought of. Three layers, fastest first:
+Each entry is queued, refused as a duplicate or dead-lettered with a reason,
+checked on random input rather than on the examples we thought of. Three
+layers, fastest first:
 
 - the decoder (``from_producer``, ``from_queue``), pure: any entry becomes a
   task or raises ``BadTask`` with a reason, never another exception, and a

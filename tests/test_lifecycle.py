@@ -1,9 +1,10 @@
-"""Task lifecycle against the real daemon (issue 3, items 1-5 and caller ids).
+"""Task lifecycle against the real daemon.
 
 Records (``GET /tasks/{id}``) through every push path, output tails and
 record expiry; timeouts that end the whole process group; retries with a
 growing backoff and the failed-task endpoints; cancel and kill (also across
-two nodes); delayed tasks (Redis's clock, restarts, several nodes).
+two nodes); delayed tasks (Redis's clock, restarts, several nodes); ids the
+caller chooses.
 """
 
 from __future__ import annotations

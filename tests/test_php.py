@@ -14,7 +14,8 @@ import needs
 import pytest
 from conftest import ledger_command, read_ledger, wait_until
 
-# The snippet of the original README, with the address and task from argv.
+# The PHP push the README shows (as users of the Go daemon wrote it), with the
+# address and task from argv.
 PUSH = r"""<?php
 $redis = new Redis();
 $redis->connect('127.0.0.1', (int) $argv[1]);

@@ -1,6 +1,6 @@
 """The HTTP server's bounds, against the daemon as a real process: header and body
 deadlines, idle keep-alive connections, the connection cap, the reply deadline,
-and the slowloris acceptance test under `ulimit -n 1024`.
+and 1,100 slowloris clients under `ulimit -n 1024`.
 
 Timings use -http-timeout 2 and check order and generous bounds, not exact
 times: the machine is shared and has two cores.
@@ -302,7 +302,7 @@ def test_accept_out_of_descriptors_warns_once_backs_off_and_recovers(tmp_path):
         proc.wait(10)
 
 
-# -- the acceptance test: ulimit -n 1024 and 1,100 slow clients ------------------------
+# -- ulimit -n 1024 and 1,100 slow clients ----------------------------------------------
 
 class Slowloris(threading.Thread):
     """``count`` connections to ``port``: half silent, half trickling one header byte
@@ -382,8 +382,8 @@ def limit_1024() -> None:
 
 
 def test_ulimit_1024_and_1100_slow_clients(coyotes_factory, r, tmp_path, enough_descriptors):
-    """The hostile review's case: systemd's 1024 descriptors and 1,100 half-open
-    connections. Tasks keep running, a normal client is answered, the daemon never
+    """systemd's default limit of 1024 descriptors and 1,100 half-open connections.
+    Tasks keep running, a normal client is answered, the daemon never
     runs out of descriptors, logs no traceback, and serves on once they are gone."""
     daemon = coyotes_factory("-http-timeout", "2", start=False)
     daemon.start(preexec_fn=limit_1024)

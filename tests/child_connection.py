@@ -1,0 +1,165 @@
+"""The bodies of tests/test_broker.py: each takes a redis-server's port, runs under
+gevent in a child Python (``gevent_child.call``) and returns what its test checks.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+import gevent
+import redis
+from gevent.monkey import get_original
+from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
+
+from coyotes_lib.broker import Broker
+from coyotes_lib.connection import RAW_POLL, Lean, Packer, connect
+from coyotes_lib.keys import Keys
+from coyotes_lib.task import from_producer
+
+
+def readable(conn, deadline: float = 10.0):
+    """``conn.can_read()`` once it says yes or the deadline passed (or "error")."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            if conn.can_read() or time.monotonic() > end:
+                return conn.can_read()
+        except redis.ConnectionError:
+            return "error"
+        gevent.sleep(0.01)
+
+
+def pooled_connection_check(port: int) -> dict:
+    client = connect("127.0.0.1", port)
+    conn = client.connection_pool.get_connection()
+    conn.send_command("PING")
+    conn.read_response()
+    other = []
+    gevent.spawn(other.append, 1)   # runs only if the check yields to the hub
+    idle = conn.can_read()
+    yielded = bool(other)
+    conn.send_command("PING")
+    pending = readable(conn)        # the reply arrives, unread
+    reply = conn.read_response()
+    after = conn.can_read()
+    conn.send_command("CLIENT", "ID")
+    client.execute_command("CLIENT", "KILL", "ID", conn.read_response())
+    closed = readable(conn)
+    return {"idle": idle, "yielded": yielded, "pending": pending, "reply": reply,
+            "after": after, "closed": closed, "ping": client.ping()}
+
+
+def round_trip_errors_and_kills(port: int) -> dict:
+    client = connect("127.0.0.1", port)
+    lean = Lean(client)
+    replies = lean.round_trip([("SET", "k", "1"), ("LPUSH", "k", "x"), ("GET", "k")])
+    try:
+        lean.round_trip([("EVAL", "return redis.error_reply('LOADING x')", 0), ("PING",)])
+        loading = "no error"
+    except redis.ConnectionError as exc:
+        loading = type(exc).__name__
+    after_loading = lean.round_trip([("ECHO", "mine")])
+    waiting = gevent.spawn(lean.round_trip, [("BLPOP", "later", 5)])
+    while client.info("clients")["blocked_clients"] == 0:   # it waits in redis
+        gevent.sleep(0.01)
+    waiting.kill()
+    client.lpush("later", "v")
+    return {"replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
+            "loading": loading, "after_loading": after_loading,
+            "next": lean.round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
+            "blocked": client.info("clients")["blocked_clients"]}
+
+
+def close_spare(client, lean):
+    """The server closes the newest spare connection: (it, its id) once our socket saw it."""
+    conn = lean.spare[-1]
+    conn_id = lean.round_trip([("CLIENT", "ID")])[0]
+    client.execute_command("CLIENT", "KILL", "ID", conn_id)
+    poller = RAW_POLL()
+    poller.register(conn._sock, select.POLLIN)
+    deadline = time.monotonic() + 10
+    while not poller.poll(0) and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    return conn, conn_id
+
+
+def round_trip_connection_reuse(port: int) -> dict:
+    client = connect("127.0.0.1", port)
+    lean = Lean(client)
+    waits = [gevent.spawn(lean.round_trip, [("BLPOP", f"q{i}", 0.2)]) for i in range(4)]
+    gevent.joinall(waits, raise_error=True)
+    after_concurrent = len(lean.spare)
+    ids = {lean.round_trip([("CLIENT", "ID")])[0] for _ in range(20)}
+    conn, killed = close_spare(client, lean)
+    echo = lean.round_trip([("ECHO", "after")])
+    new_id = lean.round_trip([("CLIENT", "ID")])[0]
+    # killed while it checks a connection the server closed (that check yields):
+    # the connection still goes back to the list
+    conn, _ = close_spare(client, lean)
+    caller = gevent.spawn(lean.round_trip, [("PING",)])
+    gevent.sleep(0)
+    caller.kill()
+    kept = conn in lean.spare
+    # a forked child starts without them: it must not share the parent's sockets
+    # (the plain fork and waitpid: gevent's may miss a child that exits at once)
+    pid = get_original("os", "fork")()
+    if pid == 0:
+        os._exit(len(lean.spare))
+    child = os.waitstatus_to_exitcode(get_original("os", "waitpid")(pid, 0)[1])
+    return {"after_concurrent": after_concurrent, "ids": len(ids), "echo": echo,
+            "new_id": new_id, "killed": killed, "spare": len(lean.spare), "kept": kept,
+            "child": child, "ping": lean.round_trip([("PING",)])}
+
+
+def broker(port: int):
+    """A client and a broker (node n1) with its scripts loaded."""
+    client = connect("127.0.0.1", port)
+    ours = Broker(client, Keys(), "n1")
+    ours.load_scripts()
+    return client, ours
+
+
+def pushes_around_a_script_flush(port: int) -> dict:
+    client, ours = broker(port)
+    first = ours.push_many([(from_producer('{"task": "true 1"}', "default"), False, "")])
+    client.script_flush()
+    again = ours.push_many([(from_producer('{"task": "true 2"}', "default"), False, ""),
+                            (from_producer('{"task": "true 3"}', "default"), False, "")])
+    return {"first": first, "again": again,
+            "queued": client.lrange("default:tasks:queue", 0, -1)}
+
+
+def idle_claim_after_a_script_flush(port: int) -> dict:
+    client, ours = broker(port)
+    client.script_flush()
+    task = from_producer('{"task": "true 1"}', "default")
+    later = gevent.spawn_later(0.3, ours.push_many, [(task, False, "")])
+    claims = ours.claim("default", timeout=5)
+    later.join()
+    return {"pushed": later.value, "id": task.id,
+            "claims": [[c.raw, c.task_id, c.started] for c in claims],
+            "attempt": client.hget(ours.keys.record(task.id), "attempt"),
+            "processing": client.lrange(ours.keys.processing("n1", "default"), 0, -1)}
+
+
+def packed_like_redis_py(port: int) -> dict:
+    packer = Packer()
+    cases = [("EVALSHA", "a" * 40, 2, "k1", "k2", 1.5, -3, b"raw", "\u4e2d\u6587"),
+             ("CLIENT SETNAME", "x"), (b"GET", "k"), ("SET", "k", bytearray(b"ab")),
+             ("SET", "k", memoryview(b"cd")), ("SET", "k\udcff", "v")]
+    python = PythonRespSerializer(6000, Encoder("utf-8", "surrogateescape", True).encode)
+    same = []
+    for args in cases:
+        ours = b"".join(packer.pack(*args))
+        try:
+            theirs = b"".join(HiredisRespSerializer().pack(*args))
+        except UnicodeEncodeError:
+            theirs = b"".join(python.pack(*args))
+        same.append(ours == theirs)
+    client = connect("127.0.0.1", port)
+    client.set("bin", "caf\udce9")
+    raw = client.connection_pool.get_connection()
+    raw.send_command("GET", "bin")
+    return {"same": same, "value": list(raw.read_response(disable_decoding=True))}
