@@ -26,7 +26,7 @@ PREFIX  ?= /usr/local
 # < 3.11.3, and Debian 12's /usr/bin/python3 is 3.11.2.
 BUNDLE_EXTRA := async-timeout==5.0.1
 # The benchmark suite has its own virtualenv (matplotlib for the plot), so that
-# `make test` and .venv stay as they are. bench/run.py -h lists BENCH_ARGS.
+# `make test` and .venv stay as they are. `python -m bench -h` lists BENCH_ARGS.
 BENCH_VENV  := .bench/venv
 BENCH_STAMP := $(BENCH_VENV)/.requirements.stamp
 BENCH_ARGS  ?=
@@ -91,4 +91,4 @@ $(BENCH_STAMP): requirements.txt requirements-bench.txt
 # for the HTTP figures (installed from Debian when we are root).
 bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk missing: HTTP figures will be skipped"; }
-	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""`make bench` (bench/run.py) as a smoke run, so that the benchmark suite keeps
+"""`make bench` (`python -m bench`) as a smoke run, so that the benchmark suite keeps
 working between the runs that refresh docs/BENCHMARKS.md: every throughput row
 the issue asks for is there, with its baseline, CPU accounting and Redis figures.
 Timing goals are not checked here (they belong to the bench itself).
@@ -17,7 +17,7 @@ from conftest import ROOT
 def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only",
+        [sys.executable, "-m", "bench", "--quick", "--only",
          "throughput,commands", "--tasks", "100", "--levels", "5", "--monitor-tasks", "30",
          "--pairs", "3", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)

@@ -1,0 +1,126 @@
+"""What every section is given: the options, the run's private Redis, the
+processes it started (all ended at the end, whatever happened), the report.
+
+The processes come from ``tests/harness.py``, the module the tests start them
+with, so that the bench and the tests run the daemon the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# harness.py lives with the tests (tests/ is not a package): import it by path
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import (  # noqa: F401  (the sections import them from here)
+    Coyotes,
+    RedisServer,
+    free_port,
+    stop_process,
+    wait_until,
+)
+
+HELLO = Path(__file__).resolve().parent / "hello.py"
+NODE = "bench"
+PREPARE = "task:prepare:queue"
+T_START = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.monotonic() - T_START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class Processes:
+    """Every process the run starts (Popen or daemon), ended in ``close``."""
+
+    def __init__(self):
+        self.items: list = []   # Popen, Coyotes or RedisServer
+
+    def start(self, argv, **popen) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **popen)
+        self.items.append(proc)
+        return proc
+
+    def add(self, daemon: Coyotes) -> Coyotes:
+        self.items.append(daemon)
+        return daemon
+
+    def close(self) -> None:
+        for item in reversed(self.items):
+            with contextlib.suppress(Exception):
+                if isinstance(item, subprocess.Popen):
+                    stop_process(item, 10)
+                elif isinstance(item, Coyotes):
+                    item.stop(10)
+                else:
+                    item.stop()
+
+
+class BenchRedis(RedisServer):
+    """The run's redis-server: no persistence, room for 10,000 clients, and the
+    bench's own client ``r`` (named ``bench``, so MONITOR can leave it out)."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory, aof=False, extra=["--maxclients", "10000"])
+        self.r = None
+
+    def start(self) -> BenchRedis:
+        super().start()
+        self.r = self.client(socket_timeout=60, client_name="bench")
+        return self
+
+    def flush(self) -> None:
+        self.r.flushall()
+
+
+class Context:
+    """The options (``args``), the Redis, the processes, the report and the
+    folders of one run."""
+
+    def __init__(self, args, report):
+        self.args = args
+        self.report = report
+        self.levels = [int(x) for x in args.levels.split(",") if x.strip()]
+        self.daemon_args = args.daemon_args.split()
+        self.out = Path(args.out) if args.out else (
+            ROOT / ".bench" if args.quick or args.only else ROOT / "docs")
+        self.procs = Processes()
+        self.tmp = Path(tempfile.mkdtemp(prefix="coyotes-bench-"))
+        self.redis: BenchRedis | None = None
+
+    def start_redis(self) -> BenchRedis:
+        self.redis = BenchRedis(self.tmp)
+        self.procs.items.append(self.redis)
+        return self.redis.start()
+
+    def workdir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+
+    def daemon(self, workdir: Path, args=()) -> Coyotes:
+        """coyotes.py as a real process against the run's Redis (with
+        ``--daemon-args``), once its GET /health answers."""
+        daemon = Coyotes(self.redis.port, workdir, [*args, *self.daemon_args], node_id=NODE)
+        self.procs.add(daemon)
+        return daemon.start(timeout=30)
+
+    def close(self) -> None:
+        self.procs.close()
+        if self.args.keep:
+            progress(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def tear_down(daemon, hello, workdir) -> None:
+    """End a section: stop its daemon and baseline app, remove its files."""
+    if daemon:
+        daemon.stop(30)
+    if hello:
+        stop_process(hello)
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""The report, apart from the measuring: the rows and details the sections
+add, the Markdown table, the machine's description, the plot, and the files
+written (BENCHMARKS.md, throughput.png, .bench/last-results.json)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .context import ROOT, progress
+from .measure import wakeup_cost
+
+
+class Report:
+    def __init__(self):
+        # section, measure, ours, baseline, ratio, what the baseline is, target
+        self.rows: list[tuple] = []
+        self.details: list[str] = []     # Markdown blocks after the table
+        self.curve: dict[str, dict[int, float]] = {}   # label -> {concurrency: tasks/s}
+        self.cache: dict = {}
+
+    def add(self, section, measure, ours, baseline, ratio, base_label, target=""):
+        self.rows.append((section, measure, ours, baseline, ratio, base_label, target))
+
+    def table(self) -> str:
+        out = [("| Section | Measure | Coyotes | Baseline (same run) | Ratio | Baseline is "
+               "| Issue target |"),
+               "|---|---|---:|---:|---:|---|---|"]
+        for row in self.rows:
+            out.append("| " + " | ".join(str(c) for c in row) + " |")
+        return "\n".join(out)
+
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+
+def machine() -> list[str]:
+    def first(pattern: str, path: str) -> str:
+        with contextlib.suppress(OSError):
+            m = re.search(pattern, Path(path).read_text(), re.M)
+            if m:
+                return m.group(1).strip()
+        return "?"
+
+    def run(*argv) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                  cwd=ROOT).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    mem = first(r"^MemTotal:\s+(\d+)", "/proc/meminfo")
+    cpu = first(r"^model name\s*:(.*)$", "/proc/cpuinfo")
+    wrk_version = run("wrk", "-v").splitlines()[0] if shutil.which("wrk") else "not installed"
+    cpus = sorted(os.sched_getaffinity(0))
+    try:   # a figure of this report, not worth the report
+        same = wakeup_cost((cpus[0], cpus[0]))
+        wakeups = (f"{same:.1f} µs on one CPU, {wakeup_cost((cpus[0], cpus[1])):.1f} µs "
+                   "across two" if len(cpus) > 1 else f"{same:.1f} µs (one CPU)")
+    except OSError as exc:
+        wakeups = f"? ({exc})"
+    return [f"- CPU: {cpu}, {os.cpu_count()} cores",
+            f"- RAM: {int(mem) / 1024 / 1024:.1f} GiB" if mem.isdigit() else "- RAM: ?",
+            f"- Kernel: {platform.system()} {platform.release()}",
+            f"- Python: {platform.python_version()} ({platform.python_implementation()})",
+            f"- Redis: {run('redis-server', '--version')}",
+            f"- wrk: {wrk_version}",
+            ("- Wake-ups: CPU per round trip of one byte between two processes over "
+             f"pipes (two wake-ups, both sides' CPU): {wakeups}. Each task needs several "
+             "(a Redis reply, the spawning thread, the command's exit); xargs needs one"),
+            "- Bytecode: coyotes_lib compiled before the run, as `make run` does",
+            f"- Coyotes commit: {run('git', 'rev-parse', '--short', 'HEAD')}"
+            + (" (with uncommitted changes)" if run('git', 'status', '--porcelain',
+                                                    'coyotes.py', 'coyotes_lib') else ""),
+            f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"]
+
+
+def plot(report: Report, path: Path) -> bool:
+    if not report.curve:
+        return False
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("plot: matplotlib not installed, no PNG")
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, points in report.curve.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
+    ax.set_xlabel("concurrency (-concurrent / xargs -P)")
+    ax.set_ylabel("tasks per second")
+    ax.set_title("Throughput: touch DIR/<i>, same run")
+    ticks = sorted({x for p in report.curve.values() for x in p})
+    if len(ticks) > 2:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(ctx, report: Report, elapsed: float) -> str:
+    out = ctx.out
+    out.mkdir(parents=True, exist_ok=True)
+    has_plot = plot(report, out / "throughput.png")
+    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
+    text = ["# Coyotes benchmarks", "",
+            f"Made by `{command}` (`python -m bench`) in {elapsed:.0f}s. Each figure stands next "
+            "to a baseline measured in the same run on the same machine; the ratio is what "
+            "compares across machines. Other jobs may have shared the machine, so single "
+            "figures are noisy. Redis: a private `redis-server` (no persistence) started "
+            "by the bench; the daemon runs as `coyotes.py` under the bench's virtualenv"
+            + (f", with extra flags `{' '.join(ctx.daemon_args)}`" if ctx.daemon_args else "")
+            + ".", "", "## Machine", "", *machine(), "", "## Results", "", report.table(), ""]
+    if has_plot:
+        text += ["![throughput against concurrency](throughput.png)", ""]
+    text += ["## Details", ""]
+    for block in report.details:
+        text += [block, ""]
+    doc = "\n".join(text)
+    (out / "BENCHMARKS.md").write_text(doc)
+    raw = {"argv": sys.argv[1:], "rows": report.rows, "curve": report.curve,
+           "runs": {f"{k[0]} c={k[1]}": v for k, v in report.cache.items()}}
+    (ROOT / ".bench" / "last-results.json").write_text(json.dumps(raw, indent=1, default=str))
+    progress(f"wrote {out / 'BENCHMARKS.md'}" + (f" and {out / 'throughput.png'}"
+                                                   if has_plot else ""))
+    return doc
+
