@@ -24,7 +24,7 @@ log = logging.getLogger("coyotes.api")
 
 def make_app(broker: Broker, config: Config, on_channel_added=None,
              not_ready=None) -> bottle.Bottle:
-    """The API app; ``on_channel_added()`` lets the scheduler start a new channel now,
+    """The API app; ``on_channel_added(spec)`` lets the scheduler start a new channel now,
     and ``not_ready()`` says why the node is not ready yet ('' once it is)."""
     api = routes.Api(broker, config, on_channel_added, not_ready)
     app = bottle.Bottle(autojson=False)

@@ -4,11 +4,11 @@ A task never leaves Redis between being accepted and being finished. The
 dispatcher moves a prepare-queue entry into this node's staging list, then a
 Lua script moves it from there into its channel queue (or the dead-letter
 list); a worker claims a task by moving it into this node's processing list
-(the CLAIM script, or ``BLMOVE`` to wait for one) and a script removes it only
-once its result is recorded. A node
-that dies leaves its staging and processing lists behind; it requeues them
-when it starts again, and any live node does so once the dead node's
-heartbeat key has expired. The scripts live in ``scripts.py``, the connections
+(the CLAIM script, when a wake-up message or the scan says it holds entries)
+and a script removes it only once its result is recorded. A node that dies
+leaves its staging and processing lists behind; it requeues them when it
+starts again, and any live node does so once the dead node's heartbeat key
+has expired. The scripts live in ``scripts.py``, the connections
 and the round trips they take in ``connection.py``.
 """
 
@@ -27,7 +27,7 @@ import redis
 
 from . import scripts
 from .config import Config
-from .connection import BLOCK, MAX_CONNECTIONS, Lean
+from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
 from .model import ChannelSpec, Claim, Enqueued, Outcome, Started
 from .task import Policy, Task, legacy_id
@@ -58,12 +58,12 @@ class Broker:
         self.record_ttl = record_ttl
         self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
+        self.seen: dict[str, tuple[str, ChannelSpec | None]] = {}   # see ``channels``
         self.lean = lean = Lean(client, spare_max)
         self._enqueue = lean.script(scripts.ENQUEUE)
         self._dead = lean.script(scripts.DEAD)
         self._take = lean.script(scripts.TAKE)
         self._claim = lean.script(scripts.CLAIM)
-        self._start_newest = lean.script(scripts.START_NEWEST)
         self._start = lean.script(scripts.START)
         self._finish = lean.script(scripts.FINISH)
         self._requeue = lean.script(scripts.REQUEUE)
@@ -72,6 +72,7 @@ class Broker:
         self._cancel = lean.script(scripts.CANCEL)
         self._kill = lean.script(scripts.KILL)
         self._unfail = lean.script(scripts.UNFAIL)
+        self._waiting = lean.script(scripts.WAITING)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
@@ -80,11 +81,16 @@ class Broker:
 
     # -- channels ---------------------------------------------------------
     def channels(self) -> dict[str, ChannelSpec]:
-        specs = {}
+        """Every channel's settings; those read before and unchanged are not parsed
+        again (with thousands of channels, parsing was most of the cost)."""
+        specs, seen = {}, {}
         for name, raw in self.redis.hgetall(self.keys.channels).items():
-            spec = self._spec(name, raw)
+            known = self.seen.get(name)
+            spec = known[1] if known is not None and known[0] == raw else self._spec(name, raw)
+            seen[name] = (raw, spec)
             if spec is not None:
                 specs[name] = spec
+        self.seen = seen
         return specs
 
     def channel(self, name: str) -> ChannelSpec | None:
@@ -131,7 +137,7 @@ class Broker:
         return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
                  k.staging(self.node), k.record(task.id)],
                 [task.raw, DISTINCT_TTL if distinct else 0, source,
-                 task.payload.get("execute_at") or 0, *flat(record)])
+                 task.payload.get("execute_at") or 0, k.wake, *flat(record)])
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         """Park a prepare-queue entry (taken out of our staging list unless not
@@ -211,7 +217,8 @@ class Broker:
             chan, task_id = locate(raw)
             try:
                 moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),
-                                                  self.keys.record(task_id)], args=[raw]))
+                                                  self.keys.record(task_id)],
+                                            args=[raw, self.keys.wake]))
             except redis.ResponseError as exc:   # one channel's queue: the others go on
                 refused = exc
         if refused is not None:
@@ -219,25 +226,19 @@ class Broker:
         return moved
 
     # -- consuming --------------------------------------------------------
-    def claim(self, chan: str, most: int = 1, timeout: float = BLOCK) -> list[Claim]:
+    def claim(self, chan: str, most: int = 1) -> list[Claim]:
         """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
-        processing list, started where CLAIM can (see ``Claim``); when there is none,
-        wait up to ``timeout`` for one, started in the same round trip (START_NEWEST)
-        or else later by ``start``."""
-        claims = self._claims(self._claim(*self._claim_args(chan, most)))
-        if claims:
-            return claims
-        # none: wait for one, and start it in the same round trip
-        k = self.keys
-        processing = k.processing(self.node, chan)
-        raw, started = self.lean.pipelined(
-            [(self._start_newest, [processing, k.running(chan)], [self.node, k.record("")])],
-            first=("BLMOVE", k.queue(chan), processing, "RIGHT", "LEFT", timeout))
-        if raw is None:
-            return []
-        claims = self._claims(started)
-        # what was started is the entry BLMOVE moved, unless a CLAIM came between
-        return claims if claims and claims[0].raw == raw else [Claim(raw)]
+        processing list, started where CLAIM can (see ``Claim``); none if it is empty."""
+        return self._claims(self._claim(*self._claim_args(chan, most)))
+
+    def waiting(self, channels: list[str]) -> list[str]:
+        """Those of ``channels`` whose queue holds entries (one round trip)."""
+        found = self._waiting(keys=[self.keys.queue(chan) for chan in channels]) if channels else []
+        return [channels[i - 1] for i in found]
+
+    def wakeups(self) -> Subscriber:
+        """A subscription to the queue keys that get entries (see ``scripts._WAKE``)."""
+        return Subscriber(self.redis, self.keys.wake)
 
     def _claim_args(self, chan: str, most: int) -> tuple[list, list]:
         k = self.keys
@@ -293,7 +294,7 @@ class Broker:
         k = self.keys
         return bool(self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
                                         k.queue(chan), k.record(task_id or "-")],
-                                  args=[raw, "1" if not ran else "0"]))   # "-": no record
+                                  args=[raw, "1" if not ran else "0", k.wake]))   # "-": no record
 
     def requeue_node(self, node: str, channels, only_if_dead: bool = False,
                      forget: bool = False) -> int:
@@ -305,7 +306,7 @@ class Broker:
         for chan in sorted(names):
             keys += [k.processing(node, chan), k.running(chan), k.queue(chan)]
         return int(self._reap(keys=keys, args=[node, "1" if only_if_dead else "0",
-                                               "1" if forget else "0", k.record("")]))
+                                               "1" if forget else "0", k.record(""), k.wake]))
 
     # -- nodes ------------------------------------------------------------
     def consuming(self, channels) -> None:
@@ -328,8 +329,13 @@ class Broker:
     def reap_dead_nodes(self, channels) -> dict[str, int]:
         """Requeue the work of nodes whose heartbeat expired; {node: tasks}."""
         reaped = {}
-        for node in self.redis.smembers(self.keys.nodes):
-            if node != self.node:
+        nodes = sorted(self.redis.smembers(self.keys.nodes) - {self.node})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.exists(self.keys.heartbeat(node))
+            alive = pipe.execute() if nodes else []
+        for node, beating in zip(nodes, alive, strict=True):
+            if not beating:   # REAP checks again, in the same step as it moves
                 moved = self.requeue_node(node, channels, only_if_dead=True, forget=True)
                 if moved >= 0:
                     reaped[node] = moved
@@ -342,22 +348,32 @@ class Broker:
         return moved
 
     # -- reading ----------------------------------------------------------
-    def channel_tasks(self, chan: str, offset: int = 0, limit: int = 100):
-        """(running entries + queued entries in run order, sliced; total count)."""
+    def channel_tasks(self, chans: list[str], offset: int = 0, limit: int = 100):
+        """Each channel's running entries, then its queued entries in run order, sliced,
+        and their total count, in two round trips: {chan: (page, count)}."""
         k = self.keys
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smembers(k.running(chan))
-            pipe.llen(k.queue(chan))
-            running, queued = pipe.execute()
-        running = sorted(running)
-        page = [(raw, "running") for raw in running[offset:offset + limit]]
-        start = max(0, offset - len(running))
-        want = limit - len(page)
-        if want > 0 and start < queued:
-            # the queue is taken from the right: the next task is at index -1
-            raws = self.redis.lrange(k.queue(chan), -(start + want), -(start + 1))
-            page += [(raw, "queued") for raw in reversed(raws)]
-        return page, len(running) + queued
+        if not chans:
+            return {}
+        heads = self.lean.round_trip([cmd for chan in chans for cmd in (
+            ("SMEMBERS", k.running(chan)), ("LLEN", k.queue(chan)))])
+        pages, ranges = {}, []
+        for i, chan in enumerate(chans):
+            running, queued = heads[2 * i], heads[2 * i + 1]
+            for reply in running, queued:
+                if isinstance(reply, Exception):
+                    raise reply
+            running = sorted(running)
+            page = [(raw, "running") for raw in running[offset:offset + limit]]
+            start, want = max(0, offset - len(running)), limit - len(page)
+            pages[chan] = (page, len(running) + queued)
+            if want > 0 and start < queued:   # taken from the right: the next is at -1
+                ranges.append((chan, ("LRANGE", k.queue(chan), -(start + want), -(start + 1))))
+        tails = self.lean.round_trip([cmd for _, cmd in ranges]) if ranges else []
+        for (chan, _), raws in zip(ranges, tails, strict=True):
+            if isinstance(raws, Exception):
+                raise raws
+            pages[chan][0].extend((raw, "queued") for raw in reversed(raws))
+        return pages
 
     # -- records, cancel, failed and delayed tasks -------------------------
     def record(self, task_id: str) -> dict | None:
@@ -428,7 +444,7 @@ class Broker:
             keys=[k.failed(chan), k.failed_index(chan), k.queue(chan), k.record(task_id),
                   k.distinct(chan, record.get("task_name", ""))],
             args=[task_id, "1" if retry else "0", self.record_ttl,
-                  DISTINCT_TTL if distinct else 0]))
+                  DISTINCT_TTL if distinct else 0, k.wake]))
 
     def failed_ids(self, chan: str, before: float, limit: int = 1000) -> list[str]:
         """Ids of tasks that failed no later than ``before`` (Redis time), oldest first."""

@@ -1,6 +1,8 @@
 """One channel: a queue and the gevent pool of workers that run its tasks.
 
-Its dispatcher claims tasks only for free workers; a worker runs its task,
+Its dispatcher claims tasks only for free workers, and only when told that its
+queue got entries (``wake``: a message from Redis, or the node's scan); it
+holds no Redis connection while it waits. A worker runs its task,
 and acks it together with the claim of its next one (one round trip per task
 under load) until the queue is empty. A claimed entry either runs, goes back
 to the queue (a shutdown, a command that could not start for want of
@@ -69,10 +71,16 @@ class Channel:
         self.unsure = False         # a claim failed: its entries may be ours, unheld
         self.reconciling = False
         self.free = list(range(spec.worker_count, 0, -1))
+        self.woken = gevent.event.Event()   # the queue may hold entries: claim them
+        self.woken.set()                    # (it may hold some from before we started)
         self.greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._dispatch)
+
+    def wake(self) -> None:
+        """Entries were pushed into the queue (or the node is stopping)."""
+        self.woken.set()
 
     def _dispatch(self) -> None:
         outage = Outage(f"channel {self.name}", self.stop)
@@ -80,14 +88,20 @@ class Channel:
             free = self.pool.wait_available(timeout=1)
             if not free:
                 continue
+            self.woken.wait()
+            if self.stop.is_set():
+                break
+            self.woken.clear()   # before the claim: a push after it wakes us again
             try:
                 # as many as there are free workers; a busy worker claims its next task
                 # itself, with the result of the last one
                 claims = self._hold(self._claiming(self.broker.claim, self.name, free))
             except redis.RedisError as exc:
+                self.woken.set()   # not claimed: try again
                 outage.failed(exc)
                 continue
             except Exception:   # a bug of ours must not end this channel's consumption
+                self.woken.set()
                 log.exception("channel %s: unexpected error while claiming", self.name)
                 self.stop.wait(1)
                 continue
@@ -97,6 +111,8 @@ class Channel:
             claims = self._keep(claims)
             for claim in claims:
                 self.pool.spawn(self._run, claim)
+            if len(claims) == free:
+                self.woken.set()   # there may be more once a worker is free
             if claims:
                 gevent.sleep(0)   # let them start their commands before we claim again
 
@@ -154,6 +170,7 @@ class Channel:
             for raw, count in held.items():
                 for _ in range(count - self.claimed.get(raw, 0)):
                     if self.broker.requeue(self.name, raw, locate(raw)[1], ran=False):
+                        self.wake()
                         log.warning("channel %s: requeued a claim lost in the outage", self.name)
         except redis.RedisError as exc:
             self.unsure = True
@@ -241,6 +258,7 @@ class Channel:
                 self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
                 insist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
                         self.give_up)
+                self.wake()   # it is back in our queue
                 log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
                             result.error)
                 return None

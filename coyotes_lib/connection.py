@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 import weakref
 
 import redis
@@ -116,8 +117,8 @@ def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redi
         socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
         health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
         socket_read_size=READ_SIZE,
-        # one connection per channel waits in BLMOVE at any time, plus those of
-        # workers and API requests: no small cap such as redis-py's default of 100
+        # workers and API requests may each hold one at a time: no small cap such as
+        # redis-py's default of 100
         max_connections=MAX_CONNECTIONS, connection_class=Connection)
     return redis.Redis(connection_pool=pool)
 
@@ -165,30 +166,27 @@ class Lean:
                 pipe.script_load(script.text)
             pipe.execute()
 
-    def pipelined(self, calls, first: tuple = (), errors: bool = False) -> list:
-        """Script calls, ``(script, keys, args)``, in one round trip, after the plain
-        command ``first`` if given (its reply comes first). redis-py's own pipelined
+    def pipelined(self, calls, errors: bool = False) -> list:
+        """Script calls, ``(script, keys, args)``, in one round trip. redis-py's own pipelined
         scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
         reply (Redis restarted) loads the script and runs that call again: it had
         done nothing. An error reply is raised, or with ``errors`` left in its place
         (every script checks before it writes, so a refused call changed nothing)."""
-        commands = [first] if first else []
-        commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
-                     for script, keys, args in calls]
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args in calls]
         if not commands:
             return []
         replies = self.round_trip(commands)
-        skip = 1 if first else 0
         for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError) and i >= skip:
-                script, keys, args = calls[i - skip]
+            if isinstance(reply, NoScriptError):
+                script, keys, args = calls[i]
                 try:
                     replies[i] = script.registered(keys=keys, args=args)
                 except redis.ResponseError as exc:
                     if not errors:
                         raise
                     replies[i] = exc
-            elif isinstance(reply, Exception) and not (errors and i >= skip):
+            elif isinstance(reply, Exception) and not errors:
                 raise reply
         return replies
 
@@ -222,3 +220,36 @@ class Lean:
             else:
                 conn.disconnect()
         return replies
+
+
+class Subscriber:
+    """One pub/sub subscription on a connection of its own. ``messages(wait)`` gives
+    what arrived within ``wait`` seconds; a silent connection is pinged, and one
+    that stays silent is an error (a server gone without closing the socket)."""
+
+    def __init__(self, client: redis.Redis, channel: str, ping_every: float = 5.0):
+        self.conn = client.connection_pool.make_connection()
+        self.ping_every = ping_every
+        self.heard = time.monotonic()
+        self.conn.send_command("SUBSCRIBE", channel)
+        self.conn.read_response(push_request=True)   # the subscription's confirmation
+
+    def messages(self, wait: float) -> list[str]:
+        conn, out = self.conn, []
+        if conn.can_read(wait):
+            while True:
+                # RESP3 push ['message', channel, data], or the reply to a PING
+                reply = conn.read_response(push_request=True)
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                    out.append(reply[2])
+                if not conn.can_read():
+                    break
+            self.heard = time.monotonic()
+        elif time.monotonic() - self.heard > 3 * self.ping_every:
+            raise redis.TimeoutError("no reply to PING on the wake-up subscription")
+        elif time.monotonic() - self.heard > self.ping_every:
+            conn.send_command("PING")
+        return out
+
+    def close(self) -> None:
+        self.conn.disconnect()

@@ -19,6 +19,7 @@ class Keys:
         self.dead_trimmed = self.dead + ":trimmed"  # string: dead letters trimmed off so far
         self.delayed = p + "task:delay:queue"     # zset: task JSON scored by execute_at
         self.nodes = p + "task:nodes"             # set: ids of nodes that may hold work
+        self.wake = p + "task:wake"               # pub/sub: channel queues that got entries
 
     def queue(self, chan: str) -> str:
         return f"{self.prefix}{chan}:tasks:queue"

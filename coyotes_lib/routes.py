@@ -27,7 +27,7 @@ MAX_DELAY = 366 * 86400
 
 class Api:
     """What every route needs: the broker, the config, the node's hooks
-    (``on_channel_added()`` starts a new channel now, ``not_ready()`` says why the
+    (``on_channel_added(spec)`` starts a new channel now, ``not_ready()`` says why the
     node is not ready, '' once it is) and channel settings read lately."""
 
     def __init__(self, broker: Broker, config: Config, on_channel_added=None,
@@ -48,11 +48,13 @@ class Api:
         self.known[name] = (time.monotonic(), spec)
         return spec
 
-    def listing(self, name: str) -> dict:
+    def listings(self, names: list[str]) -> dict:
+        """{name: its page of tasks and their count}, for the page the query asks."""
         offset, limit = page_args()
-        entries, count = self.broker.channel_tasks(name, offset, limit)
-        return {"tasks": [describe(raw, name, status) for raw, status in entries],
-                "count": count}
+        return {name: {"tasks": [describe(raw, name, status) for raw, status in entries],
+                       "count": count}
+                for name, (entries, count) in
+                self.broker.channel_tasks(names, offset, limit).items()}
 
     def cancel(self, task_id: str, channel: str | None = None) -> str:
         broker = self.broker
@@ -94,12 +96,12 @@ def openapi(api: Api):
 
 # -- channels -----------------------------------------------------------------
 def channels(api: Api):
-    return ok({name: api.listing(name) for name in sorted(api.broker.channels())})
+    return ok(api.listings(sorted(api.broker.channels())))
 
 
 def channel(api: Api, name):
     api.spec_of(name)
-    return ok(api.listing(name))
+    return ok(api.listings([name])[name])
 
 
 def push_task(api: Api, name):
@@ -174,7 +176,7 @@ def add_channel(api: Api):
         raise fail(409, f"channel {name!r} already exists")
     log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
     if api.on_channel_added:
-        api.on_channel_added()
+        api.on_channel_added(spec)
     return ok(None)
 
 def policy_fields(body: Body) -> Policy:

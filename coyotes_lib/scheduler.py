@@ -1,9 +1,11 @@
 """The node: its channels, and the loops that feed them.
 
 ``Scheduler`` owns the set of channels (``channel.py``; new ones found in
-``task:channels`` start at once), routes the prepare queue into channel
-queues, promotes due delayed tasks, keeps this node's heartbeat, requeues the
-work of dead nodes, and drains on shutdown. Every loop survives Redis
+``task:channels`` start at once), wakes a channel when its queue gets entries
+(one subscription for all of them, and a scan each second for entries pushed
+by other means), routes the prepare queue into channel queues, promotes due
+delayed tasks, keeps this node's heartbeat, requeues the work of dead nodes,
+and drains on shutdown. Every loop survives Redis
 outages (``outage.py``): it backs off, logs once, and carries on when Redis
 answers again.
 """
@@ -38,6 +40,7 @@ ROUTE_BATCH = 100                    # prepare-queue entries routed per round tr
 STAGED_READ = 1000                   # staged entries read at a time to route again
 STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis refused
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
+SCAN_EVERY = 1.0                     # seconds between scans for entries nobody told us of
 
 
 class NodeConflict(Exception):
@@ -49,6 +52,7 @@ class Scheduler:
         self.broker, self.config, self.stop = broker, config, stop
         self.give_up = gevent.event.Event()   # set at the very end of a shutdown
         self.channels: dict[str, Channel] = {}
+        self.by_queue: dict[str, Channel] = {}   # queue key -> its channel, for wake-ups
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
@@ -70,7 +74,7 @@ class Scheduler:
         insist("start-up", self._prepare_start, self.stop)
         if self.stop.is_set():
             return
-        self.greenlets = [gevent.spawn(self._route_prepared)]
+        self.greenlets = [gevent.spawn(self._route_prepared), gevent.spawn(self._listen)]
         self.heart = gevent.spawn(self._maintain)
 
     def _prepare_start(self) -> None:
@@ -114,14 +118,27 @@ class Scheduler:
             raise NodeConflict(f"node id {node!r} is in use by a live coyotes (pid {pid} on "
                                f"{host}); give this one its own -node-id")
 
-    def sync(self) -> None:
-        """``_sync`` now, for a caller that just created a channel; if Redis refuses,
-        the maintenance loop tries again within SYNC_EVERY seconds."""
+    def added(self, spec: ChannelSpec) -> None:
+        """Start a channel a caller just created; if Redis refuses, the maintenance
+        loop starts it within SYNC_EVERY seconds."""
+        if not self.started or self.stop.is_set() or spec.name in self.channels:
+            return
         try:
-            self._sync()
+            self.broker.consuming([spec.name])   # recorded before the first claim
         except redis.RedisError as exc:
-            log.warning("channels: new channels not started yet, %s; trying again "
-                        "within %.0fs", redis_trouble(exc), SYNC_EVERY)
+            log.warning("channel %s: not started yet, %s; trying again within %.0fs",
+                        spec.name, redis_trouble(exc), SYNC_EVERY)
+            return
+        self.specs[spec.name] = spec
+        self._start_channel(spec)
+
+    def _start_channel(self, spec: ChannelSpec) -> None:
+        channel = self.channels[spec.name] = Channel(spec, self.broker, self.stop,
+                                                     self.give_up, self.run_with, self.limits)
+        self.by_queue[self.broker.keys.queue(spec.name)] = channel
+        channel.start()
+        log.info("channel %s: consuming with %d worker(s)%s", spec.name, spec.worker_count,
+                 ", distinct" if spec.distinct else "")
 
     def _sync(self) -> None:
         """Start channels that appeared in ``task:channels`` (not before ``start``,
@@ -139,13 +156,8 @@ class Scheduler:
         self.broker.consuming(new)   # recorded before the first claim, for any reaper
         for name, spec in self.specs.items():
             if name not in self.channels:
-                channel = self.channels[name] = Channel(spec, self.broker, self.stop,
-                                                        self.give_up, self.run_with,
-                                                        self.limits)
-                channel.start()
-                log.info("channel %s: consuming with %d worker(s)%s", name,
-                         spec.worker_count, ", distinct" if spec.distinct else "")
-            elif spec != self.channels[name].spec:
+                self._start_channel(spec)
+            elif spec is not self.channels[name].spec and spec != self.channels[name].spec:
                 old = self.channels[name].spec
                 self.channels[name].spec = spec   # distinct and policy apply to new tasks now
                 log.info("channel %s: settings changed to %s", name, spec.to_json())
@@ -247,6 +259,40 @@ class Scheduler:
                 outcomes.append(exc)
         return outcomes
 
+    def _listen(self) -> None:
+        """Wake each channel whose queue got entries, as Redis tells us (the scripts
+        that push publish the queue's key). A scan each SCAN_EVERY seconds, and
+        after a reconnection, finds what was pushed without a message."""
+        outage = Outage("wake-ups", self.stop)
+        subscriber, scanned = None, 0.0
+        while not self.stop.is_set():
+            try:
+                if subscriber is None:
+                    subscriber = self.broker.wakeups()
+                    scanned = 0.0
+                    outage.recovered()
+                if time.monotonic() - scanned >= SCAN_EVERY:
+                    self._wake_waiting()
+                    scanned = time.monotonic()
+                for queue in subscriber.messages(SCAN_EVERY):
+                    channel = self.by_queue.get(queue)
+                    if channel is not None:
+                        channel.wake()
+            except redis.RedisError as exc:
+                if subscriber is not None:
+                    subscriber.close()
+                    subscriber = None
+                outage.failed(exc)
+        if subscriber is not None:
+            subscriber.close()
+
+    def _wake_waiting(self) -> None:
+        """Wake the channels whose queue holds entries (the slow path: entries pushed
+        by a producer that does not publish, such as the Go daemon)."""
+        names = list(self.channels)
+        for name in self.broker.waiting(names):
+            self.channels[name].wake()
+
     def _reject(self, raw: str, reason: str) -> redis.ResponseError | None:
         """Move a staged entry into the dead-letter list; -> Redis's refusal if it
         could not (the entry stays staged)."""
@@ -326,6 +372,8 @@ class Scheduler:
         Every step after the grace time is bounded (kill grace + RECORD_WAIT + a few
         seconds), so that supervisor's stopwaitsecs is never reached.
         True when nothing had to be killed."""
+        for channel in list(self.channels.values()):
+            channel.wake()   # its dispatcher sees the stop flag and ends
         deadline = time.monotonic() + grace
         said = 0.0
         while self.running() and not force.is_set() and time.monotonic() < deadline:
@@ -334,7 +382,7 @@ class Scheduler:
                          self.running(), deadline - time.monotonic())
                 said = time.monotonic()
             force.wait(0.1)   # wakes on a second signal; notices the end quickly
-        # claim loops end within one BLOCK (a late claim is given back), usually long ago
+        # dispatchers end once their claim returns (a late claim is given back)
         channels = list(self.channels.values())   # sync() adds none once stopping
         gevent.joinall(self.greenlets + [c.greenlet for c in channels if c.greenlet],
                        timeout=BLOCK_WAIT)

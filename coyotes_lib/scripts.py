@@ -4,7 +4,7 @@ Each is a constant registered once by ``Broker``, with a KEYS/ARGV header.
 A task record is a hash (``task:record:<id>``); its status is one of
 queued, delayed, running and the final ones (succeeded, failed, timed_out,
 canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
-Some scripts (REAP, PROMOTE, CLAIM, START_NEWEST) reach the record of an entry
+Some scripts (REAP, PROMOTE, CLAIM) reach the record of an entry
 they read, by building its key from ARGV's prefix: fine on one Redis (not on
 Cluster).
 
@@ -40,6 +40,14 @@ local function number(key, field)
   return tonumber(redis.call('HGET', key, field) or '0') or 0
 end
 """
+# Tell every node's listener that a channel queue got entries (ARGV gives the
+# pub/sub channel; '' or none: tell nobody). Nodes also scan for queued work
+# every second, so a message lost with a connection only delays a task.
+_WAKE = """
+local function wake(channel, queue)
+  if channel and channel ~= '' then redis.call('PUBLISH', channel, queue) end
+end
+"""
 _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
           "  return t[1] .. '.' .. string.format('%06d', t[2])\nend\n")
 
@@ -48,12 +56,12 @@ _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
 # Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task,
 # 4 the source entry was no longer in our staging list (nothing done), 5 the
 # record's key holds another type (nothing done).
-ENQUEUE = _FINAL + _CLOCK + _TYPES + """
+ENQUEUE = _FINAL + _CLOCK + _TYPES + _WAKE + """
 -- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
 -- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
--- ARGV[5..] record fields and values
+-- ARGV[5] wake-up channel ('' = none)   ARGV[6..] record fields and values
 local hash, none = is_hash(KEYS[5])
 if not (hash or none) then return 5 end
 local now = clock()
@@ -72,13 +80,14 @@ if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) t
   return 0
 end
 redis.call('DEL', KEYS[5])
-if #ARGV >= 6 then redis.call('HSET', KEYS[5], unpack(ARGV, 5)) end
+if #ARGV >= 7 then redis.call('HSET', KEYS[5], unpack(ARGV, 6)) end
 redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
 if delayed then
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   return 2
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
+wake(ARGV[5], KEYS[1])
 return 1
 """
 
@@ -182,21 +191,6 @@ end
 return out
 """
 
-# Pipelined right behind a BLMOVE into the processing list: start the entry it
-# moved there, the newest, as CLAIM would have. {} when the newest entry is
-# started already (a worker's CLAIM came between). If the BLMOVE moved nothing,
-# the newest entry is normally started already too; one left for START (a
-# fallback) would have its attempt counted twice, nothing worse.
-START_NEWEST = _CLOCK + _TYPES + _START + _CLAIMED + """
--- KEYS[1] this node's processing list   KEYS[2] running set
--- ARGV[1] node   ARGV[2] task record key prefix
-local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set')
-if bad then return bad end
-local entry = redis.call('LINDEX', KEYS[1], 0)
-if not entry or redis.call('SISMEMBER', KEYS[2], entry) == 1 then return {} end
-return {claimed(entry, KEYS[2], ARGV[1], ARGV[2])}
-"""
-
 # START for one claimed entry CLAIM left alone; attempt 0 when the claim is no
 # longer in this node's processing list, -1 when the record's key holds another type.
 START = _CLOCK + _TYPES + _START + """
@@ -256,14 +250,16 @@ return 1
 # Give one claimed entry back to its queue, on the side workers take from
 # (a shutdown that stopped it, or a claim made while stopping, whose start is
 # undone: it did not run).
-REQUEUE = _TYPES + """
+REQUEUE = _TYPES + _WAKE + """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
 -- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt its start counted
+-- ARGV[3] wake-up channel (optional)
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[3], 'list')
 if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local started = redis.call('SREM', KEYS[2], ARGV[1]) == 1
 redis.call('RPUSH', KEYS[3], ARGV[1])
+wake(ARGV[3], KEYS[3])
 if is_hash(KEYS[4]) then
   redis.call('HSET', KEYS[4], 'status', 'queued')
   local attempt = number(KEYS[4], 'attempt')
@@ -279,12 +275,13 @@ return 1
 # queue (to run next), counting a redelivery in each task's record. With
 # ARGV[2] = '1' it does nothing while the node's heartbeat lives, so a node
 # that came back in between keeps its claims.
-REAP = _TYPES + """
+REAP = _TYPES + _WAKE + """
 -- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
 -- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
 -- KEYS[6..] per channel, three keys: processing list, running set, queue
 -- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
 -- ARGV[3] '1' = forget the node afterwards   ARGV[4] record key prefix
+-- ARGV[5] wake-up channel (optional)
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local bad = wrongtype(KEYS[2], 'set', KEYS[3], 'list', KEYS[4], 'list', KEYS[5], 'set')
 if bad then return bad end
@@ -295,6 +292,7 @@ end
 local n = 0
 while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
 for i = 6, #KEYS, 3 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then wake(ARGV[5], KEYS[i + 2]) end
   while true do
     local entry = redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
     if not entry then break end
@@ -318,13 +316,14 @@ return n
 """
 
 # Move one due delayed task into its queue; only one node wins the ZREM.
-PROMOTE = _TYPES + """
+PROMOTE = _TYPES + _WAKE + """
 -- KEYS[1] delayed zset   KEYS[2] channel queue   KEYS[3] task record
--- ARGV[1] task JSON
+-- ARGV[1] task JSON   ARGV[2] wake-up channel (optional)
 local bad = wrongtype(KEYS[1], 'zset', KEYS[2], 'list')
 if bad then return bad end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[1])
+wake(ARGV[2], KEYS[2])
 if is_hash(KEYS[3]) and redis.call('HGET', KEYS[3], 'status') == 'delayed' then
   redis.call('HSET', KEYS[3], 'status', 'queued')
 end
@@ -364,11 +363,11 @@ return 1
 
 # Take a task out of the failed hash: back into its queue (ARGV[2] = '1'),
 # or dropped, its record left to expire.
-UNFAIL = _TYPES + """
+UNFAIL = _TYPES + _WAKE + """
 -- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
 -- KEYS[4] task record   KEYS[5] distinct flag
 -- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
--- ARGV[4] distinct flag TTL (s), 0 = not distinct
+-- ARGV[4] distinct flag TTL (s), 0 = not distinct   ARGV[5] wake-up channel (optional)
 local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'hash')
 if bad then return bad end
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
@@ -382,8 +381,23 @@ if ARGV[2] == '1' then
   redis.call('HDEL', KEYS[4], 'kill_requested', 'failed_at')
   redis.call('PERSIST', KEYS[4])
   redis.call('LPUSH', KEYS[3], entry)
+  wake(ARGV[5], KEYS[3])
 else
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
 return 1
+"""
+
+# The fallback of the wake-up messages: which of these channel queues hold
+# entries (pushed by a producer that does not publish, or while our listener
+# was reconnecting). A key of another type is skipped; its claim reports it.
+WAITING = """
+-- KEYS[1..] channel queues
+-- returns the indices (1-based) of those that hold entries
+local out = {}
+for i = 1, #KEYS do
+  local n = redis.pcall('LLEN', KEYS[i])
+  if type(n) == 'number' and n > 0 then out[#out + 1] = i end
+end
+return out
 """

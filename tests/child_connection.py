@@ -131,15 +131,39 @@ def pushes_around_a_script_flush(port: int) -> dict:
             "queued": client.lrange("default:tasks:queue", 0, -1)}
 
 
-def idle_claim_after_a_script_flush(port: int) -> dict:
+def wake_ups(port: int) -> dict:
+    """A wake-up subscription: what a push, a claim and a kill of its connection do."""
     client, ours = broker(port)
-    client.script_flush()
+    sub = ours.wakeups()
+    quiet = sub.messages(0.2)                      # nothing pushed yet
     task = from_producer('{"task": "true 1"}', "default")
-    later = gevent.spawn_later(0.3, ours.push_many, [(task, False, "")])
-    claims = ours.claim("default", timeout=5)
+    later = gevent.spawn_later(0.2, ours.push_many, [(task, False, "")])
+    t0 = time.monotonic()
+    heard = sub.messages(5)
+    waited = time.monotonic() - t0
     later.join()
-    return {"pushed": later.value, "id": task.id,
-            "claims": [[c.raw, c.task_id, c.started] for c in claims],
+    claims = ours.claim("default", most=5)
+    after_claim = sub.messages(0.2)               # a claim takes entries: no message
+    waiting = ours.waiting(["biz", "default"])     # nothing left to claim
+    client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    try:
+        for _ in range(50):
+            sub.messages(0.1)
+        killed = "no error"
+    except redis.ConnectionError:
+        killed = "error"
+    return {"quiet": quiet, "heard": heard, "waited": waited, "after_claim": after_claim,
+            "claimed": [c.task_id for c in claims], "id": task.id, "waiting": waiting,
+            "killed": killed}
+
+
+def claim_after_a_script_flush(port: int) -> dict:
+    client, ours = broker(port)
+    task = from_producer('{"task": "true 1"}', "default")
+    ours.push_many([(task, False, "")])
+    client.script_flush()
+    claims = ours.claim("default", most=5)
+    return {"id": task.id, "claims": [[c.raw, c.task_id, c.started] for c in claims],
             "attempt": client.hget(ours.keys.record(task.id), "attempt"),
             "processing": client.lrange(ours.keys.processing("n1", "default"), 0, -1)}
 

@@ -66,16 +66,27 @@ def test_pipelined_script_calls_survive_a_script_cache_flush(redis_server):
                                                                      "true 1"]
 
 
-def test_idle_claim_survives_a_script_cache_flush(redis_server):
-    """The idle claim (a blocking BLMOVE with the start script behind it in one round
-    trip): after a script-cache flush, the start script's NOSCRIPT reply makes it run
-    again by itself, and the task moved is claimed and started once."""
-    result = call(child.idle_claim_after_a_script_flush, redis_server.port)
-    assert result["pushed"] == [1]
+def test_a_claim_survives_a_script_cache_flush(redis_server):
+    """After Redis lost its scripts, a claim's NOSCRIPT reply makes it run again by
+    itself: the task is claimed and started once."""
+    result = call(child.claim_after_a_script_flush, redis_server.port)
     [(raw, task_id, started)] = result["claims"]
-    assert task_id == result["id"] and started[0] == 1   # started by START_NEWEST, attempt 1
+    assert task_id == result["id"] and started[0] == 1   # started by CLAIM, attempt 1
     assert result["attempt"] == "1"                        # once
     assert result["processing"] == [raw]
+
+
+def test_wake_up_messages_name_the_queue_that_got_a_task(redis_server):
+    """Channels hold no connection while idle: one subscription per node hears which
+    queue got a task, as soon as it is pushed; a claim publishes nothing; a
+    subscription whose connection dies says so (the node then subscribes again and
+    scans the queues)."""
+    result = call(child.wake_ups, redis_server.port)
+    assert result["quiet"] == [] and result["after_claim"] == []
+    assert result["heard"] == ["default:tasks:queue"]
+    assert result["waited"] < 4   # the message came with the push, not after the timeout
+    assert result["claimed"] == [result["id"]] and result["waiting"] == []
+    assert result["killed"] == "error"
 
 
 def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):

@@ -343,9 +343,11 @@ def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
     pushed = crash_with_tasks(coyotes_factory, r, ledger, "after-claim", "claimer", 5)
     assert started(ledger) == set()   # it died before running anything
     acc = check_ledger(r, ledger, pushed)
-    assert len(acc.processing) == 1 and len(acc.queued) == 4, acc.summary()
-    (claimed,) = acc.processing
-    assert r.hget(f"task:record:{claimed}", "status") == "running"   # claimed = started
+    # one claim took one or more of them; the others wait in the queue
+    assert acc.processing and len(acc.processing) + len(acc.queued) == 5, acc.summary()
+    claimed = set(acc.processing)
+    for task_id in claimed:   # claimed = started
+        assert r.hget(f"task:record:{task_id}", "status") == "running"
     holding = held(r, "claimer")
 
     again = coyotes_factory(node_id="claimer")
@@ -355,8 +357,9 @@ def test_crash_right_after_the_claim(coyotes_factory, r, tmp_path):
     assert acc.finished == pushed
     assert f"requeued {holding} task(s) left from a previous run" in again.log()
     assert all(n == 1 for n in acc.runs.values()), acc.runs   # claimed, never run
-    record = r.hgetall(f"task:record:{claimed}")
-    assert record["redeliveries"] == "1" and record["attempt"] == "2", record
+    for task_id in claimed:
+        record = r.hgetall(f"task:record:{task_id}")
+        assert record["redeliveries"] == "1" and record["attempt"] == "2", record
 
 
 def test_crash_right_before_the_ack_runs_the_task_again(coyotes_factory, r, tmp_path):

@@ -126,12 +126,13 @@ def assert_refuses(db: redis.Redis, setup, name: str, keys, args, wanted: dict) 
 
 # -- ENQUEUE -------------------------------------------------------------------
 def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, distinct: int = 0,
-                 source: str = "", at: float = 0, **extra) -> tuple[list, list]:
+                 source: str = "", at: float = 0, wake: str = "",
+                 **extra) -> tuple[list, list]:
     fields = {"id": task_id, "channel": chan, "task_name": name, "raw": raw, "attempt": 0,
               "retry_count": 0, **extra}
     return ([K.queue(chan), K.distinct(chan, name), K.delayed, K.staging(NODE),
              K.record(task_id)],
-            [raw, distinct, source, at, *pairs(fields)])
+            [raw, distinct, source, at, wake, *pairs(fields)])
 
 
 def enqueue(db, raw, task_id, **kw):
@@ -506,60 +507,6 @@ def test_claim_refuses_wrong_types(db):
     assert_refuses(db, setup, "CLAIM", *claim_call(),
                    {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
                     K.running(CHAN): "set"})
-
-
-# -- START_NEWEST ----------------------------------------------------------------
-NEWEST_KEYS = [K.processing(NODE, CHAN), K.running(CHAN)]
-NEWEST_ARGS = [NODE, K.record("")]
-
-
-def test_start_newest_starts_the_newest_claim(db):
-    old, new = entry("old"), entry("new")
-    db.lpush(K.processing(NODE, CHAN), old, new)
-    for task_id in ("old", "new"):
-        db.hset(K.record(task_id), mapping={"id": task_id, "status": "queued",
-                                            "redeliveries": "1"})
-    t0 = now(db)
-    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [[new, "new", 1, 1, 0, 0]]
-    got = state(db)
-    between(got[K.record("new")].pop("started_at"), t0, now(db))
-    assert got == {K.processing(NODE, CHAN): [new, old], K.running(CHAN): {new},
-                   K.record("new"): {"id": "new", "status": "running", "attempt": "1",
-                                     "node": NODE, "redeliveries": "1"},
-                   K.record("old"): {"id": "old", "status": "queued", "redeliveries": "1"}}
-
-
-def test_start_newest_when_started_already_or_empty(db):
-    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == []
-    assert state(db) == {}
-    new = entry("new")
-    db.lpush(K.processing(NODE, CHAN), new)
-    db.sadd(K.running(CHAN), new)   # a worker's CLAIM came between
-    db.hset(K.record("new"), mapping={"id": "new", "status": "queued"})
-    before = dump(db)
-    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == []
-    assert_unchanged(before, dump(db))
-
-
-def test_start_newest_leaves_what_it_cannot_start(db):
-    db.lpush(K.processing(NODE, CHAN), "sleep 1")
-    before = dump(db)
-    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [["sleep 1", "", 0, 0, 0, 0]]
-    assert_unchanged(before, dump(db))
-    db.set(K.record("a"), "x")
-    db.lpush(K.processing(NODE, CHAN), entry("a"))
-    before = dump(db)
-    assert run(db, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS) == [[entry("a"), "a", -1, 0, 0, 0]]
-    assert_unchanged(before, dump(db))
-
-
-def test_start_newest_refuses_wrong_types(db):
-    def setup():
-        db.lpush(K.processing(NODE, CHAN), entry("a"))
-        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
-
-    assert_refuses(db, setup, "START_NEWEST", NEWEST_KEYS, NEWEST_ARGS,
-                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set"})
 
 
 # -- START ---------------------------------------------------------------------
@@ -1097,3 +1044,73 @@ def test_a_task_through_every_script(db):
     assert set(db.keys("*")) == {K.record("a")}
     assert db.hget(K.record("a"), "status") == "succeeded"
     assert 590 <= db.ttl(K.record("a")) <= 600
+
+
+# -- wake-up messages and WAITING ---------------------------------------------
+@pytest.fixture
+def heard(module_redis):
+    """The wake-up messages published from now on: call it to read them so far."""
+    client = module_redis.client()
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(K.wake)
+    sub.get_message(timeout=5)   # the subscription's confirmation
+
+    def read() -> list[str]:
+        out = []
+        while (message := sub.get_message(timeout=0.2)) is not None:
+            out.append(message["data"])
+        return out
+
+    yield read
+    sub.close()
+    client.close()
+
+
+def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
+    """Every script that puts an entry into a channel queue tells the nodes which
+    queue, on the wake-up channel it is given; one that queues nothing is silent."""
+    raw = entry("a")
+    assert enqueue(db, raw, "a", wake=K.wake) == 1
+    assert heard() == [K.queue(CHAN)]
+    assert enqueue(db, entry("b", task="later"), "b", name="later", at=4e9, wake=K.wake) == 2
+    assert enqueue(db, entry("c"), "c", distinct=60, wake=K.wake) == 1
+    assert enqueue(db, entry("d"), "d", distinct=60, wake=K.wake) == 0   # refused: distinct
+    assert enqueue(db, entry("e"), "e") == 1                             # no channel given
+    assert heard() == [K.queue(CHAN)]                                    # only for "c"
+    # a claimed entry given back
+    db.lpush(K.processing(NODE, CHAN), raw)
+    assert run(db, "REQUEUE", REQUEUE_KEYS, [raw, "1", K.wake]) == 1
+    assert heard() == [K.queue(CHAN)]
+    assert run(db, "REQUEUE", REQUEUE_KEYS, [raw, "1", K.wake]) == 0   # not ours: silent
+    # a due delayed task
+    db.zadd(K.delayed, {RAW: 1})
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW, K.wake]) == 1
+    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW, K.wake]) == 0
+    assert heard() == [K.queue(CHAN)]
+    # a failed task retried, not one deleted
+    parked(db)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 0, K.wake]) == 1
+    assert heard() == []
+    parked(db)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0, K.wake]) == 1
+    assert heard() == [K.queue(CHAN)]
+
+
+def test_reap_publishes_each_queue_it_gives_entries_back_to(db, heard):
+    db.sadd(K.nodes, OTHER)
+    db.lpush(K.processing(OTHER, "x"), "echo x")
+    keys = [K.heartbeat(OTHER), K.nodes, K.staging(OTHER), K.prepare, K.node_channels(OTHER)]
+    for chan in ("x", "y"):   # y: nothing to give back, no message
+        keys += [K.processing(OTHER, chan), K.running(chan), K.queue(chan)]
+    assert run(db, "REAP", keys, [OTHER, "1", "1", K.record(""), K.wake]) == 1
+    assert heard() == [K.queue("x")]
+    assert db.lrange(K.queue("x"), 0, -1) == ["echo x"]
+
+
+def test_waiting_names_the_queues_that_hold_entries(db):
+    db.lpush(K.queue("b"), "echo b")
+    db.lpush(K.queue("d"), "echo d1", "echo d2")
+    db.set(K.queue("e"), "x")   # another type: skipped, not an error
+    queues = [K.queue(chan) for chan in "abcde"]
+    assert run(db, "WAITING", queues) == [2, 4]
+    assert run(db, "WAITING", []) == []
