@@ -14,14 +14,23 @@ Sections (``--only NAME[,NAME]``):
               same with `true`
   latency     LPUSH -> the task's file appears (inotify), one task at a time on
               an idle daemon, against subprocess.Popen of the same command
-  http        wrk POST /channels/bench/tasks on a -task-mode=false daemon,
-              against a trivial gevent.pywsgi app; RSS across two runs
+  http        wrk pushing unique tasks with POST /channels/bench/tasks and POST
+              /channels/bench on a -task-mode=false daemon, against a trivial
+              gevent.pywsgi app; RSS across three rounds
   status      status and listing calls with 1,000,000 queued, failed and
               delayed tasks, against redis-py LRANGE 0 99 (and PING)
   memory      RSS idle, under load, with 200 channels
+  channels    10,000 channels made over HTTP (capped in time): time per
+              creation, idle CPU, Redis connections, GET /channels, and a task
+              pushed to a random channel
   commands    Redis commands per task (INFO commandstats) and round trips per
               task (MONITOR, commands run by scripts told apart)
   soak        RSS after 10,000 and after 100,000 tasks, and the throughput
+
+With --peer PATH (make bench PEER=PATH), PATH is run beside Coyotes: any daemon
+that takes the Go original's flags. It gets a redis-server of its own and runs
+in the same rounds as Coyotes (throughput at concurrency 5, 20 and 50, latency,
+http, channels), and the table gives its figure and Coyotes' over it.
 
 Progress goes to stderr, the table to stdout.
 """
@@ -30,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import shutil
 import signal
 import sys
 import time
 
+from .channels import section_channels
 from .commands import section_commands
 from .context import ROOT, T_START, Context, progress
 from .latency import section_latency
@@ -47,9 +58,9 @@ from .throughput import section_throughput
 
 SECTIONS = {"throughput": section_throughput, "latency": section_latency,
             "http": section_http, "status": section_status, "memory": section_memory,
-            "commands": section_commands, "soak": section_soak}
+            "channels": section_channels, "commands": section_commands, "soak": section_soak}
 QUICK = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000, "channels": 20,
-         "monitor_tasks": 50, "soak": 2000}
+         "monitor_tasks": 50, "soak": 2000, "many_channels": 300, "channels_cap": 30}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,6 +88,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="report folder (docs; .bench for --quick or --only)")
     p.add_argument("--soak", type=int, default=100_000, help="tasks for the soak (100000)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--peer", default="",
+                   help="another daemon taking the Go original's flags (make bench PEER=...): "
+                        "run beside Coyotes in the same rounds, each figure also as a ratio "
+                        "to it")
+    p.add_argument("--many-channels", type=int, default=10_000,
+                   help="channels created over HTTP by the channels section (10000)")
+    p.add_argument("--channels-cap", type=float, default=120,
+                   help="seconds a daemon may take to create them before the section "
+                        "moves on with what it reached (120)")
     return p
 
 
@@ -98,6 +118,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.peer and not os.access(args.peer, os.X_OK):
+        p.error(f"--peer {args.peer}: not an executable file")
     if not shutil.which("redis-server"):
         p.error("redis-server is not installed (apt-get install redis-server)")
     return args, only
@@ -122,7 +144,7 @@ def run_sections(ctx: Context, only: list[str]) -> list[str]:
 def main(argv=None) -> int:
     args, only = parse_args(argv)
     (ROOT / ".bench").mkdir(exist_ok=True)
-    ctx = Context(args, Report())
+    ctx = Context(args, Report(peer=bool(args.peer)))
     # as `make run` does: daemons load coyotes_lib's bytecode instead of compiling
     # it at each start (which leaves about 0.8 MB more resident)
     compileall.compile_dir(ROOT / "coyotes_lib", quiet=1)

@@ -8,6 +8,7 @@ with, so that the bench and the tests run the daemon the same way.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -63,11 +64,12 @@ class Processes:
 
 
 class BenchRedis(RedisServer):
-    """The run's redis-server: no persistence, room for 10,000 clients, and the
-    bench's own client ``r`` (named ``bench``, so MONITOR can leave it out)."""
+    """A redis-server of the run: no persistence, room for 20,000 clients (a daemon
+    with 10,000 channels may hold one each), and the bench's own client ``r``
+    (named ``bench``, so that MONITOR and CLIENT LIST can leave it out)."""
 
     def __init__(self, directory: Path):
-        super().__init__(directory, aof=False, extra=["--maxclients", "10000"])
+        super().__init__(directory, aof=False, extra=["--maxclients", "20000"])
         self.r = None
 
     def start(self) -> BenchRedis:
@@ -93,11 +95,24 @@ class Context:
         self.procs = Processes()
         self.tmp = Path(tempfile.mkdtemp(prefix="coyotes-bench-"))
         self.redis: BenchRedis | None = None
+        # the peer (--peer): its own redis-server, so that both daemons may run
+        # at once and each server's CPU is its daemon's
+        self.peer = os.path.abspath(args.peer) if args.peer else ""
+        self.peer_redis: BenchRedis | None = None
+        self.sides: list[Side] = []   # Coyotes, then the peer if there is one
 
     def start_redis(self) -> BenchRedis:
-        self.redis = BenchRedis(self.tmp)
-        self.procs.items.append(self.redis)
-        return self.redis.start()
+        self.redis = self._redis(self.tmp)
+        self.sides = [Side("coyotes", self.redis, self.daemon)]
+        if self.peer:
+            self.peer_redis = self._redis(self.workdir("peer-redis-"))
+            self.sides.append(Side("peer", self.peer_redis, self.peer_daemon))
+        return self.redis
+
+    def _redis(self, directory: Path) -> BenchRedis:
+        server = BenchRedis(directory)
+        self.procs.items.append(server)
+        return server.start()
 
     def workdir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
@@ -109,12 +124,41 @@ class Context:
         self.procs.add(daemon)
         return daemon.start(timeout=30)
 
+    def peer_daemon(self, workdir: Path, args=()) -> Coyotes:
+        """The peer (``--peer``, a daemon that takes the Go original's flags) against
+        its own Redis, once GET /channels answers: it has no /health, no
+        -node-id, and none of Coyotes' own flags (``--daemon-args``)."""
+        daemon = Coyotes(self.peer_redis.port, workdir, args, command=[self.peer],
+                         ready_path="/channels")
+        self.procs.add(daemon)
+        return daemon.start(timeout=30)
+
+    def redact(self, text: str) -> str:
+        """``text`` without this machine's paths (the report names no machine path)."""
+        for path, name in ((self.peer, Path(self.peer).name), (str(self.tmp), "$TMP"),
+                           (str(self.out), "$OUT"), (str(ROOT), ".")):
+            if path:
+                text = text.replace(path, name)
+        return text
+
     def close(self) -> None:
         self.procs.close()
         if self.args.keep:
             progress(f"kept {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Side:
+    """Coyotes or the peer: its name, its Redis, and how to start it
+    (``start(workdir, args)``)."""
+
+    def __init__(self, name: str, redis: BenchRedis, start):
+        self.name, self.redis, self.start = name, redis, start
+
+    @property
+    def is_peer(self) -> bool:
+        return self.name == "peer"
 
 
 def tear_down(daemon, hello, workdir) -> None:

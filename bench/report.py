@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -20,24 +21,40 @@ from .measure import wakeup_cost
 
 
 class Report:
-    def __init__(self):
-        # section, measure, ours, baseline, ratio, what the baseline is, target
+    def __init__(self, peer: bool = False):
+        # section, measure, ours, baseline, ratio, what the baseline is, target,
+        # the peer's figure, ours over the peer's
         self.rows: list[tuple] = []
+        self.peer = peer                 # the table has the peer's columns
         self.details: list[str] = []     # Markdown blocks after the table
         self.curve: dict[str, dict[int, float]] = {}   # label -> {concurrency: tasks/s}
         self.cache: dict = {}
 
-    def add(self, section, measure, ours, baseline, ratio, base_label, target=""):
-        self.rows.append((section, measure, ours, baseline, ratio, base_label, target))
+    def add(self, section, measure, ours, baseline, ratio, base_label, target="", *,
+            peer="", peer_ratio=""):
+        self.rows.append((section, measure, ours, baseline, ratio, base_label, target,
+                          peer, peer_ratio))
 
     def table(self) -> str:
+        if not self.peer:
+            out = [("| Section | Measure | Coyotes | Baseline (same run) | Ratio | Baseline is "
+                   "| Issue target |"),
+                   "|---|---|---:|---:|---:|---|---|"]
+            out += ["| " + " | ".join(str(c) for c in row[:7]) + " |" for row in self.rows]
+            return "\n".join(out)
         out = [("| Section | Measure | Coyotes | Baseline (same run) | Ratio | Baseline is "
-               "| Issue target |"),
-               "|---|---|---:|---:|---:|---|---|"]
+               "| Peer (same run) | Ratio to peer | Issue target |"),
+               "|---|---|---:|---:|---:|---|---:|---:|---|"]
         for row in self.rows:
-            out.append("| " + " | ".join(str(c) for c in row) + " |")
+            cells = (*row[:6], row[7], row[8], row[6])
+            out.append("| " + " | ".join(str(c) for c in cells) + " |")
         return "\n".join(out)
 
+
+def peer_cells(pair) -> dict:
+    """``Report.add`` keywords for the peer's figure and ours over it, or none
+    (``pair`` None: the row has no peer figure)."""
+    return {"peer": pair[0], "peer_ratio": pair[1]} if pair else {}
 
 
 def ms(seconds: float) -> str:
@@ -121,25 +138,56 @@ def plot(report: Report, path: Path) -> bool:
     return True
 
 
+def command_line(ctx, argv: list[str]) -> str:
+    """The make command that ran this bench, without this machine's paths."""
+    argv, peer = list(argv), ""
+    for i, arg in enumerate(argv):
+        if arg == "--peer" and i + 1 < len(argv):
+            peer = argv[i + 1]
+            del argv[i:i + 2]
+            break
+        if arg.startswith("--peer="):
+            peer = arg.partition("=")[2]
+            del argv[i]
+            break
+    command = "make bench" + (f" PEER=.../{Path(peer).name}" if peer else "")
+    command += f" BENCH_ARGS='{' '.join(argv)}'" if argv else ""
+    return ctx.redact(command)
+
+
+def peer_line(ctx) -> list[str]:
+    if not ctx.peer:
+        return []
+    digest = hashlib.sha256(Path(ctx.peer).read_bytes()).hexdigest()[:12]
+    return [(f"- Peer: `{Path(ctx.peer).name}` (sha256 {digest}), the daemon given as "
+            "`PEER` (any daemon that takes the Go original's flags), with a `redis-server` "
+            "of its own")]
+
+
 def write_report(ctx, report: Report, elapsed: float) -> str:
     out = ctx.out
     out.mkdir(parents=True, exist_ok=True)
     has_plot = plot(report, out / "throughput.png")
-    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     text = ["# Coyotes benchmarks", "",
-            f"Made by `{command}` (`python -m bench`) in {elapsed:.0f}s. Each figure stands next "
+            f"Made by `{command_line(ctx, sys.argv[1:])}` (`python -m bench`) in "
+            f"{elapsed:.0f}s. Each figure stands next "
             "to a baseline measured in the same run on the same machine; the ratio is what "
             "compares across machines. Other jobs may have shared the machine, so single "
             "figures are noisy. Redis: a private `redis-server` (no persistence) started "
             "by the bench; the daemon runs as `coyotes.py` under the bench's virtualenv"
             + (f", with extra flags `{' '.join(ctx.daemon_args)}`" if ctx.daemon_args else "")
-            + ".", "", "## Machine", "", *machine(), "", "## Results", "", report.table(), ""]
+            + "." + (" The peer's columns give its figure, measured in the same rounds, and "
+                     "Coyotes' over it (for rates higher is better for Coyotes, for times, "
+                     "memory and counts lower; *n/a*: the peer has no such call)."
+                     if report.peer else ""),
+            "", "## Machine", "", *machine(), *peer_line(ctx), "", "## Results", "",
+            report.table(), ""]
     if has_plot:
         text += ["![throughput against concurrency](throughput.png)", ""]
     text += ["## Details", ""]
     for block in report.details:
         text += [block, ""]
-    doc = "\n".join(text)
+    doc = ctx.redact("\n".join(text))
     (out / "BENCHMARKS.md").write_text(doc)
     raw = {"argv": sys.argv[1:], "rows": report.rows, "curve": report.curve,
            "runs": {f"{k[0]} c={k[1]}": v for k, v in report.cache.items()}}
@@ -147,4 +195,3 @@ def write_report(ctx, report: Report, elapsed: float) -> str:
     progress(f"wrote {out / 'BENCHMARKS.md'}" + (f" and {out / 'throughput.png'}"
                                                    if has_plot else ""))
     return doc
-
