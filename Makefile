@@ -8,7 +8,7 @@
 #   make build   [OUT=bin/coyotes] [SHEBANG='/usr/bin/env python3']
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make clean   (build products; `make distclean` also removes .venv)
-#   make bench   [BENCH_ARGS='--quick' | '--only throughput --tasks 2000']
+#   make bench   [BENCH_ARGS='--quick' | '--only throughput --tasks 2000'] [PEER=path/to/coyotes-go]
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -30,6 +30,8 @@ BUNDLE_EXTRA := async-timeout==5.0.1
 BENCH_VENV  := .bench/venv
 BENCH_STAMP := $(BENCH_VENV)/.requirements.stamp
 BENCH_ARGS  ?=
+# Another daemon taking the Go original's flags, measured beside Coyotes in the same rounds.
+PEER        ?=
 SOURCES := coyotes.py $(wildcard coyotes_lib/*.py) pyproject.toml requirements.txt
 
 .PHONY: venv run test lint build install clean distclean bench
@@ -91,4 +93,4 @@ $(BENCH_STAMP): requirements.txt requirements-bench.txt
 # for the HTTP figures (installed from Debian when we are root).
 bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk missing: HTTP figures will be skipped"; }
-	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m bench $(if $(PEER),--peer '$(PEER)') $(BENCH_ARGS)

@@ -14,7 +14,7 @@ import time
 
 from .context import PREPARE, progress, wait_until
 from .measure import Inotify, median, percentile, proc_cpu, timed_calls
-from .report import Report, ms, peer_cells
+from .report import Report, ms, peer_cells, ratio
 from .runs import settled
 
 
@@ -136,12 +136,8 @@ def section_channels(ctx, report: Report) -> None:
     )
     for measure, show, value in figures:
         report.add("channels", measure, show(ours), "", "", "", "",
-                   **peer_cells(theirs and (show(theirs), ratio_of(value(ours), value(theirs)))))
+                   **peer_cells(theirs and (show(theirs), ratio(value(ours), value(theirs)))))
     report.details.append(channels_details(ctx, got))
-
-
-def ratio_of(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b and a == a and b == b else "n/a"
 
 
 def channels_details(ctx, got: dict) -> str:

@@ -62,7 +62,11 @@ def ms(seconds: float) -> str:
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
+    """``a`` over ``b``, two decimals (one significant digit below 0.01x); n/a
+    when ``b`` is zero or either is unknown (NaN)."""
+    if not b or a != a or b != b:
+        return "n/a"
+    return f"{a / b:.2f}x" if a / b >= 0.01 or a == 0 else f"{a / b:.1g}x"
 
 
 
