@@ -14,6 +14,8 @@ import select
 import time
 import weakref
 
+import gevent
+import gevent.event
 import redis
 from gevent.monkey import get_original
 from redis.backoff import NoBackoff
@@ -139,7 +141,10 @@ class Script:
 
 class Lean:
     """Round trips on connections of our own: the per-task path, without the pool's
-    checks, locks and metrics on each take and return."""
+    checks, locks and metrics on each take and return. Script calls made by
+    several greenlets within one turn of the loop (concurrent pushes, workers
+    finishing together) share one round trip: a group commit, since waiting for
+    a reply costs a greenlet more than building the call."""
 
     def __init__(self, client: redis.Redis, spare_max: int = MAX_CONNECTIONS):
         self.redis = client
@@ -148,6 +153,7 @@ class Lean:
         self.spare: list[Connection] = []
         self.spare_max = spare_max   # more are closed after use: they would hold descriptors
         self.scripts: list[Script] = []
+        self.group: list[tuple[list, gevent.event.AsyncResult]] = []   # the next round trip
         # a forked child must not share them (redis-py's pool resets itself likewise);
         # dropping a connection closes only the child's copy of its socket
         lean = weakref.ref(self)
@@ -176,7 +182,7 @@ class Lean:
                     for script, keys, args in calls]
         if not commands:
             return []
-        replies = self.round_trip(commands)
+        replies = self.grouped(commands)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 script, keys, args = calls[i]
@@ -189,6 +195,31 @@ class Lean:
             elif isinstance(reply, Exception) and not errors:
                 raise reply
         return replies
+
+    def grouped(self, commands: list[tuple]) -> list:
+        """``round_trip`` in the next group: the commands of every caller that comes
+        before the loop's next turn go together, each caller's in a row and in
+        order, and each gets its own replies (or the error that ended the trip)."""
+        waiter = gevent.event.AsyncResult()
+        if not self.group:
+            gevent.spawn(self._send_group)
+        self.group.append((commands, waiter))
+        return waiter.get()
+
+    def _send_group(self) -> None:
+        group, self.group = self.group, []
+        try:
+            replies = self.round_trip([c for commands, _ in group for c in commands])
+        except BaseException as exc:
+            for _, waiter in group:
+                waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for commands, waiter in group:
+            waiter.set(replies[start:start + len(commands)])
+            start += len(commands)
 
     def round_trip(self, commands: list[tuple]) -> list:
         """Send commands together on one connection and read every reply (an error
