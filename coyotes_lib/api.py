@@ -23,10 +23,11 @@ log = logging.getLogger("coyotes.api")
 
 
 def make_app(broker: Broker, config: Config, on_channel_added=None,
-             not_ready=None) -> bottle.Bottle:
+             not_ready=None, on_queued=None) -> bottle.Bottle:
     """The API app; ``on_channel_added(spec)`` lets the scheduler start a new channel now,
-    and ``not_ready()`` says why the node is not ready yet ('' once it is)."""
-    api = routes.Api(broker, config, on_channel_added, not_ready)
+    ``on_queued(name)`` wakes a channel a task was pushed to, and ``not_ready()``
+    says why the node is not ready yet ('' once it is)."""
+    api = routes.Api(broker, config, on_channel_added, not_ready, on_queued)
     app = bottle.Bottle(autojson=False)
 
     def mount(method: str, path: str, route) -> None:

@@ -137,7 +137,7 @@ class Broker:
         return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
                  k.staging(self.node), k.record(task.id)],
                 [task.raw, DISTINCT_TTL if distinct else 0, source,
-                 task.payload.get("execute_at") or 0, k.wake, *flat(record)])
+                 task.payload.get("execute_at") or 0, k.wake, self.node, *flat(record)])
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         """Park a prepare-queue entry (taken out of our staging list unless not
@@ -237,7 +237,9 @@ class Broker:
         return [channels[i - 1] for i in found]
 
     def wakeups(self) -> Subscriber:
-        """A subscription to the queue keys that get entries (see ``scripts._WAKE``)."""
+        """A subscription to the queue keys that get entries (see ``scripts._WAKE``):
+        each message is a queue key, followed by a newline and the node that queued
+        there if it says."""
         return Subscriber(self.redis, self.keys.wake)
 
     def _claim_args(self, chan: str, most: int) -> tuple[list, list]:

@@ -154,6 +154,7 @@ class Lean:
         self.spare_max = spare_max   # more are closed after use: they would hold descriptors
         self.scripts: list[Script] = []
         self.group: list[tuple[list, gevent.event.AsyncResult]] = []   # the next round trip
+        self.flying = 0   # round trips under way
         # a forked child must not share them (redis-py's pool resets itself likewise);
         # dropping a connection closes only the child's copy of its socket
         lean = weakref.ref(self)
@@ -199,7 +200,15 @@ class Lean:
     def grouped(self, commands: list[tuple]) -> list:
         """``round_trip`` in the next group: the commands of every caller that comes
         before the loop's next turn go together, each caller's in a row and in
-        order, and each gets its own replies (or the error that ended the trip)."""
+        order, and each gets its own replies (or the error that ended the trip).
+        A caller alone (no trip under way, none waiting) goes at once: an idle
+        daemon's task does not wait for a turn of the loop."""
+        if not self.flying and not self.group:
+            self.flying += 1
+            try:
+                return self.round_trip(commands)
+            finally:
+                self.flying -= 1
         waiter = gevent.event.AsyncResult()
         if not self.group:
             gevent.spawn(self._send_group)
@@ -208,6 +217,7 @@ class Lean:
 
     def _send_group(self) -> None:
         group, self.group = self.group, []
+        self.flying += 1
         try:
             replies = self.round_trip([c for commands, _ in group for c in commands])
         except BaseException as exc:
@@ -216,6 +226,8 @@ class Lean:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self.flying -= 1
         start = 0
         for commands, waiter in group:
             waiter.set(replies[start:start + len(commands)])

@@ -128,7 +128,8 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
             return scheduler.not_ready()
         return "" if defaults_made.is_set() else "starting: creating the default channels"
 
-    app = make_app(broker, config, scheduler.added if config.task_mode else None, not_ready)
+    app = make_app(broker, config, scheduler.added if config.task_mode else None, not_ready,
+                   scheduler.queued if config.task_mode else None)
     server = make_server(app, config, cap)
     try:
         server.start()

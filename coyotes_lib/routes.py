@@ -27,13 +27,15 @@ MAX_DELAY = 366 * 86400
 
 class Api:
     """What every route needs: the broker, the config, the node's hooks
-    (``on_channel_added(spec)`` starts a new channel now, ``not_ready()`` says why the
-    node is not ready, '' once it is) and channel settings read lately."""
+    (``on_channel_added(spec)`` starts a new channel now, ``on_queued(name)`` wakes
+    it for a task just pushed, ``not_ready()`` says why the node is not ready, ''
+    once it is) and channel settings read lately."""
 
     def __init__(self, broker: Broker, config: Config, on_channel_added=None,
-                 not_ready=None):
+                 not_ready=None, on_queued=None):
         self.broker, self.config = broker, config
         self.on_channel_added, self.not_ready = on_channel_added, not_ready
+        self.on_queued = on_queued
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
 
     def spec_of(self, name: str) -> ChannelSpec:
@@ -146,6 +148,8 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
         raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
     if result == Enqueued.FOREIGN_RECORD:
         raise fail(409, f"task id {task.id!r}: its record key holds another type")
+    if result == Enqueued.QUEUED and api.on_queued:
+        api.on_queued(name)
     refused = result == Enqueued.REFUSED
     # like the prepare queue: a refusal is news, a queued task is logged when it runs
     log.log(logging.INFO if refused else logging.DEBUG, "channel %s: task %s %s via "

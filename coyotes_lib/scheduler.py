@@ -235,6 +235,8 @@ class Scheduler:
                 log.info("channel %s: task %s refused, already queued or running: %s",
                          task.channel, task.id, task.name)
             else:
+                if outcome == Enqueued.QUEUED:
+                    self.queued(task.channel)
                 log.debug("channel %s: task %s %s", task.channel, task.id,
                           outcome.name.lower())
         return next((exc for exc in refused if exc is not None), None)
@@ -259,6 +261,13 @@ class Scheduler:
                 outcomes.append(exc)
         return outcomes
 
+    def queued(self, name: str) -> None:
+        """This node queued a task in channel ``name``: wake that channel now (the
+        message Redis sends the other nodes says so, and is skipped here)."""
+        channel = self.channels.get(name)
+        if channel is not None:
+            channel.wake()
+
     def _listen(self) -> None:
         """Wake each channel whose queue got entries, as Redis tells us (the scripts
         that push publish the queue's key). A scan each SCAN_EVERY seconds, and
@@ -274,9 +283,10 @@ class Scheduler:
                 if time.monotonic() - scanned >= SCAN_EVERY:
                     self._wake_waiting()
                     scanned = time.monotonic()
-                for queue in subscriber.messages(SCAN_EVERY):
+                for message in subscriber.messages(SCAN_EVERY):
+                    queue, _, node = message.partition("\n")
                     channel = self.by_queue.get(queue)
-                    if channel is not None:
+                    if channel is not None and node != self.broker.node:   # ours: woken
                         channel.wake()
             except redis.RedisError as exc:
                 if subscriber is not None:

@@ -41,11 +41,14 @@ local function number(key, field)
 end
 """
 # Tell every node's listener that a channel queue got entries (ARGV gives the
-# pub/sub channel; '' or none: tell nobody). Nodes also scan for queued work
+# pub/sub channel; '' or none: tell nobody), and which node did it, if it says
+# (that node woke its own channel already). Nodes also scan for queued work
 # every second, so a message lost with a connection only delays a task.
 _WAKE = """
-local function wake(channel, queue)
-  if channel and channel ~= '' then redis.call('PUBLISH', channel, queue) end
+local function wake(channel, queue, node)
+  if channel and channel ~= '' then
+    redis.call('PUBLISH', channel, node and (queue .. '\\n' .. node) or queue)
+  end
 end
 """
 _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
@@ -61,7 +64,8 @@ ENQUEUE = _FINAL + _CLOCK + _TYPES + _WAKE + """
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
 -- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
--- ARGV[5] wake-up channel ('' = none)   ARGV[6..] record fields and values
+-- ARGV[5] wake-up channel ('' = none)   ARGV[6] this node's id
+-- ARGV[7..] record fields and values
 local hash, none = is_hash(KEYS[5])
 if not (hash or none) then return 5 end
 local now = clock()
@@ -80,14 +84,14 @@ if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) t
   return 0
 end
 redis.call('DEL', KEYS[5])
-if #ARGV >= 7 then redis.call('HSET', KEYS[5], unpack(ARGV, 6)) end
+if #ARGV >= 8 then redis.call('HSET', KEYS[5], unpack(ARGV, 7)) end
 redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
 if delayed then
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   return 2
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
-wake(ARGV[5], KEYS[1])
+wake(ARGV[5], KEYS[1], ARGV[6])
 return 1
 """
 

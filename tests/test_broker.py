@@ -83,7 +83,7 @@ def test_wake_up_messages_name_the_queue_that_got_a_task(redis_server):
     scans the queues)."""
     result = call(child.wake_ups, redis_server.port)
     assert result["quiet"] == [] and result["after_claim"] == []
-    assert result["heard"] == ["default:tasks:queue"]
+    assert result["heard"] == ["default:tasks:queue\nn1"]   # the queue, and who queued
     assert result["waited"] < 4   # the message came with the push, not after the timeout
     assert result["claimed"] == [result["id"]] and result["waiting"] == []
     assert result["killed"] == "error"

@@ -259,7 +259,8 @@ def test_grace_exceeded_kills_the_group_and_requeues(coyotes_factory, r, tmp_pat
 
 def test_second_signal_forces_the_exit_and_requeues(coyotes, r, tmp_path):
     push(r, "sleep 60")
-    wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)
+    # its process runs (the running set has it from the claim on, a moment before)
+    wait_until(lambda: "started (attempt 1" in coyotes.log())
     coyotes.signal(signal.SIGUSR2)
     wait_until(lambda: "waiting for 1 running command" in coyotes.log())
     coyotes.signal(signal.SIGUSR2)
@@ -354,7 +355,7 @@ def test_started_children_have_their_own_session(coyotes, r, tmp_path):
     assert sid != os.getsid(coyotes.proc.pid)
 
 
-def test_claim_blocks_only_when_no_worker_is_free(coyotes_factory, r, tmp_path):
+def test_a_channel_whose_workers_are_busy_claims_nothing_more(coyotes_factory, r, tmp_path):
     coyotes_factory("-concurrent", "1")
     push(r, "sleep 2")
     wait_until(lambda: r.scard("default:tasks:queue:exec") == 1)

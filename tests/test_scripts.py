@@ -132,7 +132,7 @@ def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, dis
               "retry_count": 0, **extra}
     return ([K.queue(chan), K.distinct(chan, name), K.delayed, K.staging(NODE),
              K.record(task_id)],
-            [raw, distinct, source, at, wake, *pairs(fields)])
+            [raw, distinct, source, at, wake, NODE, *pairs(fields)])
 
 
 def enqueue(db, raw, task_id, **kw):
@@ -1070,13 +1070,14 @@ def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     """Every script that puts an entry into a channel queue tells the nodes which
     queue, on the wake-up channel it is given; one that queues nothing is silent."""
     raw = entry("a")
+    queued_here = f"{K.queue(CHAN)}\n{NODE}"   # ENQUEUE says which node queued it
     assert enqueue(db, raw, "a", wake=K.wake) == 1
-    assert heard() == [K.queue(CHAN)]
+    assert heard() == [queued_here]
     assert enqueue(db, entry("b", task="later"), "b", name="later", at=4e9, wake=K.wake) == 2
     assert enqueue(db, entry("c"), "c", distinct=60, wake=K.wake) == 1
     assert enqueue(db, entry("d"), "d", distinct=60, wake=K.wake) == 0   # refused: distinct
     assert enqueue(db, entry("e"), "e") == 1                             # no channel given
-    assert heard() == [K.queue(CHAN)]                                    # only for "c"
+    assert heard() == [queued_here]                                      # only for "c"
     # a claimed entry given back
     db.lpush(K.processing(NODE, CHAN), raw)
     assert run(db, "REQUEUE", REQUEUE_KEYS, [raw, "1", K.wake]) == 1
