@@ -73,6 +73,8 @@ class Broker:
         self._kill = lean.script(scripts.KILL)
         self._unfail = lean.script(scripts.UNFAIL)
         self._waiting = lean.script(scripts.WAITING)
+        self._digest = lean.script(scripts.DIGEST)
+        self._counts = lean.script(scripts.COUNTS)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
@@ -92,6 +94,10 @@ class Broker:
                 specs[name] = spec
         self.seen = seen
         return specs
+
+    def channels_digest(self) -> str:
+        """Changes whenever a channel is added, removed or has its settings changed."""
+        return self._digest(keys=[self.keys.channels])
 
     def channel(self, name: str) -> ChannelSpec | None:
         raw = self.redis.hget(self.keys.channels, name)
@@ -352,18 +358,20 @@ class Broker:
     # -- reading ----------------------------------------------------------
     def channel_tasks(self, chans: list[str], offset: int = 0, limit: int = 100):
         """Each channel's running entries, then its queued entries in run order, sliced,
-        and their total count, in two round trips: {chan: (page, count)}."""
+        and their total count, in at most three round trips: {chan: (page, count)}."""
         k = self.keys
         if not chans:
             return {}
-        heads = self.lean.round_trip([cmd for chan in chans for cmd in (
-            ("SMEMBERS", k.running(chan)), ("LLEN", k.queue(chan)))])
+        counts = self._counts(keys=[key for chan in chans
+                                    for key in (k.running(chan), k.queue(chan))])
+        busy = [chan for i, chan in enumerate(chans) if counts[2 * i]]
+        members = dict(zip(busy, self.lean.round_trip(
+            [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
         pages, ranges = {}, []
         for i, chan in enumerate(chans):
-            running, queued = heads[2 * i], heads[2 * i + 1]
-            for reply in running, queued:
-                if isinstance(reply, Exception):
-                    raise reply
+            running, queued = members.get(chan, ()), counts[2 * i + 1]
+            if isinstance(running, Exception):
+                raise running
             running = sorted(running)
             page = [(raw, "running") for raw in running[offset:offset + limit]]
             start, want = max(0, offset - len(running)), limit - len(page)

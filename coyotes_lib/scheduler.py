@@ -53,6 +53,7 @@ class Scheduler:
         self.give_up = gevent.event.Event()   # set at the very end of a shutdown
         self.channels: dict[str, Channel] = {}
         self.by_queue: dict[str, Channel] = {}   # queue key -> its channel, for wake-ups
+        self.digest = ""   # of task:channels, when last read (see ``_sync``)
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
@@ -141,9 +142,14 @@ class Scheduler:
                  ", distinct" if spec.distinct else "")
 
     def _sync(self) -> None:
-        """Start channels that appeared in ``task:channels`` (not before ``start``,
-        nor once stopping)."""
+        """Start channels that appeared in ``task:channels`` and apply changed settings
+        (not before ``start``, nor once stopping). The settings are read only when
+        their digest changed: with thousands of channels, reading them all every
+        SYNC_EVERY seconds was most of an idle daemon's work."""
         if not self.started or self.stop.is_set():
+            return
+        digest = self.broker.channels_digest()
+        if digest == self.digest:
             return
         self.specs = self.broker.channels()
         if self.config.channel_default not in self.specs:
@@ -164,6 +170,7 @@ class Scheduler:
                 if spec.worker_count != old.worker_count:
                     log.warning("channel %s: the worker count (%d, was %d) changes after a "
                                 "restart", name, spec.worker_count, old.worker_count)
+        self.digest = digest   # only now: a sync cut short by an error runs again
 
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:

@@ -405,3 +405,26 @@ for i = 1, #KEYS do
 end
 return out
 """
+
+# Whether any channel's settings changed, without sending them all: a digest of
+# the whole hash, read every few seconds by every node.
+DIGEST = _TYPES + """
+-- KEYS[1] channels hash
+-- returns the SHA-1 of every field and value, in the hash's order
+local bad = wrongtype(KEYS[1], 'hash')
+if bad then return bad end
+return redis.sha1hex(table.concat(redis.call('HGETALL', KEYS[1]), '\\0'))
+"""
+
+# The sizes a listing of many channels starts from, in one reply (a reply per
+# key cost more to read than the listing itself, with thousands of channels).
+COUNTS = """
+-- KEYS[1..] per channel, two keys: running set, queue
+-- returns per channel: how many run, how many wait
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[i] = redis.call('SCARD', KEYS[i])
+  out[i + 1] = redis.call('LLEN', KEYS[i + 1])
+end
+return out
+"""

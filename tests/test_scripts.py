@@ -1115,3 +1115,28 @@ def test_waiting_names_the_queues_that_hold_entries(db):
     queues = [K.queue(chan) for chan in "abcde"]
     assert run(db, "WAITING", queues) == [2, 4]
     assert run(db, "WAITING", []) == []
+
+
+def test_digest_changes_with_any_field_or_value_of_the_channels(db):
+    empty = run(db, "DIGEST", [K.channels])
+    db.hset(K.channels, mapping={"a": '{"worker_count": 1}', "b": '{"worker_count": 2}'})
+    first = run(db, "DIGEST", [K.channels])
+    assert first == run(db, "DIGEST", [K.channels]) != empty   # read only: stable
+    db.hset(K.channels, "b", '{"worker_count": 3}')
+    changed = run(db, "DIGEST", [K.channels])
+    db.hset(K.channels, "c", "{}")
+    added = run(db, "DIGEST", [K.channels])
+    assert len({first, changed, added}) == 3
+    db.delete(K.channels)
+    db.set(K.channels, "x")
+    with pytest.raises(redis.ResponseError, match=f"WRONGTYPE {K.channels} holds a string"):
+        run(db, "DIGEST", [K.channels])
+
+
+def test_counts_gives_running_and_queued_per_channel(db):
+    db.sadd(K.running("a"), "x", "y")
+    db.lpush(K.queue("a"), "1", "2", "3")
+    db.lpush(K.queue("c"), "1")
+    keys = [key for chan in "abc" for key in (K.running(chan), K.queue(chan))]
+    assert run(db, "COUNTS", keys) == [2, 3, 0, 0, 0, 1]
+    assert run(db, "COUNTS", []) == []
