@@ -28,7 +28,10 @@ def make_app(broker: Broker, config: Config, on_channel_added=None,
     ``on_queued(name)`` wakes a channel a task was pushed to, and ``not_ready()``
     says why the node is not ready yet ('' once it is)."""
     api = routes.Api(broker, config, on_channel_added, not_ready, on_queued)
-    app = bottle.Bottle(autojson=False)
+    app = bottle.Bottle()
+    # every route returns its JSON text already; bottle's JSON plugin would only wrap
+    # each call (and Bottle(autojson=False) no longer turns it off)
+    app.uninstall("json")
 
     def mount(method: str, path: str, route) -> None:
         app.route(path, method, functools.partial(route, api), name=route.__name__)

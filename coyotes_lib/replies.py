@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from urllib.parse import unquote_to_bytes
 
 import bottle
 
@@ -85,22 +86,45 @@ def record_view(record: dict) -> dict:
     return view
 
 
+# environ key under which server.Guard leaves the request body it read (bytes)
+BODY_READ = "coyotes.body"
+
+
 class Body:
-    """Fields of a form or JSON body, read the same way."""
+    """Fields of a form or JSON body, read the same way.
+
+    An urlencoded form is parsed here from the body the guard read, as bottle's
+    ``request.forms.decode("utf-8")`` would (``parse_form``) but without its
+    MultiDict copies; a multipart form, or a body read by no guard, goes through
+    bottle. Fields are ``{name: [values]}`` in the order of their first use."""
 
     def __init__(self, request: bottle.BaseRequest):
         self.json = None
-        if (request.content_type or "").startswith("application/json"):
+        environ = request.environ
+        content_type = environ.get("CONTENT_TYPE", "")
+        data = environ.get(BODY_READ)
+        if content_type.lower().startswith("application/json"):
+            if data is None:
+                data = request.body.read()
             try:
-                self.json = parse_json(request.body.read() or b"{}")
+                self.json = parse_json(data or b"{}")
             except BadTask as exc:
                 raise fail(400, f"body: {exc}") from None
             if not isinstance(self.json, dict):
                 raise fail(400, "JSON body must be an object")
+        elif data is not None and urlencoded(content_type):
+            if len(data) > request.MEMFILE_MAX:   # as bottle refuses a form body
+                raise bottle.HTTPError(413, "Request entity too large")
+            try:
+                self.forms = parse_form(data)
+                query = environ.get("QUERY_STRING", "")
+                self.query = parse_form(query.encode("latin-1")) if query else {}
+            except UnicodeError:
+                raise fail(400, "form fields must be UTF-8") from None
         else:
             try:
-                self.forms = request.forms.decode("utf-8")
-                self.query = request.query.decode("utf-8")
+                self.forms = request.forms.decode("utf-8").dict
+                self.query = request.query.decode("utf-8").dict
             except UnicodeError:
                 raise fail(400, "form fields must be UTF-8") from None
             except ValueError as exc:   # bottle's parser refusing a part's headers
@@ -109,18 +133,20 @@ class Body:
     def get(self, name: str, default=None):
         if self.json is not None:
             return self.json.get(name, default)
-        value = self.forms.get(name)
-        return value if value is not None else self.query.get(name, default)
+        values = self.forms.get(name) or self.query.get(name)
+        return values[-1] if values else default
 
     def get_list(self, name: str) -> list:
         if self.json is not None:
             # only null is "none": a 0 or {} is a value (to use, or to refuse), not nothing
             value = self.json.get(name)
             return [] if value is None else value if isinstance(value, list) else [value]
+        prefix = name + "["
         for fields in (self.forms, self.query):   # the query as well, as get() reads it
-            values = fields.getall(name) or fields.getall(name + "[]")
+            values = fields.get(name) or fields.get(name + "[]")
             if not values:  # PHP's http_build_query: args[0]=..&args[1]=..
-                indexed = [(k, v) for k, v in fields.allitems() if k.startswith(name + "[")]
+                indexed = [(k, v) for k, vs in fields.items() if k.startswith(prefix)
+                           for v in vs]
                 values = [v for _, v in sorted(indexed, key=lambda kv: _index(kv[0]))]
             if values:
                 return values
@@ -128,13 +154,52 @@ class Body:
 
     def policy(self) -> dict:
         """The policy keys given (timeout, retries, ...), not yet validated."""
-        given = {key: self.get(key) for key in POLICY_LIMITS if self.get(key) not in (None, "")}
+        given = {}
+        for key in POLICY_LIMITS:
+            value = self.get(key)
+            if value not in (None, ""):
+                given[key] = value
         # exit codes: repeated, PHP's retry_on[] or retry_on[0], a JSON list, or "1,75"
         codes = [code for value in self.get_list("retry_on")
                  for code in (value.split(",") if isinstance(value, str) else [value])]
         if "retry_on" in given or any(str(code).strip() for code in codes):
             given["retry_on"] = codes
         return given
+
+
+def urlencoded(content_type: str) -> bool:
+    """Whether bottle would read a body of this Content-Type as an urlencoded form
+    without refusing the header: anything but multipart/..., compared as bottle's
+    header parser splits it (parameters without '=' make it raise)."""
+    if '"' in content_type or "," in content_type:
+        return False   # bottle's other parser: leave it to bottle
+    main, *params = content_type.split(";")
+    return all("=" in param for param in params) \
+        and not main.strip().startswith("multipart/")
+
+
+def parse_form(data: bytes) -> dict[str, list[str]]:
+    """An urlencoded form as bottle's ``_parse_qsl`` reads it and ``FormsDict.decode``
+    then decodes it: pairs cut at '&', empty ones skipped, no '=' an empty value,
+    '+' a space, %XX a byte (a malformed escape stays as it is), and the bytes
+    UTF-8 (else UnicodeError)."""
+    fields: dict[str, list[str]] = {}
+    for pair in data.split(b"&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        key, value = _unquote(key), _unquote(value)
+        values = fields.get(key)
+        if values is None:
+            fields[key] = [value]
+        else:
+            values.append(value)
+    return fields
+
+
+def _unquote(part: bytes) -> str:
+    part = part.replace(b"+", b" ")
+    return (unquote_to_bytes(part) if b"%" in part else part).decode("utf-8")
 
 
 def whole(value) -> int:

@@ -32,13 +32,14 @@ import gevent.pool
 from gevent import pywsgi
 
 from .config import Config, is_ip, is_loopback
-from .replies import envelope
+from .replies import BODY_READ, envelope
 
 log = logging.getLogger("coyotes.http")
 
 BACKLOG = 1024          # the listen backlog at least (the kernel caps it at somaxconn)
 ACCEPT_BACKOFF = 0.5    # seconds without accept() once it failed for want of descriptors
 LINGER = 2.0            # seconds, at most, that a closing connection's unread body is drained
+HOST_VERDICTS = 256     # Host headers whose verdict a Guard keeps (then it starts over)
 # accept() errors that say "not now" rather than "this listener is broken"
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -57,6 +58,9 @@ class Guard:
 
     def __init__(self, app, config: Config):
         self.app, self.config = app, config
+        # Host header -> allowed: a client sends the same one on every request, and
+        # parsing it (an IP address, a name) costs more than the rest of the checks
+        self.hosts: dict[str, bool] = {}
 
     def __call__(self, environ, start_response):
         refusal = self.refuse(environ)
@@ -72,7 +76,7 @@ class Guard:
 
     def refuse(self, environ) -> tuple[int, str] | None:
         host = environ.get("HTTP_HOST", "")
-        if host and not self.host_allowed(urlsplit("//" + host).hostname or ""):
+        if host and not self.host_known_allowed(host):
             return 403, f"host {host!r} is not allowed (DNS rebinding protection)"
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
@@ -80,6 +84,15 @@ class Guard:
         if environ.get("HTTP_SEC_FETCH_SITE") == "cross-site":
             return 403, "cross-site request refused"
         return self.limit_body(environ)
+
+    def host_known_allowed(self, host: str) -> bool:
+        allowed = self.hosts.get(host)
+        if allowed is None:
+            allowed = self.host_allowed(urlsplit("//" + host).hostname or "")
+            if len(self.hosts) >= HOST_VERDICTS:   # many names: a scan, not clients
+                self.hosts.clear()
+            self.hosts[host] = allowed
+        return allowed
 
     def host_allowed(self, hostname: str) -> bool:
         hostname = hostname.lower()
@@ -124,6 +137,7 @@ class Guard:
         if len(data) > limit:
             return too_big
         environ["wsgi.input"] = io.BytesIO(data)
+        environ[BODY_READ] = data   # for replies.Body, which needs no file
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return None
