@@ -9,7 +9,8 @@ and a script removes it only once its result is recorded. A node that dies
 leaves its staging and processing lists behind; it requeues them when it
 starts again, and any live node does so once the dead node's heartbeat key
 has expired. The scripts live in ``scripts.py``, the connections
-and the round trips they take in ``connection.py``.
+and the round trips they take in ``connection.py``, the read-only listings the
+API shows in ``listings.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from . import scripts
 from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
+from .listings import Listings
 from .model import ChannelSpec, Claim, Enqueued, Outcome, Started
-from .task import Policy, Task, legacy_id
+from .task import Policy, Task
 
 log = logging.getLogger("coyotes.broker")
 
@@ -48,7 +50,7 @@ def flat(fields: dict) -> list:
     return out
 
 
-class Broker:
+class Broker(Listings):
     def __init__(self, client: redis.Redis, keys: Keys, node_id: str,
                  node_ttl: int = Config.node_ttl, record_ttl: int = Config.result_ttl,
                  dead_max: int = Config.dead_letters_max,
@@ -355,60 +357,7 @@ class Broker:
         self.redis.delete(self.keys.heartbeat(self.node))
         return moved
 
-    # -- reading ----------------------------------------------------------
-    def channel_tasks(self, chans: list[str], offset: int = 0, limit: int = 100):
-        """Each channel's running entries, then its queued entries in run order, sliced,
-        and their total count, in at most three round trips: {chan: (page, count)}."""
-        k = self.keys
-        if not chans:
-            return {}
-        counts = self._counts(keys=[key for chan in chans
-                                    for key in (k.running(chan), k.queue(chan))])
-        busy = [chan for i, chan in enumerate(chans) if counts[2 * i]]
-        members = dict(zip(busy, self.lean.round_trip(
-            [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
-        pages, ranges = {}, []
-        for i, chan in enumerate(chans):
-            running, queued = members.get(chan, ()), counts[2 * i + 1]
-            if isinstance(running, Exception):
-                raise running
-            running = sorted(running)
-            page = [(raw, "running") for raw in running[offset:offset + limit]]
-            start, want = max(0, offset - len(running)), limit - len(page)
-            pages[chan] = (page, len(running) + queued)
-            if want > 0 and start < queued:   # taken from the right: the next is at -1
-                ranges.append((chan, ("LRANGE", k.queue(chan), -(start + want), -(start + 1))))
-        tails = self.lean.round_trip([cmd for _, cmd in ranges]) if ranges else []
-        for (chan, _), raws in zip(ranges, tails, strict=True):
-            if isinstance(raws, Exception):
-                raise raws
-            pages[chan][0].extend((raw, "queued") for raw in reversed(raws))
-        return pages
-
-    # -- records, cancel, failed and delayed tasks -------------------------
-    def record(self, task_id: str) -> dict | None:
-        data = self.redis.hgetall(self.keys.record(task_id))
-        return data or None
-
-    def records(self, task_ids: list[str]) -> list[dict]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hgetall(self.keys.record(task_id))
-            return pipe.execute() if task_ids else []
-
-    def find_unrecorded(self, task_id: str, channels, scan: int = 100_000) -> dict | None:
-        """An entry queued without a record (a plain string left by the Go daemon),
-        found by its derived id among the first ``scan`` entries of each channel."""
-        for chan in channels:
-            for start in range(0, scan, 1000):
-                chunk = self.redis.lrange(self.keys.queue(chan), start, start + 999)
-                for raw in chunk:
-                    if legacy_id(raw) == task_id:
-                        return {"channel": chan, "raw": raw, "task_name": raw, "id": task_id}
-                if len(chunk) < 1000:
-                    break
-        return None
-
+    # -- cancel, kill, failed tasks ---------------------------------------
     def cancel(self, task_id: str, channels=()) -> str:
         """'canceled' (it was waiting), 'killing' (asked its node to kill it),
         'finished' (too late) or 'unknown'. ``channels`` are searched for an
@@ -434,18 +383,6 @@ class Broker:
         """Ids of tasks on this node that callers want killed (taken once)."""
         return self.redis.spop(self.keys.kill_requests(self.node), count) or []
 
-    def failed_tasks(self, chan: str, offset: int = 0, limit: int = 100):
-        """(raw entries, newest failure first; total count)."""
-        k = self.keys
-        index = k.failed_index(chan)
-        ids, count = self._page(lambda pipe: pipe.zrevrange(index, offset, offset + limit - 1),
-                                ("zcard", index), limit)
-        entries = self.redis.hmget(k.failed(chan), ids) if ids else []
-        return [e for e in entries if e is not None], count
-
-    def failed_task(self, chan: str, task_id: str) -> str | None:
-        return self.redis.hget(self.keys.failed(chan), task_id)
-
     def unfail(self, chan: str, task_id: str, retry: bool, distinct: bool = False) -> bool:
         """Retry (back into the queue) or delete one failed task."""
         k = self.keys
@@ -455,37 +392,3 @@ class Broker:
                   k.distinct(chan, record.get("task_name", ""))],
             args=[task_id, "1" if retry else "0", self.record_ttl,
                   DISTINCT_TTL if distinct else 0, k.wake]))
-
-    def failed_ids(self, chan: str, before: float, limit: int = 1000) -> list[str]:
-        """Ids of tasks that failed no later than ``before`` (Redis time), oldest first."""
-        return self.redis.zrangebyscore(self.keys.failed_index(chan), "-inf", before, 0, limit)
-
-    def delayed_tasks(self, offset: int = 0, limit: int = 100):
-        """(raw entries with their due time, soonest first; total count)."""
-        return self._page(lambda pipe: pipe.zrange(self.keys.delayed, offset, offset + limit - 1,
-                                                   withscores=True),
-                          ("zcard", self.keys.delayed), limit)
-
-    def delayed_task(self, task_id: str) -> tuple[str, float] | None:
-        record = self.record(task_id)
-        if not record or "raw" not in record:
-            return None
-        score = self.redis.zscore(self.keys.delayed, record["raw"])
-        return None if score is None else (record["raw"], score)
-
-    def dead_letters(self, offset: int = 0, limit: int = 100):
-        """(entries, newest first; count; how many were trimmed off the end so far)."""
-        entries, count = self._page(
-            lambda pipe: pipe.lrange(self.keys.dead, offset, offset + limit - 1),
-            ("llen", self.keys.dead), limit)
-        return entries, count, int(self.redis.get(self.keys.dead_trimmed) or 0)
-
-    def _page(self, pipe_range, count: tuple[str, str], limit: int) -> tuple[list, int]:
-        """(a page, the total) in one round trip; no range at all for limit 0 (a range
-        ending at offset - 1 = -1 would be the whole list)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            getattr(pipe, count[0])(count[1])
-            if limit:
-                pipe_range(pipe)
-            total, *page = pipe.execute()
-        return (page[0] if page else []), total
