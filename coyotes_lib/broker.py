@@ -190,13 +190,14 @@ class Broker(Listings):
 
     def take_prepared(self, most: int, timeout: float = BLOCK) -> list[str]:
         """Move the oldest prepare-queue entries (up to ``most``) into this node's
-        staging list; when there is none, wait up to ``timeout`` for one."""
+        staging list; when there is none, wait up to ``timeout`` for one. One round
+        trip: a blocking move, and TAKE of the rest right behind it."""
         k = self.keys
-        taken = self._take(keys=[k.prepare, k.staging(self.node)], args=[most])
-        if not taken:
-            entry = self.redis.blmove(k.prepare, k.staging(self.node), timeout, "RIGHT", "LEFT")
-            taken = [entry] if entry is not None else []
-        return taken
+        staging = k.staging(self.node)
+        entry, taken = self.lean.pipelined(
+            [(self._take, [k.prepare, staging], [most - 1])],
+            first=("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout))
+        return ([entry] if entry is not None else []) + taken
 
     def convert_go_delayed(self) -> int:
         """Later Go versions scored delayed tasks as local time YYYYmmddHHMMSS

@@ -173,27 +173,31 @@ class Lean:
                 pipe.script_load(script.text)
             pipe.execute()
 
-    def pipelined(self, calls, errors: bool = False) -> list:
-        """Script calls, ``(script, keys, args)``, in one round trip. redis-py's own pipelined
+    def pipelined(self, calls, errors: bool = False, first: tuple = ()) -> list:
+        """Script calls, ``(script, keys, args)``, in one round trip, after the plain
+        command ``first`` if given (its reply comes first). A call with ``first``
+        (a blocking one) goes alone, never in a group. redis-py's own pipelined
         scripts ask SCRIPT EXISTS first, a round trip more each time; here a NOSCRIPT
         reply (Redis restarted) loads the script and runs that call again: it had
         done nothing. An error reply is raised, or with ``errors`` left in its place
         (every script checks before it writes, so a refused call changed nothing)."""
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
-                    for script, keys, args in calls]
+        commands = [first] if first else []
+        commands += [("EVALSHA", script.sha, len(keys), *keys, *args)
+                     for script, keys, args in calls]
         if not commands:
             return []
-        replies = self.grouped(commands)
+        replies = self.round_trip(commands) if first else self.grouped(commands)
+        skip = 1 if first else 0
         for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                script, keys, args = calls[i]
+            if isinstance(reply, NoScriptError) and i >= skip:
+                script, keys, args = calls[i - skip]
                 try:
                     replies[i] = script.registered(keys=keys, args=args)
                 except redis.ResponseError as exc:
                     if not errors:
                         raise
                     replies[i] = exc
-            elif isinstance(reply, Exception) and not errors:
+            elif isinstance(reply, Exception) and not (errors and i >= skip):
                 raise reply
         return replies
 
