@@ -17,9 +17,12 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 2**32 - 1   # Redis's longest list
 
 
+# json.dumps(..., ensure_ascii=False) without a new encoder each call
+ENVELOPE_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def envelope(status: int, message: str, data=None) -> str:
-    text = json.dumps({"status_code": status, "message": message, "data": data},
-                      ensure_ascii=False)
+    text = ENVELOPE_JSON.encode({"status_code": status, "message": message, "data": data})
     return text if text.isascii() else utf8_safe(text)
 
 

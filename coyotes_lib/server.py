@@ -17,13 +17,15 @@ wait, unaccepted, in the kernel's listen backlog.
 
 from __future__ import annotations
 
+import email.parser
 import errno
 import functools
 import io
 import logging
+import re
 import socket
 import time
-from http import HTTPStatus
+from http import HTTPStatus, client
 from urllib.parse import urlsplit
 
 import bottle
@@ -42,6 +44,33 @@ LINGER = 2.0            # seconds, at most, that a closing connection's unread b
 HOST_VERDICTS = 256     # Host headers whose verdict a Guard keeps (then it starts over)
 # accept() errors that say "not now" rather than "this listener is broken"
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+# a header line the email parser would read as (name, value) and nothing more: a name
+# of the characters it allows, no continuation, no line break but the last
+PLAIN_HEADER = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n")
+
+
+def read_headers(rfile) -> pywsgi.OldMessage:
+    """A request's headers as gevent reads them (``http.client.parse_headers`` into its
+    OldMessage, with the same limits and errors) but without the email parser when
+    every line is a plain ``Name: value``; any other line goes to that parser."""
+    try:
+        lines = client._read_headers(rfile)
+    except client.LineTooLong:
+        message = pywsgi.OldMessage()
+        message.status = "Line too long"
+        return message
+    fields = []
+    for line in lines[:-1]:
+        match = PLAIN_HEADER.fullmatch(line)
+        if match is None:
+            text = b"".join(lines).decode("iso-8859-1")
+            return email.parser.Parser(_class=pywsgi.OldMessage).parsestr(text)
+        fields.append((match[1].decode("iso-8859-1"), match[2].decode("iso-8859-1")))
+    message = pywsgi.OldMessage()
+    message._headers = fields
+    return message
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
@@ -186,6 +215,9 @@ class Handler(pywsgi.WSGIHandler):
             return ""   # gevent closes the connection
         self.deadline = gevent.Timeout.start_new(self.server.http_timeout)
         return super().read_requestline()
+
+    def MessageClass(self, rfile, *args):   # gevent's name
+        return read_headers(rfile)
 
     def read_request(self, raw_requestline: str) -> bool:
         try:

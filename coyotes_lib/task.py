@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
 import time
-import uuid
 
 MAX_COMMAND = 64 * 1024  # characters of command line, argv included
 # a command line without quotes or backslashes: shlex.split only cuts it at
@@ -25,6 +25,8 @@ UNQUOTED = re.compile(r"[^'\"\\]*")
 SHELL_BLANKS = re.compile(r"[ \t\r\n]+")
 MAX_ID = 128
 NOT_IN_ID = re.compile(r"[\s/]")   # \s: what str.isspace calls a space
+# json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder each call
+COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class BadTask(ValueError):
@@ -110,7 +112,15 @@ def exit_code(value) -> int:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return uuid4_hex(os.urandom(16))
+
+
+def uuid4_hex(random: bytes) -> str:
+    """``uuid.UUID(bytes=random, version=4).hex`` without the UUID object."""
+    octets = bytearray(random)
+    octets[6] = octets[6] & 0x0F | 0x40   # version 4
+    octets[8] = octets[8] & 0x3F | 0x80   # the RFC 4122 variant
+    return octets.hex()
 
 
 def legacy_id(raw: str) -> str:
@@ -198,9 +208,10 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if len(task_id) > MAX_ID or not task_id.isprintable() or NOT_IN_ID.search(task_id):
         raise BadTask(f"id must be at most {MAX_ID} printable characters, "
                       "without spaces or '/'")
-    payload = dict(extra or {})
-    payload.update(check_policy({k: v for k, v in payload.items()
-                                 if k in POLICY_LIMITS and v is not None}))
+    payload = dict(extra) if extra else {}
+    if payload:
+        payload.update(check_policy({k: v for k, v in payload.items()
+                                     if k in POLICY_LIMITS and v is not None}))
     payload.update(id=task_id, task=name, chan=channel)
     payload.setdefault("ts", int(time.time()))
     if command is not None:
@@ -209,8 +220,7 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
         payload["argv"] = list(argv)   # split once here, not again at each claim
     if execute_at:
         payload["execute_at"] = execute_at
-    return Task(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
-                task_id, name, channel, argv, payload)
+    return Task(COMPACT_JSON.encode(payload), task_id, name, channel, argv, payload)
 
 
 def _no_constant(name: str):

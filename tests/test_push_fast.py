@@ -1,22 +1,27 @@
-"""The push routes' own form parser reads every body as bottle did.
+"""The push routes' own parsers read every request as bottle and gevent did.
 
 ``replies.Body`` parses an urlencoded body (and the query string) itself instead of
 going through bottle's ``request.forms`` and ``FormsDict.decode``; these tests
 compare the two on random bytes and Content-Types: the same fields in the same
-order, or the same refusal (status and message).
+order, or the same refusal (status and message). The server reads plain request
+headers without the email parser; they are compared with what gevent read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import bottle
 import pytest
+from gevent.pywsgi import headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coyotes_lib.replies import BODY_READ, Body, parse_form, urlencoded
+from coyotes_lib.server import read_headers
+from coyotes_lib.task import new_id, uuid4_hex
 
 # bytes that mean something to a form parser, and some that are not UTF-8
 FORM_BYTES = st.binary().map(bytes) | st.lists(
@@ -118,3 +123,48 @@ def test_tricky_forms_read_the_same(body, query, content_type):
     b'{"task": "\\ud800"}', json.dumps({"command": {"name": "x"}}).encode()])
 def test_json_bodies_read_the_same(body):
     compare(body, "application/json", "")
+
+
+# -- request headers ------------------------------------------------------------
+HEADER_BYTES = st.lists(
+    st.sampled_from([b"Host", b"Content-Type", b"X_Y", b":", b": ", b"\t", b" ", b"From ",
+                     b"v", b"a b", b"\r\n", b"\n", b"\r", b"\x85", b"\x0c", b"\xe9", b"\x00",
+                     b"application/x-www-form-urlencoded", b"Content-Length: 5\r\n"]),
+    max_size=30).map(b"".join)
+
+
+def parsed_headers(read):
+    try:
+        message = read()
+    except Exception as exc:   # the same error, or none
+        return type(exc), str(exc)
+    return message.status, list(message._headers), list(message.headers)
+
+
+def compare_headers(data: bytes) -> None:
+    old = parsed_headers(lambda: headers_factory(io.BytesIO(data)))
+    new = parsed_headers(lambda: read_headers(io.BytesIO(data)))
+    assert new == old
+
+
+@SETTINGS
+@given(HEADER_BYTES)
+def test_request_headers_read_as_gevent_read_them(block):
+    for data in (block, block + b"\r\n\r\n", b"Host: x\r\n" + block + b"\r\n"):
+        compare_headers(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"Host: 127.0.0.1:1\r\nContent-Type: a\r\n\r\nbody", b"Host:x  \r\n\r\n",
+    b"Host: x\r\n folded\r\n\r\n", b"X: " + b"a" * 70000 + b"\r\n\r\n",
+    b"".join(b"X%d: y\r\n" % i for i in range(120)) + b"\r\n", b"Host: x\n\n",
+    b"From x\r\nHost: y\r\n\r\n", b"Host: x\rY: z\r\n\r\n", b"Host: x"])
+def test_tricky_headers_read_as_gevent_read_them(data):
+    compare_headers(data)
+
+
+@SETTINGS
+@given(st.binary(min_size=16, max_size=16))
+def test_a_new_task_id_is_a_uuid4_hex(random):
+    assert uuid4_hex(random) == uuid.UUID(bytes=random, version=4).hex
+    assert uuid.UUID(new_id()).version == 4
