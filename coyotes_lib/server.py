@@ -68,9 +68,33 @@ def read_headers(rfile) -> pywsgi.OldMessage:
             text = b"".join(lines).decode("iso-8859-1")
             return email.parser.Parser(_class=pywsgi.OldMessage).parsestr(text)
         fields.append((match[1].decode("iso-8859-1"), match[2].decode("iso-8859-1")))
-    message = pywsgi.OldMessage()
-    message._headers = fields
-    return message
+    return PlainHeaders(fields)
+
+
+class PlainHeaders(pywsgi.OldMessage):
+    """gevent's OldMessage of plain header lines, whose ``get`` (eight calls a request)
+    looks the name up in an index instead of lowering every header's name. The index
+    follows the list: it is rebuilt when the list is replaced (``del``) or grows."""
+
+    def __init__(self, fields: list[tuple[str, str]]):
+        super().__init__()
+        self._headers = fields
+        self._index: dict[str, str] = {}
+        self._indexed: tuple[list, int] | None = None
+
+    def get(self, name, failobj=None):
+        headers = self._headers
+        if self._indexed is None or self._indexed[0] is not headers \
+                or self._indexed[1] != len(headers):
+            self._index = {}
+            for key, value in headers:   # the first of a repeated name, as Message.get
+                self._index.setdefault(key.lower(), value)
+            self._indexed = (headers, len(headers))
+        return self._index.get(name.lower(), failobj)
+
+    def replace_header(self, _name, _value):
+        self._indexed = None   # changes a value in place
+        super().replace_header(_name, _value)
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
@@ -185,6 +209,9 @@ class _LingeringInput:
         self.handler, self.stream = handler, stream
 
     def _discard(self) -> None:
+        stream = self.stream
+        if not stream.chunked_input and stream.position >= (stream.content_length or 0):
+            return   # all read (as gevent would find): nothing to wait for
         finished = False
         with gevent.Timeout(min(LINGER, self.handler.server.http_timeout), False):
             self.stream._discard()
@@ -237,6 +264,10 @@ class Handler(pywsgi.WSGIHandler):
         finally:
             self.cancel_deadline()
             self.served += 1
+
+    def log_request(self) -> None:
+        if self.server.logs_requests:   # else gevent formats a line for nothing
+            super().log_request()
 
     def cancel_deadline(self) -> None:
         # the reference stays: handle_one_request tells this deadline's Timeout by it
@@ -298,6 +329,7 @@ class Server(pywsgi.WSGIServer):
         super().__init__(address, app, spawn=gevent.pool.Pool(cap),
                          backlog=max(BACKLOG, cap), **kwargs)
         self.http_timeout, self.idle_timeout = config.http_timeout, config.http_idle_timeout
+        self.logs_requests = kwargs.get("log", "default") is not None
         self.failed_accepts, self.last_failed_accept = 0, 0.0
 
     def handle(self, sock, address):

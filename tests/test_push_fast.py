@@ -138,7 +138,14 @@ def parsed_headers(read):
         message = read()
     except Exception as exc:   # the same error, or none
         return type(exc), str(exc)
-    return message.status, list(message._headers), list(message.headers)
+    seen = [message.status, list(message._headers), list(message.headers)]
+    names = ("host", "Content-Length", "content-type", "X_Y", "v", "absent")
+    seen.append([message.get(name, "-") for name in names])
+    del message["content-length"]   # as gevent does for a chunked body
+    message["V"] = "added"
+    seen.append([message.get(name, "-") for name in names])
+    seen.append(list(message._headers))
+    return seen
 
 
 def compare_headers(data: bytes) -> None:
