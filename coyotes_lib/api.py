@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import sys
+import traceback
 
 import bottle
 import redis
@@ -17,7 +20,7 @@ import redis
 from . import routes
 from .broker import Broker
 from .config import Config
-from .replies import envelope, fail
+from .replies import JSON_TYPE, envelope, fail
 
 log = logging.getLogger("coyotes.api")
 
@@ -28,7 +31,7 @@ def make_app(broker: Broker, config: Config, on_channel_added=None,
     ``on_queued(name)`` wakes a channel a task was pushed to, and ``not_ready()``
     says why the node is not ready yet ('' once it is)."""
     api = routes.Api(broker, config, on_channel_added, not_ready, on_queued)
-    app = bottle.Bottle()
+    app = App()
     # every route returns its JSON text already; bottle's JSON plugin would only wrap
     # each call (and Bottle(autojson=False) no longer turns it off)
     app.uninstall("json")
@@ -59,7 +62,81 @@ def make_app(broker: Broker, config: Config, on_channel_added=None,
     mount("GET", "/dead-letters", routes.dead_letters)
     app.install(redis_outage)
     app.default_error_handler = on_error
+    app.push_routes = {route.name: route for route in app.routes
+                       if route.name in ("push_task", "push_task_v2")}
     return app
+
+
+# the push routes' paths, as bottle's router reads them (<name> is [^/]+)
+PUSH_PATH = re.compile(r"/channels/([^/]+)(/tasks)?")
+
+
+class App(bottle.Bottle):
+    """Bottle, with a shortcut for the calls producers make most: a POST to
+    /channels/<name> or /channels/<name>/tasks goes straight to its route (no router,
+    no hooks: there are none), and the route's ok() reply is sent without bottle's
+    generic reply building. The request is bound as bottle binds it, so the route
+    runs the same; a refusal or an error goes through the rest of bottle's wsgi
+    (_cast, the error handler). What a client sees is the same."""
+
+    push_routes: dict[str, bottle.Route] = {}   # noqa: RUF012 (set by make_app)
+
+    def __call__(self, environ, start_response):
+        raw = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") == "POST" and raw.startswith("/channels/") \
+                and self.push_routes:
+            try:   # as bottle's _handle decodes it
+                path = raw.encode("latin1").decode("utf8", "ignore")
+            except UnicodeError:
+                path = ""
+            match = PUSH_PATH.fullmatch(path)
+            if match is not None:
+                route = self.push_routes["push_task_v2" if match[2] else "push_task"]
+                environ["bottle.raw_path"], environ["PATH_INFO"] = raw, path
+                return self.push(route, match[1], environ, start_response)
+        return self.wsgi(environ, start_response)
+
+    def push(self, route: bottle.Route, name: str, environ, start_response):
+        """bottle's _handle (0.13.4) for a route already found, then the reply."""
+        environ["bottle.app"] = self
+        bottle.request.bind(environ)
+        bottle.response.bind()
+        environ["route.handle"] = environ["bottle.route"] = route
+        environ["route.url_args"] = {"name": name}
+        try:
+            out = route.call(name=name)
+        except bottle.HTTPResponse as exc:
+            out = exc
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:
+            if not self.catchall:
+                raise
+            stacktrace = traceback.format_exc()
+            environ["wsgi.errors"].write(stacktrace)
+            environ["wsgi.errors"].flush()
+            environ["bottle.exc_info"] = sys.exc_info()
+            out = bottle.HTTPError(500, "Internal Server Error", exc, stacktrace)
+        response = bottle.response
+        if isinstance(out, bottle.HTTPResponse):
+            out.apply(response)
+        elif isinstance(out, str) and response._status_code == 200 \
+                and response._headers == OK_HEADERS and not response._cookies:
+            body = out.encode("utf-8")   # the reply of ok(), as bottle would send it
+            start_response("200 OK", [("Content-Type", JSON_TYPE),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        environ[HANDLED] = out
+        return self.wsgi(environ, start_response)
+
+    def _handle(self, environ):
+        if HANDLED in environ:   # a push already handled: its outcome
+            return environ.pop(HANDLED)
+        return super()._handle(environ)
+
+
+HANDLED = "coyotes.handled"   # environ key: what App.push's route returned
+OK_HEADERS = {"Content-Type": [JSON_TYPE]}   # what ok() leaves in bottle's response
 
 
 def redis_outage(callback):

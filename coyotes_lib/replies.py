@@ -15,6 +15,7 @@ from .task import POLICY_LIMITS, BadTask, from_queue, locate, parse_json
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**32 - 1   # Redis's longest list
+JSON_TYPE = "application/json; charset=utf-8"
 
 
 # json.dumps(..., ensure_ascii=False) without a new encoder each call
@@ -35,12 +36,11 @@ def utf8_safe(text: str) -> str:
 
 
 def fail(status: int, message: str) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(envelope(status, message), status,
-                               {"Content-Type": "application/json; charset=utf-8"})
+    return bottle.HTTPResponse(envelope(status, message), status, {"Content-Type": JSON_TYPE})
 
 
 def ok(data=None) -> str:
-    bottle.response.content_type = "application/json; charset=utf-8"
+    bottle.response.content_type = JSON_TYPE
     return envelope(200, "ok", data)
 
 

@@ -4,21 +4,27 @@
 going through bottle's ``request.forms`` and ``FormsDict.decode``; these tests
 compare the two on random bytes and Content-Types: the same fields in the same
 order, or the same refusal (status and message). The server reads plain request
-headers without the email parser; they are compared with what gevent read.
+headers without the email parser; they are compared with what gevent read. The
+app sends a push straight to its route; its replies are compared with bottle's.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 
 import bottle
 import pytest
+import redis
 from gevent.pywsgi import headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coyotes_lib.api import make_app
+from coyotes_lib.config import Config
+from coyotes_lib.model import ChannelSpec, Enqueued
 from coyotes_lib.replies import BODY_READ, Body, parse_form, urlencoded
 from coyotes_lib.server import read_headers
 from coyotes_lib.task import new_id, uuid4_hex
@@ -175,3 +181,64 @@ def test_tricky_headers_read_as_gevent_read_them(data):
 def test_a_new_task_id_is_a_uuid4_hex(random):
     assert uuid4_hex(random) == uuid.UUID(bytes=random, version=4).hex
     assert uuid.UUID(new_id()).version == 4
+
+
+# -- the push routes' shortcut past bottle's router and reply building ------------
+class FakeBroker:
+    """What the push routes ask of a broker; a channel's name says how it answers."""
+
+    node = "n1"
+
+    def channel(self, name):
+        return None if name == "gone" else ChannelSpec(name, name == "dup", 5)
+
+    def now(self):
+        return 1_000_000.0
+
+    def push(self, task, distinct):
+        outcome = {"down": redis.ConnectionError("refused"),
+                   "oom": redis.OutOfMemoryError("full"),
+                   "wrongtype": redis.ResponseError("WRONGTYPE"),
+                   "bug": RuntimeError("bug"), "dup": Enqueued.REFUSED,
+                   "inuse": Enqueued.ID_IN_USE, "delay": Enqueued.DELAYED}
+        result = outcome.get(task.channel, Enqueued.QUEUED)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def served(app, call, method: str, path: str, body: bytes, content_type: str) -> tuple:
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+               "SCRIPT_NAME": "", "SERVER_NAME": "x", "SERVER_PORT": "1",
+               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "HTTP_HOST": "127.0.0.1:1", "CONTENT_TYPE": content_type,
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "wsgi.errors": io.StringIO(), BODY_READ: body}
+    replies = []
+    out = b"".join(call(app)(environ, lambda status, headers, exc_info=None:
+                             replies.append((status, headers, exc_info is not None))))
+    # a new task's id is random: the same length, another value; a traceback written
+    # to wsgi.errors has other frames, the same exception
+    return replies, re.sub(rb"[0-9a-f]{32}", b"ID", out), \
+        environ["wsgi.errors"].getvalue().strip().splitlines()[-1:]
+
+
+@pytest.mark.parametrize("path", [
+    "/channels/c", "/channels/c/tasks", "/channels/gone", "/channels/gone/tasks",
+    "/channels/down", "/channels/oom/tasks", "/channels/wrongtype", "/channels/bug",
+    "/channels/bug/tasks", "/channels/dup", "/channels/inuse/tasks", "/channels/c/",
+    "/channels/c/tasks/", "/channels/", "/channels/a/b", "/channels/caf\xc3\xa9",
+    "/channels/\xff\xfe", "/channels/\xff/tasks", "/channels/c%2Fd", "/channels/c\n"])
+@pytest.mark.parametrize("method", ["POST", "GET", "post", "HEAD", "PUT"])
+@pytest.mark.parametrize("body, content_type", [
+    (b"task=true+a", "application/x-www-form-urlencoded"),
+    (b"task=true&id=x1&delay=5&timeout=3", "application/x-www-form-urlencoded"),
+    (b"task=true&delay=x", ""), (b"task=caf%E9", ""), (b"", ""),
+    (b'{"command": {"name": "true", "args": [1]}, "id": "j1"}', "application/json"),
+    (b'{"task": 1}', "application/json"), (b"[", "application/json"),
+    (b"a" * (bottle.BaseRequest.MEMFILE_MAX + 1), "text/plain")])
+def test_the_push_shortcut_answers_as_bottle_did(path, method, body, content_type):
+    app = make_app(FakeBroker(), Config())
+    shortcut = served(app, lambda a: a, method, path, body, content_type)
+    through_bottle = served(app, lambda a: a.wsgi, method, path, body, content_type)
+    assert shortcut == through_bottle
