@@ -79,22 +79,32 @@ class PlainHeaders(pywsgi.OldMessage):
     def __init__(self, fields: list[tuple[str, str]]):
         super().__init__()
         self._headers = fields
-        self._index: dict[str, str] = {}
-        self._indexed: tuple[list, int] | None = None
+        self._index_of(fields)
+
+    def _index_of(self, headers: list) -> None:
+        index: dict[str, str] = {}
+        for key, value in headers:   # the first of a repeated name, as Message.get
+            index.setdefault(key.lower(), value)
+        self._index, self._indexed, self._indexed_count = index, headers, len(headers)
 
     def get(self, name, failobj=None):
         headers = self._headers
-        if self._indexed is None or self._indexed[0] is not headers \
-                or self._indexed[1] != len(headers):
-            self._index = {}
-            for key, value in headers:   # the first of a repeated name, as Message.get
-                self._index.setdefault(key.lower(), value)
-            self._indexed = (headers, len(headers))
+        if headers is not self._indexed or len(headers) != self._indexed_count:
+            self._index_of(headers)
         return self._index.get(name.lower(), failobj)
 
     def replace_header(self, _name, _value):
         self._indexed = None   # changes a value in place
         super().replace_header(_name, _value)
+
+    def environ_items(self):
+        """gevent's WSGIHandler._headers for these lines (none is folded): the
+        HTTP_* keys and values, names with '_' left out."""
+        for name, value in self._headers:
+            if "_" not in name:
+                key = name.replace("-", "_").upper()
+                if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                    yield "HTTP_" + key, value.strip()
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
@@ -273,6 +283,11 @@ class Handler(pywsgi.WSGIHandler):
         # the reference stays: handle_one_request tells this deadline's Timeout by it
         if self.deadline is not None:
             self.deadline.close()
+
+    def _headers(self):
+        if type(self.headers) is PlainHeaders:
+            return self.headers.environ_items()
+        return super()._headers()
 
     def get_environ(self):
         env = super().get_environ()

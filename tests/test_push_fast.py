@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import types
 import uuid
 
 import bottle
 import pytest
 import redis
-from gevent.pywsgi import headers_factory
+from gevent.pywsgi import WSGIHandler, headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ from coyotes_lib.api import make_app
 from coyotes_lib.config import Config
 from coyotes_lib.model import ChannelSpec, Enqueued
 from coyotes_lib.replies import BODY_READ, Body, parse_form, urlencoded
-from coyotes_lib.server import read_headers
+from coyotes_lib.server import PlainHeaders, read_headers
 from coyotes_lib.task import new_id, uuid4_hex
 
 # bytes that mean something to a form parser, and some that are not UTF-8
@@ -144,7 +145,10 @@ def parsed_headers(read):
         message = read()
     except Exception as exc:   # the same error, or none
         return type(exc), str(exc)
-    seen = [message.status, list(message._headers), list(message.headers)]
+    seen = [message.status, list(message._headers), list(message.headers),
+            list(WSGIHandler._headers(types.SimpleNamespace(headers=message)))]
+    if isinstance(message, PlainHeaders):   # the handler's shortcut to the same
+        assert list(message.environ_items()) == seen[-1]
     names = ("host", "Content-Length", "content-type", "X_Y", "v", "absent")
     seen.append([message.get(name, "-") for name in names])
     del message["content-length"]   # as gevent does for a chunked body
@@ -171,7 +175,9 @@ def test_request_headers_read_as_gevent_read_them(block):
     b"Host: 127.0.0.1:1\r\nContent-Type: a\r\n\r\nbody", b"Host:x  \r\n\r\n",
     b"Host: x\r\n folded\r\n\r\n", b"X: " + b"a" * 70000 + b"\r\n\r\n",
     b"".join(b"X%d: y\r\n" % i for i in range(120)) + b"\r\n", b"Host: x\n\n",
-    b"From x\r\nHost: y\r\n\r\n", b"Host: x\rY: z\r\n\r\n", b"Host: x"])
+    b"From x\r\nHost: y\r\n\r\n", b"Host: x\rY: z\r\n\r\n", b"Host: x",
+    (b"X-A: 1\r\nx-a: 2\r\nX_B: 3\r\nContent-Type: t\r\ncontent-length: 4\r\n"
+     b"V: \x0b a \x0c\r\nCOOKIE: a\r\nCookie: b\r\n\r\n")])
 def test_tricky_headers_read_as_gevent_read_them(data):
     compare_headers(data)
 
