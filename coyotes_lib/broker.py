@@ -132,9 +132,23 @@ class Broker(Listings):
         """``push`` for many ``(task, distinct, source)`` in one round trip; an entry
         that Redis refused (a key of another type) has the error in its place, and
         was left where it was."""
-        outcomes = self.lean.pipelined([(self._enqueue, *self._enqueue_args(task, distinct, source))
-                                   for task, distinct, source in pushes], errors=True)
-        return [o if isinstance(o, redis.ResponseError) else Enqueued(o) for o in outcomes]
+        return self.push_claiming(pushes, {})[0]
+
+    def push_claiming(self, pushes, claim: dict[str, int]):
+        """``push_many``, and in the same round trip the claim (as ``claim``) of up to
+        ``most`` tasks of each channel of ``claim`` ({channel: most}) ->
+        (outcomes, {channel: claims, or Redis's refusal})."""
+        names = list(claim)
+        replies = self.lean.pipelined(
+            [(self._enqueue, *self._enqueue_args(task, distinct, source))
+             for task, distinct, source in pushes]
+            + [(self._claim, *self._claim_args(chan, claim[chan])) for chan in names],
+            errors=True)
+        outcomes = [o if isinstance(o, redis.ResponseError) else Enqueued(o)
+                    for o in replies[:len(pushes)]]
+        return outcomes, {chan: reply if isinstance(reply, redis.ResponseError)
+                          else self._claims(reply)
+                          for chan, reply in zip(names, replies[len(pushes):], strict=True)}
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
         k = self.keys

@@ -223,7 +223,8 @@ class Scheduler:
                 refused.append(self._reject(raw, f"internal error: {exc!r}"))
                 continue
             pushes.append((task, spec.distinct, raw))
-        for (task, _, raw), outcome in zip(pushes, self._push_many(pushes), strict=True):
+        loans = self._lend(pushes)
+        for (task, _, raw), outcome in zip(pushes, self._push_many(pushes, loans), strict=True):
             if isinstance(outcome, redis.ResponseError):
                 refused.append(outcome)
             elif isinstance(outcome, Exception):
@@ -242,22 +243,41 @@ class Scheduler:
                 log.info("channel %s: task %s refused, already queued or running: %s",
                          task.channel, task.id, task.name)
             else:
-                if outcome == Enqueued.QUEUED:
+                if outcome == Enqueued.QUEUED and task.channel not in loans:
                     self.queued(task.channel)
                 log.debug("channel %s: task %s %s", task.channel, task.id,
                           outcome.name.lower())
         return next((exc for exc in refused if exc is not None), None)
 
-    def _push_many(self, pushes) -> list:
-        """The outcome of each push; an entry that cannot even be sent (a bug of ours)
-        has its exception in its place instead of failing the whole batch."""
+    def _lend(self, pushes) -> dict[str, Channel]:
+        """The idle channels this batch queues tasks for: the push claims for them."""
+        loans, seen = {}, set()
+        for task, _, _ in pushes:
+            channel = self.channels.get(task.channel)
+            if channel is None or task.channel in seen or task.payload.get("execute_at"):
+                continue
+            seen.add(task.channel)
+            if channel.lend():
+                loans[task.channel] = channel
+        return loans
+
+    def _push_many(self, pushes, loans: dict[str, Channel]) -> list:
+        """The outcome of each push, the tasks of the ``loans`` channels claimed in the
+        same round trip; an entry that cannot even be sent (a bug of ours) has its
+        exception in its place instead of failing the whole batch."""
+        claimed = {}
         try:
-            return self.broker.push_many(pushes)
+            outcomes, claimed = self.broker.push_claiming(
+                pushes, {name: channel.lent for name, channel in loans.items()})
+            return outcomes
         except redis.RedisError:
             raise
         except Exception:
             log.exception("prepare queue: a batch could not be sent, routing its entries "
                           "one by one")
+        finally:
+            for name, channel in loans.items():
+                channel.repaid(claimed.get(name))   # None: the reply was lost
         outcomes = []
         for push in pushes:
             try:
