@@ -318,9 +318,25 @@ class Handler(pywsgi.WSGIHandler):
         self._write(data)
 
     def _sendall(self, data) -> None:
-        timeout = OSError(errno.ETIMEDOUT, "reply not taken in time")
-        with gevent.Timeout(self.server.http_timeout, timeout):
-            super()._sendall(data)
+        # what the kernel takes at once (a small reply: all of it) goes without a timer
+        # and without gevent's sendall, which asks for the socket's buffer size each
+        # time; the rest is sent within -http-timeout. Errors as gevent's _sendall.
+        raw = getattr(self.socket, "_sock", None)   # gevent's non-blocking socket
+        try:
+            try:
+                sent = raw.send(data) if raw is not None else 0
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                timeout = OSError(errno.ETIMEDOUT, "reply not taken in time")
+                with gevent.Timeout(self.server.http_timeout, timeout):
+                    self.socket.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            self.status = f"socket error: {exc}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     @property
     def peer(self) -> str:
