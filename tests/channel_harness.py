@@ -79,6 +79,7 @@ def main(port: int, scenario: str) -> None:
     channel.start()
     deadline = gevent.Timeout(20)
     deadline.start()
+    notes = tasks["then"](broker, channel) if "then" in tasks else None
     try:
         while not tasks["done"](broker):
             gevent.sleep(0.02)
@@ -87,7 +88,7 @@ def main(port: int, scenario: str) -> None:
         stop.set()
         channel.greenlet.join(timeout=3)
         channel.pool.join(timeout=3)
-    ids = [task_id for task_id, _, _ in tasks["push"] if task_id]
+    ids = [task_id for task_id, _, _ in tasks["push"] if task_id] + tasks.get("ids", [])
     print(json.dumps({
         "records": {task_id: broker.record(task_id) for task_id in ids},
         "dead": [json.loads(letter) for letter in broker.redis.lrange(keys.dead, 0, -1)],
@@ -95,7 +96,23 @@ def main(port: int, scenario: str) -> None:
         "running": sorted(broker.redis.smembers(keys.running("fake"))),
         "delayed": broker.redis.zcard(keys.delayed),
         "starts": runner.starts,
+        "notes": notes,
     }))
+
+
+def loan(lost: bool):
+    """What the routing loop does for an idle channel: the push of three tasks
+    claims for it in the same round trip; ``lost``: as if that reply never came."""
+    def then(broker, channel) -> dict:
+        gevent.sleep(0.2)   # the dispatcher's first claim found nothing: idle
+        most = channel.lend()
+        again = channel.lend()   # one loan at a time
+        pushes = [(build("fake", f"fake print={i}", task_id=f"l{i}"), False, "") for i in "123"]
+        outcomes, claimed = broker.push_claiming(pushes, {"fake": most})
+        channel.repaid(None if lost else claimed["fake"])
+        return {"most": most, "again": again, "outcomes": outcomes,
+                "claimed": [c.task_id for c in claimed["fake"]]}
+    return then
 
 
 def final(*ids):
@@ -117,6 +134,10 @@ SCENARIOS = {
                      ("after", "fake print=after", {})],
             "done": lambda broker: final("after")(broker)
             and broker.redis.llen(broker.keys.dead) == 1},
+    "loan": {"push": [], "then": loan(lost=False), "ids": ["l1", "l2", "l3"],
+             "done": final("l1", "l2", "l3")},
+    "lost-loan": {"push": [], "then": loan(lost=True), "ids": ["l1", "l2", "l3"],
+                  "done": final("l1", "l2", "l3")},
 }
 
 

@@ -64,3 +64,24 @@ def test_a_bad_entry_is_parked_and_the_worker_goes_on(redis_server):
     [letter] = result["dead"]
     assert "lone surrogate" in letter["reason"] and letter["channel"] == "fake"
     assert result["processing"] == [] and result["running"] == []
+
+
+def test_the_routing_loop_claims_for_an_idle_channel_with_the_push(redis_server):
+    """An idle channel lends its workers to the push: both are claimed in the same
+    round trip, and the third task runs once a worker is free."""
+    result = run(redis_server, "loan")
+    notes = result["notes"]
+    assert notes["most"] == 2 and notes["again"] == 0 and notes["outcomes"] == [1, 1, 1]
+    assert notes["claimed"] == ["l1", "l2"]   # oldest first
+    assert {r["status"] for r in result["records"].values()} == {"succeeded"}
+    assert {r["attempt"] for r in result["records"].values()} == {"1"}
+    assert result["processing"] == [] and result["running"] == []
+
+
+def test_a_loan_whose_reply_was_lost_is_reconciled(redis_server):
+    """Claims made by a push whose reply never came are found in the processing list
+    and given back; every task runs once."""
+    result = run(redis_server, "lost-loan")
+    assert result["notes"]["claimed"] == ["l1", "l2"]   # claimed in Redis, never held
+    assert {r["status"] for r in result["records"].values()} == {"succeeded"}
+    assert len(result["starts"]) == 3 and result["processing"] == []
