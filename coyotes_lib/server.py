@@ -250,7 +250,10 @@ class Handler(pywsgi.WSGIHandler):
                 log.debug("http: %s: nothing received in %g s; connection closed",
                           self.peer, wait)
             return ""   # gevent closes the connection
-        self.deadline = gevent.Timeout.start_new(self.server.http_timeout)
+        # peek gave what is buffered: with the end of the headers there, reading them
+        # cannot wait, and needs no deadline (most requests come in one segment)
+        self.deadline = None if b"\r\n\r\n" in first \
+            else gevent.Timeout.start_new(self.server.http_timeout)
         return super().read_requestline()
 
     def MessageClass(self, rfile, *args):   # gevent's name
