@@ -157,6 +157,9 @@ class Body:
 
     def policy(self) -> dict:
         """The policy keys given (timeout, retries, ...), not yet validated."""
+        if self.json is None and not any(self.names_policy(fields)
+                                         for fields in (self.forms, self.query)):
+            return {}   # most pushes: no field that could give one
         given = {}
         for key in POLICY_LIMITS:
             value = self.get(key)
@@ -168,6 +171,13 @@ class Body:
         if "retry_on" in given or any(str(code).strip() for code in codes):
             given["retry_on"] = codes
         return given
+
+
+    @staticmethod
+    def names_policy(fields: dict) -> bool:
+        """Whether form fields name a policy key, PHP's retry_on[...] included."""
+        return any(key in fields for key in POLICY_LIMITS) \
+            or any(key.startswith("retry_on[") for key in fields)
 
 
 def urlencoded(content_type: str) -> bool:

@@ -28,13 +28,14 @@ from coyotes_lib.config import Config
 from coyotes_lib.model import ChannelSpec, Enqueued
 from coyotes_lib.replies import BODY_READ, Body, parse_form, urlencoded
 from coyotes_lib.server import PlainHeaders, read_headers
-from coyotes_lib.task import new_id, uuid4_hex
+from coyotes_lib.task import POLICY_LIMITS, new_id, uuid4_hex
 
 # bytes that mean something to a form parser, and some that are not UTF-8
 FORM_BYTES = st.binary().map(bytes) | st.lists(
     st.sampled_from([b"&", b"=", b"+", b"%", b"%2", b"%41", b"%e9", b"%C3%A9", b"%zz",
                      b"a", b"args", b"[", b"]", b"[0]", b"[]", b"1", b";", b" ",
-                     b"\xc3\xa9", b"\xff", b"\x80", b"\xed\xa0\x80", b"task"]),
+                     b"\xc3\xa9", b"\xff", b"\x80", b"\xed\xa0\x80", b"task",
+                     b"retry_on", b"retries", b"timeout", b"kill_group", b",", b"75"]),
     max_size=24).map(b"".join)
 CONTENT_TYPES = st.lists(
     st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data",
@@ -88,9 +89,20 @@ def request(body: bytes, content_type: str, query: str, guarded: bool) -> bottle
     return bottle.BaseRequest(environ)
 
 
+def policy_read_in_full(body: Body) -> dict:
+    """Body.policy without its shortcut (what it was before)."""
+    given = {key: body.get(key) for key in POLICY_LIMITS if body.get(key) not in (None, "")}
+    codes = [code for value in body.get_list("retry_on")
+             for code in (value.split(",") if isinstance(value, str) else [value])]
+    if "retry_on" in given or any(str(code).strip() for code in codes):
+        given["retry_on"] = codes
+    return given
+
+
 def fields(body: Body):
     if body.json is not None:
         return body.json
+    assert body.policy() == policy_read_in_full(body)
     return body.forms, list(body.forms), body.query, list(body.query), \
         body.get_list("args"), body.get("task"), body.policy()
 
@@ -112,6 +124,8 @@ def test_a_body_reads_the_same_with_or_without_the_guards_copy(body, content_typ
     (b"task=a&args[]=1&args[]=2", "args=3"),
     (b"task=a", "args[2]=c&args[10]=d&args[1]=b"),
     (b"task=%E4%BD%A0%E5%A5%BD&retry_on[]=1&retry_on[]=75,76&timeout=5", "retries=2"),
+    (b"task=x&retry_on[1]=75&retry_on[0]=1", ""), (b"task=x", "retry_on[]=2"),
+    (b"task=x&retry_on[0]=", "kill_group=false"),
     (b"task=caf%E9", ""),            # latin-1 escape: not UTF-8
     (b"task=ok", "x=%ff"),           # the query's bytes are checked too
     (b"timeout=&retries=&task=x", ""),
