@@ -305,10 +305,10 @@ class RecordingBroker(Broker):
         super().__init__(*args, **kwargs)
         self.outcomes: list = []
 
-    def push_many(self, pushes):
-        outcomes = super().push_many(pushes)
+    def push_claiming(self, pushes, claim):
+        outcomes, claimed = super().push_claiming(pushes, claim)
         self.outcomes += zip(pushes, outcomes, strict=True)
-        return outcomes
+        return outcomes, claimed
 
 
 @pytest.fixture(scope="module")
