@@ -79,12 +79,12 @@ class App(bottle.Bottle):
     runs the same; a refusal or an error goes through the rest of bottle's wsgi
     (_cast, the error handler). What a client sees is the same."""
 
-    push_routes: dict[str, bottle.Route] = {}   # noqa: RUF012 (set by make_app)
+    push_routes: dict[str, bottle.Route]   # set once by make_app (bottle refuses twice)
 
     def __call__(self, environ, start_response):
         raw = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") == "POST" and raw.startswith("/channels/") \
-                and self.push_routes:
+                and getattr(self, "push_routes", None):
             try:   # as bottle's _handle decodes it
                 path = raw.encode("latin1").decode("utf8", "ignore")
             except UnicodeError:

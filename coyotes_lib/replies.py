@@ -172,7 +172,6 @@ class Body:
             given["retry_on"] = codes
         return given
 
-
     @staticmethod
     def names_policy(fields: dict) -> bool:
         """Whether form fields name a policy key, PHP's retry_on[...] included."""
