@@ -61,6 +61,7 @@ class Broker(Listings):
         self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
         self.seen: dict[str, tuple[str, ChannelSpec | None]] = {}   # see ``channels``
+        self.specs: tuple[str, dict[str, ChannelSpec]] = ("", {})   # (digest, specs)
         self.lean = lean = Lean(client, spare_max)
         self._enqueue = lean.script(scripts.ENQUEUE)
         self._dead = lean.script(scripts.DEAD)
@@ -85,17 +86,21 @@ class Broker(Listings):
 
     # -- channels ---------------------------------------------------------
     def channels(self) -> dict[str, ChannelSpec]:
-        """Every channel's settings; those read before and unchanged are not parsed
-        again (with thousands of channels, parsing was most of the cost)."""
-        specs, seen = {}, {}
-        for name, raw in self.redis.hgetall(self.keys.channels).items():
-            known = self.seen.get(name)
-            spec = known[1] if known is not None and known[0] == raw else self._spec(name, raw)
-            seen[name] = (raw, spec)
-            if spec is not None:
-                specs[name] = spec
-        self.seen = seen
-        return specs
+        """Every channel's settings. The hash is read again only when its digest
+        changed, and only settings that changed are parsed again (with thousands of
+        channels, reading and parsing them was most of the cost)."""
+        digest = self.channels_digest()
+        if digest != self.specs[0]:
+            specs, seen = {}, {}
+            for name, raw in self.redis.hgetall(self.keys.channels).items():
+                known = self.seen.get(name)
+                spec = known[1] if known is not None and known[0] == raw \
+                    else self._spec(name, raw)
+                seen[name] = (raw, spec)
+                if spec is not None:
+                    specs[name] = spec
+            self.seen, self.specs = seen, (digest, specs)
+        return dict(self.specs[1])
 
     def channels_digest(self) -> str:
         """Changes whenever a channel is added, removed or has its settings changed."""

@@ -26,8 +26,7 @@ class Listings:
         k = self.keys
         if not chans:
             return {}
-        counts = self._counts(keys=[key for chan in chans
-                                    for key in (k.running(chan), k.queue(chan))])
+        counts = self._counts(keys=k.running_and_queue(chans))
         busy = [chan for i, chan in enumerate(chans) if counts[2 * i]]
         members = dict(zip(busy, self.lean.round_trip(
             [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
