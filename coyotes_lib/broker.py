@@ -61,7 +61,7 @@ class Broker(Listings):
         self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
         self.seen: dict[str, tuple[str, ChannelSpec | None]] = {}   # see ``channels``
-        self.specs: tuple[str, dict[str, ChannelSpec]] = ("", {})   # (digest, specs)
+        self.read: tuple[str, dict[str, ChannelSpec]] = ("", {})   # (digest, specs)
         self.lean = lean = Lean(client, spare_max)
         self._enqueue = lean.script(scripts.ENQUEUE)
         self._dead = lean.script(scripts.DEAD)
@@ -89,8 +89,8 @@ class Broker(Listings):
         """Every channel's settings. The hash is read again only when its digest
         changed, and only settings that changed are parsed again (with thousands of
         channels, reading and parsing them was most of the cost)."""
-        digest = self.channels_digest()
-        if digest != self.specs[0]:
+        digest = self._digest(keys=[self.keys.channels])
+        if digest != self.read[0]:
             specs, seen = {}, {}
             for name, raw in self.redis.hgetall(self.keys.channels).items():
                 known = self.seen.get(name)
@@ -99,12 +99,14 @@ class Broker(Listings):
                 seen[name] = (raw, spec)
                 if spec is not None:
                     specs[name] = spec
-            self.seen, self.specs = seen, (digest, specs)
-        return dict(self.specs[1])
+            self.seen, self.read = seen, (digest, specs)
+        return dict(self.read[1])
 
-    def channels_digest(self) -> str:
-        """Changes whenever a channel is added, removed or has its settings changed."""
-        return self._digest(keys=[self.keys.channels])
+    @property
+    def channels_version(self) -> str:
+        """The digest of ``task:channels`` that ``channels`` last read: it changes
+        whenever a channel is added, removed or has its settings changed."""
+        return self.read[0]
 
     def channel(self, name: str) -> ChannelSpec | None:
         raw = self.redis.hget(self.keys.channels, name)
@@ -259,10 +261,10 @@ class Broker(Listings):
         processing list, started where CLAIM can (see ``Claim``); none if it is empty."""
         return self._claims(self._claim(*self._claim_args(chan, most)))
 
-    def waiting(self, channels: list[str]) -> list[str]:
-        """Those of ``channels`` whose queue holds entries (one round trip)."""
-        found = self._waiting(keys=[self.keys.queue(chan) for chan in channels]) if channels else []
-        return [channels[i - 1] for i in found]
+    def waiting(self, queues: list[str]) -> list[str]:
+        """Those of these channel queues (keys) that hold entries (one round trip)."""
+        found = self._waiting(keys=queues) if queues else []
+        return [queues[i - 1] for i in found]
 
     def wakeups(self) -> Subscriber:
         """A subscription to the queue keys that get entries (see ``scripts._WAKE``):

@@ -152,10 +152,10 @@ class Scheduler:
         SYNC_EVERY seconds was most of an idle daemon's work."""
         if not self.started or self.stop.is_set():
             return
-        digest = self.broker.channels_digest()
-        if digest == self.digest:
+        specs = self.broker.channels()   # one digest; the hash itself only if it changed
+        if self.broker.channels_version == self.digest:
             return
-        self.specs = self.broker.channels()
+        self.specs = specs
         if self.config.channel_default not in self.specs:
             # Redis came back empty (restarted without persistence, or flushed)
             log.warning("channel %s: missing from %s, creating the default channels again",
@@ -174,7 +174,8 @@ class Scheduler:
                 if spec.worker_count != old.worker_count:
                     log.warning("channel %s: the worker count (%d, was %d) changes after a "
                                 "restart", name, spec.worker_count, old.worker_count)
-        self.digest = digest   # only now: a sync cut short by an error runs again
+        # only now: a sync cut short by an error runs again
+        self.digest = self.broker.channels_version
 
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:
@@ -330,9 +331,8 @@ class Scheduler:
     def _wake_waiting(self) -> None:
         """Wake the channels whose queue holds entries (the slow path: entries pushed
         by a producer that does not publish, such as the Go daemon)."""
-        names = list(self.channels)
-        for name in self.broker.waiting(names):
-            self.channels[name].wake()
+        for queue in self.broker.waiting(list(self.by_queue)):
+            self.by_queue[queue].wake()
 
     def _reject(self, raw: str, reason: str) -> redis.ResponseError | None:
         """Move a staged entry into the dead-letter list; -> Redis's refusal if it

@@ -104,8 +104,8 @@ def loan(lost: bool):
     """What the routing loop does for an idle channel: the push of three tasks
     claims for it in the same round trip; ``lost``: as if that reply never came."""
     def then(broker, channel) -> dict:
-        gevent.sleep(0.2)   # the dispatcher's first claim found nothing: idle
-        most = channel.lend()
+        while not (most := channel.lend()):   # until the dispatcher's first claim is over
+            gevent.sleep(0.01)
         again = channel.lend()   # one loan at a time
         pushes = [(build("fake", f"fake print={i}", task_id=f"l{i}"), False, "") for i in "123"]
         outcomes, claimed = broker.push_claiming(pushes, {"fake": most})

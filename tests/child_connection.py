@@ -144,7 +144,7 @@ def wake_ups(port: int) -> dict:
     later.join()
     claims = ours.claim("default", most=5)
     after_claim = sub.messages(0.2)               # a claim takes entries: no message
-    waiting = ours.waiting(["biz", "default"])     # nothing left to claim
+    waiting = ours.waiting([ours.keys.queue("biz"), ours.keys.queue("default")])   # none left
     client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     try:
         for _ in range(50):
