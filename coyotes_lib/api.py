@@ -1,4 +1,5 @@
-"""The HTTP API: ``make_app(...) -> Bottle`` mounts the routes of ``routes.py``.
+"""The HTTP API: ``make_app(api) -> Bottle`` mounts the routes of ``routes.py``, and
+``make_push(api)`` answers the push routes alone, for the server's express lane.
 
 Every reply is the Go daemon's envelope ``{"status_code", "message", "data"}``
 with the matching HTTP status (``replies.py``); a Redis outage is a 503 and a
@@ -10,28 +11,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import sys
 import traceback
 
 import bottle
 import redis
 
 from . import routes
-from .broker import Broker
-from .config import Config
-from .replies import JSON_TYPE, envelope, fail
+from .replies import JSON_TYPE, Body, envelope, fail
 
 log = logging.getLogger("coyotes.api")
 
 
-def make_app(broker: Broker, config: Config, on_channel_added=None,
-             not_ready=None, on_queued=None) -> bottle.Bottle:
-    """The API app; ``on_channel_added(spec)`` lets the scheduler start a new channel now,
-    ``on_queued(name)`` wakes a channel a task was pushed to, and ``not_ready()``
-    says why the node is not ready yet ('' once it is)."""
-    api = routes.Api(broker, config, on_channel_added, not_ready, on_queued)
-    app = App()
+def make_app(api: routes.Api) -> bottle.Bottle:
+    """The API app, every route of ``routes.py`` over ``api``."""
+    app = bottle.Bottle()
     # every route returns its JSON text already; bottle's JSON plugin would only wrap
     # each call (and Bottle(autojson=False) no longer turns it off)
     app.uninstall("json")
@@ -62,81 +55,31 @@ def make_app(broker: Broker, config: Config, on_channel_added=None,
     mount("GET", "/dead-letters", routes.dead_letters)
     app.install(redis_outage)
     app.default_error_handler = on_error
-    app.push_routes = {route.name: route for route in app.routes
-                       if route.name in ("push_task", "push_task_v2")}
     return app
 
 
-# the push routes' paths, as bottle's router reads them (<name> is [^/]+)
-PUSH_PATH = re.compile(r"/channels/([^/]+)(/tasks)?")
-
-
-class App(bottle.Bottle):
-    """Bottle, with a shortcut for the calls producers make most: a POST to
-    /channels/<name> or /channels/<name>/tasks goes straight to its route (no router,
-    no hooks: there are none), and the route's ok() reply is sent without bottle's
-    generic reply building. The request is bound as bottle binds it, so the route
-    runs the same; a refusal or an error goes through the rest of bottle's wsgi
-    (_cast, the error handler). What a client sees is the same."""
-
-    push_routes: dict[str, bottle.Route]   # set once by make_app (bottle refuses twice)
-
-    def __call__(self, environ, start_response):
-        raw = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") == "POST" and raw.startswith("/channels/") \
-                and getattr(self, "push_routes", None):
-            try:   # as bottle's _handle decodes it
-                path = raw.encode("latin1").decode("utf8", "ignore")
-            except UnicodeError:
-                path = ""
-            match = PUSH_PATH.fullmatch(path)
-            if match is not None:
-                route = self.push_routes["push_task_v2" if match[2] else "push_task"]
-                environ["bottle.raw_path"], environ["PATH_INFO"] = raw, path
-                return self.push(route, match[1], environ, start_response)
-        return self.wsgi(environ, start_response)
-
-    def push(self, route: bottle.Route, name: str, environ, start_response):
-        """bottle's _handle (0.13.4) for a route already found, then the reply."""
-        environ["bottle.app"] = self
-        bottle.request.bind(environ)
-        bottle.response.bind()
-        environ["route.handle"] = environ["bottle.route"] = route
-        environ["route.url_args"] = {"name": name}
+def make_push(api: routes.Api):
+    """The push routes (POST /channels/<name>, and /tasks with ``with_command``) as
+    ``push(environ, name, with_command) -> (status, JSON text)`` for the server's
+    express lane: the same route, replies and errors as through ``make_app``, without
+    bottle's router, plugins and request objects."""
+    def push(environ, name: str, with_command: bool) -> tuple[int, str]:
+        path = environ["PATH_INFO"]
         try:
-            out = route.call(name=name)
-        except bottle.HTTPResponse as exc:
-            out = exc
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except Exception as exc:
-            if not self.catchall:
-                raise
-            stacktrace = traceback.format_exc()
-            environ["wsgi.errors"].write(stacktrace)
-            environ["wsgi.errors"].flush()
-            environ["bottle.exc_info"] = sys.exc_info()
-            out = bottle.HTTPError(500, "Internal Server Error", exc, stacktrace)
-        response = bottle.response
-        if isinstance(out, bottle.HTTPResponse):
-            out.apply(response)
-        elif isinstance(out, str) and response._status_code == 200 \
-                and response._headers == OK_HEADERS and not response._cookies:
-            body = out.encode("utf-8")   # the reply of ok(), as bottle would send it
-            start_response("200 OK", [("Content-Type", JSON_TYPE),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
-        environ[HANDLED] = out
-        return self.wsgi(environ, start_response)
-
-    def _handle(self, environ):
-        if HANDLED in environ:   # a push already handled: its outcome
-            return environ.pop(HANDLED)
-        return super()._handle(environ)
-
-
-HANDLED = "coyotes.handled"   # environ key: what App.push's route returned
-OK_HEADERS = {"Content-Type": [JSON_TYPE]}   # what ok() leaves in bottle's response
+            try:
+                data = routes.push(api, name, Body(bottle.BaseRequest(environ)), with_command)
+                return 200, envelope(200, "ok", data)
+            except redis.RedisError as exc:
+                raise outage(exc, "POST", path) from None
+        except bottle.HTTPError as error:   # bottle's own refusal, as its handler words it
+            return error.status_code, error_text(error, "POST", path)
+        except bottle.HTTPResponse as reply:   # fail(...)
+            return reply.status_code, reply.body
+        except Exception as exc:   # as bottle's catch-all and on_error answer it
+            environ["wsgi.errors"].write(traceback.format_exc())
+            error = bottle.HTTPError(500, "Internal Server Error", exc)
+            return 500, error_text(error, "POST", path)
+    return push
 
 
 def redis_outage(callback):
@@ -144,27 +87,33 @@ def redis_outage(callback):
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except redis.OutOfMemoryError as exc:   # refused for now, as an outage is
-            log.warning("api: %s %s: redis is out of memory (%s)", bottle.request.method,
-                        bottle.request.path, exc)
-            return fail(503, f"redis is out of memory: {exc}")
-        except redis.ResponseError as exc:   # a key of another type
-            log.error("api: %s %s: redis refused a command (%s)", bottle.request.method,
-                      bottle.request.path, exc)
-            return fail(500, f"redis refused a command: {exc}")
         except redis.RedisError as exc:
-            log.warning("api: %s %s: redis unavailable (%s)", bottle.request.method,
-                        bottle.request.path, exc)
-            return fail(503, f"redis unavailable: {exc}")
+            return outage(exc, bottle.request.method, bottle.request.path)
     return wrapper
 
 
+def outage(exc: redis.RedisError, method: str, path: str) -> bottle.HTTPResponse:
+    """The reply to a request that Redis failed: out of memory is refused for now,
+    as an outage is (503); a key of another type is a 500."""
+    if isinstance(exc, redis.OutOfMemoryError):
+        log.warning("api: %s %s: redis is out of memory (%s)", method, path, exc)
+        return fail(503, f"redis is out of memory: {exc}")
+    if isinstance(exc, redis.ResponseError):
+        log.error("api: %s %s: redis refused a command (%s)", method, path, exc)
+        return fail(500, f"redis refused a command: {exc}")
+    log.warning("api: %s %s: redis unavailable (%s)", method, path, exc)
+    return fail(503, f"redis unavailable: {exc}")
+
+
 def on_error(error: bottle.HTTPError) -> str:
-    bottle.response.content_type = "application/json; charset=utf-8"
+    bottle.response.content_type = JSON_TYPE
+    return error_text(error, bottle.request.method, bottle.request.path)
+
+
+def error_text(error: bottle.HTTPError, method: str, path: str) -> str:
+    """The envelope of an error bottle raised (or of an exception it caught)."""
     if error.status_code >= 500:
-        log.error("api: %s %s failed: %r", bottle.request.method, bottle.request.path,
-                  error.exception)
-    if error.status_code >= 500:
+        log.error("api: %s %s failed: %r", method, path, error.exception)
         message = "internal error"
     else:   # bottle's own other 4xx say why (a broken multipart body ...)
         message = {404: "not found", 405: "method not allowed"}.get(error.status_code) \

@@ -20,12 +20,13 @@ import gevent
 import gevent.event
 
 from . import log as logsetup
-from .api import make_app
+from .api import make_app, make_push
 from .broker import Broker
 from .config import is_ip
 from .connection import connect, spare_cap
 from .keys import Keys
 from .pidfile import PidFile, PidFileError
+from .routes import Api
 from .scheduler import NodeConflict, Scheduler, insist
 from .server import connection_cap, make_server
 
@@ -128,9 +129,9 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
             return scheduler.not_ready()
         return "" if defaults_made.is_set() else "starting: creating the default channels"
 
-    app = make_app(broker, config, scheduler.added if config.task_mode else None, not_ready,
-                   scheduler.queued if config.task_mode else None)
-    server = make_server(app, config, cap)
+    api = Api(broker, config, scheduler.added if config.task_mode else None, not_ready,
+              scheduler.queued if config.task_mode else None)
+    server = make_server(make_app(api), config, cap, make_push(api))
     try:
         server.start()
     except OSError as exc:

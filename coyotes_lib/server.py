@@ -12,7 +12,9 @@ the first byte of a new connection, then for the request line and headers (a
 deadline, not a per-read timeout, so trickling bytes does not extend it) and
 for each write of the reply; ``-http-idle-timeout`` between keep-alive requests.
 ``Server`` serves at most ``connection_cap(...)`` connections at once; the others
-wait, unaccepted, in the kernel's listen backlog.
+wait, unaccepted, in the kernel's listen backlog. Each connection starts in the
+express lane (``express.py``), which answers pushes itself, and goes on in
+``Handler`` from the first request that is anything else.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import gevent.pool
 from gevent import pywsgi
 
 from .config import Config, is_ip, is_loopback
+from .express import Express, send_all
 from .replies import BODY_READ, envelope
 
 log = logging.getLogger("coyotes.http")
@@ -138,6 +141,10 @@ class Guard:
         return self.app(environ, start_response)
 
     def refuse(self, environ) -> tuple[int, str] | None:
+        return self.refuse_request(environ) or self.limit_body(environ)
+
+    def refuse_request(self, environ) -> tuple[int, str] | None:
+        """(status, why) if the request's headers say a browser page sent it."""
         host = environ.get("HTTP_HOST", "")
         if host and not self.host_known_allowed(host):
             return 403, f"host {host!r} is not allowed (DNS rebinding protection)"
@@ -146,7 +153,7 @@ class Guard:
             return 403, "cross-origin request refused"
         if environ.get("HTTP_SEC_FETCH_SITE") == "cross-site":
             return 403, "cross-site request refused"
-        return self.limit_body(environ)
+        return None
 
     def host_known_allowed(self, host: str) -> bool:
         allowed = self.hosts.get(host)
@@ -176,7 +183,6 @@ class Guard:
     def limit_body(self, environ) -> tuple[int, str] | None:
         """Read the whole body (if any) within -http-timeout, and hand the app a copy."""
         limit = self.config.max_body
-        too_big = (413, f"request body larger than {limit} bytes")
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         if chunked:
             wanted = limit + 1
@@ -186,7 +192,7 @@ class Guard:
             except ValueError:
                 return 400, "bad Content-Length"
             if wanted > limit:
-                return too_big   # refused before it is sent: never waited for
+                return self.refuse_length(wanted)   # refused before it is sent: never waited for
             if wanted <= 0:
                 return None
         data = None
@@ -198,11 +204,17 @@ class Guard:
         if data is None:
             return 408, f"request body not received within {self.config.http_timeout:g} s"
         if len(data) > limit:
-            return too_big
+            return self.refuse_length(len(data))
         environ["wsgi.input"] = io.BytesIO(data)
         environ[BODY_READ] = data   # for replies.Body, which needs no file
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return None
+
+    def refuse_length(self, length: int) -> tuple[int, str] | None:
+        """(413, why) for a body of ``length`` bytes over the limit."""
+        if length > self.config.max_body:
+            return 413, f"request body larger than {self.config.max_body} bytes"
         return None
 
 
@@ -228,6 +240,25 @@ class _LingeringInput:
             finished = True
         if not finished:
             self.handler.close_connection = True
+
+
+class Resumed(io.RawIOBase):
+    """A connection's reading side for gevent's handler once the express lane let go
+    of it: first the bytes the lane read already, then the socket."""
+
+    def __init__(self, first: bytes, sock):
+        super().__init__()
+        self.first, self.sock = first, sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.first:
+            n = min(len(buffer), len(self.first))
+            buffer[:n], self.first = self.first[:n], self.first[n:]
+            return n
+        return self.sock.recv_into(buffer)
 
 
 class Handler(pywsgi.WSGIHandler):
@@ -321,19 +352,9 @@ class Handler(pywsgi.WSGIHandler):
         self._write(data)
 
     def _sendall(self, data) -> None:
-        # what the kernel takes at once (a small reply: all of it) goes without a timer
-        # and without gevent's sendall, which asks for the socket's buffer size each
-        # time; the rest is sent within -http-timeout. Errors as gevent's _sendall.
-        raw = getattr(self.socket, "_sock", None)   # gevent's non-blocking socket
+        # errors as gevent's _sendall
         try:
-            try:
-                sent = raw.send(data) if raw is not None else 0
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                timeout = OSError(errno.ETIMEDOUT, "reply not taken in time")
-                with gevent.Timeout(self.server.http_timeout, timeout):
-                    self.socket.sendall(memoryview(data)[sent:])
+            send_all(self.socket, data, self.server.http_timeout)
         except OSError as exc:
             self.status = f"socket error: {exc}"
             if self.code > 0:
@@ -365,10 +386,19 @@ class Server(pywsgi.WSGIServer):
         self.http_timeout, self.idle_timeout = config.http_timeout, config.http_idle_timeout
         self.logs_requests = kwargs.get("log", "default") is not None
         self.failed_accepts, self.last_failed_accept = 0, 0.0
+        self.express: Express | None = None   # set by make_server
 
     def handle(self, sock, address):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
+        if self.express is None:
+            super().handle(sock, address)
+            return
+        served, rest = self.express.serve(sock, address)
+        if rest is not None:   # the rest of the connection is gevent's
+            handler = self.handler_class(sock, address, self,
+                                         rfile=io.BufferedReader(Resumed(rest, sock)))
+            handler.served = served
+            handler.handle()
 
     def do_read(self):
         try:
@@ -409,7 +439,14 @@ class Server(pywsgi.WSGIServer):
             self.start_accepting()
 
 
-def make_server(app: bottle.Bottle, config: Config, cap: int) -> Server:
-    return Server((config.http_host, config.http_port), Guard(app, config), config, cap,
-                  log=logging.getLogger("coyotes.access") if config.debug else None,
-                  error_log=logging.getLogger("coyotes.api"))
+def make_server(app: bottle.Bottle, config: Config, cap: int, push=None) -> Server:
+    """The server of ``app``, with an express lane to the push route ``push`` if given
+    (but not with -debug: gevent's handler writes the access log)."""
+    guard = Guard(app, config)
+    server = Server((config.http_host, config.http_port), guard, config, cap,
+                    log=logging.getLogger("coyotes.access") if config.debug else None,
+                    error_log=logging.getLogger("coyotes.api"))
+    if push is not None and not config.debug:
+        server.express = Express(push, guard, server.environ, config.http_timeout,
+                                 config.http_idle_timeout)
+    return server

@@ -38,6 +38,7 @@ from coyotes_lib.connection import connect
 from coyotes_lib.keys import Keys
 from coyotes_lib.openapi import DEFAULT_SERVER, document
 from coyotes_lib.replies import envelope, record_view
+from coyotes_lib.routes import Api
 
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_schema_conformance", "unsupported_method", "allow_header_conformance")
@@ -69,7 +70,7 @@ def api_only(coyotes_factory, r):
 # -- the document ---------------------------------------------------------------
 def test_document_lists_exactly_the_routes_of_the_app(redis_server):
     client = connect("127.0.0.1", redis_server.port)
-    app = make_app(Broker(client, Keys(), "n1"), Config(redis_port=redis_server.port))
+    app = make_app(Api(Broker(client, Keys(), "n1"), Config(redis_port=redis_server.port)))
     # bottle's /channels/<name> (or <name:filter>) is OpenAPI's /channels/{name}
     routes = {(route.method, re.sub(r"<(\w+)(:[^>]*)?>", r"{\1}", route.rule))
               for route in app.routes}

@@ -5,7 +5,8 @@ going through bottle's ``request.forms`` and ``FormsDict.decode``; these tests
 compare the two on random bytes and Content-Types: the same fields in the same
 order, or the same refusal (status and message). The server reads plain request
 headers without the email parser; they are compared with what gevent read. The
-app sends a push straight to its route; its replies are compared with bottle's.
+express lane answers most pushes before gevent's handler and bottle see them; over
+real sockets, its replies are compared with theirs.
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ import types
 import uuid
 
 import bottle
+import gevent
+import gevent.socket
 import pytest
 import redis
 from gevent.pywsgi import WSGIHandler, headers_factory
+from harness import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coyotes_lib.api import make_app
+from coyotes_lib.api import make_app, make_push
 from coyotes_lib.config import Config
 from coyotes_lib.model import ChannelSpec, Enqueued
 from coyotes_lib.replies import BODY_READ, Body, parse_form, urlencoded
-from coyotes_lib.server import PlainHeaders, read_headers
+from coyotes_lib.routes import Api
+from coyotes_lib.server import PlainHeaders, make_server, read_headers
 from coyotes_lib.task import POLICY_LIMITS, new_id, uuid4_hex
 
 # bytes that mean something to a form parser, and some that are not UTF-8
@@ -203,7 +208,7 @@ def test_a_new_task_id_is_a_uuid4_hex(random):
     assert uuid.UUID(new_id()).version == 4
 
 
-# -- the push routes' shortcut past bottle's router and reply building ------------
+# -- the express lane -------------------------------------------------------------
 class FakeBroker:
     """What the push routes ask of a broker; a channel's name says how it answers."""
 
@@ -227,38 +232,131 @@ class FakeBroker:
         return result
 
 
-def served(app, call, method: str, path: str, body: bytes, content_type: str) -> tuple:
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
-               "SCRIPT_NAME": "", "SERVER_NAME": "x", "SERVER_PORT": "1",
-               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-               "HTTP_HOST": "127.0.0.1:1", "CONTENT_TYPE": content_type,
-               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
-               "wsgi.errors": io.StringIO(), BODY_READ: body}
-    replies = []
-    out = b"".join(call(app)(environ, lambda status, headers, exc_info=None:
-                             replies.append((status, headers, exc_info is not None))))
-    # a new task's id is random: the same length, another value; a traceback written
-    # to wsgi.errors has other frames, the same exception
-    return replies, re.sub(rb"[0-9a-f]{32}", b"ID", out), \
-        environ["wsgi.errors"].getvalue().strip().splitlines()[-1:]
+# -- the express lane: pushes answered before gevent's handler and bottle ---------
+MAX_BODY = 2048
+
+
+@pytest.fixture(scope="module")
+def lane():
+    """An API server in this process (gevent sockets, no monkey patching) over the
+    fake broker, with its express lane -> its port."""
+    config = Config(http_port=free_port(), max_body=MAX_BODY)
+    api = Api(FakeBroker(), config)
+    server = make_server(make_app(api), config, 50, make_push(api))
+    assert server.express is not None
+    server.start()
+    yield config.http_port
+    server.stop(timeout=1)
+
+
+def read_reply(sock, buffered: bytes = b"") -> tuple[bytes, bytes]:
+    """One HTTP reply from ``sock`` (headers, then Content-Length bytes) -> (the
+    reply, what came after it)."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    while b"\r\n\r\n" not in buffered.removeprefix(interim):
+        data = sock.recv(65536)
+        assert data, f"connection closed mid-reply: {buffered!r}"
+        buffered += data
+    head, _, rest = buffered.removeprefix(interim).partition(b"\r\n\r\n")
+    head = interim * buffered.startswith(interim) + head
+    length = int(re.search(rb"\r\nContent-Length: (\d+)", head)[1])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def exchange(port: int, request: bytes, split: bool) -> tuple[bytes, bool]:
+    """``request`` sent on a new connection, in one write or in two (then the express
+    lane has only part of it and gevent's handler answers) -> (the reply without its
+    Date and with task ids as ID, whether the server then closed the connection)."""
+    with gevent.socket.create_connection(("127.0.0.1", port)) as sock:
+        if split:
+            sock.sendall(request[:9])
+            gevent.sleep(0.02)
+            sock.sendall(request[9:])
+        else:
+            sock.sendall(request)
+        reply, rest = read_reply(sock)
+        assert rest == b""
+        with gevent.Timeout(5):
+            closed = sock.recv(1) == b"" if b"Connection: close" in request + reply \
+                else False
+    reply = re.sub(rb"\r\nDate: [^\r]*", b"", reply)
+    return re.sub(rb"[0-9a-f]{32}", b"ID", reply), closed
+
+
+def push_request(path: str, body: bytes, content_type: str, headers: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1") + body
 
 
 @pytest.mark.parametrize("path", [
     "/channels/c", "/channels/c/tasks", "/channels/gone", "/channels/gone/tasks",
     "/channels/down", "/channels/oom/tasks", "/channels/wrongtype", "/channels/bug",
     "/channels/bug/tasks", "/channels/dup", "/channels/inuse/tasks", "/channels/c/",
-    "/channels/c/tasks/", "/channels/", "/channels/a/b", "/channels/caf\xc3\xa9",
-    "/channels/\xff\xfe", "/channels/\xff/tasks", "/channels/c%2Fd", "/channels/c\n"])
-@pytest.mark.parametrize("method", ["POST", "GET", "post", "HEAD", "PUT"])
+    "/channels/caf%C3%A9", "/channels/c%2Fd"])
 @pytest.mark.parametrize("body, content_type", [
     (b"task=true+a", "application/x-www-form-urlencoded"),
     (b"task=true&id=x1&delay=5&timeout=3", "application/x-www-form-urlencoded"),
     (b"task=true&delay=x", ""), (b"task=caf%E9", ""), (b"", ""),
     (b'{"command": {"name": "true", "args": [1]}, "id": "j1"}', "application/json"),
     (b'{"task": 1}', "application/json"), (b"[", "application/json"),
-    (b"a" * (bottle.BaseRequest.MEMFILE_MAX + 1), "text/plain")])
-def test_the_push_shortcut_answers_as_bottle_did(path, method, body, content_type):
-    app = make_app(FakeBroker(), Config())
-    shortcut = served(app, lambda a: a, method, path, body, content_type)
-    through_bottle = served(app, lambda a: a.wsgi, method, path, body, content_type)
-    assert shortcut == through_bottle
+    (b"task=true", "multipart/form-data; boundary=x"),
+    (b"a" * (MAX_BODY + 1), "text/plain")])
+def test_the_express_lane_answers_as_gevent_and_bottle_do(lane, path, body, content_type):
+    request = push_request(path, body, content_type)
+    assert exchange(lane, request, split=False) == exchange(lane, request, split=True)
+
+
+@pytest.mark.parametrize("headers", [
+    "Origin: http://evil.example\r\n", "Sec-Fetch-Site: cross-site\r\n",
+    "Host: evil.example\r\n", "Connection: close\r\n", "Connection: keep-alive\r\n",
+    "Connection: Upgrade\r\nUpgrade: x\r\n", "X_Y: 1\r\n", "X-A: 1\r\nx-a: 2\r\n",
+    "Expect: 100-continue\r\n", "User-Agent: \xe9\t \r\n", "Cookie: a\r\n"])
+def test_the_express_lane_refuses_and_closes_as_gevent_and_bottle_do(lane, headers):
+    request = push_request("/channels/c", b"task=true", "application/x-www-form-urlencoded",
+                           headers)
+    if "Host: evil" in headers:   # the second Host is the one that counts: make it the only
+        request = request.replace(b"Host: 127.0.0.1\r\n", b"")
+    assert exchange(lane, request, split=False) == exchange(lane, request, split=True)
+
+
+def test_pushes_and_other_requests_on_one_connection_are_answered_in_order(lane):
+    """Two pushes and a GET in one write, then a push: the lane answers the first two,
+    gevent's handler the GET and everything after it on that connection."""
+    first = push_request("/channels/c", b"task=true+1", "application/x-www-form-urlencoded")
+    second = push_request("/channels/dup/tasks", b'{"task": "true 2"}', "application/json")
+    get = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    third = push_request("/channels/gone", b"task=true+3", "application/x-www-form-urlencoded")
+    with gevent.socket.create_connection(("127.0.0.1", lane)) as sock:
+        sock.sendall(first + second + get)
+        replies, rest = [], b""
+        for _ in range(3):
+            reply, rest = read_reply(sock, rest)
+            replies.append(reply)
+        sock.sendall(third)
+        replies.append(read_reply(sock, rest)[0])
+    assert [reply.split(b"\r\n", 1)[0] for reply in replies] == [
+        b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 404 Not Found"]
+    assert b'"task_name": "true 1"' in replies[0]
+    assert b'"result": false' in replies[1]   # dup: a distinct channel refused it
+    assert b"channel 'gone' does not exist" in replies[3]
+
+
+def test_a_push_whose_body_comes_later_is_answered(lane):
+    request = push_request("/channels/c/tasks", b"task=true+late&id=late1",
+                           "application/x-www-form-urlencoded")
+    with gevent.socket.create_connection(("127.0.0.1", lane)) as sock:
+        sock.sendall(request[:-5])
+        gevent.sleep(0.05)
+        sock.sendall(request[-5:])
+        reply, _ = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b'"task_id": "late1"' in reply
+
+
+def test_no_express_lane_with_the_access_log():
+    """-debug logs every request through gevent's handler: the lane is off."""
+    config = Config(http_port=free_port(), debug=True)
+    api = Api(FakeBroker(), config)
+    assert make_server(make_app(api), config, 5, make_push(api)).express is None

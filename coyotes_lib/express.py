@@ -1,0 +1,167 @@
+"""The express lane: pushes answered straight from the socket.
+
+Producers mostly push one small request at a time on a keep-alive connection:
+``POST /channels/<name>`` or ``/channels/<name>/tasks``, plain headers, a
+Content-Length body, all of it in one read. ``Express.serve`` answers those
+itself, through the same guard and the same push route as the API, with the
+reply the full path would send, in one write. At the first request that is
+anything else (another route, a body still on its way, chunks, a 100-continue),
+it hands the connection, with what it read of that request, to gevent's WSGI
+handler and bottle. gevent's handler costs several times the push route itself;
+this is what lets one process take pushes as fast as the Go daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import re
+import time
+from http import HTTPStatus
+from wsgiref.handlers import format_date_time
+
+import gevent
+
+from .replies import BODY_READ, envelope
+
+log = logging.getLogger("coyotes.http")
+
+RECV_SIZE = 65536   # bytes read at once
+# a push whose request line and headers are all in the buffer: its path and headers
+HEAD = re.compile(rb"POST (/channels/[A-Za-z0-9_.-]{1,64}(/tasks)?) HTTP/1\.1\r\n"
+                  rb"((?:[!-9;-~]+:[ \t]*[^\r\n]*\r\n)*)\r\n")
+FIELD = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r\n")
+DIGITS = re.compile(rb"[0-9]{1,9}")
+# headers that ask for more than this lane does: gevent's handler answers them
+NOT_HERE = frozenset({"HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE"})
+REPLY = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+         b"Content-Length: %d\r\n%sDate: %s\r\n\r\n%s")
+
+
+def send_all(sock, data: bytes, timeout: float) -> None:
+    """``sock.sendall(data)`` within ``timeout`` (else ETIMEDOUT). What the kernel takes
+    at once (a small reply: all of it) goes without a timer and without gevent's
+    sendall, which asks for the socket's buffer size each time."""
+    raw = getattr(sock, "_sock", None)   # gevent's non-blocking socket
+    try:
+        sent = raw.send(data) if raw is not None else 0
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        with gevent.Timeout(timeout, OSError(errno.ETIMEDOUT, "reply not taken in time")):
+            sock.sendall(memoryview(data)[sent:])
+
+
+class Request:
+    """A push the lane can answer: its channel, route, environ headers and body."""
+
+    __slots__ = ("body", "fields", "length", "name", "path", "with_command")
+
+    def __init__(self, path: str, name: str, with_command: bool, fields: dict,
+                 body: bytes, length: int):
+        self.path, self.name, self.with_command = path, name, with_command
+        self.fields, self.body, self.length = fields, body, length
+
+
+def parse(buffered: bytes) -> Request | None:
+    """The push at the start of ``buffered`` if this lane can answer it: HTTP/1.1,
+    plain headers none of which is repeated, has an underscore in its name or asks
+    for more (``NOT_HERE``), a Content-Length whose body is all there, and a
+    keep-alive or close connection. Else None."""
+    head = HEAD.match(buffered)
+    if head is None:
+        return None
+    fields = {}
+    for raw_name, raw_value in FIELD.findall(head[3]):
+        name = raw_name.decode("latin-1")
+        key = name.upper().replace("-", "_")
+        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+            key = "HTTP_" + key
+        if key in fields or "_" in name or key in NOT_HERE:
+            return None
+        fields[key] = raw_value.decode("latin-1").strip()
+    length = fields.get("CONTENT_LENGTH", "")
+    start = head.end()
+    if not DIGITS.fullmatch(length.encode()) or start + int(length) > len(buffered) \
+            or fields.get("HTTP_CONNECTION", "keep-alive").lower() not in ("keep-alive",
+                                                                          "close"):
+        return None
+    end = start + int(length)
+    path = head[1].decode("ascii")
+    return Request(path, path[len("/channels/"):].partition("/")[0], head[2] is not None,
+                   fields, buffered[start:end], end)
+
+
+class Express:
+    """Serves connections' pushes (see the module docstring) for ``server.Server``.
+    ``push(environ, name, with_command) -> (status, JSON text)`` is the API's push
+    route; ``guard`` the server's ``Guard``, whose checks every request passes."""
+
+    def __init__(self, push, guard, environ: dict, http_timeout: float, idle_timeout: float):
+        self.push, self.guard, self.environ = push, guard, environ
+        self.http_timeout, self.idle_timeout = http_timeout, idle_timeout
+        self.date = (0, b"")
+
+    def serve(self, sock, address) -> tuple[int, bytes | None]:
+        """Answer the pushes of a connection while each comes whole in one read, each
+        within the server's time bounds (its first byte within -http-timeout, the next
+        request within -http-idle-timeout, each reply taken within -http-timeout)
+        -> (requests answered, what was read of the next request, for gevent's
+        handler; None when the connection is done)."""
+        buffered, served = b"", 0
+        while True:
+            if not buffered:
+                wait = self.idle_timeout if served else self.http_timeout
+                buffered = None
+                try:
+                    with gevent.Timeout(wait, False):
+                        buffered = sock.recv(RECV_SIZE)
+                except OSError:
+                    return served, None
+                if not buffered:
+                    if buffered is None:
+                        log.debug("http: %s:%s: nothing received in %g s; connection "
+                                  "closed", address[0], address[1], wait)
+                    return served, None
+            request = parse(buffered)
+            if request is None:
+                return served, buffered
+            reply, close = self.answer(request, address)
+            served += 1
+            buffered = buffered[request.length:]
+            try:
+                send_all(sock, reply, self.http_timeout)
+            except OSError:
+                return served, None
+            if close:
+                return served, None
+
+    def answer(self, request: Request, address) -> tuple[bytes, bool]:
+        """The reply to ``request`` as the full path words it, and whether the
+        connection closes after it (the client asked, or the guard refused)."""
+        environ = self.environ.copy()
+        environ.update(request.fields)
+        environ.update(REQUEST_METHOD="POST", PATH_INFO=request.path, QUERY_STRING="",
+                       SERVER_PROTOCOL="HTTP/1.1", REMOTE_ADDR=str(address[0]),
+                       REMOTE_PORT=str(address[1]))
+        environ["wsgi.input"] = io.BytesIO(request.body)
+        environ[BODY_READ] = request.body
+        close = request.fields.get("HTTP_CONNECTION", "").lower() == "close"
+        refusal = self.guard.refuse_request(environ) \
+            or self.guard.refuse_length(len(request.body))
+        if refusal is not None:
+            status, text = refusal[0], envelope(*refusal)
+        else:
+            status, text = self.push(environ, request.name, request.with_command)
+        body = text.encode("utf-8")
+        return REPLY % (status, HTTPStatus(status).phrase.encode("latin-1"), len(body),
+                        b"Connection: close\r\n" if refusal else b"", self.http_date(),
+                        body), close or refusal is not None
+
+    def http_date(self) -> bytes:
+        """The Date header's value, made once a second."""
+        now = int(time.time())
+        if now != self.date[0]:
+            self.date = (now, format_date_time(now).encode("latin-1"))
+        return self.date[1]
