@@ -67,7 +67,7 @@ def make_push(api: routes.Api):
         path = environ["PATH_INFO"]
         try:
             try:
-                data = routes.push(api, name, Body(bottle.BaseRequest(environ)), with_command)
+                data = routes.push(api, name, Body(environ), with_command)
                 return 200, envelope(200, "ok", data)
             except redis.RedisError as exc:
                 raise outage(exc, "POST", path) from None

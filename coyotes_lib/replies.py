@@ -99,16 +99,16 @@ class Body:
     An urlencoded form is parsed here from the body the guard read, as bottle's
     ``request.forms.decode("utf-8")`` would (``parse_form``) but without its
     MultiDict copies; a multipart form, or a body read by no guard, goes through
-    bottle. Fields are ``{name: [values]}`` in the order of their first use."""
+    bottle. Fields are ``{name: [values]}`` in the order of their first use. It
+    reads a WSGI environ: a request's (bottle's, or the express lane's)."""
 
-    def __init__(self, request: bottle.BaseRequest):
+    def __init__(self, environ: dict):
         self.json = None
-        environ = request.environ
         content_type = environ.get("CONTENT_TYPE", "")
         data = environ.get(BODY_READ)
         if content_type.lower().startswith("application/json"):
             if data is None:
-                data = request.body.read()
+                data = bottle.BaseRequest(environ).body.read()
             try:
                 self.json = parse_json(data or b"{}")
             except BadTask as exc:
@@ -116,7 +116,7 @@ class Body:
             if not isinstance(self.json, dict):
                 raise fail(400, "JSON body must be an object")
         elif data is not None and urlencoded(content_type):
-            if len(data) > request.MEMFILE_MAX:   # as bottle refuses a form body
+            if len(data) > bottle.BaseRequest.MEMFILE_MAX:   # as bottle refuses a form body
                 raise bottle.HTTPError(413, "Request entity too large")
             try:
                 self.forms = parse_form(data)
@@ -125,6 +125,8 @@ class Body:
             except UnicodeError:
                 raise fail(400, "form fields must be UTF-8") from None
         else:
+            # bottle's request ties itself to the environ (a cycle): only when needed
+            request = environ.get("bottle.request") or bottle.BaseRequest(environ)
             try:
                 self.forms = request.forms.decode("utf-8").dict
                 self.query = request.query.decode("utf-8").dict

@@ -107,11 +107,11 @@ def channel(api: Api, name):
 
 
 def push_task(api: Api, name):
-    return ok(push(api, name, Body(bottle.request), with_command=False))
+    return ok(push(api, name, Body(bottle.request.environ), with_command=False))
 
 
 def push_task_v2(api: Api, name):
-    return ok(push(api, name, Body(bottle.request), with_command=True))
+    return ok(push(api, name, Body(bottle.request.environ), with_command=True))
 
 
 def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
@@ -160,7 +160,7 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
 
 def add_channel(api: Api):
     broker, config = api.broker, api.config
-    body = Body(bottle.request)
+    body = Body(bottle.request.environ)
     name = str(body.get("name") or "")
     if not CHANNEL_NAME.match(name):
         raise fail(400, "name must be 1-64 letters, digits, '_', '-' or '.'")
