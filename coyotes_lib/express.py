@@ -32,7 +32,8 @@ RECV_SIZE = 65536   # bytes read at once
 HEAD = re.compile(rb"POST (/channels/[A-Za-z0-9_.-]{1,64}(/tasks)?) HTTP/1\.1\r\n"
                   rb"((?:[!-9;-~]+:[ \t]*[^\r\n]*\r\n)*)\r\n")
 FIELD = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r\n")
-DIGITS = re.compile(rb"[0-9]{1,9}")
+KEYS_KEPT = 256   # header names whose environ key an Express keeps
+PHRASES = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
 # headers that ask for more than this lane does: gevent's handler answers them
 NOT_HERE = frozenset({"HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE"})
 REPLY = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
@@ -64,33 +65,14 @@ class Request:
         self.fields, self.body, self.length = fields, body, length
 
 
-def parse(buffered: bytes) -> Request | None:
-    """The push at the start of ``buffered`` if this lane can answer it: HTTP/1.1,
-    plain headers none of which is repeated, has an underscore in its name or asks
-    for more (``NOT_HERE``), a Content-Length whose body is all there, and a
-    keep-alive or close connection. Else None."""
-    head = HEAD.match(buffered)
-    if head is None:
-        return None
-    fields = {}
-    for raw_name, raw_value in FIELD.findall(head[3]):
-        name = raw_name.decode("latin-1")
-        key = name.upper().replace("-", "_")
-        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
-            key = "HTTP_" + key
-        if key in fields or "_" in name or key in NOT_HERE:
-            return None
-        fields[key] = raw_value.decode("latin-1").strip()
-    length = fields.get("CONTENT_LENGTH", "")
-    start = head.end()
-    if not DIGITS.fullmatch(length.encode()) or start + int(length) > len(buffered) \
-            or fields.get("HTTP_CONNECTION", "keep-alive").lower() not in ("keep-alive",
-                                                                          "close"):
-        return None
-    end = start + int(length)
-    path = head[1].decode("ascii")
-    return Request(path, path[len("/channels/"):].partition("/")[0], head[2] is not None,
-                   fields, buffered[start:end], end)
+def environ_key(raw_name: bytes) -> str:
+    """The environ key of a header name, as gevent makes it, or '' if this lane leaves
+    the request to gevent: a name with '_' (gevent drops it), or one of ``NOT_HERE``."""
+    name = raw_name.decode("latin-1")
+    key = name.upper().replace("-", "_")
+    if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+        key = "HTTP_" + key
+    return "" if "_" in name or key in NOT_HERE else key
 
 
 class Express:
@@ -102,6 +84,8 @@ class Express:
         self.push, self.guard, self.environ = push, guard, environ
         self.http_timeout, self.idle_timeout = http_timeout, idle_timeout
         self.date = (0, b"")
+        # header name -> environ key: clients send the same few names on every request
+        self.keys: dict[bytes, str] = {}
 
     def serve(self, sock, address) -> tuple[int, bytes | None]:
         """Answer the pushes of a connection while each comes whole in one read, each
@@ -124,7 +108,7 @@ class Express:
                         log.debug("http: %s:%s: nothing received in %g s; connection "
                                   "closed", address[0], address[1], wait)
                     return served, None
-            request = parse(buffered)
+            request = self.parse(buffered)
             if request is None:
                 return served, buffered
             reply, close = self.answer(request, address)
@@ -136,6 +120,36 @@ class Express:
                 return served, None
             if close:
                 return served, None
+
+    def parse(self, buffered: bytes) -> Request | None:
+        """The push at the start of ``buffered`` if this lane can answer it: HTTP/1.1,
+        plain headers (none repeated, none that ``environ_key`` leaves to gevent), a
+        Content-Length whose body is all there, and a keep-alive or close connection.
+        Else None."""
+        head = HEAD.match(buffered)
+        if head is None:
+            return None
+        fields, keys = {}, self.keys
+        for raw_name, raw_value in FIELD.findall(head[3]):
+            key = keys.get(raw_name)
+            if key is None:
+                key = environ_key(raw_name)
+                if len(keys) < KEYS_KEPT:
+                    keys[raw_name] = key
+            if not key or key in fields:
+                return None
+            fields[key] = raw_value.decode("latin-1").strip()
+        length = fields.get("CONTENT_LENGTH", "")
+        start = head.end()
+        end = start + int(length) if length.isascii() and length.isdigit() \
+            and len(length) < 10 else -1
+        connection = fields.get("HTTP_CONNECTION")
+        if not start <= end <= len(buffered) or (
+                connection is not None and connection.lower() not in ("keep-alive", "close")):
+            return None
+        path = head[1].decode("ascii")
+        return Request(path, path[len("/channels/"):].partition("/")[0], head[2] is not None,
+                       fields, buffered[start:end], end)
 
     def answer(self, request: Request, address) -> tuple[bytes, bool]:
         """The reply to ``request`` as the full path words it, and whether the
@@ -155,7 +169,7 @@ class Express:
         else:
             status, text = self.push(environ, request.name, request.with_command)
         body = text.encode("utf-8")
-        return REPLY % (status, HTTPStatus(status).phrase.encode("latin-1"), len(body),
+        return REPLY % (status, PHRASES[status], len(body),
                         b"Connection: close\r\n" if refusal else b"", self.http_date(),
                         body), close or refusal is not None
 

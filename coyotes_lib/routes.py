@@ -152,9 +152,10 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
         api.on_queued(name)
     refused = result == Enqueued.REFUSED
     # like the prepare queue: a refusal is news, a queued task is logged when it runs
-    log.log(logging.INFO if refused else logging.DEBUG, "channel %s: task %s %s via "
-            "HTTP: %s", name, task.id, "refused (distinct)" if refused
-            else result.name.lower(), task.name)
+    if refused or log.isEnabledFor(logging.DEBUG):
+        log.log(logging.INFO if refused else logging.DEBUG, "channel %s: task %s %s via "
+                "HTTP: %s", name, task.id, "refused (distinct)" if refused
+                else result.name.lower(), task.name)
     return {"task_id": task.id, "task_name": task.name, "result": not refused}
 
 
