@@ -212,12 +212,16 @@ class Broker(Listings):
     def take_prepared(self, most: int, timeout: float = BLOCK) -> list[str]:
         """Move the oldest prepare-queue entries (up to ``most``) into this node's
         staging list; when there is none, wait up to ``timeout`` for one. One round
-        trip: a blocking move, and TAKE of the rest right behind it."""
+        trip: a blocking move, and TAKE of the rest right behind it (none if ``most``
+        is 1)."""
         k = self.keys
         staging = k.staging(self.node)
-        entry, taken = self.lean.pipelined(
-            [(self._take, [k.prepare, staging], [most - 1])],
-            first=("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout))
+        move = ("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout)
+        if most <= 1:
+            entry, taken = self.lean.round_trip([move])[0], []
+        else:
+            entry, taken = self.lean.pipelined([(self._take, [k.prepare, staging], [most - 1])],
+                                               first=move)
         return ([entry] if entry is not None else []) + taken
 
     def convert_go_delayed(self) -> int:

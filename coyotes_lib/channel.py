@@ -253,7 +253,7 @@ class Channel:
         task = None
         try:
             try:
-                task = from_queue(raw, self.name)
+                task = claim.task or from_queue(raw, self.name)
                 policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
             except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
                 reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"

@@ -9,7 +9,7 @@ import enum
 import json
 import typing
 
-from .task import Policy
+from .task import Policy, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,9 @@ FOREIGN_RECORD = -1
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """A claimed entry; ``task_id`` and ``started`` are set when CLAIM started it
-    (else the worker calls ``Broker.start``)."""
+    (else the worker calls ``Broker.start``), ``task`` when this node parsed the
+    entry already (it routed it a moment ago: no need to read it again)."""
     raw: str
     task_id: str = ""
     started: Started | None = None
+    task: Task | None = None

@@ -12,6 +12,7 @@ answers again.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -39,6 +40,7 @@ MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
 ROUTE_BATCH = 100                    # prepare-queue entries routed per round trip
 STAGED_READ = 1000                   # staged entries read at a time to route again
+WAITED = 0.002                       # seconds a take lasted when it waited for an entry
 STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis refused
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 SCAN_EVERY = 1.0                     # seconds between scans for entries nobody told us of
@@ -185,14 +187,18 @@ class Scheduler:
         oldest first, after a pause that grows while they keep being refused."""
         outage = Outage("prepare queue", self.stop)
         leftovers = True   # entries already staged (a reply lost in an outage) go first
-        pause, retry_at = 0.0, 0.0
+        pause, retry_at, waited = 0.0, 0.0, False
         while not self.stop.is_set():
             try:
                 again = leftovers or bool(pause and time.monotonic() >= retry_at)
                 if again:
                     batch, leftovers = self.broker.staged(STAGED_READ), False
                 else:
-                    batch = self.broker.take_prepared(ROUTE_BATCH)
+                    # after a wait the queue was empty: one entry, without the TAKE
+                    # behind it, whose run in Redis would delay this entry
+                    started = time.monotonic()
+                    batch = self.broker.take_prepared(1 if waited else ROUTE_BATCH)
+                    waited = time.monotonic() - started > WAITED
                     leftovers = outage.recovered()
                 refused = self._route(batch) if batch else None
                 if refused is not None and (again or not pause):
@@ -281,8 +287,13 @@ class Scheduler:
             log.exception("prepare queue: a batch could not be sent, routing its entries "
                           "one by one")
         finally:
+            parsed = {task.raw: task for task, _, _ in pushes}
             for name, channel in loans.items():
-                channel.repaid(claimed.get(name))   # None: the reply was lost
+                claims = claimed.get(name)   # None: the reply was lost
+                if isinstance(claims, list):   # the tasks just routed need no second reading
+                    claims = [dataclasses.replace(claim, task=parsed.get(claim.raw))
+                              for claim in claims]
+                channel.repaid(claims)
         outcomes = []
         for push in pushes:
             try:
