@@ -128,6 +128,18 @@ def test_silent_new_connection_waits_http_timeout_not_idle_timeout(coyotes_facto
     no_traceback(daemon)
 
 
+def test_a_push_then_silence_waits_idle_timeout_not_http_timeout(coyotes_factory):
+    """After a push the express lane answered, the next request may take the idle
+    timeout (here longer than -http-timeout) to come."""
+    daemon = coyotes_factory("-http-timeout", "1", "-http-idle-timeout", "3")
+    sock = connect(daemon)
+    sock.sendall(b"POST /channels/default HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Length: 9\r\n\r\ntask=true")
+    assert read_response(sock)[0] == 200
+    assert 2.5 <= wait_closed(sock, 3 + SLACK + 5) <= 3 + SLACK
+    no_traceback(daemon)
+
+
 @pytest.mark.parametrize("sent", [0, 10])
 def test_slow_body_gets_408_envelope(coyotes_factory, r, sent):
     """Headers complete, Content-Length 100, the body (or its rest) never sent."""
@@ -180,11 +192,15 @@ def test_body_in_time_is_accepted_even_when_it_trickles(coyotes_factory, tmp_pat
                            for event, tag, _ in read_ledger(ledger)), what="task ran")
 
 
-def test_idle_keep_alive_connection_is_closed(coyotes_factory):
+@pytest.mark.parametrize("request_", [
+    b"GET /channels HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",   # gevent's handler
+    (b"POST /channels/default HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n"
+     b"task=true")], ids=["get", "push"])                   # the express lane
+def test_idle_keep_alive_connection_is_closed(coyotes_factory, request_):
     """Between requests the idle timeout applies (here shorter than -http-timeout)."""
     daemon = coyotes_factory("-http-timeout", "10", "-http-idle-timeout", "2")
     sock = connect(daemon)
-    request = b"GET /channels HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    request = request_
     sock.sendall(request)
     assert read_response(sock)[0] == 200
     time.sleep(1)   # idle, but less than the idle timeout: still served
