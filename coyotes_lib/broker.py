@@ -158,15 +158,18 @@ class Broker(Listings):
                           for chan, reply in zip(names, replies[len(pushes):], strict=True)}
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
-        k = self.keys
-        record = {"id": task.id, "channel": task.channel, "task_name": task.name,
-                  "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
-                  "execute_at": task.payload.get("execute_at"),
-                  **{key: task.payload.get(key) for key in ("timeout", "retries")}}
+        k, payload = self.keys, task.payload
+        # the new record's fields, as flat() would give them (the push path's own copy)
+        args = [task.raw, DISTINCT_TTL if distinct else 0, source,
+                payload.get("execute_at") or 0, k.wake, self.node,
+                "id", task.id, "channel", task.channel, "task_name", task.name,
+                "argv", json.dumps(list(task.argv)), "raw", task.raw, "attempt", 0,
+                "retry_count", 0]
+        for key in ("execute_at", "timeout", "retries"):
+            if payload.get(key) is not None:
+                args += (key, payload[key])
         return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
-                 k.staging(self.node), k.record(task.id)],
-                [task.raw, DISTINCT_TTL if distinct else 0, source,
-                 task.payload.get("execute_at") or 0, k.wake, self.node, *flat(record)])
+                 k.staging(self.node), k.record(task.id)], args)
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         """Park a prepare-queue entry (taken out of our staging list unless not

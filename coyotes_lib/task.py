@@ -187,9 +187,9 @@ def argv_of(name: str, command) -> tuple[str, ...]:
         argv = split_line(name)
     if not argv:
         raise BadTask("no command")
-    if sum(len(a) + 1 for a in argv) > MAX_COMMAND:
+    if sum(map(len, argv)) + len(argv) > MAX_COMMAND:
         raise BadTask(f"command longer than {MAX_COMMAND} characters")
-    if any("\0" in a for a in argv):
+    if "\0" in "".join(argv):
         raise BadTask("command contains a NUL byte")
     return argv
 
@@ -204,10 +204,13 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     argv = argv_of(name, command)
     if not name.strip():
         name = shlex.join(argv)
-    task_id = str(task_id) if task_id not in (None, "") else new_id()
-    if len(task_id) > MAX_ID or not task_id.isprintable() or NOT_IN_ID.search(task_id):
-        raise BadTask(f"id must be at most {MAX_ID} printable characters, "
-                      "without spaces or '/'")
+    if task_id in (None, ""):
+        task_id = new_id()
+    else:
+        task_id = str(task_id)
+        if len(task_id) > MAX_ID or not task_id.isprintable() or NOT_IN_ID.search(task_id):
+            raise BadTask(f"id must be at most {MAX_ID} printable characters, "
+                          "without spaces or '/'")
     payload = dict(extra) if extra else {}
     if payload:
         payload.update(check_policy({k: v for k, v in payload.items()

@@ -11,7 +11,13 @@ from __future__ import annotations
 import json
 
 import child_connection as child
+import pytest
 from gevent_child import call
+
+from coyotes_lib.broker import Broker, flat
+from coyotes_lib.connection import connect
+from coyotes_lib.keys import Keys
+from coyotes_lib.task import build
 
 
 def test_pooled_connection_check_is_immediate_and_still_sees_leftovers(redis_server):
@@ -96,3 +102,16 @@ def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):
     result = call(child.packed_like_redis_py, redis_server.port)
     assert result["same"] == [True] * 6
     assert bytes(result["value"]) == b"caf\xe9"
+
+
+@pytest.mark.parametrize("extra, execute_at", [
+    ({}, None), ({"timeout": 5, "retries": 2}, None), ({"retries": 0}, 1_900_000_000.5)])
+def test_a_push_records_the_fields_flat_would_give(extra, execute_at):
+    """The push path builds ENQUEUE's record fields itself; they are flat()'s."""
+    broker = Broker(connect("127.0.0.1", 1), Keys(), "n1")   # nothing is sent
+    task = build("c", "php artisan 'a b'", extra=extra, execute_at=execute_at)
+    record = {"id": task.id, "channel": task.channel, "task_name": task.name,
+              "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
+              "execute_at": execute_at, "timeout": extra.get("timeout"),
+              "retries": extra.get("retries")}
+    assert broker._enqueue_args(task, True, "")[1][6:] == flat(record)
