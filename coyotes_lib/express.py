@@ -31,7 +31,7 @@ RECV_SIZE = 65536   # bytes read at once
 # a push whose request line and headers are all in the buffer: its path and headers
 HEAD = re.compile(rb"POST (/channels/[A-Za-z0-9_.-]{1,64}(/tasks)?) HTTP/1\.1\r\n"
                   rb"((?:[!-9;-~]+:[ \t]*[^\r\n]*\r\n)*)\r\n")
-FIELD = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r\n")
+FIELD = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r\n")   # in the block decoded
 KEYS_KEPT = 256   # header names whose environ key an Express keeps
 PHRASES = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
 # headers that ask for more than this lane does: gevent's handler answers them
@@ -65,10 +65,9 @@ class Request:
         self.fields, self.body, self.length = fields, body, length
 
 
-def environ_key(raw_name: bytes) -> str:
+def environ_key(name: str) -> str:
     """The environ key of a header name, as gevent makes it, or '' if this lane leaves
     the request to gevent: a name with '_' (gevent drops it), or one of ``NOT_HERE``."""
-    name = raw_name.decode("latin-1")
     key = name.upper().replace("-", "_")
     if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
         key = "HTTP_" + key
@@ -85,7 +84,7 @@ class Express:
         self.http_timeout, self.idle_timeout = http_timeout, idle_timeout
         self.date = (0, b"")
         # header name -> environ key: clients send the same few names on every request
-        self.keys: dict[bytes, str] = {}
+        self.keys: dict[str, str] = {}
 
     def serve(self, sock, address) -> tuple[int, bytes | None]:
         """Answer the pushes of a connection while each comes whole in one read, each
@@ -130,15 +129,15 @@ class Express:
         if head is None:
             return None
         fields, keys = {}, self.keys
-        for raw_name, raw_value in FIELD.findall(head[3]):
-            key = keys.get(raw_name)
+        for name, value in FIELD.findall(head[3].decode("latin-1")):
+            key = keys.get(name)
             if key is None:
-                key = environ_key(raw_name)
+                key = environ_key(name)
                 if len(keys) < KEYS_KEPT:
-                    keys[raw_name] = key
+                    keys[name] = key
             if not key or key in fields:
                 return None
-            fields[key] = raw_value.decode("latin-1").strip()
+            fields[key] = value.strip()
         length = fields.get("CONTENT_LENGTH", "")
         start = head.end()
         end = start + int(length) if length.isascii() and length.isdigit() \
