@@ -19,9 +19,9 @@ import logging
 import re
 import time
 from http import HTTPStatus
-from wsgiref.handlers import format_date_time
 
 import gevent
+from gevent.pywsgi import format_date_time  # the Date gevent's handler sends (bytes)
 
 from .replies import BODY_READ, envelope
 
@@ -176,5 +176,5 @@ class Express:
         """The Date header's value, made once a second."""
         now = int(time.time())
         if now != self.date[0]:
-            self.date = (now, format_date_time(now).encode("latin-1"))
+            self.date = (now, format_date_time(now))
         return self.date[1]
