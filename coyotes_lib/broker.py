@@ -222,6 +222,8 @@ class Broker(Listings):
         move = ("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout)
         if most <= 1:
             entry, taken = self.lean.round_trip([move])[0], []
+            if isinstance(entry, Exception):   # as pipelined raises it
+                raise entry
         else:
             entry, taken = self.lean.pipelined([(self._take, [k.prepare, staging], [most - 1])],
                                                first=move)

@@ -12,6 +12,7 @@ import json
 
 import child_connection as child
 import pytest
+import redis
 from gevent_child import call
 
 from coyotes_lib.broker import Broker, flat
@@ -115,3 +116,15 @@ def test_a_push_records_the_fields_flat_would_give(extra, execute_at):
               "execute_at": execute_at, "timeout": extra.get("timeout"),
               "retries": extra.get("retries")}
     assert broker._enqueue_args(task, True, "")[1][6:] == flat(record)
+
+
+@pytest.mark.parametrize("most", [1, 100])
+def test_taking_from_a_prepare_queue_of_another_type_raises(redis_server, most):
+    """With or without the TAKE behind the blocking move, Redis's refusal is raised."""
+    broker = Broker(connect("127.0.0.1", redis_server.port), Keys(), "n1")
+    broker.redis.set(broker.keys.prepare, "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        broker.take_prepared(most, timeout=0.1)
+    broker.redis.delete(broker.keys.prepare)
+    broker.redis.lpush(broker.keys.prepare, "a", "b")
+    assert broker.take_prepared(most, timeout=0.1) == (["a"] if most == 1 else ["a", "b"])
