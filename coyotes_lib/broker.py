@@ -219,15 +219,10 @@ class Broker(Listings):
         is 1)."""
         k = self.keys
         staging = k.staging(self.node)
-        move = ("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout)
-        if most <= 1:
-            entry, taken = self.lean.round_trip([move])[0], []
-            if isinstance(entry, Exception):   # as pipelined raises it
-                raise entry
-        else:
-            entry, taken = self.lean.pipelined([(self._take, [k.prepare, staging], [most - 1])],
-                                               first=move)
-        return ([entry] if entry is not None else []) + taken
+        take = [(self._take, [k.prepare, staging], [most - 1])] if most > 1 else []
+        entry, *taken = self.lean.pipelined(
+            take, first=("BLMOVE", k.prepare, staging, "RIGHT", "LEFT", timeout))
+        return ([entry] if entry is not None else []) + (taken[0] if taken else [])
 
     def convert_go_delayed(self) -> int:
         """Later Go versions scored delayed tasks as local time YYYYmmddHHMMSS

@@ -66,12 +66,12 @@ class Request:
 
 
 def environ_key(name: str) -> str:
-    """The environ key of a header name, as gevent makes it, or '' if this lane leaves
-    the request to gevent: a name with '_' (gevent drops it), or one of ``NOT_HERE``."""
+    """The environ key of a header name, as gevent makes it; '' for a name with '_'
+    (gevent drops those)."""
+    if "_" in name:
+        return ""
     key = name.upper().replace("-", "_")
-    if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
-        key = "HTTP_" + key
-    return "" if "_" in name or key in NOT_HERE else key
+    return key if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH" else "HTTP_" + key
 
 
 class Express:
@@ -122,7 +122,7 @@ class Express:
 
     def parse(self, buffered: bytes) -> Request | None:
         """The push at the start of ``buffered`` if this lane can answer it: HTTP/1.1,
-        plain headers (none repeated, none that ``environ_key`` leaves to gevent), a
+        plain headers (none repeated, no '_' in a name, none of ``NOT_HERE``), a
         Content-Length whose body is all there, and a keep-alive or close connection.
         Else None."""
         head = HEAD.match(buffered)
@@ -133,6 +133,7 @@ class Express:
             key = keys.get(name)
             if key is None:
                 key = environ_key(name)
+                key = "" if key in NOT_HERE else key   # gevent answers those
                 if len(keys) < KEYS_KEPT:
                     keys[name] = key
             if not key or key in fields:

@@ -29,8 +29,11 @@ class Keys:
 
     def running_and_queue(self, chans) -> list[str]:
         """The running set and queue of each channel, in a row (thousands at a time)."""
-        return [key for chan in chans for queue in (self.queue(chan),)
-                for key in (queue + ":exec", queue)]
+        keys = []
+        for chan in chans:
+            queue = self.queue(chan)
+            keys += (queue + ":exec", queue)   # running(chan), queue(chan)
+        return keys
 
     def distinct(self, chan: str, name: str) -> str:
         return f"{self.queue(chan)}:{name}:dis"

@@ -169,7 +169,7 @@ class Scheduler:
         for name, spec in self.specs.items():
             if name not in self.channels:
                 self._start_channel(spec)
-            elif spec is not self.channels[name].spec and spec != self.channels[name].spec:
+            elif spec != self.channels[name].spec:
                 old = self.channels[name].spec
                 self.channels[name].spec = spec   # distinct and policy apply to new tasks now
                 log.info("channel %s: settings changed to %s", name, spec.to_json())
@@ -287,7 +287,7 @@ class Scheduler:
             log.exception("prepare queue: a batch could not be sent, routing its entries "
                           "one by one")
         finally:
-            parsed = {task.raw: task for task, _, _ in pushes}
+            parsed = {task.raw: task for task, _, _ in pushes} if loans else {}
             for name, channel in loans.items():
                 claims = claimed.get(name)   # None: the reply was lost
                 if isinstance(claims, list):   # the tasks just routed need no second reading

@@ -36,7 +36,7 @@ import gevent.pool
 from gevent import pywsgi
 
 from .config import Config, is_ip, is_loopback
-from .express import Express, send_all
+from .express import Express, environ_key, send_all
 from .replies import BODY_READ, envelope
 
 log = logging.getLogger("coyotes.http")
@@ -104,10 +104,9 @@ class PlainHeaders(pywsgi.OldMessage):
         """gevent's WSGIHandler._headers for these lines (none is folded): the
         HTTP_* keys and values, names with '_' left out."""
         for name, value in self._headers:
-            if "_" not in name:
-                key = name.replace("-", "_").upper()
-                if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
-                    yield "HTTP_" + key, value.strip()
+            key = environ_key(name)
+            if key.startswith("HTTP_"):
+                yield key, value.strip()
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
