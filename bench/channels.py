@@ -7,15 +7,14 @@ a random one of them starts. A daemon that is slow at it is capped
 from __future__ import annotations
 
 import http.client
-import json
 import random
 import shutil
 import time
 
-from .context import PREPARE, progress, wait_until
+from .context import is_refusal, progress
+from .latency import NotSeen, one_task
 from .measure import Inotify, median, percentile, proc_cpu, timed_calls
 from .report import Report, ms, peer_cells, ratio
-from .runs import settled
 
 
 def create_channels(ctx, side, daemon) -> dict:
@@ -37,7 +36,7 @@ def create_channels(ctx, side, daemon) -> dict:
             refused.append((i, f"no reply: {exc!r}"))
             break
         times.append(time.perf_counter() - t0)
-        if status != 200 or b'"status_code":500' in body.replace(b" ", b""):
+        if is_refusal(status, body):
             refused.append((i, f"{status} {body[:160].decode(errors='replace')}"))
         else:
             names.append(f"ch{i}")
@@ -72,18 +71,11 @@ def push_to_start(ctx, side, names: list[str], files, watcher: Inotify) -> dict:
     for i in range(count if names else 0):
         if time.monotonic() > deadline:
             break
-        chan, name = rng.choice(names), f"{side.name}-{i}"
-        side.redis.r.lpush(PREPARE, json.dumps({"task": f"touch {files}/{name}", "chan": chan,
-                                                "ts": int(time.time())}))
-        t0, seen = time.perf_counter(), False
-        while not seen and time.perf_counter() - t0 < 10:
-            seen = name in watcher.read(1.0)
-        if not seen:
+        try:
+            out.append(one_task(side, files, watcher, f"{side.name}-{i}", rng.choice(names)))
+        except NotSeen:
             missed += 1
             continue
-        out.append(time.perf_counter() - t0)
-        wait_until(lambda c=chan: settled(side.redis.r, c, peer=side.is_peer), 10, 0.005,
-                   "the task to be done")
         time.sleep(0.02)
     return {"times": out, "missed": missed, "asked": count}
 

@@ -46,7 +46,7 @@ def monitor_run(ctx, n: int) -> dict:
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: "+OK" in lines, 5, 0.01, "MONITOR to start")
         ours = {c["addr"] for c in rds.r.client_list() if c.get("name") == "bench"}
         t0 = time.perf_counter()
         push_tasks(rds.r, [f"true {i}" for i in range(n)])

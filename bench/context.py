@@ -161,10 +161,14 @@ class Side:
         return self.name == "peer"
 
 
-def tear_down(daemon, hello, workdir) -> None:
-    """End a section: stop its daemon and baseline app, remove its files."""
+def tear_down(daemon, workdir) -> None:
+    """End a section: stop its daemon (if any), remove its files."""
     if daemon:
         daemon.stop(30)
-    if hello:
-        stop_process(hello)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def is_refusal(status: int, body: bytes) -> bool:
+    """Whether a reply refused: another status than 200, or the Go original's 500
+    envelope inside a 200."""
+    return status != 200 or b'"status_code":500' in body.replace(b" ", b"")

@@ -4,17 +4,20 @@ peer, its samples alternate with Coyotes' (each daemon on its own Redis)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 
-from .context import PREPARE, progress, wait_until
+from .context import progress, wait_until
 from .measure import Inotify, percentile
 from .report import Report, ms, peer_cells, ratio
-from .runs import settled
+from .runs import push_tasks, settled
 
 WARM = 5   # samples of each side left out
+
+
+class NotSeen(TimeoutError):
+    """A task's file did not appear in time."""
 
 
 def wait_name(watcher: Inotify, name: str, t0: float) -> float:
@@ -23,18 +26,17 @@ def wait_name(watcher: Inotify, name: str, t0: float) -> float:
     while time.monotonic() < deadline:
         if name in watcher.read(1.0):
             return time.perf_counter() - t0
-    raise TimeoutError(f"{name} did not appear")
+    raise NotSeen(f"{name} did not appear")
 
 
-def one_task(side, files, watcher: Inotify, name: str) -> float:
-    """One `touch` through ``side``'s prepare queue -> seconds until its file
-    appears; returns once the task is done and the daemon idle again."""
-    entry = json.dumps({"task": f"touch {files}/{name}", "chan": "default",
-                        "ts": int(time.time())})
+def one_task(side, files, watcher: Inotify, name: str, chan: str = "default") -> float:
+    """One `touch` through ``side``'s prepare queue into ``chan`` -> seconds until its
+    file appears (NotSeen after 10 s); returns once the task is done and the
+    daemon idle again."""
     t0 = time.perf_counter()
-    side.redis.r.lpush(PREPARE, entry)
+    push_tasks(side.redis.r, [f"touch {files}/{name}"], chan)
     elapsed = wait_name(watcher, name, t0)
-    wait_until(lambda: settled(side.redis.r, peer=side.is_peer), 10, 0.002,
+    wait_until(lambda: settled(side.redis.r, chan, peer=side.is_peer), 10, 0.002,
                f"the {side.name} task to be recorded")
     return elapsed
 

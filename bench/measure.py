@@ -92,8 +92,9 @@ class Inotify:
 
 
 
-def timed_calls(fn, count: int = 20) -> list[float]:
-    fn()   # warm-up
+def timed_calls(fn, count: int = 20, warm: bool = True) -> list[float]:
+    if warm:
+        fn()   # a first call, not timed
     out = []
     for _ in range(count):
         t0 = time.perf_counter()

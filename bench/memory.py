@@ -72,7 +72,7 @@ def section_memory(ctx, report: Report) -> None:
             load = daemon_run(ctx, 20, n, "touch")
         m = measure_channels(ctx, workdir)
     finally:
-        tear_down(None, None, workdir)
+        tear_down(None, workdir)
     fl, idle, many, known, refused = (floor.get("VmRSS", 0), m["idle"], m["many"], m["known"],
                                       m["refused"])
     report.add("memory", "VmRSS idle (-concurrent 5, 3 channels)", f"{idle.get('VmRSS', 0):.1f} MB",

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from .context import HELLO, free_port, progress, stop_process, tear_down, wait_until
+from .context import HELLO, free_port, is_refusal, progress, stop_process, tear_down, wait_until
 from .measure import median, proc_status
 from .report import Report, ms, peer_cells, ratio
 
@@ -75,19 +75,19 @@ def start_hello(ctx, workdir, nodelay: bool = False):
 def measure_bare_app(ctx, workdir) -> tuple[dict, dict]:
     """wrk against the hello app, stock and with TCP_NODELAY -> ({variant: wrk
     figures}, the stock app's idle memory)."""
-    d, bases = ctx.args.duration, {}
+    d, bases, idle = ctx.args.duration, {}, {}
     for variant in ("stock", "nodelay"):
         hello, port = start_hello(ctx, workdir, variant == "nodelay")
         try:
             time.sleep(0.5)
-            hello_idle = proc_status(hello.pid)
+            idle[variant] = proc_status(hello.pid)
             progress(f"http: wrk -t2 -c20 -d{d}s against the bare gevent.pywsgi app ({variant})")
             bases[variant] = wrk(ctx, f"http://127.0.0.1:{port}/channels/bench/tasks", d)
             progress(f"http: bare app ({variant}): {bases[variant]['rps']:.0f} req/s, "
                      f"p99 {ms(bases[variant]['p99'])}")
         finally:
             stop_process(hello)
-    return bases, hello_idle
+    return bases, idle["stock"]
 
 
 def push_daemon(ctx, side, workdir):
@@ -97,7 +97,7 @@ def push_daemon(ctx, side, workdir):
     daemon = side.start(workdir, ["-task-mode=false"])
     status, body = daemon.call("POST", "/channels", {"name": "bench", "distinct": "false",
                                                      "worker": "1000"})
-    if status != 200 or b'"status_code":500' in body.replace(b" ", b""):
+    if is_refusal(status, body):
         raise RuntimeError(f"{side.name}: POST /channels: {status} {body[:200]!r}")
     routes = [path for path, _ in ROUTES
               if daemon.call("POST", path, {"task": "true probe"})[0] != 404]
@@ -163,7 +163,7 @@ def section_http(ctx, report: Report) -> None:
         bases, hello_idle = measure_bare_app(ctx, workdir)
         got = measure_daemons(ctx)
     finally:
-        tear_down(None, None, workdir)
+        tear_down(None, workdir)
     report_http(ctx, report, bases, hello_idle, got)
 
 

@@ -88,7 +88,6 @@ def daemon_run(ctx, concurrency: int, n: int, command: str, extra: tuple = (),
     files.mkdir()
     daemon = side.start(workdir, ["-concurrent", str(concurrency), *extra])
     try:
-        idle = proc_status(daemon.pid)
         # unique command lines: the default channel is distinct (a repeated line is refused)
         cmds = [f"touch {files}/{i}" if command == "touch" else f"true {i}" for i in range(n)]
         before = commandstats(rds.r)
@@ -101,15 +100,14 @@ def daemon_run(ctx, concurrency: int, n: int, command: str, extra: tuple = (),
         t_files = files_time(files, n, t0) if command == "touch" else None
         t_done = t_files if side.is_peer else last_finished(rds.r) - t0
         status = proc_status(daemon.pid)
-        ok = sum(1 for line in daemon.log().splitlines() if " exited 0 in " in line)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         # our own commands: the pushes and the settled() polls (4 LLEN each)
         delta["cmdstat_lpush"] = delta.get("cmdstat_lpush", 0) - n
         delta["cmdstat_llen"] = delta.get("cmdstat_llen", 0) - 4 * polls
         delta["cmdstat_info"] = delta.get("cmdstat_info", 0) - 1
-        return {"n": n, "concurrency": concurrency, "t_files": t_files, "t_done": t_done,
+        return {"n": n, "t_files": t_files, "t_done": t_done,
                 "rate": n / t_done, "rate_files": n / t_files if t_files else None,
-                "ok_lines": ok, "idle": idle, "hwm": status.get("VmHWM", 0), "commandstats": delta,
+                "hwm": status.get("VmHWM", 0), "commandstats": delta,
                 # CPU ms per task: the daemon itself, the commands it ran, redis-server
                 "cpu": {"daemon": 1000 * (cpu1[0] - cpu0[0]) / n,
                         "commands": 1000 * (cpu1[1] - cpu0[1]) / n,

@@ -29,7 +29,7 @@ def section_soak(ctx, report: Report) -> None:
             progress(f"soak: {(k + 1) * size:,} tasks, VmRSS {samples[-1]:.1f} MB")
         elapsed = time.perf_counter() - t0
     finally:
-        tear_down(daemon, None, workdir)
+        tear_down(daemon, workdir)
     warm, last = samples[0], samples[-1]
     report.add("soak", f"VmRSS after {n // rounds:,} → after {n:,} tasks (-concurrent 20)",
                f"{warm:.1f} → {last:.1f} MB ({last - warm:+.1f} MB)", f"{warm:.1f} MB",
