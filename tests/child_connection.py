@@ -11,6 +11,7 @@ import time
 import gevent
 import redis
 from gevent.monkey import get_original
+from harness import wait_until
 from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
 
 from coyotes_lib.broker import Broker
@@ -62,8 +63,8 @@ def round_trip_errors_and_kills(port: int) -> dict:
         loading = type(exc).__name__
     after_loading = lean.round_trip([("ECHO", "mine")])
     waiting = gevent.spawn(lean.round_trip, [("BLPOP", "later", 5)])
-    while client.info("clients")["blocked_clients"] == 0:   # it waits in redis
-        gevent.sleep(0.01)
+    wait_until(lambda: client.info("clients")["blocked_clients"], 10, 0.01,
+               "the BLPOP to wait in redis")
     waiting.kill()
     client.lpush("later", "v")
     return {"replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
@@ -79,9 +80,7 @@ def close_spare(client, lean):
     client.execute_command("CLIENT", "KILL", "ID", conn_id)
     poller = RAW_POLL()
     poller.register(conn._sock, select.POLLIN)
-    deadline = time.monotonic() + 10
-    while not poller.poll(0) and time.monotonic() < deadline:
-        gevent.sleep(0.01)
+    wait_until(lambda: poller.poll(0), 10, 0.01, "our socket to see the close")
     return conn, conn_id
 
 

@@ -234,6 +234,7 @@ class FakeBroker:
 
 # -- the express lane: pushes answered before gevent's handler and bottle ---------
 MAX_BODY = 2048
+LANE_PATH = re.compile(r"/channels/[A-Za-z0-9_.-]+(/tasks)?")
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +244,15 @@ def lane():
     config = Config(http_port=free_port(), max_body=MAX_BODY)
     api = Api(FakeBroker(), config)
     server = make_server(make_app(api), config, 50, make_push(api))
-    assert server.express is not None
+    lane = types.SimpleNamespace(port=config.http_port, answers=0)
+    answer = server.express.answer
+
+    def counted(*args):   # tells which requests the lane answered itself
+        lane.answers += 1
+        return answer(*args)
+    server.express.answer = counted
     server.start()
-    yield config.http_port
+    yield lane
     server.stop(timeout=1)
 
 
@@ -270,11 +277,13 @@ def read_reply(sock, buffered: bytes = b"") -> tuple[bytes, bytes]:
     return head + b"\r\n\r\n" + rest[:length], rest[length:]
 
 
-def exchange(port: int, request: bytes, split: bool) -> tuple[bytes, bool]:
+def exchange(lane, request: bytes, split: bool) -> tuple[bytes, bool, bool]:
     """``request`` sent on a new connection, in one write or in two (then the express
     lane has only part of it and gevent's handler answers) -> (the reply without its
-    Date and with task ids as ID, whether the server then closed the connection)."""
-    with gevent.socket.create_connection(("127.0.0.1", port)) as sock:
+    Date and with task ids as ID, whether the server then closed the connection, whether
+    the lane answered it)."""
+    before = lane.answers
+    with gevent.socket.create_connection(("127.0.0.1", lane.port)) as sock:
         if split:
             sock.sendall(request[:9])
             gevent.sleep(0.02)
@@ -286,8 +295,18 @@ def exchange(port: int, request: bytes, split: bool) -> tuple[bytes, bool]:
         with gevent.Timeout(5):
             closed = sock.recv(1) == b"" if b"Connection: close" in request + reply \
                 else False
+    by_lane = lane.answers > before
+    assert not (split and by_lane)   # a request split in two is gevent's
     reply = re.sub(rb"\r\nDate: [^\r]*", b"", reply)
-    return re.sub(rb"[0-9a-f]{32}", b"ID", reply), closed
+    return re.sub(rb"[0-9a-f]{32}", b"ID", reply), closed, by_lane
+
+
+def same_reply_both_ways(lane, request: bytes) -> bool:
+    """The reply to ``request`` in one write is the one gevent and bottle give when
+    it comes in two -> whether the lane answered the first."""
+    reply, closed, by_lane = exchange(lane, request, split=False)
+    assert (reply, closed) == exchange(lane, request, split=True)[:2]
+    return by_lane
 
 
 def push_request(path: str, body: bytes, content_type: str, headers: str = "") -> bytes:
@@ -310,7 +329,8 @@ def push_request(path: str, body: bytes, content_type: str, headers: str = "") -
     (b"a" * (MAX_BODY + 1), "text/plain")])
 def test_the_express_lane_answers_as_gevent_and_bottle_do(lane, path, body, content_type):
     request = push_request(path, body, content_type)
-    assert exchange(lane, request, split=False) == exchange(lane, request, split=True)
+    # the lane takes a plain channel name; an escaped or empty one is gevent's
+    assert same_reply_both_ways(lane, request) == bool(LANE_PATH.fullmatch(path))
 
 
 @pytest.mark.parametrize("headers", [
@@ -323,14 +343,16 @@ def test_the_express_lane_refuses_and_closes_as_gevent_and_bottle_do(lane, heade
                            headers)
     if "Host: evil" in headers:   # the second Host is the one that counts: make it the only
         request = request.replace(b"Host: 127.0.0.1\r\n", b"")
-    assert exchange(lane, request, split=False) == exchange(lane, request, split=True)
+    for_gevent = ("Upgrade", "X_Y", "x-a", "Expect")   # an upgrade, '_', repeated, 100-continue
+    assert same_reply_both_ways(lane, request) == (not any(h in headers for h in for_gevent))
 
 
 @pytest.mark.parametrize("length", [b"+9", b"09", b"\xb2", b"9 ", b"8", b"99999999999"])
 def test_odd_content_lengths_are_answered_as_gevent_and_bottle_do(lane, length):
     request = push_request("/channels/c", b"task=true", "application/x-www-form-urlencoded")
     request = request.replace(b"Content-Length: 9", b"Content-Length: " + length)
-    assert exchange(lane, request, split=False) == exchange(lane, request, split=True)
+    assert same_reply_both_ways(lane, request) == (length.strip().isdigit()
+                                                   and len(length.strip()) < 10)
 
 
 def test_pushes_and_other_requests_on_one_connection_are_answered_in_order(lane):
@@ -340,7 +362,8 @@ def test_pushes_and_other_requests_on_one_connection_are_answered_in_order(lane)
     second = push_request("/channels/dup/tasks", b'{"task": "true 2"}', "application/json")
     get = b"GET /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     third = push_request("/channels/gone", b"task=true+3", "application/x-www-form-urlencoded")
-    with gevent.socket.create_connection(("127.0.0.1", lane)) as sock:
+    before = lane.answers
+    with gevent.socket.create_connection(("127.0.0.1", lane.port)) as sock:
         sock.sendall(first + second + get)
         replies, rest = [], b""
         for _ in range(3):
@@ -354,12 +377,13 @@ def test_pushes_and_other_requests_on_one_connection_are_answered_in_order(lane)
     assert b'"task_name": "true 1"' in replies[0]
     assert b'"result": false' in replies[1]   # dup: a distinct channel refused it
     assert b"channel 'gone' does not exist" in replies[3]
+    assert lane.answers - before == 2   # the two pushes before the GET
 
 
 def test_a_push_whose_body_comes_later_is_answered(lane):
     request = push_request("/channels/c/tasks", b"task=true+late&id=late1",
                            "application/x-www-form-urlencoded")
-    with gevent.socket.create_connection(("127.0.0.1", lane)) as sock:
+    with gevent.socket.create_connection(("127.0.0.1", lane.port)) as sock:
         sock.sendall(request[:-5])
         gevent.sleep(0.05)
         sock.sendall(request[-5:])
