@@ -31,7 +31,7 @@ from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
 from .listings import Listings
-from .model import ChannelSpec, Claim, Enqueued, Outcome, Started
+from .model import ChannelSpec, Claim, Deleted, Enqueued, Outcome, Started
 from .task import Policy, Task
 
 log = logging.getLogger("coyotes.broker")
@@ -78,6 +78,9 @@ class Broker(Listings):
         self._waiting = lean.script(scripts.WAITING)
         self._digest = lean.script(scripts.DIGEST)
         self._counts = lean.script(scripts.COUNTS)
+        self._set_channel = lean.script(scripts.SET_CHANNEL)
+        self._delete_channel = lean.script(scripts.DELETE_CHANNEL)
+        self._note_pids = lean.script(scripts.NOTE_PIDS)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
@@ -117,7 +120,7 @@ class Broker(Listings):
             data = json.loads(raw)
             return ChannelSpec(name, bool(data.get("distinct")),
                                max(1, int(data.get("worker_count") or 1)),
-                               Policy().merge(data))
+                               Policy().merge(data), data.get("paused") is True)
         except (ValueError, TypeError, AttributeError):
             log.error("channel %s: unreadable settings %r in %s, skipped",
                       name, raw, self.keys.channels)
@@ -125,7 +128,46 @@ class Broker(Listings):
 
     def add_channel(self, spec: ChannelSpec) -> bool:
         """False if a channel of that name exists already (it is left as it is)."""
-        return bool(self.redis.hsetnx(self.keys.channels, spec.name, spec.to_json()))
+        if not self.redis.hsetnx(self.keys.channels, spec.name, spec.to_json()):
+            return False
+        self.redis.publish(self.keys.wake, self.keys.channels)   # other nodes start it now
+        return True
+
+    def change_channel(self, name: str, change) -> ChannelSpec | None:
+        """Apply ``change(spec) -> spec`` to a channel's settings, read and written
+        again if another caller changed them meanwhile, and tell every node;
+        -> the new settings, None if there is no such channel."""
+        while True:
+            raw = self.redis.hget(self.keys.channels, name)
+            spec = None if raw is None else self._spec(name, raw)
+            if spec is None:
+                return None
+            new = change(spec)
+            done = self._set_channel(keys=[self.keys.channels],
+                                     args=[name, raw, new.to_json(), self.keys.wake])
+            if done == 1:
+                return new
+            if done == -1:
+                return None
+
+    def delete_channel(self, name: str, move_to: str = "", drop: bool = False,
+                       batch: int = 1000) -> tuple[Deleted, int]:
+        """Delete a channel (see DELETE_CHANNEL), moving its waiting tasks to
+        ``move_to`` or dropping them into the dead-letter list, ``batch`` per round
+        trip -> (what happened, tasks moved or dropped; or how many wait)."""
+        k = self.keys
+        mode = "move" if move_to else "drop" if drop else "refuse"
+        before, after = k.distinct_around(name)
+        done = 0
+        while True:
+            code, n = self._delete_channel(
+                keys=[k.channels, k.queue(name), k.queue(move_to) if move_to else k.queue(name),
+                      k.dead, k.dead_trimmed],
+                args=[name, mode, move_to, batch, before, after, k.record(""), self.dead_max,
+                      f"channel {name} was deleted", self.node, self.record_ttl, k.wake])
+            if code != 4:
+                return Deleted(code), done + n if code == Deleted.DELETED else n
+            done += n
 
     # -- producing --------------------------------------------------------
     def push(self, task: Task, distinct: bool, source: str = "") -> Enqueued:
@@ -161,7 +203,7 @@ class Broker(Listings):
         k, payload = self.keys, task.payload
         # the new record's fields, as flat() would give them (the push path's own copy)
         args = [task.raw, DISTINCT_TTL if distinct else 0, source,
-                payload.get("execute_at") or 0, k.wake, self.node,
+                payload.get("execute_at") or 0, k.wake, self.node, task.channel,
                 "id", task.id, "channel", task.channel, "task_name", task.name,
                 "argv", json.dumps(list(task.argv)), "raw", task.raw, "attempt", 0,
                 "retry_count", 0]
@@ -169,7 +211,7 @@ class Broker(Listings):
             if payload.get(key) is not None:
                 args += (key, payload[key])
         return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
-                 k.staging(self.node), k.record(task.id)], args)
+                 k.staging(self.node), k.record(task.id), k.channels], args)
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
         """Park a prepare-queue entry (taken out of our staging list unless not
@@ -249,10 +291,16 @@ class Broker(Listings):
             raise redis.ResponseError(f"{exc} ({self.keys.delayed})") from None
         for raw in due:
             chan, task_id = locate(raw)
+            k = self.keys
             try:
-                moved += bool(self._promote(keys=[self.keys.delayed, self.keys.queue(chan),
-                                                  self.keys.record(task_id)],
-                                            args=[raw, self.keys.wake]))
+                done = self._promote(keys=[k.delayed, k.queue(chan), k.record(task_id),
+                                           k.channels, k.dead, k.dead_trimmed],
+                                     args=[raw, k.wake, chan, self.node, self.dead_max,
+                                           self.record_ttl])
+                moved += done == 1
+                if done == 2:
+                    log.warning("delayed tasks: task %s was due in channel %s, which was "
+                                "deleted (moved to the dead-letter list)", task_id, chan)
             except redis.ResponseError as exc:   # one channel's queue: the others go on
                 refused = exc
         if refused is not None:
@@ -328,9 +376,15 @@ class Broker(Listings):
         """Give one claimed entry back to the queue (it runs next); ``ran=False``
         for a claim that never ran, whose attempt is not counted."""
         k = self.keys
-        return bool(self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
-                                        k.queue(chan), k.record(task_id or "-")],
-                                  args=[raw, "1" if not ran else "0", k.wake]))   # "-": no record
+        done = self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
+                                   k.queue(chan), k.record(task_id or "-"),   # "-": no record
+                                   k.channels, k.dead, k.dead_trimmed],
+                             args=[raw, "1" if not ran else "0", k.wake, chan, self.node,
+                                   self.dead_max, self.record_ttl])
+        if done == 2:
+            log.warning("channel %s: task %s not requeued: the channel was deleted (moved to "
+                        "the dead-letter list)", chan, task_id or raw[:200])
+        return bool(done)
 
     def requeue_node(self, node: str, channels, only_if_dead: bool = False,
                      forget: bool = False) -> int:
@@ -338,11 +392,20 @@ class Broker(Listings):
         from; -1 if ``only_if_dead`` and its heartbeat lives."""
         k = self.keys
         names = set(channels) | self.redis.smembers(k.node_channels(node))
-        keys = [k.heartbeat(node), k.nodes, k.staging(node), k.prepare, k.node_channels(node)]
+        keys = [k.heartbeat(node), k.nodes, k.staging(node), k.prepare, k.node_channels(node),
+                k.channels, k.dead, k.dead_trimmed]
         for chan in sorted(names):
             keys += [k.processing(node, chan), k.running(chan), k.queue(chan)]
         return int(self._reap(keys=keys, args=[node, "1" if only_if_dead else "0",
-                                               "1" if forget else "0", k.record(""), k.wake]))
+                                               "1" if forget else "0", k.record(""), k.wake,
+                                               self.node, self.dead_max, self.record_ttl,
+                                               *sorted(names)]))
+
+    def note_pids(self, pids: dict[str, int]) -> None:
+        """Write the pids of commands running here into their tasks' records."""
+        if pids:
+            self._note_pids(keys=[self.keys.record(task_id) for task_id in pids],
+                            args=[self.node, *pids.values()])
 
     # -- nodes ------------------------------------------------------------
     def consuming(self, channels) -> None:

@@ -55,11 +55,21 @@ def backoff(policy: Policy, retries_so_far: int) -> float:
 
 class Channel:
     def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
-                 give_up: gevent.event.Event, run_with, limits: Limits = Limits()):
+                 give_up: gevent.event.Event, run_with, limits: Limits = Limits(),
+                 unnoted: dict[str, int] | None = None):
         self.spec, self.name, self.broker = spec, spec.name, broker
+        # task id -> pid of commands started here that the node has not yet written
+        # into their records (``Scheduler._maintain`` does, shared by every channel)
+        self.unnoted = {} if unnoted is None else unnoted
         self.run_with = run_with   # the runner commands are started with
         self.stop, self.give_up, self.limits = stop, give_up, limits
-        self.pool = gevent.pool.Pool(spec.worker_count)
+        # workers are counted here, not by a gevent Pool, whose size is fixed: the
+        # settings may grow or shrink it while tasks run
+        self.workers = gevent.pool.Group()
+        self.busy = 0                       # workers running a task or recording it
+        self.numbers: set[int] = set()      # worker numbers in use (for the logs)
+        self.room = gevent.event.Event()    # set when a worker ends or the size grows
+        self.retired = False                # deleted: claim nothing more, then go
         self.commands: dict[int, Command] = {}        # worker number -> running command
         self.by_id: dict[str, int] = {}               # task id -> worker number
         self.kill_wanted: set[str] = set()            # asked before its command existed
@@ -70,7 +80,6 @@ class Channel:
         self.no_claim_in_flight.set()
         self.unsure = False         # a claim failed: its entries may be ours, unheld
         self.reconciling = False
-        self.free = list(range(spec.worker_count, 0, -1))
         self.woken = gevent.event.Event()   # the queue may hold entries: claim them
         self.woken.set()                    # (it may hold some from before we started)
         self.lent = 0                       # workers another greenlet claims for (lend)
@@ -85,18 +94,56 @@ class Channel:
         """Entries were pushed into the queue (or the node is stopping)."""
         self.woken.set()
 
+    def free_count(self) -> int:
+        """Workers that may claim a task now (none while paused or retired)."""
+        if self.spec.paused or self.retired:
+            return 0
+        return max(0, self.spec.worker_count - self.busy)
+
+    def apply(self, spec: ChannelSpec) -> None:
+        """New settings: distinct and the policy apply to tasks claimed from now on,
+        a larger worker count at once; with a smaller one, the workers beyond it
+        end with their current task; a paused channel claims nothing until
+        resumed (its running commands go on)."""
+        old, self.spec = self.spec, spec
+        if spec.worker_count > old.worker_count or (old.paused and not spec.paused):
+            self.room.set()
+            self.wake()
+
+    def retire(self) -> None:
+        """The channel was deleted: claim nothing more; running tasks finish
+        (``idle`` once they have)."""
+        self.retired = True
+        self.room.set()
+        self.wake()
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.in_flight and not self.lent
+
+    def _wait_room(self, timeout: float) -> bool:
+        if self.free_count():
+            return True
+        self.room.clear()
+        self.room.wait(timeout)
+        return self.free_count() > 0
+
+    def _spawn(self, claim: Claim) -> None:
+        self.busy += 1
+        self.workers.spawn(self._run, claim)
+
     def _dispatch(self) -> None:
         outage = Outage(f"channel {self.name}", self.stop)
-        while not self.stop.is_set():
-            if not self.pool.wait_available(timeout=1):
+        while not self.stop.is_set() and not self.retired:
+            if not self._wait_room(timeout=1):
                 continue
             self.woken.wait()
-            if self.stop.is_set():
+            if self.stop.is_set() or self.retired:
                 break
             if self.lent:   # the routing loop claims for us right now: see what it brings
                 self.no_loan.wait()
                 continue
-            free = self.pool.free_count()   # again: a loan may have taken workers meanwhile
+            free = self.free_count()   # again: a loan may have taken workers meanwhile
             if not free:
                 continue
             self.woken.clear()   # before the claim: a push after it wakes us again
@@ -118,7 +165,7 @@ class Channel:
                 self._reconcile()
             claims = self._keep(claims)
             for claim in claims:
-                self.pool.spawn(self._run, claim)
+                self._spawn(claim)
             if len(claims) == free:
                 self.woken.set()   # there may be more once a worker is free
             if claims:
@@ -128,10 +175,11 @@ class Channel:
         """Let the routing loop claim for this channel in the round trip that pushes
         its tasks, saving a round trip and a wake-up: -> how many it may claim (every
         worker when the channel is idle, else 0). ``repaid`` must follow."""
-        if (self.stop.is_set() or self.in_flight or self.unsure or self.lent
-                or self.pool.free_count() < self.spec.worker_count):
+        if self.stop.is_set() or self.in_flight or self.unsure or self.lent or self.busy:
             return 0
-        self.lent = self.pool.free_count()
+        self.lent = self.free_count()
+        if not self.lent:   # paused or retired
+            return 0
         self.in_flight += 1
         self.no_claim_in_flight.clear()
         self.no_loan.clear()
@@ -150,7 +198,7 @@ class Channel:
             self.wake()
             claims = []
         for claim in self._keep(self._hold(claims)):
-            self.pool.spawn(self._run, claim)
+            self._spawn(claim)
         if claims and len(claims) == most:
             self.wake()   # there may be more once a worker is free
         self.no_loan.set()
@@ -224,7 +272,10 @@ class Channel:
 
     def _run(self, claim: Claim) -> None:
         """One worker: runs the claimed task, then each next one it claims itself."""
-        worker = self.free.pop()
+        worker = 1
+        while worker in self.numbers:
+            worker += 1
+        self.numbers.add(worker)
         try:
             while claim is not None:
                 try:
@@ -238,7 +289,9 @@ class Channel:
                         log.exception("%s: cannot park %.200r", what, claim.raw)
                     claim = None
         finally:
-            self.free.append(worker)
+            self.numbers.discard(worker)
+            self.busy -= 1
+            self.room.set()
 
     def _park(self, raw: str, reason: str, what: str) -> None:
         """A claimed entry that cannot run goes to the dead-letter list with its reason."""
@@ -326,12 +379,14 @@ class Channel:
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, Stop.CANCEL)
         def on_start(pid: int) -> None:   # logged once running: the log line costs time
+            self.unnoted[task.id] = pid
             log.info("%s: task %s started (attempt %d, pid %d): %s", what, task.id, attempt,
                      pid, label)
 
         try:
             result = command.run(policy.timeout, on_start)
         finally:
+            self.unnoted.pop(task.id, None)
             self.commands.pop(worker, None)   # what is left is recording the result
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
@@ -369,7 +424,9 @@ class Channel:
         """Record the result; with it, claim this worker's next task (-> that claim)."""
         self._crash_if("before-ack")
         done, claims = None, []
-        if not (self.stop.is_set() or self.reconciling):
+        # a worker beyond a lowered count, or of a paused or deleted channel, ends here
+        wanted = self.busy <= self.spec.worker_count and not self.spec.paused
+        if wanted and not (self.stop.is_set() or self.reconciling or self.retired):
             try:
                 done, claims = self._claiming(self.broker.finish, task, outcome, fields, delay,
                                               claim_next=1)

@@ -36,7 +36,13 @@ class Keys:
         return keys
 
     def distinct(self, chan: str, name: str) -> str:
-        return f"{self.queue(chan)}:{name}:dis"
+        before, after = self.distinct_around(chan)
+        return before + name + after
+
+    def distinct_around(self, chan: str) -> tuple[str, str]:
+        """What comes before and after a task's name in its distinct flag's key
+        (for a script that finds the names in the entries)."""
+        return f"{self.queue(chan)}:", ":dis"
 
     def failed(self, chan: str) -> str:
         """Hash: task id -> task JSON, the tasks that used up their attempts (Go's name)."""

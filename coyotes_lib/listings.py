@@ -48,6 +48,32 @@ class Listings:
             pages[chan][0].extend((raw, "queued") for raw in reversed(raws))
         return pages
 
+    def where_running(self, task_ids: list[str]) -> list[dict]:
+        """For each task: the node running it, since when and its pid (once the node
+        noted it), from the records, in one round trip."""
+        fields = ("node", "started_at", "pid")
+        replies = self.lean.round_trip([("HMGET", self.keys.record(task_id), *fields)
+                                        for task_id in task_ids]) if task_ids else []
+        out = []
+        for reply in replies:
+            if isinstance(reply, Exception):   # a record key of another type: not shown
+                reply = [None] * len(fields)
+            node, started, pid = reply
+            out.append({"node": node, "started_at": float(started) if started else None,
+                        "pid": int(pid) if pid else None})
+        return out
+
+    def channel_counts(self, chan: str) -> dict[str, int]:
+        """How many of a channel's tasks run, wait and failed (one round trip)."""
+        k = self.keys
+        running, queued, failed = self.lean.round_trip(
+            [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)),
+             ("ZCARD", k.failed_index(chan))])
+        for reply in (running, queued, failed):
+            if isinstance(reply, Exception):
+                raise reply
+        return {"running": running, "queued": queued, "failed": failed}
+
     def record(self, task_id: str) -> dict | None:
         data = self.redis.hgetall(self.keys.record(task_id))
         return data or None

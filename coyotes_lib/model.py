@@ -14,14 +14,32 @@ from .task import Policy, Task
 
 @dataclasses.dataclass(frozen=True)
 class ChannelSpec:
+    """A channel's settings, as ``task:channels`` holds them: the Go daemon's three
+    fields first (it ignores the others), then what differs from the defaults."""
     name: str
     distinct: bool
     worker_count: int
     policy: Policy = dataclasses.field(default_factory=Policy)
+    paused: bool = False   # no task is claimed; running ones finish
 
     def to_json(self) -> str:
+        more = {"paused": True} if self.paused else {}
         return json.dumps({"name": self.name, "distinct": self.distinct,
-                           "worker_count": self.worker_count, **self.policy.to_dict()})
+                           "worker_count": self.worker_count, **self.policy.to_dict(),
+                           **more})
+
+    def settings(self) -> dict:
+        """What the API shows of them."""
+        return {"distinct": self.distinct, "worker": self.worker_count,
+                "paused": self.paused, **dataclasses.asdict(self.policy)}
+
+
+class Deleted(enum.IntEnum):
+    """What DELETE_CHANNEL did (its return code)."""
+    DELETED = 1
+    UNKNOWN = 0          # no such channel
+    BUSY = 2             # tasks wait in its queue: neither moved nor dropped
+    NO_TARGET = 3        # the channel to move them to does not exist
 
 
 class Enqueued(enum.IntEnum):
@@ -32,6 +50,7 @@ class Enqueued(enum.IntEnum):
     ID_IN_USE = 3       # by a task that has not finished, or one kept among the failed
     NOT_OURS = 4        # the staged entry went back to the queue (this node was reaped)
     FOREIGN_RECORD = 5  # the id's record key holds another type: nothing done
+    NO_CHANNEL = 6      # the channel was deleted (another node's settings lag behind)
 
 
 class Outcome(enum.StrEnum):

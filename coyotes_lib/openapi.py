@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import __version__
 from .config import CHANNEL_NAME
 from .replies import MAX_LIMIT, MAX_OFFSET
-from .routes import MAX_DELAY
+from .routes import MAX_DELAY, MAX_WORKERS
 from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
 
 DEFAULT_SERVER = "http://127.0.0.1:60001"
@@ -135,16 +135,26 @@ def push_body() -> dict:
                                               "id": "hello-1"})
 
 
+def settings_fields(json: bool) -> dict:
+    return {"distinct": boolean(json),
+            "worker": number(1, MAX_WORKERS, "integer",
+                             description="commands run at once (default -concurrent)"),
+            **policy_fields(json)}
+
+
 def channel_body() -> dict:
     def schema(json: bool) -> dict:
         return {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": CHANNEL_PATTERN},
-            "distinct": boolean(json),
-            "worker": number(1, 1000, "integer",
-                             description="commands run at once (default -concurrent)"),
-            **policy_fields(json)}}
+            "name": {"type": "string", "pattern": CHANNEL_PATTERN}, **settings_fields(json)}}
     return body(schema(False), schema(True), {"name": "reports", "distinct": "false",
                                               "worker": 1})
+
+
+def change_body() -> dict:
+    def schema(json: bool) -> dict:
+        return {"type": "object", "minProperties": 1, "additionalProperties": False,
+                "properties": settings_fields(json)}
+    return body(schema(False), schema(True), {"worker": 10, "timeout": 600})
 
 
 def components() -> dict:
@@ -161,7 +171,12 @@ def components() -> dict:
                              "or for a failed task failed or timed_out"},
                   "execute_at": num, "error": text, "exit_code": integer, "signal": integer,
                   "failed_at": num, "attempt": integer, "retry_count": integer,
-                  "redeliveries": integer, "stdout": text, "stderr": text}}
+                  "redeliveries": integer, "stdout": text, "stderr": text,
+                  "node": {"type": ["string", "null"],
+                           "description": "running, in one channel's view: its node"},
+                  "started_at": {"type": ["number", "null"]},
+                  "pid": {"type": ["integer", "null"],
+                          "description": "noted by its node within half a second"}}}
     listing = {"type": "object", "required": ["tasks", "count"], "properties": {
         "tasks": {"type": "array", "items": ref("schemas", "ListedTask")},
         "count": {"type": "integer", "minimum": 0, "description": "the true total"}}}
@@ -174,11 +189,22 @@ def components() -> dict:
         "retry_count": integer, "exit_code": integer, "signal": integer, "retries": integer,
         "timeout": num, "duration": num, "queued_at": num, "started_at": num,
         "finished_at": num, "failed_at": num, "retry_at": num, "execute_at": num}}
+    settings = {"type": "object", "properties": {
+        "distinct": {"type": "boolean"}, "worker": integer, "paused": {"type": "boolean"},
+        "timeout": num, "retries": integer, "retry_backoff": num, "retry_max": num,
+        "retry_on": {"type": "array", "items": integer}, "kill_group": {"type": "boolean"}},
+        "required": ["distinct", "worker", "paused"]}
+    counts = {"type": "object", "required": ["running", "queued", "failed"],
+              "properties": {key: {"type": "integer", "minimum": 0}
+                             for key in ("running", "queued", "failed")}}
+    view = {"type": "object", "required": ["tasks", "count", "settings", "paused", "counts"],
+            "properties": {**listing["properties"], "settings": ref("schemas", "Settings"),
+                           "paused": {"type": "boolean"}, "counts": counts}}
     page = {"limit": number(0, MAX_LIMIT, "integer", default=100),
             "offset": number(0, MAX_OFFSET, "integer", default=0)}
     return {
         "schemas": {"Command": command, "ListedTask": listed, "Listing": listing,
-                    "TaskRecord": record},
+                    "TaskRecord": record, "Settings": settings, "Channel": view},
         "parameters": {
             "name": {"name": "name", "in": "path", "required": True,
                      "description": "a channel", "example": "default",
@@ -189,7 +215,13 @@ def components() -> dict:
                                    "pattern": ID_PATTERN}},
             **{key: {"name": key, "in": "query", "required": False, "schema": schema,
                      "description": "page size" if key == "limit" else "entries skipped"}
-               for key, schema in page.items()}},
+               for key, schema in page.items()},
+            "move_to": {"name": "move_to", "in": "query", "required": False,
+                        "description": "move the channel's queued tasks to this channel",
+                        "schema": {"type": "string", "pattern": CHANNEL_PATTERN}},
+            "drop": {"name": "drop", "in": "query", "required": False,
+                     "description": "put the channel's queued tasks in the dead-letter list",
+                     "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}},
         "responses": {str(status): error(status) for status in ERRORS},
     }
 
@@ -197,6 +229,7 @@ def components() -> dict:
 def document(server: str = DEFAULT_SERVER) -> dict:
     """The OpenAPI document, with ``server`` as the base URL of every path."""
     listing = ref("schemas", "Listing")
+    settings = ref("schemas", "Settings")
     push_result = {"type": "object", "required": ["task_id", "task_name", "result"],
                    "properties": {"task_id": {"type": "string"},
                                   "task_name": {"type": "string"},
@@ -250,9 +283,23 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                     {"type": "null"}, "created; it starts consuming at once"), 409,
                     body=channel_body())},
             "/channels/{name}": {
-                "get": operation("list_channel", "one channel's tasks: running, then queued",
-                                 ok(listing, "a page of the listing"), 404,
+                "get": operation("list_channel", "one channel: its tasks (running, then "
+                                 "queued; where each running one runs), settings and counts",
+                                 ok(ref("schemas", "Channel"), "a page of the listing"), 404,
                                  params=("name", *page)),
+                "patch": operation("change_channel", "change settings; every node applies "
+                                   "them within a second (fewer workers: the extra ones "
+                                   "finish their task first)",
+                                   ok(settings, "the new settings"), 404,
+                                   params=("name",), body=change_body()),
+                "delete": operation("delete_channel", "delete a channel once its queued "
+                                    "tasks are moved or dropped; running ones finish",
+                                    ok({"type": "object", "required": ["channel"],
+                                        "properties": {"channel": {"type": "string"},
+                                                       "moved": {"type": "integer"},
+                                                       "dropped": {"type": "integer"}}},
+                                       "deleted"), 404, 409,
+                                    params=("name", "move_to", "drop")),
                 "post": operation("push_task", "push a command line (the original form)",
                                   ok(push_result, "queued, or refused by the distinct rule"),
                                   404, params=("name",), body=body(
@@ -261,6 +308,13 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                       {"type": "object", "required": ["task"], "properties": {
                                           "task": {"type": "string", "minLength": 1}}},
                                       {"task": "echo hello"}))},
+            "/channels/{name}/pause": {
+                "post": operation("pause_channel", "claim nothing more on any node; "
+                                  "running commands finish", ok(settings, "the settings"),
+                                  404, params=("name",))},
+            "/channels/{name}/resume": {
+                "post": operation("resume_channel", "claim again",
+                                  ok(settings, "the settings"), 404, params=("name",))},
             "/channels/{name}/tasks": {
                 "post": operation("push_task_v2", "push a task: argv, id, delay, policy",
                                   ok(push_result, "queued or delayed, or refused by the "

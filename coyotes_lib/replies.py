@@ -141,6 +141,12 @@ class Body:
         values = self.forms.get(name) or self.query.get(name)
         return values[-1] if values else default
 
+    def names(self) -> set[str]:
+        """The fields given (PHP's ``retry_on[0]`` and ``retry_on[]`` as ``retry_on``)."""
+        if self.json is not None:
+            return set(self.json)
+        return {key.partition("[")[0] for fields in (self.forms, self.query) for key in fields}
+
     def get_list(self, name: str) -> list:
         if self.json is not None:
             # only null is "none": a 0 or {} is a value (to use, or to refuse), not nothing

@@ -6,6 +6,7 @@ settings) and of its URL's parts; ``api.make_app`` mounts them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -15,13 +16,16 @@ import bottle
 from . import __version__
 from .broker import Broker
 from .config import CHANNEL_NAME, Config
-from .model import ChannelSpec, Enqueued
+from .model import ChannelSpec, Deleted, Enqueued
 from .replies import Body, describe, fail, ok, page_args, record_view, whole
-from .task import BadTask, Policy, build, locate
+from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
 
 log = logging.getLogger("coyotes.api")
 
-SPEC_TTL = 2.0   # seconds a channel's settings are reused between requests
+SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
+MAX_WORKERS = 1000
+# the fields PATCH /channels/<name> takes
+SETTINGS = ("worker", "distinct", *POLICY_LIMITS)
 MAX_DELAY = 366 * 86400
 
 
@@ -102,8 +106,20 @@ def channels(api: Api):
 
 
 def channel(api: Api, name):
-    api.spec_of(name)
-    return ok(api.listings([name])[name])
+    """The Go listing (``tasks``, ``count``), and the settings, the counts and, for
+    each running task, the node that runs it, since when, and its pid."""
+    spec = api.broker.channel(name)
+    if spec is None:
+        raise fail(404, f"channel {name!r} does not exist")
+    view = api.listings([name])[name]
+    running = [item for item in view["tasks"] if item["status"] == "running"]
+    for item, where in zip(running, api.broker.where_running(
+            [item["task_id"] for item in running]), strict=True):
+        item.update(where)
+    view["settings"] = spec.settings()
+    view["paused"] = spec.paused
+    view["counts"] = api.broker.channel_counts(name)
+    return ok(view)
 
 
 def push_task(api: Api, name):
@@ -148,6 +164,9 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
         raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
     if result == Enqueued.FOREIGN_RECORD:
         raise fail(409, f"task id {task.id!r}: its record key holds another type")
+    if result == Enqueued.NO_CHANNEL:
+        api.known.pop(name, None)
+        raise fail(404, f"channel {name!r} does not exist")
     if result == Enqueued.QUEUED and api.on_queued:
         api.on_queued(name)
     refused = result == Enqueued.REFUSED
@@ -166,17 +185,10 @@ def add_channel(api: Api):
     if not CHANNEL_NAME.match(name):
         raise fail(400, "name must be 1-64 letters, digits, '_', '-' or '.'")
     distinct = body.get("distinct")
-    distinct = "false" if distinct is None else str(distinct).lower()
-    if distinct not in ("true", "false", "1", "0"):
-        raise fail(400, "distinct must be true or false")
+    distinct = False if distinct is None else yes_no(distinct, "distinct")
     worker = body.get("worker")
-    try:
-        worker = config.concurrent if worker in (None, "") else whole(worker)
-    except (TypeError, ValueError, OverflowError):   # JSON's 1e400 is infinity
-        raise fail(400, "worker must be an integer") from None
-    if not 1 <= worker <= 1000:
-        raise fail(400, "worker must be 1..1000")
-    spec = ChannelSpec(name, distinct in ("true", "1"), worker, policy_fields(body))
+    worker = config.concurrent if worker in (None, "") else worker_count(worker)
+    spec = ChannelSpec(name, distinct, worker, policy_fields(body))
     if not broker.add_channel(spec):
         raise fail(409, f"channel {name!r} already exists")
     log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
@@ -184,11 +196,102 @@ def add_channel(api: Api):
         api.on_channel_added(spec)
     return ok(None)
 
-def policy_fields(body: Body) -> Policy:
+def policy_fields(body: Body, base: Policy | None = None) -> Policy:
     try:
-        return Policy().merge(body.policy())
+        return (base or Policy()).merge(body.policy())
     except BadTask as exc:
         raise fail(400, str(exc)) from None
+
+
+def yes_no(value, field: str) -> bool:
+    """A boolean field: JSON's true/false, or a form's true/false/1/0."""
+    try:
+        return BOOLEANS[value.lower() if isinstance(value, str) else value]
+    except (KeyError, TypeError):   # TypeError: a list or an object is not hashable
+        raise fail(400, f"{field} must be true or false") from None
+
+
+def worker_count(value) -> int:
+    try:
+        worker = whole(value)
+    except (TypeError, ValueError, OverflowError):   # JSON's 1e400 is infinity
+        raise fail(400, "worker must be an integer") from None
+    if not 1 <= worker <= MAX_WORKERS:
+        raise fail(400, f"worker must be 1..{MAX_WORKERS}")
+    return worker
+
+
+def change_channel(api: Api, name):
+    """PATCH: the worker count, distinct, the timeout and the retry policy; a field
+    not given keeps its value. Every node applies the change within a second."""
+    body = Body(bottle.request.environ)
+    unknown = sorted(body.names() - set(SETTINGS))
+    if unknown:
+        raise fail(400, f"unknown field(s): {', '.join(unknown)}; a channel's settings "
+                        f"are {', '.join(SETTINGS)}")
+    changes: dict = {}
+    if body.get("worker") not in (None, ""):
+        changes["worker_count"] = worker_count(body.get("worker"))
+    if body.get("distinct") not in (None, ""):
+        changes["distinct"] = yes_no(body.get("distinct"), "distinct")
+    policy = body.policy()
+    if not changes and not policy:
+        raise fail(400, f"nothing to change: give one of {', '.join(SETTINGS)}")
+    policy_fields(body)   # refused here, before anything is written
+    spec = api.broker.change_channel(name, lambda spec: dataclasses.replace(
+        spec, policy=policy_fields(body, spec.policy), **changes))
+    return changed(api, name, spec, "settings changed")
+
+
+def pause_channel(api: Api, name):
+    """Stop claiming on every node; running commands finish."""
+    return changed(api, name, api.broker.change_channel(
+        name, lambda spec: dataclasses.replace(spec, paused=True)), "paused")
+
+
+def resume_channel(api: Api, name):
+    return changed(api, name, api.broker.change_channel(
+        name, lambda spec: dataclasses.replace(spec, paused=False)), "resumed")
+
+
+def changed(api: Api, name: str, spec: ChannelSpec | None, what: str) -> str:
+    if spec is None:
+        raise fail(404, f"channel {name!r} does not exist")
+    api.known.pop(name, None)
+    log.info("channel %s: %s via HTTP (%s)", name, what, spec.to_json())
+    return ok(spec.settings())
+
+
+def delete_channel(api: Api, name):
+    """Remove a channel once its queue is empty; its waiting tasks are refused (409)
+    unless moved (``move_to``) or dropped into the dead-letter list (``drop``).
+    Its running commands finish on their nodes."""
+    body = Body(bottle.request.environ)
+    move_to = str(body.get("move_to") or "")
+    drop = body.get("drop")
+    drop = False if drop in (None, "") else yes_no(drop, "drop")
+    if move_to and drop:
+        raise fail(400, "give move_to or drop, not both")
+    if move_to and not CHANNEL_NAME.match(move_to):
+        raise fail(400, "move_to must be a channel's name")
+    if move_to == name:
+        raise fail(400, "move_to must name another channel")
+    if name == api.config.channel_default:
+        raise fail(409, f"channel {name!r} is the default channel (-channel-default): "
+                        "it cannot be deleted")
+    outcome, count = api.broker.delete_channel(name, move_to, drop)
+    if outcome == Deleted.UNKNOWN:
+        raise fail(404, f"channel {name!r} does not exist")
+    if outcome == Deleted.NO_TARGET:
+        raise fail(400, f"move_to: channel {move_to!r} does not exist")
+    if outcome == Deleted.BUSY:
+        raise fail(409, f"channel {name!r} has {count} queued task(s): give move_to=<channel> "
+                        "to move them, or drop=true to put them in the dead-letter list")
+    api.known.pop(name, None)
+    what = f", {count} queued task(s) {'moved to ' + move_to if move_to else 'dropped'}" \
+        if count else ""
+    log.info("channel %s: deleted via HTTP%s", name, what)
+    return ok({"channel": name, "moved" if move_to else "dropped": count})
 
 
 # -- tasks --------------------------------------------------------------------

@@ -44,6 +44,7 @@ WAITED = 0.002                       # seconds a take lasted when it waited for 
 STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis refused
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 SCAN_EVERY = 1.0                     # seconds between scans for entries nobody told us of
+TICK = 0.5                           # seconds between two turns of the maintenance loop
 
 
 class NodeConflict(Exception):
@@ -57,6 +58,8 @@ class Scheduler:
         self.channels: dict[str, Channel] = {}
         self.by_queue: dict[str, Channel] = {}   # queue key -> its channel, for wake-ups
         self.digest = ""   # of task:channels, when last read (see ``_sync``)
+        self.resync = gevent.event.Event()   # a node said the settings changed
+        self.unnoted: dict[str, int] = {}    # see ``Channel.unnoted``
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
@@ -138,7 +141,8 @@ class Scheduler:
 
     def _start_channel(self, spec: ChannelSpec) -> None:
         channel = self.channels[spec.name] = Channel(spec, self.broker, self.stop,
-                                                     self.give_up, self.run_with, self.limits)
+                                                     self.give_up, self.run_with, self.limits,
+                                                     self.unnoted)
         self.by_queue[self.broker.keys.queue(spec.name)] = channel
         channel.start()
         # a channel lives as long as the daemon: its objects leave the collector's
@@ -167,17 +171,42 @@ class Scheduler:
         new = [name for name in self.specs if name not in self.channels]
         self.broker.consuming(new)   # recorded before the first claim, for any reaper
         for name, spec in self.specs.items():
-            if name not in self.channels:
+            channel = self.channels.get(name)
+            if channel is None:
                 self._start_channel(spec)
-            elif spec != self.channels[name].spec:
-                old = self.channels[name].spec
-                self.channels[name].spec = spec   # distinct and policy apply to new tasks now
-                log.info("channel %s: settings changed to %s", name, spec.to_json())
-                if spec.worker_count != old.worker_count:
-                    log.warning("channel %s: the worker count (%d, was %d) changes after a "
-                                "restart", name, spec.worker_count, old.worker_count)
+            elif channel.retired:   # deleted and made again: once the old one is done
+                self.digest = ""
+                return
+            elif spec != channel.spec:
+                old = channel.spec
+                channel.apply(spec)
+                log.info("channel %s: %s", name, changes(old, spec))
+        for name, channel in list(self.channels.items()):
+            if name not in self.specs and not channel.retired:
+                channel.retire()
+                log.info("channel %s: deleted; claiming nothing more, %d running task(s) "
+                         "finish first", name, channel.busy)
+                gevent.spawn(self._remove_when_idle, channel)
         # only now: a sync cut short by an error runs again
         self.digest = self.broker.channels_version
+
+    def _remove_when_idle(self, channel: Channel) -> None:
+        """A deleted channel goes once its tasks are done (and its objects with it)."""
+        while not channel.idle and not self.stop.is_set():
+            channel.room.wait(1)
+            channel.room.clear()
+        if self.stop.is_set():
+            return   # the shutdown drains it with the others
+        if channel.greenlet is not None:
+            channel.greenlet.join()
+        self.channels.pop(channel.name, None)
+        self.by_queue.pop(self.broker.keys.queue(channel.name), None)
+        self.digest = ""   # a channel of that name made meanwhile starts at the next sync
+        # its objects were frozen out of the collector's passes (``_start_channel``)
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        log.info("channel %s: removed from this node", channel.name)
 
     # -- loops ------------------------------------------------------------
     def _route_prepared(self) -> None:
@@ -246,6 +275,9 @@ class Scheduler:
             elif outcome == Enqueued.ID_IN_USE:
                 refused.append(self._reject(raw, f"id {task.id!r} is in use by a task that "
                                                  "has not finished"))
+            elif outcome == Enqueued.NO_CHANNEL:
+                refused.append(self._reject(raw, f"unknown channel {task.channel!r} "
+                                                 "(it was deleted)"))
             elif outcome == Enqueued.FOREIGN_RECORD:
                 refused.append(self._reject(raw, f"id {task.id!r}: its record key "
                                                  f"{self.broker.keys.record(task.id)} holds "
@@ -327,6 +359,9 @@ class Scheduler:
                     self._wake_waiting()
                     scanned = time.monotonic()
                 for message in subscriber.messages(SCAN_EVERY):
+                    if message == self.broker.keys.channels:   # settings changed
+                        self.resync.set()
+                        continue
                     queue, _, node = message.partition("\n")
                     channel = self.by_queue.get(queue)
                     if channel is not None and node != self.broker.node:   # ours: woken
@@ -377,7 +412,13 @@ class Scheduler:
         outage = Outage("maintenance", self.give_up)
         beat_every = self.config.node_ttl / 3
         last_beat = last_sync = time.monotonic()
-        while not self.give_up.wait(0.5):
+        while not self.give_up.is_set():
+            # a change of settings told by another node is applied at once
+            gevent.wait([self.give_up, self.resync], timeout=TICK, count=1)
+            if self.give_up.is_set():
+                break
+            told = self.resync.is_set()
+            self.resync.clear()
             try:
                 now = time.monotonic()
                 if now - last_beat >= beat_every:
@@ -386,9 +427,12 @@ class Scheduler:
                         log.warning("node %s: heartbeat expired, requeued %d task(s)", node, n)
                     last_beat = now
                 self._kill_requested()
+                pids = dict(self.unnoted)
+                self.unnoted.clear()
+                self.broker.note_pids(pids)
                 if self.stop.is_set():
                     continue
-                if now - last_sync >= SYNC_EVERY:
+                if now - last_sync >= SYNC_EVERY or told:
                     self._sync()
                     last_sync = now
                 self.broker.promote_due(self._locate)
@@ -446,10 +490,10 @@ class Scheduler:
         # workers still recording a result (or a requeue) get a moment to reach redis;
         # then they give up and their entries stay in our lists, requeued below or at
         # the next start
-        gevent.joinall([gevent.spawn(c.pool.join) for c in channels], timeout=RECORD_WAIT)
+        gevent.joinall([gevent.spawn(c.workers.join) for c in channels], timeout=RECORD_WAIT)
         self.give_up.set()
         for channel in channels:
-            channel.pool.kill(timeout=1)
+            channel.workers.kill(timeout=1)
         if self.heart is not None:
             self.heart.kill(timeout=1)
         try:
@@ -463,3 +507,10 @@ class Scheduler:
                         "requeued when it starts again or its heartbeat expires",
                         exc or "timed out")
         return clean
+
+
+def changes(old: ChannelSpec, new: ChannelSpec) -> str:
+    """What differs between two settings of a channel, for the log."""
+    before, after = old.settings(), new.settings()
+    return ", ".join(f"{key} {before[key]} -> {after[key]}" for key in after
+                     if after[key] != before[key]) or "settings rewritten"

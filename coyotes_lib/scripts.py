@@ -53,24 +53,67 @@ end
 """
 _CLOCK = ("local function clock()\n  local t = redis.call('TIME')\n"
           "  return t[1] .. '.' .. string.format('%06d', t[2])\nend\n")
+# Dead letters: the trimmed-off counter must hold a number (checked before any
+# write), the list keeps its newest ``most`` entries. ``bury`` makes the letter
+# here (an entry of a channel that is gone) and closes the task's record with
+# the reason. Needs _CLOCK and _TYPES.
+_BURY = """
+local function counter_bad(key)
+  local bad = wrongtype(key, 'string')
+  if bad then return bad end
+  local n = redis.call('GET', key)
+  if n and not tonumber(n) then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a string that is not a number')
+  end
+end
+local function push_dead(dead, counter, most, letter)
+  local n = redis.call('LPUSH', dead, letter)
+  most = tonumber(most)
+  if n > most then
+    redis.call('SET', counter, (tonumber(redis.call('GET', counter)) or 0) + n - most)
+    redis.call('LTRIM', dead, 0, most - 1)
+  end
+end
+local function bury(dead, counter, most, entry, reason, node, record, ttl)
+  push_dead(dead, counter, most, cjson.encode({entry = entry, reason = reason, node = node,
+                                               ts = tonumber(redis.call('TIME')[1])}))
+  if record and is_hash(record) then
+    redis.call('HSET', record, 'status', 'canceled', 'error', reason, 'finished_at', clock())
+    redis.call('EXPIRE', record, ttl)
+  end
+end
+local function id_of(entry)   -- as task.locate: id, task_id, or for a plain string its SHA-1
+  local ok, task = pcall(cjson.decode, entry)
+  if not (ok and type(task) == 'table') then return redis.sha1hex(entry):sub(1, 32) end
+  local id = task.id
+  if not id or id == cjson.null or id == '' then id = task.task_id end
+  if not id or id == cjson.null or id == '' then return redis.sha1hex(entry):sub(1, 32) end
+  if type(id) == 'string' then return id end
+end
+"""
 
 # Route one task into its channel queue (or the delayed set) and create its
 # record, honouring the distinct rule, and remove the entry it came from.
 # Returns 1 queued, 2 delayed, 0 refused (distinct), 3 id in use by a live task,
 # 4 the source entry was no longer in our staging list (nothing done), 5 the
-# record's key holds another type (nothing done).
+# record's key holds another type (nothing done), 6 the channel was deleted
+# (nothing done).
 ENQUEUE = _FINAL + _CLOCK + _TYPES + _WAKE + """
 -- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
 -- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
--- ARGV[5] wake-up channel ('' = none)   ARGV[6] this node's id
--- ARGV[7..] record fields and values
+-- KEYS[6] channels hash
+-- ARGV[5] wake-up channel ('' = none)   ARGV[6] this node's id   ARGV[7] channel
+-- ARGV[8..] record fields and values
 local hash, none = is_hash(KEYS[5])
 if not (hash or none) then return 5 end
+local bad = wrongtype(KEYS[6], 'hash')
+if bad then return bad end
+if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 6 end
 local now = clock()
 local delayed = tonumber(ARGV[4]) > tonumber(now)
-local bad = wrongtype(KEYS[4], 'list')
+bad = wrongtype(KEYS[4], 'list')
   or (delayed and wrongtype(KEYS[3], 'zset')) or (not delayed and wrongtype(KEYS[1], 'list'))
 if bad then return bad end
 local status = redis.call('HGET', KEYS[5], 'status')
@@ -84,7 +127,7 @@ if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) t
   return 0
 end
 redis.call('DEL', KEYS[5])
-if #ARGV >= 8 then redis.call('HSET', KEYS[5], unpack(ARGV, 7)) end
+if #ARGV >= 9 then redis.call('HSET', KEYS[5], unpack(ARGV, 8)) end
 redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
 if delayed then
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
@@ -115,27 +158,18 @@ return out
 # list it sits in (a staging or processing list) and, for a claimed one, out of
 # the running set. The dead-letter list keeps its newest ARGV[3] entries; the
 # trimmed ones are counted. Returns 1, or 0 when the entry was no longer there.
-DEAD = _TYPES + """
+DEAD = _CLOCK + _TYPES + _BURY + """
 -- KEYS[1] dead-letter list   KEYS[2] source list (may not exist)
 -- KEYS[3] running set (ARGV[4] = '2') or KEYS[2] again   KEYS[4] trimmed counter
 -- ARGV[1] dead-letter record (JSON)   ARGV[2] source entry (it may be '')
 -- ARGV[3] most entries kept
 -- ARGV[4] '0' = no source, '1' = take it out of KEYS[2], '2' = and out of KEYS[3]
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[4], 'string')
-  or (ARGV[4] == '2' and wrongtype(KEYS[3], 'set'))
+  or (ARGV[4] == '2' and wrongtype(KEYS[3], 'set')) or counter_bad(KEYS[4])
 if bad then return bad end
-local trimmed = redis.call('GET', KEYS[4])
-if trimmed and not tonumber(trimmed) then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[4] .. ' holds a string that is not a number')
-end
 if ARGV[4] ~= '0' and redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 0 end
 if ARGV[4] == '2' then redis.call('SREM', KEYS[3], ARGV[2]) end
-local n = redis.call('LPUSH', KEYS[1], ARGV[1])
-local most = tonumber(ARGV[3])
-if n > most then
-  redis.call('SET', KEYS[4], (tonumber(trimmed) or 0) + n - most)
-  redis.call('LTRIM', KEYS[1], 0, most - 1)
-end
+push_dead(KEYS[1], KEYS[4], ARGV[3], ARGV[1])
 return 1
 """
 
@@ -148,7 +182,7 @@ local function start(record, running, entry, node)
   redis.call('HSET', record, 'attempt', attempt, 'status', 'running', 'node', node,
              'started_at', clock())
   redis.call('HDEL', record, 'finished_at', 'exit_code', 'signal', 'duration', 'error',
-             'retry_at')
+             'retry_at', 'pid')
   redis.call('PERSIST', record)
   return {attempt, number(record, 'redeliveries'), redis.call('HEXISTS', record, 'kill_requested'),
           number(record, 'retry_count')}
@@ -254,14 +288,23 @@ return 1
 # Give one claimed entry back to its queue, on the side workers take from
 # (a shutdown that stopped it, or a claim made while stopping, whose start is
 # undone: it did not run).
-REQUEUE = _TYPES + _WAKE + """
+REQUEUE = _CLOCK + _TYPES + _WAKE + _BURY + """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] queue   KEYS[4] task record
+-- KEYS[5] channels hash   KEYS[6] dead-letter list   KEYS[7] trimmed counter
 -- ARGV[1] entry   ARGV[2] '1' = it did not run: take back the attempt its start counted
--- ARGV[3] wake-up channel (optional)
-local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[3], 'list')
+-- ARGV[3] wake-up channel (optional)   ARGV[4] channel   ARGV[5] this node's id
+-- ARGV[6] most dead letters kept   ARGV[7] record TTL (s)
+-- returns 1 requeued, 2 into the dead-letter list (its channel was deleted), 0 not ours
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[3], 'list', KEYS[5], 'hash',
+                      KEYS[6], 'list') or counter_bad(KEYS[7])
 if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local started = redis.call('SREM', KEYS[2], ARGV[1]) == 1
+if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 0 then
+  bury(KEYS[6], KEYS[7], ARGV[6], ARGV[1], 'channel ' .. ARGV[4] .. ' was deleted',
+       ARGV[5], KEYS[4], ARGV[7])
+  return 2
+end
 redis.call('RPUSH', KEYS[3], ARGV[1])
 wake(ARGV[3], KEYS[3])
 if is_hash(KEYS[4]) then
@@ -279,35 +322,47 @@ return 1
 # queue (to run next), counting a redelivery in each task's record. With
 # ARGV[2] = '1' it does nothing while the node's heartbeat lives, so a node
 # that came back in between keeps its claims.
-REAP = _TYPES + _WAKE + """
+REAP = _CLOCK + _TYPES + _WAKE + _BURY + """
 -- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
 -- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
--- KEYS[6..] per channel, three keys: processing list, running set, queue
+-- KEYS[6] channels hash   KEYS[7] dead-letter list   KEYS[8] trimmed counter
+-- KEYS[9..] per channel, three keys: processing list, running set, queue
 -- ARGV[1] node id   ARGV[2] '1' = only if the heartbeat expired
 -- ARGV[3] '1' = forget the node afterwards   ARGV[4] record key prefix
--- ARGV[5] wake-up channel (optional)
+-- ARGV[5] wake-up channel (optional)   ARGV[6] this node's id
+-- ARGV[7] most dead letters kept   ARGV[8] record TTL (s)
+-- ARGV[9..] the channels of KEYS[9..], in the same order (a deleted one's entries
+-- go to the dead-letter list)
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local bad = wrongtype(KEYS[2], 'set', KEYS[3], 'list', KEYS[4], 'list', KEYS[5], 'set')
+local bad = wrongtype(KEYS[2], 'set', KEYS[3], 'list', KEYS[4], 'list', KEYS[5], 'set',
+                      KEYS[6], 'hash', KEYS[7], 'list') or counter_bad(KEYS[8])
 if bad then return bad end
-for i = 6, #KEYS, 3 do
+for i = 9, #KEYS, 3 do
   bad = wrongtype(KEYS[i], 'list', KEYS[i + 1], 'set', KEYS[i + 2], 'list')
   if bad then return bad end
 end
 local n = 0
 while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
-for i = 6, #KEYS, 3 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then wake(ARGV[5], KEYS[i + 2]) end
+for i = 9, #KEYS, 3 do
+  local chan = ARGV[9 + (i - 9) / 3]
+  local alive = redis.call('HEXISTS', KEYS[6], chan) == 1
+  if alive and redis.call('EXISTS', KEYS[i]) == 1 then wake(ARGV[5], KEYS[i + 2]) end
   while true do
-    local entry = redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
+    local entry = redis.call('LINDEX', KEYS[i], 0)
     if not entry then break end
     redis.call('SREM', KEYS[i + 1], entry)
-    local ok, task = pcall(cjson.decode, entry)
-    if ok and type(task) == 'table' and type(task.id) == 'string' then
-      local record = ARGV[4] .. task.id
-      if is_hash(record) and redis.call('HGET', record, 'status') == 'running' then
+    local id = id_of(entry)
+    local record = id and (ARGV[4] .. id)
+    if alive then
+      redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
+      if record and is_hash(record) and redis.call('HGET', record, 'status') == 'running' then
         redis.call('HSET', record, 'status', 'queued',
                    'redeliveries', number(record, 'redeliveries') + 1)
       end
+    else
+      redis.call('LPOP', KEYS[i])
+      bury(KEYS[7], KEYS[8], ARGV[7], entry, 'channel ' .. chan .. ' was deleted', ARGV[6],
+           record, ARGV[8])
     end
     n = n + 1
   end
@@ -320,12 +375,21 @@ return n
 """
 
 # Move one due delayed task into its queue; only one node wins the ZREM.
-PROMOTE = _TYPES + _WAKE + """
+PROMOTE = _CLOCK + _TYPES + _WAKE + _BURY + """
 -- KEYS[1] delayed zset   KEYS[2] channel queue   KEYS[3] task record
--- ARGV[1] task JSON   ARGV[2] wake-up channel (optional)
-local bad = wrongtype(KEYS[1], 'zset', KEYS[2], 'list')
+-- KEYS[4] channels hash   KEYS[5] dead-letter list   KEYS[6] trimmed counter
+-- ARGV[1] task JSON   ARGV[2] wake-up channel (optional)   ARGV[3] channel
+-- ARGV[4] this node's id   ARGV[5] most dead letters kept   ARGV[6] record TTL (s)
+-- returns 1 queued, 2 into the dead-letter list (its channel was deleted), 0 gone
+local bad = wrongtype(KEYS[1], 'zset', KEYS[2], 'list', KEYS[4], 'hash', KEYS[5], 'list')
+  or counter_bad(KEYS[6])
 if bad then return bad end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then
+  bury(KEYS[5], KEYS[6], ARGV[5], ARGV[1], 'channel ' .. ARGV[3] .. ' was deleted', ARGV[4],
+       KEYS[3], ARGV[6])
+  return 2
+end
 redis.call('LPUSH', KEYS[2], ARGV[1])
 wake(ARGV[2], KEYS[2])
 if is_hash(KEYS[3]) and redis.call('HGET', KEYS[3], 'status') == 'delayed' then
@@ -404,6 +468,88 @@ for i = 1, #KEYS do
   if type(n) == 'number' and n > 0 then out[#out + 1] = i end
 end
 return out
+"""
+
+# Change one channel's settings if they are still what the caller read (two
+# callers changing different fields at once must not lose either change), and
+# tell every node. Returns 1 changed, 0 changed meanwhile (read again), -1 no
+# such channel.
+SET_CHANNEL = _TYPES + """
+-- KEYS[1] channels hash
+-- ARGV[1] channel   ARGV[2] its settings as read   ARGV[3] new settings
+-- ARGV[4] wake-up channel ('' = none): told KEYS[1], the nodes read the settings again
+local bad = wrongtype(KEYS[1], 'hash')
+if bad then return bad end
+local now = redis.call('HGET', KEYS[1], ARGV[1])
+if not now then return -1 end
+if now ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+return 1
+"""
+
+# Delete a channel once its queue is empty: its waiting tasks are refused (the
+# caller gets how many), or first moved to another channel's queue (in order,
+# behind what waits there) or dropped into the dead-letter list, ARGV[4] at a
+# time. Entries the channel's nodes requeue later go to the dead-letter list
+# (REQUEUE, REAP, PROMOTE). Returns {code, entries}: 1 deleted (entries moved or
+# dropped by this call), 0 no such channel, 2 tasks wait (how many), 3 no such
+# channel to move them to, 4 more to move or drop (call again).
+DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + """
+-- KEYS[1] channels hash   KEYS[2] its queue
+-- KEYS[3] the queue to move tasks to (KEYS[2] again: none)
+-- KEYS[4] dead-letter list   KEYS[5] trimmed counter
+-- ARGV[1] channel   ARGV[2] 'refuse' | 'move' | 'drop'   ARGV[3] channel to move to
+-- ARGV[4] most entries moved or dropped by this call
+-- ARGV[5], ARGV[6] a distinct flag's key around the task's name (they are removed)
+-- ARGV[7] record key prefix   ARGV[8] most dead letters kept   ARGV[9] reason
+-- ARGV[10] this node's id   ARGV[11] record TTL (s)   ARGV[12] wake-up channel ('' = none)
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'list', KEYS[4], 'list')
+  or counter_bad(KEYS[5])
+if bad then return bad end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {0, 0} end
+if ARGV[2] == 'move' and redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return {3, 0} end
+local waiting = redis.call('LLEN', KEYS[2])
+if ARGV[2] == 'refuse' and waiting > 0 then return {2, waiting} end
+local n = 0
+while n < tonumber(ARGV[4]) do
+  local entry = redis.call('RPOP', KEYS[2])   -- the oldest first
+  if not entry then break end
+  local ok, task = pcall(cjson.decode, entry)
+  local name = entry   -- a Go plain string is its own name
+  if ok and type(task) == 'table' then
+    name = (task.task ~= '' and task.task) or task.task_name
+  end
+  if type(name) == 'string' then redis.call('DEL', ARGV[5] .. name .. ARGV[6]) end
+  local id = id_of(entry)
+  local record = id and (ARGV[7] .. id)
+  if ARGV[2] == 'move' then
+    redis.call('LPUSH', KEYS[3], entry)
+    if record and is_hash(record) then redis.call('HSET', record, 'channel', ARGV[3]) end
+  else
+    bury(KEYS[4], KEYS[5], ARGV[8], entry, ARGV[9], ARGV[10], record, ARGV[11])
+  end
+  n = n + 1
+end
+if n > 0 and ARGV[2] == 'move' then wake(ARGV[12], KEYS[3]) end
+if redis.call('LLEN', KEYS[2]) > 0 then return {4, n} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], KEYS[1]) end
+return {1, n}
+"""
+
+# Note the pids of commands that run on this node in their records (each
+# maintenance turn, for those started since: a short task never costs a write).
+NOTE_PIDS = _TYPES + """
+-- KEYS[1..] task records
+-- ARGV[1] this node's id   ARGV[2..] the pids, in the order of KEYS
+for i = 1, #KEYS do
+  if is_hash(KEYS[i]) and redis.call('HGET', KEYS[i], 'status') == 'running'
+      and redis.call('HGET', KEYS[i], 'node') == ARGV[1] then
+    redis.call('HSET', KEYS[i], 'pid', ARGV[i + 1])
+  end
+end
+return 1
 """
 
 # Whether any channel's settings changed, without sending them all: a digest of

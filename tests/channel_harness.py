@@ -87,7 +87,7 @@ def main(port: int, scenario: str) -> None:
         deadline.close()
         stop.set()
         channel.greenlet.join(timeout=3)
-        channel.pool.join(timeout=3)
+        channel.workers.join(timeout=3)
     ids = [task_id for task_id, _, _ in tasks["push"] if task_id] + tasks.get("ids", [])
     print(json.dumps({
         "records": {task_id: broker.record(task_id) for task_id in ids},

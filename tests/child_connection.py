@@ -17,6 +17,7 @@ from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerialize
 from coyotes_lib.broker import Broker
 from coyotes_lib.connection import RAW_POLL, Lean, Packer, connect
 from coyotes_lib.keys import Keys
+from coyotes_lib.model import ChannelSpec
 from coyotes_lib.task import from_producer
 
 
@@ -113,10 +114,11 @@ def round_trip_connection_reuse(port: int) -> dict:
 
 
 def broker(port: int):
-    """A client and a broker (node n1) with its scripts loaded."""
+    """A client and a broker (node n1) with its scripts loaded, and channel default."""
     client = connect("127.0.0.1", port)
     ours = Broker(client, Keys(), "n1")
     ours.load_scripts()
+    ours.add_channel(ChannelSpec("default", False, 5))
     return client, ours
 
 

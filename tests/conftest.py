@@ -9,6 +9,7 @@ shared with the benchmark suite (``bench/``).
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +28,18 @@ from harness import (  # noqa: F401
 )
 
 LEDGER = Path(__file__).resolve().parent / "ledger.py"
+
+# gated task: GATE LEDGER GATEFILE TAG
+GATE = ("import os, sys, time\n"
+        "def note(event):\n"
+        "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n"
+        "    os.write(fd, f'{event} {sys.argv[3]} {time.time()}\\n'.encode())\n"
+        "    os.close(fd)\n"
+        "note('start')\n"
+        "end = time.time() + 60\n"
+        "while not os.path.exists(sys.argv[2]) and time.time() < end:\n"
+        "    time.sleep(0.02)\n"
+        "note('end')\n")
 
 
 @pytest.fixture
@@ -70,6 +83,14 @@ def coyotes(coyotes_factory) -> Coyotes:
     return coyotes_factory()
 
 
+@pytest.fixture
+def gate(tmp_path):
+    """A gate file path; opened (created) at teardown so no gated task lingers."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
 def ledger_command(path: Path, tag: str, sleep: float = 0.0) -> str:
     """A command line that appends 'start TAG t' / 'end TAG t' lines to ``path``."""
     return f"{sys.executable} {LEDGER} {path} {tag} {sleep}"
@@ -93,3 +114,42 @@ def max_overlap(rows) -> int:
         current += 1 if event == "start" else -1
         peak = max(peak, current)
     return peak
+
+
+def gate_command(ledger: Path, gate: Path, tag: str) -> str:
+    return shlex.join([sys.executable, "-c", GATE, str(ledger), str(gate), tag])
+
+
+def events(ledger: Path) -> list[tuple[str, str]]:
+    return [(event, tag) for event, tag, _ in read_ledger(ledger)]
+
+
+def started(ledger: Path, tag: str) -> bool:
+    return ("start", tag) in events(ledger)
+
+
+def ended(ledger: Path, tag: str) -> bool:
+    return ("end", tag) in events(ledger)
+
+
+def idle(r, channel: str) -> bool:
+    return r.llen(f"{channel}:tasks:queue") == 0 and not r.smembers(f"{channel}:tasks:queue:exec")
+
+
+def ok_data(reply, status=200):
+    """The data of a success envelope, after checking the envelope itself."""
+    code, env = reply
+    assert code == status, env
+    assert set(env) == {"status_code", "message", "data"}, env
+    assert env["status_code"] == status, env
+    return env["data"]
+
+
+def assert_error(reply, status, what=""):
+    code, env = reply
+    assert code == status, f"{what}: {code} {env}"
+    assert isinstance(env, dict) and set(env) == {"status_code", "message", "data"}, env
+    assert env["status_code"] == status, f"{what}: {env}"
+    assert isinstance(env["message"], str) and env["message"] and env["message"] != "ok", env
+    assert env["data"] is None, env
+    return env["message"]

@@ -15,17 +15,28 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import shlex
 import socket
 import sys
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
-from conftest import ledger_command, read_ledger, wait_until
+from conftest import (
+    assert_error,
+    ended,
+    events,
+    gate_command,
+    idle,
+    ledger_command,
+    ok_data,
+    read_ledger,
+    started,
+    wait_until,
+)
 
 CHANNELS_KEY = "task:channels"
 DELAYED_KEY = "task:delay:queue"
@@ -36,18 +47,6 @@ RECORD = ("import json, os, sys\n"
           "tmp = sys.argv[1] + '.tmp'\n"
           "open(tmp, 'w', encoding='utf-8').write(json.dumps(sys.argv[2:]))\n"
           "os.replace(tmp, sys.argv[1])\n")
-
-# gated task: GATE LEDGER GATEFILE TAG
-GATE = ("import os, sys, time\n"
-        "def note(event):\n"
-        "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n"
-        "    os.write(fd, f'{event} {sys.argv[3]} {time.time()}\\n'.encode())\n"
-        "    os.close(fd)\n"
-        "note('start')\n"
-        "end = time.time() + 60\n"
-        "while not os.path.exists(sys.argv[2]) and time.time() < end:\n"
-        "    time.sleep(0.02)\n"
-        "note('end')\n")
 
 
 # -- helpers -----------------------------------------------------------------
@@ -70,57 +69,18 @@ def post_form(daemon, path, fields, kind="urlencoded", headers=None):
     return daemon.request("POST", path, body=body, headers=hdrs)
 
 
-def ok_data(reply, status=200):
-    """The data of a success envelope, after checking the envelope itself."""
-    code, env = reply
-    assert code == status, env
-    assert set(env) == {"status_code", "message", "data"}, env
-    assert env["status_code"] == status, env
-    return env["data"]
-
-
-def assert_error(reply, status, what=""):
-    code, env = reply
-    assert code == status, f"{what}: {code} {env}"
-    assert isinstance(env, dict) and set(env) == {"status_code", "message", "data"}, env
-    assert env["status_code"] == status, f"{what}: {env}"
-    assert isinstance(env["message"], str) and env["message"] and env["message"] != "ok", env
-    assert env["data"] is None, env
-    return env["message"]
-
-
-def gate_command(ledger: Path, gate: Path, tag: str) -> str:
-    return shlex.join([sys.executable, "-c", GATE, str(ledger), str(gate), tag])
-
-
-def events(ledger: Path) -> list[tuple[str, str]]:
-    return [(event, tag) for event, tag, _ in read_ledger(ledger)]
-
-
-def started(ledger: Path, tag: str) -> bool:
-    return ("start", tag) in events(ledger)
-
-
-def ended(ledger: Path, tag: str) -> bool:
-    return ("end", tag) in events(ledger)
+def go_view(listing: dict) -> dict:
+    """A channel's listing as the Go daemon gave it: its tasks (without where the
+    running ones run) and their count, not the settings and counts added since."""
+    where = ("node", "started_at", "pid")
+    return {"tasks": [{k: v for k, v in task.items() if k not in where}
+                      for task in listing["tasks"]], "count": listing["count"]}
 
 
 def seed_channels(r, *names, distinct=True, workers=5) -> None:
     for name in names:
         r.hset(CHANNELS_KEY, name, json.dumps({"name": name, "distinct": distinct,
                                                 "worker_count": workers}))
-
-
-def idle(r, channel: str) -> bool:
-    return r.llen(f"{channel}:tasks:queue") == 0 and not r.smembers(f"{channel}:tasks:queue:exec")
-
-
-@pytest.fixture
-def gate(tmp_path):
-    """A gate file path; opened (created) at teardown so no gated task lingers."""
-    path = tmp_path / "gate"
-    yield path
-    path.touch()
 
 
 @pytest.fixture
@@ -138,7 +98,13 @@ def test_get_channels_lists_the_three_default_channels(coyotes):
     assert {"default", "biz", "cron"} <= set(data), data
     for name in ("default", "biz", "cron"):
         assert data[name] == {"tasks": [], "count": 0}, data
-    assert ok_data(coyotes.request("GET", "/channels/biz")) == {"tasks": [], "count": 0}
+    biz = ok_data(coyotes.request("GET", "/channels/biz"))
+    assert go_view(biz) == {"tasks": [], "count": 0}
+    assert biz["paused"] is False
+    assert biz["counts"] == {"running": 0, "queued": 0, "failed": 0}
+    assert biz["settings"] == {"distinct": True, "worker": 5, "paused": False, "timeout": 0.0,
+                               "retries": 0, "retry_backoff": 1.0, "retry_max": 600.0,
+                               "retry_on": [], "kill_group": True}
 
 
 def test_post_channel_task_field_runs_and_replies_with_id(coyotes, tmp_path):
@@ -247,7 +213,8 @@ def test_post_channels_creates_persists_and_consumes_at_once(coyotes, r, tmp_pat
     assert ok_data(reply) is None
     assert json.loads(r.hget(CHANNELS_KEY, name)) == {"name": name, "distinct": False,
                                                        "worker_count": 3}
-    assert ok_data(coyotes.request("GET", f"/channels/{name}")) == {"tasks": [], "count": 0}
+    assert go_view(ok_data(coyotes.request("GET", f"/channels/{name}"))) == \
+        {"tasks": [], "count": 0}
     assert name in ok_data(coyotes.request("GET", "/channels"))
     ledger = tmp_path / "ledger"
     data = ok_data(post_form(coyotes, f"/channels/{name}/tasks",
@@ -373,7 +340,7 @@ def test_unknown_route_and_wrong_method(coyotes):
     for path in ("/nope", "/channels/default/nope", "/channels/default/tasks/x/y"):
         assert_error(coyotes.request("GET", path), 404, path)
     assert_error(post_form(coyotes, "/nope", [("task", "true")]), 404)
-    for method, path in (("GET", "/channels/default/tasks"), ("DELETE", "/channels/default"),
+    for method, path in (("GET", "/channels/default/tasks"), ("PUT", "/channels/default"),
                          ("PUT", "/channels"), ("POST", "/dead-letters"),
                          ("DELETE", "/channels"), ("GET", "/channels/default/tasks/x")):
         assert_error(coyotes.request(method, path), 405, f"{method} {path}")
@@ -463,11 +430,22 @@ def test_listing_running_then_queued_in_run_order_with_legacy_entries(
         assert t["channel"] == "default" and isinstance(t["task_id"], str) and t["task_id"], t
     assert len({t["task_id"] for t in tasks}) == 5
 
+    # the running task says where it runs: this node, since when, and its pid once
+    # the node has noted it (a maintenance turn)
+    running = tasks[0]
+    node = ok_data(daemon.request("GET", "/"))["node"]
+    assert running["node"] == node and running["started_at"] > time.time() - 60
+    wait_until(lambda: ok_data(daemon.request("GET", "/channels/default"))["tasks"][0]["pid"],
+               what="the running task's pid noted")
+    pid = ok_data(daemon.request("GET", "/channels/default"))["tasks"][0]["pid"]
+    assert os.getpgid(pid) == pid   # the command's own session: its group leader
+    assert listing["counts"] == {"running": 1, "queued": 4, "failed": 0}
+
     # the same through GET /channels and with a page
-    assert ok_data(daemon.request("GET", "/channels"))["default"] == listing
+    assert ok_data(daemon.request("GET", "/channels"))["default"] == go_view(listing)
     page = ok_data(daemon.request("GET", "/channels/default?offset=1&limit=2"))
-    assert page == {"tasks": tasks[1:3], "count": 5}, page
-    assert ok_data(daemon.request("GET", "/channels/default?offset=0&limit=0")) == \
+    assert go_view(page) == {"tasks": tasks[1:3], "count": 5}, page
+    assert go_view(ok_data(daemon.request("GET", "/channels/default?offset=0&limit=0"))) == \
         {"tasks": [], "count": 5}
 
     gate.touch()
@@ -507,7 +485,7 @@ def test_pagination_of_100000_queued_tasks(api_only, r):
     mid = ok_data(daemon.request("GET", "/channels/default?offset=50000&limit=3"))
     assert [t["task_id"] for t in mid["tasks"]] == ["t50000", "t50001", "t50002"]
     beyond = ok_data(daemon.request("GET", "/channels/default?offset=200000"))
-    assert beyond == {"tasks": [], "count": total}
+    assert go_view(beyond) == {"tasks": [], "count": total}
 
     t0 = time.monotonic()
     everything = ok_data(daemon.request("GET", "/channels"))

@@ -115,7 +115,7 @@ def test_a_push_records_the_fields_flat_would_give(extra, execute_at):
               "argv": list(task.argv), "raw": task.raw, "attempt": 0, "retry_count": 0,
               "execute_at": execute_at, "timeout": extra.get("timeout"),
               "retries": extra.get("retries")}
-    assert broker._enqueue_args(task, True, "")[1][6:] == flat(record)
+    assert broker._enqueue_args(task, True, "")[1][7:] == flat(record)
 
 
 @pytest.mark.parametrize("most", [1, 100])

@@ -10,8 +10,10 @@ does not roll back a script that fails half-way, so that promise (see the
 docstring of ``scripts.py``) is what keeps a broken key from losing a task.
 
 One private redis-server serves the whole module and is flushed before each
-test. Times come from Redis's clock (``TIME``) inside the scripts, so they are
-compared with Redis's clock too, with a margin.
+test, then holds the declared channels (``CHANNELS`` in ``task:channels``):
+ENQUEUE, REQUEUE, REAP and PROMOTE treat a channel missing there as deleted
+(``GONE`` is never declared). Times come from Redis's clock (``TIME``) inside the
+scripts, so they are compared with Redis's clock too, with a margin.
 """
 
 from __future__ import annotations
@@ -26,18 +28,51 @@ from coyotes_lib.keys import Keys
 
 K = Keys()
 CHAN = "c"
+GONE = "gone"   # a channel that is not (or no longer) in task:channels
 NODE, OTHER = "n1", "n2"
 NAME = "echo hi"
 FLAG = K.distinct(CHAN, NAME)
 FINAL = ["succeeded", "failed", "timed_out", "canceled", "killed"]
 MARGIN = 2.0   # seconds of slack around a time a script took from TIME
+TTL = 600      # the record TTL the scripts are given
+MOST = 10      # the most dead letters kept, unless a test says
+CHANNELS = {chan: json.dumps({"name": chan}) for chan in (CHAN, "a", "b", "x", "y", "other")}
+
+
+def declare(db: redis.Redis) -> None:
+    db.hset(K.channels, mapping=CHANNELS)
+
+
+def reset(db: redis.Redis) -> None:
+    """An empty server again, but for the declared channels."""
+    db.flushdb()
+    declare(db)
 
 
 @pytest.fixture
 def db(module_redis) -> redis.Redis:
     client = module_redis.client()
-    client.flushdb()   # our own server: no other test's keys
+    reset(client)   # our own server: no other test's keys
     yield client
+    client.close()
+
+
+@pytest.fixture
+def heard(module_redis):
+    """The wake-up messages published from now on: call it to read them so far."""
+    client = module_redis.client()
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(K.wake)
+    sub.get_message(timeout=5)   # the subscription's confirmation
+
+    def read() -> list[str]:
+        out = []
+        while (message := sub.get_message(timeout=0.2)) is not None:
+            out.append(message["data"])
+        return out
+
+    yield read
+    sub.close()
     client.close()
 
 
@@ -82,8 +117,41 @@ def value(db: redis.Redis, key: str):
 
 
 def state(db: redis.Redis) -> dict:
-    """Every key with its value (see ``value``)."""
-    return {key: value(db, key) for key in db.keys("*")}
+    """Every key with its value (see ``value``); ``task:channels`` only when it is
+    not the declared ``CHANNELS`` (most scripts only read it)."""
+    out = {key: value(db, key) for key in db.keys("*")}
+    if out.get(K.channels) == CHANNELS:
+        del out[K.channels]
+    return out
+
+
+def channels_but(*names: str) -> dict:
+    """The declared channels without ``names`` (deleted)."""
+    return {chan: spec for chan, spec in CHANNELS.items() if chan not in names}
+
+
+def letters(db: redis.Redis, t0: float, t1: float) -> list[dict]:
+    """The dead-letter list (newest first), each letter parsed as JSON, its ``ts``
+    (whole seconds of Redis's clock) checked and taken out."""
+    out = []
+    for text in db.lrange(K.dead, 0, -1):
+        letter = json.loads(text)
+        ts = letter.pop("ts")
+        assert isinstance(ts, int), text
+        between(ts, t0, t1)
+        out.append(letter)
+    return out
+
+
+def closed(record: dict, reason: str, t0: float, t1: float) -> dict:
+    """A record as a burial leaves it: its finished_at checked and taken out."""
+    between(record.pop("finished_at"), t0, t1)
+    assert record["status"] == "canceled" and record["error"] == reason, record
+    return record
+
+
+def gone(chan: str = GONE) -> str:
+    return f"channel {chan} was deleted"
 
 
 def dump(db: redis.Redis) -> dict:
@@ -114,7 +182,7 @@ def assert_refuses(db: redis.Redis, setup, name: str, keys, args, wanted: dict) 
     run(db, name, keys, args)
     assert dump(db) != before, "the setup should have made the script write"
     for key, kind in wanted.items():
-        db.flushdb()
+        reset(db)
         setup()
         db.set(key, "x")
         before = dump(db)
@@ -124,6 +192,28 @@ def assert_refuses(db: redis.Redis, setup, name: str, keys, args, wanted: dict) 
         assert_unchanged(before, dump(db))
 
 
+SPOILED_COUNTER = ["list", "text"]
+
+
+def assert_counter_refused(db: redis.Redis, setup, name: str, keys, args, spoil: str) -> None:
+    """As ``assert_refuses`` for the dead letters' trimmed counter, made a list
+    (``spoil`` 'list') or a string that is not a number ('text'): a script that
+    buries must refuse before its first write, not fail half-way at GET or SET."""
+    reset(db)
+    setup()
+    if spoil == "list":
+        db.rpush(K.dead_trimmed, "1")
+        error = "holds a list, not a string"
+    else:
+        db.set(K.dead_trimmed, "many")
+        error = "holds a string that is not a number"
+    before = dump(db)
+    with pytest.raises(redis.ResponseError) as err:
+        run(db, name, keys, args)
+    assert str(err.value) == f"WRONGTYPE {K.dead_trimmed} {error}"
+    assert_unchanged(before, dump(db))
+
+
 # -- ENQUEUE -------------------------------------------------------------------
 def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, distinct: int = 0,
                  source: str = "", at: float = 0, wake: str = "",
@@ -131,8 +221,8 @@ def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, dis
     fields = {"id": task_id, "channel": chan, "task_name": name, "raw": raw, "attempt": 0,
               "retry_count": 0, **extra}
     return ([K.queue(chan), K.distinct(chan, name), K.delayed, K.staging(NODE),
-             K.record(task_id)],
-            [raw, distinct, source, at, wake, NODE, *pairs(fields)])
+             K.record(task_id), K.channels],
+            [raw, distinct, source, at, wake, NODE, chan, *pairs(fields)])
 
 
 def enqueue(db, raw, task_id, **kw):
@@ -161,13 +251,49 @@ def test_enqueue_queues_takes_the_staged_entry_and_writes_the_record(db):
                    K.record("b"): new_record("b", b, "queued")}
 
 
-def test_enqueue_into_a_channel_nobody_declared(db):
-    """The scripts never read task:channels: refusing an unknown channel is the
-    dispatcher's job (it dead-letters the entry, see DEAD)."""
-    raw = entry("a", chan="nowhere")
-    assert enqueue(db, raw, "a", chan="nowhere") == 1
-    assert db.lrange(K.queue("nowhere"), 0, -1) == [raw]
-    assert not db.exists(K.channels)
+@pytest.mark.parametrize("at", [0, 4e9])
+def test_enqueue_into_a_channel_not_declared_writes_nothing(db, at):
+    """A channel deleted after the dispatcher read the settings (or never declared):
+    code 6, before any other check, and the staged entry stays for the caller to
+    dead-letter (see DEAD)."""
+    raw = entry("a", chan=GONE)
+    db.lpush(K.staging(NODE), raw)
+    db.hset(K.record("a"), mapping={"id": "a", "status": "succeeded"})
+    db.expire(K.record("a"), 100)
+    before = dump(db)
+    assert enqueue(db, raw, "a", chan=GONE, source=raw, distinct=1800, at=at) == 6
+    assert_unchanged(before, dump(db))   # no flag, no record, no queue, still staged
+    # no more than that: an id in use, a source no longer staged, answer 6 too
+    db.hset(K.record("a"), "status", "running")
+    db.delete(K.staging(NODE))
+    before = dump(db)
+    assert enqueue(db, raw, "a", chan=GONE, source=raw, at=at) == 6
+    assert_unchanged(before, dump(db))
+    # an empty hash (every channel deleted) or none at all
+    db.delete(K.channels)
+    assert enqueue(db, entry("b"), "b", at=at) == 6
+    db.hset(K.channels, "unrelated", "{}")
+    assert enqueue(db, entry("b"), "b", at=at) == 6
+    assert set(state(db)) == {K.record("a"), K.channels}
+
+
+def test_enqueue_once_the_channel_is_declared(db):
+    raw = entry("a", chan=GONE)
+    db.lpush(K.staging(NODE), raw)
+    db.hset(K.channels, GONE, "{}")   # any settings: the script only asks for the field
+    t0 = now(db)
+    assert enqueue(db, raw, "a", chan=GONE, source=raw) == 1
+    got = state(db)
+    between(got[K.record("a")].pop("queued_at"), t0, now(db))
+    assert got == {K.channels: {**CHANNELS, GONE: "{}"}, K.queue(GONE): [raw],
+                   K.record("a"): {**new_record("a", raw, "queued"), "channel": GONE}}
+
+
+def test_enqueue_record_key_of_another_type_before_an_undeclared_channel(db):
+    db.set(K.record("a"), "x")
+    before = dump(db)
+    assert enqueue(db, entry("a", chan=GONE), "a", chan=GONE) == 5
+    assert_unchanged(before, dump(db))
 
 
 def test_enqueue_distinct_flag_held(db):
@@ -269,19 +395,32 @@ def test_enqueue_refuses_wrong_types(db):
     keys, args = enqueue_call(raw, "a", source=raw, distinct=1800)
     assert_refuses(db, setup, "ENQUEUE", keys, args,
                    {K.queue(CHAN): "list", K.staging(NODE): "list"})
-    db.flushdb()
+    reset(db)
     keys, args = enqueue_call(raw, "a", source=raw, distinct=1800, at=4e9)
     assert_refuses(db, setup, "ENQUEUE", keys, args,
                    {K.delayed: "zset", K.staging(NODE): "list"})
     # the key of the other way is neither checked nor touched
-    db.flushdb()
+    reset(db)
     db.set(K.queue(CHAN), "x")
     assert enqueue(db, raw, "a", at=4e9) == 2
     assert db.get(K.queue(CHAN)) == "x"
-    db.flushdb()
+    reset(db)
     db.set(K.delayed, "x")
     assert enqueue(db, raw, "a") == 1
     assert db.get(K.delayed) == "x"
+
+
+@pytest.mark.parametrize("at", [0, 4e9])
+def test_enqueue_refuses_a_channels_key_of_another_type(db, at):
+    """task:channels is read before any write: a string there is an error naming it
+    (as for the keys ENQUEUE writes), and nothing is written."""
+    raw = entry("a")
+
+    def setup():
+        db.lpush(K.staging(NODE), raw)
+
+    keys, args = enqueue_call(raw, "a", source=raw, distinct=1800, at=at)
+    assert_refuses(db, setup, "ENQUEUE", keys, args, {K.channels: "hash"})
 
 
 # -- DEAD ----------------------------------------------------------------------
@@ -364,10 +503,10 @@ def test_dead_refuses_wrong_types(db):
         db.sadd(K.running(CHAN), raw)
 
     for mode in ("0", "1"):   # the source list is checked even when not used
-        db.flushdb()
+        reset(db)
         assert_refuses(db, staged, "DEAD", DEAD_STAGED, [letter(raw), raw, 10, mode],
                        {K.dead: "list", K.staging(NODE): "list"})
-    db.flushdb()
+    reset(db)
     assert_refuses(db, claimed, "DEAD", DEAD_CLAIMED, [letter(raw), raw, 10, "2"],
                    {K.dead: "list", K.processing(NODE, CHAN): "list",
                     K.running(CHAN): "set"})
@@ -375,7 +514,7 @@ def test_dead_refuses_wrong_types(db):
     for spoil, error in [(lambda: db.rpush(K.dead_trimmed, "1"), "holds a list, not a string"),
                          (lambda: db.set(K.dead_trimmed, "many"),
                           "holds a string that is not a number")]:
-        db.flushdb()
+        reset(db)
         claimed()
         spoil()
         before = dump(db)
@@ -403,7 +542,7 @@ def _take_spoiled(db):
     """TAKE with each of its keys a string in turn: (key, error text) for each."""
     out = []
     for key in TAKE_KEYS:
-        db.flushdb()
+        reset(db)
         db.lpush(K.prepare, "e1", "e2")
         db.set(key, "x")
         before = dump(db)
@@ -431,7 +570,7 @@ def claim_call(most: int = 1, node: str = NODE, keys: Keys = K) -> tuple[list, l
 
 
 STALE = {"finished_at": "1", "exit_code": "1", "signal": "9", "duration": "1", "error": "e",
-         "retry_at": "5"}   # left by an earlier attempt; a start removes them
+         "retry_at": "5", "pid": "4242"}   # left by an earlier attempt; a start removes them
 
 
 @pytest.mark.parametrize("prefix", ["", "biz"])
@@ -664,7 +803,7 @@ def test_finish_refuses_wrong_types(db):
     common = {K.processing(NODE, CHAN): "list", K.running(CHAN): "set", K.record("a"): "hash"}
     for outcome, more in [("done", {}), ("retry", {K.delayed: "zset"}),
                           ("failed", {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset"})]:
-        db.flushdb()
+        reset(db)
         assert_refuses(db, lambda: running(db), "FINISH", FINISH_KEYS,
                        finish_args(outcome, {"exit_code": 1}), {**common, **more})
 
@@ -678,7 +817,14 @@ def test_finish_ignores_the_keys_of_other_outcomes(db):
 
 
 # -- REQUEUE -------------------------------------------------------------------
-REQUEUE_KEYS = [K.processing(NODE, CHAN), K.running(CHAN), K.queue(CHAN), K.record("a")]
+def requeue_call(raw: str, did_not_run: str = "1", wake: str = "", chan: str = CHAN,
+                 task_id: str = "a", most: int = MOST) -> tuple[list, list]:
+    return ([K.processing(NODE, chan), K.running(chan), K.queue(chan), K.record(task_id),
+             K.channels, K.dead, K.dead_trimmed],
+            [raw, did_not_run, wake, chan, NODE, most, TTL])
+
+
+G_RAW, G_OTHER = entry("a", chan=GONE), entry("b", chan=GONE)   # entries of a deleted channel
 
 
 @pytest.mark.parametrize("started,did_not_run,attempt,after", [
@@ -693,32 +839,81 @@ def test_requeue_gives_the_entry_back(db, started, did_not_run, attempt, after):
     if started:
         db.sadd(K.running(CHAN), RAW)
     db.hset(K.record("a"), mapping={**RUNNING, "attempt": attempt})
-    assert run(db, "REQUEUE", REQUEUE_KEYS, [RAW, did_not_run]) == 1
+    assert run(db, "REQUEUE", *requeue_call(RAW, did_not_run)) == 1
     assert state(db) == {K.queue(CHAN): ["next", RAW],   # at the right: it runs next
                          K.processing(NODE, CHAN): [OTHER_RAW],
                          K.record("a"): {**RUNNING, "status": "queued", "attempt": after}}
 
 
 def test_requeue_when_no_longer_ours(db):
-    db.lpush(K.processing(NODE, CHAN), OTHER_RAW)
-    db.sadd(K.running(CHAN), RAW)
-    db.hset(K.record("a"), mapping=RUNNING)
-    before = dump(db)
-    assert run(db, "REQUEUE", REQUEUE_KEYS, [RAW, "1"]) == 0
-    assert_unchanged(before, dump(db))
+    for chan, raw in ((CHAN, RAW), (GONE, G_RAW)):   # deleted or not: nothing to bury
+        reset(db)
+        db.lpush(K.processing(NODE, chan), entry("b", chan=chan))
+        db.sadd(K.running(chan), raw)
+        db.hset(K.record("a"), mapping=RUNNING)
+        before = dump(db)
+        assert run(db, "REQUEUE", *requeue_call(raw, chan=chan)) == 0
+        assert_unchanged(before, dump(db))
 
 
 def test_requeue_without_a_record(db):
     for record in (None, "x"):   # broker.py passes task:record:- for no record
-        db.flushdb()
-        keys = [*REQUEUE_KEYS[:3], K.record("-")]
+        reset(db)
         if record:
             db.set(K.record("-"), record)
         db.lpush(K.processing(NODE, CHAN), "sleep 1")
         db.sadd(K.running(CHAN), "sleep 1")
-        assert run(db, "REQUEUE", keys, ["sleep 1", "1"]) == 1
+        assert run(db, "REQUEUE", *requeue_call("sleep 1", task_id="-")) == 1
         assert state(db) == {K.queue(CHAN): ["sleep 1"],
                              **({K.record("-"): record} if record else {})}
+
+
+def test_requeue_buries_an_entry_of_a_deleted_channel(db, heard):
+    db.lpush(K.processing(NODE, GONE), G_RAW, G_OTHER)
+    db.sadd(K.running(GONE), G_RAW, G_OTHER)
+    db.hset(K.record("a"), mapping={**RUNNING, "channel": GONE, "attempt": "2"})
+    t0 = now(db)
+    assert run(db, "REQUEUE", *requeue_call(G_RAW, "1", K.wake, chan=GONE)) == 2
+    t1 = now(db)
+    assert letters(db, t0, t1) == [{"entry": G_RAW, "reason": gone(), "node": NODE}]
+    got = state(db)
+    del got[K.dead]
+    closed(got[K.record("a")], gone(), t0, t1)
+    # out of the processing list and the running set, into no queue; the attempt stays
+    assert got == {K.processing(NODE, GONE): [G_OTHER], K.running(GONE): {G_OTHER},
+                   K.record("a"): {**RUNNING, "channel": GONE, "attempt": "2",
+                                   "status": "canceled", "error": gone()}}
+    assert TTL - 10 <= db.ttl(K.record("a")) <= TTL
+    assert heard() == []   # nothing was queued
+
+
+def test_requeue_buries_an_entry_without_a_record(db):
+    for record in (None, "x"):
+        reset(db)
+        if record:
+            db.set(K.record("-"), record)
+        db.lpush(K.processing(NODE, GONE), "sleep 1")
+        t0 = now(db)
+        assert run(db, "REQUEUE", *requeue_call("sleep 1", chan=GONE, task_id="-")) == 2
+        assert letters(db, t0, now(db)) == [{"entry": "sleep 1", "reason": gone(),
+                                             "node": NODE}]
+        got = state(db)
+        del got[K.dead]
+        assert got == ({K.record("-"): record} if record else {})
+        assert db.ttl(K.record("-")) == (-1 if record else -2)   # a string is left alone
+
+
+def test_requeue_burial_trims_the_dead_letters(db):
+    db.rpush(K.dead, "old1", "old2")
+    db.set(K.dead_trimmed, "3")
+    db.lpush(K.processing(NODE, GONE), G_RAW, G_OTHER)
+    assert run(db, "REQUEUE", *requeue_call(G_RAW, chan=GONE, most=2)) == 2
+    newest, rest = db.lindex(K.dead, 0), db.lrange(K.dead, 1, -1)
+    assert json.loads(newest)["entry"] == G_RAW and rest == ["old1"]
+    assert db.get(K.dead_trimmed) == "4" and db.ttl(K.dead_trimmed) == -1
+    assert run(db, "REQUEUE", *requeue_call(G_OTHER, chan=GONE, most=1)) == 2
+    assert [json.loads(text)["entry"] for text in db.lrange(K.dead, 0, -1)] == [G_OTHER]
+    assert db.get(K.dead_trimmed) == "6"
 
 
 def test_requeue_refuses_wrong_types(db):
@@ -727,18 +922,40 @@ def test_requeue_refuses_wrong_types(db):
         db.sadd(K.running(CHAN), RAW)
         db.hset(K.record("a"), mapping=RUNNING)
 
-    assert_refuses(db, setup, "REQUEUE", REQUEUE_KEYS, [RAW, "1"],
+    assert_refuses(db, setup, "REQUEUE", *requeue_call(RAW),
                    {K.processing(NODE, CHAN): "list", K.running(CHAN): "set",
-                    K.queue(CHAN): "list"})
+                    K.queue(CHAN): "list", K.channels: "hash", K.dead: "list"})
+
+    def deleted():
+        db.lpush(K.processing(NODE, GONE), G_RAW)
+        db.sadd(K.running(GONE), G_RAW)
+        db.hset(K.record("a"), mapping=RUNNING)
+
+    reset(db)
+    assert_refuses(db, deleted, "REQUEUE", *requeue_call(G_RAW, chan=GONE),
+                   {K.processing(NODE, GONE): "list", K.running(GONE): "set",
+                    K.queue(GONE): "list", K.channels: "hash", K.dead: "list"})
+
+
+@pytest.mark.parametrize("spoil", SPOILED_COUNTER)
+def test_requeue_refuses_a_trimmed_counter_that_is_not_a_number(db, spoil):
+    def deleted():
+        db.lpush(K.processing(NODE, GONE), G_RAW)
+        db.hset(K.record("a"), mapping=RUNNING)
+
+    assert_counter_refused(db, deleted, "REQUEUE", *requeue_call(G_RAW, chan=GONE), spoil)
 
 
 # -- REAP ----------------------------------------------------------------------
 def reap_call(only_if_dead: str = "1", forget: str = "1", node: str = NODE,
-              chans=("a", "b")) -> tuple[list, list]:
-    keys = [K.heartbeat(node), K.nodes, K.staging(node), K.prepare, K.node_channels(node)]
+              chans=("a", "b"), me: str = OTHER, wake: str = "",
+              most: int = MOST) -> tuple[list, list]:
+    """REAP of ``node`` by node ``me`` (as ``Broker.requeue_node``)."""
+    keys = [K.heartbeat(node), K.nodes, K.staging(node), K.prepare, K.node_channels(node),
+            K.channels, K.dead, K.dead_trimmed]
     for chan in chans:
         keys += [K.processing(node, chan), K.running(chan), K.queue(chan)]
-    return keys, [node, only_if_dead, forget, K.record("")]
+    return keys, [node, only_if_dead, forget, K.record(""), wake, me, most, TTL, *chans]
 
 
 A1, A2, B1 = entry("a1", chan="a"), entry("a2", chan="a"), "sleep 1"
@@ -787,7 +1004,7 @@ def test_reap_waits_while_the_heartbeat_lives(db):
 def test_reap_own_node_on_leaving_and_without_forgetting(db):
     dead_node(db)
     db.set(K.heartbeat(NODE), "alive", ex=30)
-    assert run(db, "REAP", *reap_call(only_if_dead="0", forget="0")) == 5
+    assert run(db, "REAP", *reap_call(only_if_dead="0", forget="0", me=NODE)) == 5
     assert state(db) == {**REAPED, K.heartbeat(NODE): "alive", K.nodes: {NODE, OTHER},
                          K.node_channels(NODE): {"a", "b"}}
 
@@ -809,14 +1026,75 @@ def test_reap_leaves_records_that_do_not_run(db):
     assert len(value(db, K.queue("a"))) == 5
 
 
+def test_reap_buries_the_claims_of_a_deleted_channel(db, heard):
+    dead_node(db)
+    db.hdel(K.channels, "a")
+    t0 = now(db)
+    assert run(db, "REAP", *reap_call(wake=K.wake)) == 5
+    t1 = now(db)
+    # a2 was claimed last (the left of the list): buried first
+    assert letters(db, t0, t1) == [{"entry": A1, "reason": gone("a"), "node": OTHER},
+                                   {"entry": A2, "reason": gone("a"), "node": OTHER}]
+    got = state(db)
+    del got[K.dead]
+    for task_id in ("a1", "a2"):
+        closed(got[K.record(task_id)], gone("a"), t0, t1)
+        assert TTL - 10 <= db.ttl(K.record(task_id)) <= TTL
+    assert got == {**REAPED, K.nodes: {OTHER}, K.channels: channels_but("a"),
+                   K.queue("a"): ["qa"],   # none of a's claims went back
+                   K.record("a1"): {**A1_RUNNING, "status": "canceled", "error": gone("a")},
+                   K.record("a2"): {**A2_QUEUED, "status": "canceled", "error": gone("a")}}
+    assert heard() == [K.queue("b")]   # only the queue that got entries
+
+
+def test_reap_buries_entries_whose_record_it_cannot_close(db):
+    raws = [entry("s", chan=GONE), '{"id": 5}', "[]", "sleep 1", entry("m", chan=GONE)]
+    db.set(K.record("s"), "x")   # another type: left alone
+    db.lpush(K.processing(NODE, GONE), *raws)
+    db.sadd(K.running(GONE), *raws, "elsewhere")
+    t0 = now(db)
+    assert run(db, "REAP", *reap_call(chans=(GONE,))) == 5
+    assert letters(db, t0, now(db)) == [{"entry": raw, "reason": gone(), "node": OTHER}
+                                        for raw in raws]
+    got = state(db)
+    del got[K.dead]
+    assert got == {K.record("s"): "x", K.running(GONE): {"elsewhere"}}   # no record made
+    assert db.ttl(K.record("s")) == -1
+
+
+def test_reap_burials_trim_the_dead_letters(db):
+    db.rpush(K.dead, "old")
+    db.lpush(K.processing(NODE, GONE), "e1", "e2", "e3")
+    assert run(db, "REAP", *reap_call(chans=(GONE,), most=2)) == 3
+    assert [json.loads(text)["entry"] for text in db.lrange(K.dead, 0, -1)] == ["e1", "e2"]
+    assert db.get(K.dead_trimmed) == "2"   # "old" and e3
+    assert db.ttl(K.dead_trimmed) == -1
+
+
 def test_reap_refuses_wrong_types(db):
     keys, args = reap_call()
-    assert_refuses(db, lambda: dead_node(db), "REAP", keys, args,
-                   {K.nodes: "set", K.staging(NODE): "list", K.prepare: "list",
-                    K.node_channels(NODE): "set",
-                    **{key: kind for chan in ("a", "b") for key, kind in [
-                        (K.processing(NODE, chan), "list"), (K.running(chan), "set"),
-                        (K.queue(chan), "list")]}})
+    wanted = {K.nodes: "set", K.staging(NODE): "list", K.prepare: "list",
+              K.node_channels(NODE): "set", K.channels: "hash", K.dead: "list",
+              **{key: kind for chan in ("a", "b") for key, kind in [
+                  (K.processing(NODE, chan), "list"), (K.running(chan), "set"),
+                  (K.queue(chan), "list")]}}
+    assert_refuses(db, lambda: dead_node(db), "REAP", keys, args, wanted)
+
+    def deleted():   # the same with channel a deleted: its claims would be buried
+        dead_node(db)
+        db.hdel(K.channels, "a")
+
+    reset(db)
+    assert_refuses(db, deleted, "REAP", keys, args, wanted)
+
+
+@pytest.mark.parametrize("spoil", SPOILED_COUNTER)
+def test_reap_refuses_a_trimmed_counter_that_is_not_a_number(db, spoil):
+    def deleted():
+        dead_node(db)
+        db.hdel(K.channels, "a")
+
+    assert_counter_refused(db, deleted, "REAP", *reap_call(), spoil)
 
 
 def test_late_ack_after_a_dead_node_was_reaped(db):
@@ -833,18 +1111,21 @@ def test_late_ack_after_a_dead_node_was_reaped(db):
     assert run(db, "FINISH", theirs, finish_args("done", {"status": "succeeded"})) == 1
     assert db.hget(K.record("a"), "status") == "succeeded"
     assert db.hget(K.record("a"), "node") == OTHER
-    assert set(db.keys("*")) == {K.record("a")}
+    assert set(state(db)) == {K.record("a")}
 
 
 # -- PROMOTE -------------------------------------------------------------------
-PROMOTE_KEYS = [K.delayed, K.queue(CHAN), K.record("a")]
+def promote_call(raw: str, wake: str = "", chan: str = CHAN, task_id: str = "a",
+                 most: int = MOST) -> tuple[list, list]:
+    return ([K.delayed, K.queue(chan), K.record(task_id), K.channels, K.dead, K.dead_trimmed],
+            [raw, wake, chan, NODE, most, TTL])
 
 
 def test_promote_queues_a_due_task(db):
     db.zadd(K.delayed, {RAW: 100, OTHER_RAW: 200})
     db.lpush(K.queue(CHAN), "earlier")
     db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "PROMOTE", *promote_call(RAW)) == 1
     assert state(db) == {K.delayed: [(OTHER_RAW, 200.0)], K.queue(CHAN): [RAW, "earlier"],
                          K.record("a"): {"id": "a", "status": "queued"}}
 
@@ -853,7 +1134,7 @@ def test_promote_lost_to_another_node(db):
     db.zadd(K.delayed, {OTHER_RAW: 200})
     db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
     before = dump(db)
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 0
+    assert run(db, "PROMOTE", *promote_call(RAW)) == 0
     assert_unchanged(before, dump(db))
 
 
@@ -864,7 +1145,7 @@ def test_promote_leaves_a_record_that_is_not_delayed(db, record):
         db.set(K.record("a"), record)
     elif record:
         db.hset(K.record("a"), mapping=record)
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "PROMOTE", *promote_call(RAW)) == 1
     assert state(db) == {K.queue(CHAN): [RAW], **({K.record("a"): record} if record else {})}
 
 
@@ -873,8 +1154,71 @@ def test_promote_refuses_wrong_types(db):
         db.zadd(K.delayed, {RAW: 100})
         db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
 
-    assert_refuses(db, setup, "PROMOTE", PROMOTE_KEYS, [RAW],
-                   {K.delayed: "zset", K.queue(CHAN): "list"})
+    assert_refuses(db, setup, "PROMOTE", *promote_call(RAW),
+                   {K.delayed: "zset", K.queue(CHAN): "list", K.channels: "hash",
+                    K.dead: "list"})
+
+    def deleted():
+        db.zadd(K.delayed, {G_RAW: 100})
+        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+
+    reset(db)
+    assert_refuses(db, deleted, "PROMOTE", *promote_call(G_RAW, chan=GONE),
+                   {K.delayed: "zset", K.queue(GONE): "list", K.channels: "hash",
+                    K.dead: "list"})
+
+
+@pytest.mark.parametrize("spoil", SPOILED_COUNTER)
+def test_promote_refuses_a_trimmed_counter_that_is_not_a_number(db, spoil):
+    def deleted():
+        db.zadd(K.delayed, {G_RAW: 100})
+
+    assert_counter_refused(db, deleted, "PROMOTE", *promote_call(G_RAW, chan=GONE), spoil)
+
+
+def test_promote_buries_a_task_of_a_deleted_channel(db, heard):
+    db.zadd(K.delayed, {G_RAW: 100, G_OTHER: 200})
+    db.hset(K.record("a"), mapping={"id": "a", "channel": GONE, "status": "delayed"})
+    t0 = now(db)
+    assert run(db, "PROMOTE", *promote_call(G_RAW, K.wake, chan=GONE)) == 2
+    t1 = now(db)
+    assert letters(db, t0, t1) == [{"entry": G_RAW, "reason": gone(), "node": NODE}]
+    got = state(db)
+    del got[K.dead]
+    closed(got[K.record("a")], gone(), t0, t1)
+    assert got == {K.delayed: [(G_OTHER, 200.0)],   # no queue
+                   K.record("a"): {"id": "a", "channel": GONE, "status": "canceled",
+                                   "error": gone()}}
+    assert TTL - 10 <= db.ttl(K.record("a")) <= TTL
+    assert heard() == []
+    # another node buried it first: nothing more
+    before = dump(db)
+    assert run(db, "PROMOTE", *promote_call(G_RAW, K.wake, chan=GONE)) == 0
+    assert_unchanged(before, dump(db))
+
+
+@pytest.mark.parametrize("record", [None, "x"])
+def test_promote_buries_a_task_without_a_record(db, record):
+    db.zadd(K.delayed, {"sleep 1": 100})
+    if record:
+        db.set(K.record("a"), record)
+    t0 = now(db)
+    assert run(db, "PROMOTE", *promote_call("sleep 1", chan=GONE)) == 2
+    assert letters(db, t0, now(db)) == [{"entry": "sleep 1", "reason": gone(), "node": NODE}]
+    got = state(db)
+    del got[K.dead]
+    assert got == ({K.record("a"): record} if record else {})
+    assert db.ttl(K.record("a")) == (-1 if record else -2)
+
+
+def test_promote_burial_trims_the_dead_letters(db):
+    db.rpush(K.dead, "old1", "old2")
+    db.set(K.dead_trimmed, "7")
+    db.zadd(K.delayed, {G_RAW: 100})
+    assert run(db, "PROMOTE", *promote_call(G_RAW, chan=GONE, most=2)) == 2
+    newest, rest = db.lindex(K.dead, 0), db.lrange(K.dead, 1, -1)
+    assert json.loads(newest)["entry"] == G_RAW and rest == ["old1"]
+    assert db.get(K.dead_trimmed) == "8"
 
 
 # -- CANCEL --------------------------------------------------------------------
@@ -904,7 +1248,7 @@ def test_cancel_an_entry_without_a_record(db):
     record = db.hgetall(K.record("a"))
     assert record.pop("status") == "canceled" and set(record) == {"finished_at"}
     assert 590 <= db.ttl(K.record("a")) <= 600
-    assert set(db.keys("*")) == {K.record("a")}
+    assert set(state(db)) == {K.record("a")}
 
 
 @pytest.mark.parametrize("status", [None, "running", "succeeded"])
@@ -959,7 +1303,7 @@ def test_kill_refuses_wrong_types(db):
 
     assert_refuses(db, setup, "KILL", [K.record("a"), KILLS], ["a"],
                    {K.record("a"): "hash", KILLS: "set"})
-    db.flushdb()
+    reset(db)
     assert_refuses(db, setup, "KILL", [K.record("a"), K.record("a")], ["a"],
                    {K.record("a"): "hash"})
 
@@ -994,7 +1338,7 @@ def test_unfail_retry_not_distinct_leaves_the_flag_alone(db):
     parked(db)
     assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
     assert not db.exists(FLAG)
-    db.flushdb()
+    reset(db)
     parked(db)
     db.set(FLAG, "held", ex=100)
     assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
@@ -1024,16 +1368,298 @@ def test_unfail_refuses_wrong_types(db):
                     K.record("a"): "hash"})
 
 
+# -- SET_CHANNEL ---------------------------------------------------------------
+NEW_SPEC = json.dumps({"name": CHAN, "worker_count": 4})
+
+
+def set_channel(db, chan: str, read: str, new: str, wake: str = ""):
+    return run(db, "SET_CHANNEL", [K.channels], [chan, read, new, wake])
+
+
+def test_set_channel_writes_and_tells_every_node(db, heard):
+    assert set_channel(db, CHAN, CHANNELS[CHAN], NEW_SPEC, K.wake) == 1
+    assert state(db) == {K.channels: {**CHANNELS, CHAN: NEW_SPEC}}
+    assert heard() == [K.channels]   # the nodes read the settings again
+    # no wake-up channel: written, nobody told
+    assert set_channel(db, CHAN, NEW_SPEC, CHANNELS[CHAN]) == 1
+    assert state(db) == {}
+    assert heard() == []
+
+
+def test_set_channel_changed_meanwhile(db, heard):
+    """Another caller wrote first: 0 and nothing written, whatever the new text."""
+    db.hset(K.channels, CHAN, NEW_SPEC)
+    before = dump(db)
+    for read in (CHANNELS[CHAN], NEW_SPEC + " ", ""):   # the text is compared, not its meaning
+        assert set_channel(db, CHAN, read, "{}", K.wake) == 0
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+
+
+def test_set_channel_unknown(db, heard):
+    before = dump(db)
+    assert set_channel(db, GONE, "", "{}", K.wake) == -1
+    assert set_channel(db, GONE, "{}", "{}", K.wake) == -1
+    assert_unchanged(before, dump(db))   # no field made
+    db.delete(K.channels)
+    assert set_channel(db, CHAN, CHANNELS[CHAN], "{}", K.wake) == -1
+    assert db.keys("*") == []
+    assert heard() == []
+
+
+def test_set_channel_refuses_wrong_types(db):
+    assert_refuses(db, lambda: None, "SET_CHANNEL", [K.channels],
+                   [CHAN, CHANNELS[CHAN], NEW_SPEC, ""], {K.channels: "hash"})
+
+
+# -- DELETE_CHANNEL ------------------------------------------------------------
+def delete_call(mode: str = "refuse", to: str = "", chan: str = CHAN, batch: int = 1000,
+                most: int = MOST, wake: str = "") -> tuple[list, list]:
+    """As ``Broker.delete_channel`` calls it (one round trip)."""
+    before, after = K.distinct_around(chan)
+    return ([K.channels, K.queue(chan), K.queue(to) if to else K.queue(chan), K.dead,
+             K.dead_trimmed],
+            [chan, mode, to, batch, before, after, K.record(""), most, gone(chan), NODE, TTL,
+             wake])
+
+
+C1, C2 = entry("c1", task="t1"), entry("c2", task="t2")
+C3 = "sleep 3"                                         # a Go plain string: its own name
+C4 = json.dumps({"task_id": "g4", "task_name": "t4"})  # later Go versions' JSON
+C5 = entry("c5", task="t5")                            # its record's key holds a string
+QUEUED = [C1, C2, C3, C4, C5]                          # the oldest first
+C_RECORD = {"status": "queued", "channel": CHAN, "task_name": "t1"}
+
+
+def waiting(db):
+    """Five tasks wait in channel c, each holding its distinct flag; a task of c
+    runs (flag t9); two tasks wait in channel 'other', which has a flag of its own."""
+    db.lpush(K.queue(CHAN), *QUEUED)
+    for task_id in ("c1", "c2"):
+        db.hset(K.record(task_id), mapping={"id": task_id, **C_RECORD})
+    db.set(K.record("c5"), "x")
+    for name in ("t1", "t2", "sleep 3", "t4", "t5", "t9"):
+        db.set(K.distinct(CHAN, name), "1", ex=1800)
+    db.set(K.distinct("other", "t1"), "1", ex=1800)
+    db.sadd(K.running(CHAN), "r")
+    db.lpush(K.queue("other"), "o1", "o2")   # o1 the oldest
+
+
+# what a deletion leaves of waiting(): the running task's flag and set, another
+# channel's flag, a record key of another type
+LEFT = {K.distinct(CHAN, "t9"): "1", K.distinct("other", "t1"): "1", K.running(CHAN): {"r"},
+        K.record("c5"): "x"}
+
+
+def delete_channel(db, *args, **kw):
+    return run(db, "DELETE_CHANNEL", *delete_call(*args, **kw))
+
+
+@pytest.mark.parametrize("mode,to", [("refuse", ""), ("move", "other"), ("drop", "")])
+def test_delete_channel_unknown(db, heard, mode, to):
+    db.lpush(K.queue(GONE), "left alone")   # a queue nobody declared
+    waiting(db)
+    before = dump(db)
+    assert delete_channel(db, mode, to, chan=GONE, wake=K.wake) == [0, 0]
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+
+
+def test_delete_channel_move_to_a_channel_not_declared(db, heard):
+    waiting(db)
+    before = dump(db)
+    assert delete_channel(db, "move", GONE, wake=K.wake) == [3, 0]
+    assert_unchanged(before, dump(db))
+    db.delete(K.queue(CHAN))   # even with nothing to move
+    before = dump(db)
+    assert delete_channel(db, "move", GONE, wake=K.wake) == [3, 0]
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+
+
+def test_delete_channel_refused_while_tasks_wait(db, heard):
+    waiting(db)
+    before = dump(db)
+    assert delete_channel(db, "refuse", wake=K.wake) == [2, 5]
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+
+
+def test_delete_channel_with_an_empty_queue(db, heard):
+    """Running, claimed, delayed or failed tasks do not keep a channel: the scripts
+    that give them back later bury them (see REQUEUE, REAP, PROMOTE)."""
+    db.sadd(K.running(CHAN), RAW)
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    db.zadd(K.delayed, {OTHER_RAW: 100})
+    db.hset(K.failed(CHAN), "f", "{}")
+    db.set(FLAG, "1", ex=1800)
+    before = state(db)
+    assert delete_channel(db, "refuse", wake=K.wake) == [1, 0]
+    assert state(db) == {**before, K.channels: channels_but(CHAN)}
+    assert heard() == [K.channels]   # every node stops the channel now
+    assert delete_channel(db, "refuse", wake=K.wake) == [0, 0]   # already gone
+    assert heard() == []
+    # the other modes too; no wake-up channel: nobody told
+    for mode, to in (("move", "other"), ("drop", "")):
+        reset(db)
+        assert delete_channel(db, mode, to) == [1, 0]
+        assert state(db) == {K.channels: channels_but(CHAN)}   # no dead letter, no queue
+    assert heard() == []
+
+
+def test_delete_channel_moves_the_waiting_tasks_behind_the_others(db, heard):
+    waiting(db)
+    assert delete_channel(db, "move", "other", wake=K.wake) == [1, 5]
+    got = state(db)
+    # taken from the right: o1, o2, then c's tasks in their order
+    assert got == {**LEFT, K.channels: channels_but(CHAN),
+                   K.queue("other"): [*QUEUED[::-1], "o2", "o1"],
+                   K.record("c1"): {"id": "c1", **C_RECORD, "channel": "other"},
+                   K.record("c2"): {"id": "c2", **C_RECORD, "channel": "other"}}
+    assert db.ttl(K.record("c1")) == -1
+    assert heard() == [K.queue("other"), K.channels]
+
+
+def test_delete_channel_moves_in_batches(db, heard):
+    waiting(db)
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
+    assert value(db, K.queue(CHAN)) == [C5, C4, C3]
+    assert value(db, K.queue("other")) == [C2, C1, "o2", "o1"]
+    assert value(db, K.channels) == CHANNELS   # not deleted yet: pushes still go in
+    assert not db.exists(K.distinct(CHAN, "t1"))
+    assert db.exists(K.distinct(CHAN, "sleep 3"))   # not moved yet: kept
+    assert db.hget(K.record("c1"), "channel") == "other"
+    assert heard() == [K.queue("other")]
+    db.lpush(K.queue(CHAN), "late")   # pushed between two calls: taken with the rest
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
+    assert heard() == [K.queue("other")]
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [1, 2]
+    assert heard() == [K.queue("other"), K.channels]
+    assert state(db) == {**LEFT, K.channels: channels_but(CHAN),
+                         K.queue("other"): ["late", *QUEUED[::-1], "o2", "o1"],
+                         K.record("c1"): {"id": "c1", **C_RECORD, "channel": "other"},
+                         K.record("c2"): {"id": "c2", **C_RECORD, "channel": "other"}}
+
+
+def test_delete_channel_a_batch_the_size_of_the_queue_deletes_at_once(db):
+    waiting(db)
+    assert delete_channel(db, "drop", batch=5) == [1, 5]
+    assert value(db, K.channels) == channels_but(CHAN)
+    assert not db.exists(K.queue(CHAN))
+
+
+def test_delete_channel_drops_the_waiting_tasks(db, heard):
+    waiting(db)
+    t0 = now(db)
+    assert delete_channel(db, "drop", wake=K.wake) == [1, 5]
+    t1 = now(db)
+    # the oldest buried first: the newest letter is the newest task
+    assert letters(db, t0, t1) == [{"entry": raw, "reason": gone(CHAN), "node": NODE}
+                                   for raw in QUEUED[::-1]]
+    got = state(db)
+    del got[K.dead]
+    for task_id in ("c1", "c2"):
+        closed(got[K.record(task_id)], gone(CHAN), t0, t1)
+        assert TTL - 10 <= db.ttl(K.record(task_id)) <= TTL
+    assert got == {**LEFT, K.channels: channels_but(CHAN), K.queue("other"): ["o2", "o1"],
+                   **{K.record(task_id): {"id": task_id, **C_RECORD, "status": "canceled",
+                                          "error": gone(CHAN)} for task_id in ("c1", "c2")}}
+    assert db.ttl(K.record("c5")) == -1
+    assert heard() == [K.channels]   # no queue got entries
+
+
+def test_delete_channel_drops_in_batches_and_trims_the_dead_letters(db):
+    waiting(db)
+    db.rpush(K.dead, "old")
+    db.set(K.dead_trimmed, "10")
+    assert delete_channel(db, "drop", batch=3, most=3) == [4, 3]
+    assert [json.loads(text)["entry"] for text in db.lrange(K.dead, 0, -1)] == [C3, C2, C1]
+    assert db.get(K.dead_trimmed) == "11"   # "old"
+    assert value(db, K.queue(CHAN)) == [C5, C4]
+    assert value(db, K.channels) == CHANNELS
+    assert delete_channel(db, "drop", batch=3, most=3) == [1, 2]
+    assert [json.loads(text)["entry"] for text in db.lrange(K.dead, 0, -1)] == [C5, C4, C3]
+    assert db.get(K.dead_trimmed) == "13"
+    assert db.ttl(K.dead_trimmed) == -1
+    assert value(db, K.channels) == channels_but(CHAN)
+
+
+@pytest.mark.parametrize("mode,to", [("refuse", ""), ("move", "other"), ("drop", "")])
+def test_delete_channel_refuses_wrong_types(db, mode, to):
+    def setup():
+        waiting(db)
+        if mode == "refuse":
+            db.delete(K.queue(CHAN))   # else it refuses with code 2, writing nothing
+
+    wanted = {K.channels: "hash", K.queue(CHAN): "list", K.dead: "list",
+              **({K.queue(to): "list"} if to else {})}
+    assert_refuses(db, setup, "DELETE_CHANNEL", *delete_call(mode, to), wanted)
+
+
+@pytest.mark.parametrize("spoil", SPOILED_COUNTER)
+@pytest.mark.parametrize("mode,to", [("move", "other"), ("drop", "")])
+def test_delete_channel_refuses_a_trimmed_counter_that_is_not_a_number(db, spoil, mode, to):
+    assert_counter_refused(db, lambda: waiting(db), "DELETE_CHANNEL", *delete_call(mode, to),
+                           spoil)
+
+
+# -- NOTE_PIDS -----------------------------------------------------------------
+def test_note_pids_only_in_records_running_on_this_node(db):
+    records = {"a": {"id": "a", "status": "running", "node": NODE},               # noted
+               "b": {"id": "b", "status": "running", "node": OTHER},              # reaped
+               "c": {"id": "c", "status": "queued", "node": NODE},                # requeued
+               "d": {"id": "d", "status": "succeeded", "node": NODE, "pid": "1"},  # ended
+               "e": {"id": "e", "status": "running"},                             # no node
+               "f": {"id": "f", "status": "running", "node": NODE, "pid": "1"}}   # again
+    for task_id, record in records.items():
+        db.hset(K.record(task_id), mapping=record)
+    db.expire(K.record("d"), 100)
+    db.set(K.record("s"), "x")   # another type
+    ids = [*records, "s", "m"]   # m: no record at all
+    assert run(db, "NOTE_PIDS", [K.record(task_id) for task_id in ids],
+               [NODE, *range(101, 101 + len(ids))]) == 1
+    assert state(db) == {**{K.record(task_id): record for task_id, record in records.items()},
+                         K.record("a"): {**records["a"], "pid": "101"},
+                         K.record("f"): {**records["f"], "pid": "106"},
+                         K.record("s"): "x"}   # no record made for m
+    assert 90 <= db.ttl(K.record("d")) <= 100
+    assert db.ttl(K.record("a")) == -1
+    assert run(db, "NOTE_PIDS", [], [NODE]) == 1
+
+
+def test_a_start_forgets_the_pid_of_an_earlier_attempt(db):
+    """The pid a node noted stays with its attempt: reaped and claimed by another
+    node, the task has none until that node notes its own; the first node's late
+    note does not write."""
+    assert enqueue(db, RAW, "a") == 1
+    assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 1, 0, 0, 0]]
+    assert run(db, "NOTE_PIDS", [K.record("a")], [NODE, 4242]) == 1
+    assert db.hget(K.record("a"), "pid") == "4242"
+    assert run(db, "REAP", *reap_call(chans=(CHAN,))) == 1
+    assert run(db, "CLAIM", *claim_call(node=OTHER)) == [[RAW, "a", 2, 1, 0, 0]]
+    assert db.hget(K.record("a"), "pid") is None
+    assert run(db, "NOTE_PIDS", [K.record("a")], [NODE, 4242]) == 1   # too late
+    assert db.hget(K.record("a"), "pid") is None
+    assert run(db, "NOTE_PIDS", [K.record("a")], [OTHER, 5151]) == 1
+    assert db.hget(K.record("a"), "pid") == "5151"
+    # START (an entry CLAIM left alone) forgets it too
+    db.hset(K.record("a"), "status", "queued")
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    assert run(db, "START", *start_call(RAW)) == [3, 1, 0, 0]
+    assert db.hget(K.record("a"), "pid") is None
+    assert db.hget(K.record("a"), "node") == NODE
+
+
 # -- a whole life ---------------------------------------------------------------
 def test_a_task_through_every_script(db):
     """Delayed, promoted, claimed, retried, promoted, claimed, failed, unfailed,
     claimed, done: the record's counters add up along the way."""
     t0 = now(db)
     assert enqueue(db, RAW, "a", distinct=1800, at=t0 + 60) == 2
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "PROMOTE", *promote_call(RAW)) == 1
     assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 1, 0, 0, 0]]
     assert run(db, "FINISH", FINISH_KEYS, finish_args("retry", {"exit_code": 1})) == 2
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW]) == 1
+    assert run(db, "PROMOTE", *promote_call(RAW)) == 1
     assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 2, 0, 0, 1]]
     assert run(db, "FINISH", FINISH_KEYS, finish_args("failed", {"status": "failed"})) == 1
     assert not db.exists(FLAG)
@@ -1041,31 +1667,12 @@ def test_a_task_through_every_script(db):
     assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
     assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 3, 0, 0, 0]]
     assert run(db, "FINISH", FINISH_KEYS, finish_args("done", {"status": "succeeded"})) == 1
-    assert set(db.keys("*")) == {K.record("a")}
+    assert set(state(db)) == {K.record("a")}
     assert db.hget(K.record("a"), "status") == "succeeded"
     assert 590 <= db.ttl(K.record("a")) <= 600
 
 
 # -- wake-up messages and WAITING ---------------------------------------------
-@pytest.fixture
-def heard(module_redis):
-    """The wake-up messages published from now on: call it to read them so far."""
-    client = module_redis.client()
-    sub = client.pubsub(ignore_subscribe_messages=True)
-    sub.subscribe(K.wake)
-    sub.get_message(timeout=5)   # the subscription's confirmation
-
-    def read() -> list[str]:
-        out = []
-        while (message := sub.get_message(timeout=0.2)) is not None:
-            out.append(message["data"])
-        return out
-
-    yield read
-    sub.close()
-    client.close()
-
-
 def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     """Every script that puts an entry into a channel queue tells the nodes which
     queue, on the wake-up channel it is given; one that queues nothing is silent."""
@@ -1077,16 +1684,17 @@ def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     assert enqueue(db, entry("c"), "c", distinct=60, wake=K.wake) == 1
     assert enqueue(db, entry("d"), "d", distinct=60, wake=K.wake) == 0   # refused: distinct
     assert enqueue(db, entry("e"), "e") == 1                             # no channel given
+    assert enqueue(db, entry("g", chan=GONE), "g", chan=GONE, wake=K.wake) == 6   # deleted
     assert heard() == [queued_here]                                      # only for "c"
     # a claimed entry given back
     db.lpush(K.processing(NODE, CHAN), raw)
-    assert run(db, "REQUEUE", REQUEUE_KEYS, [raw, "1", K.wake]) == 1
+    assert run(db, "REQUEUE", *requeue_call(raw, "1", K.wake)) == 1
     assert heard() == [K.queue(CHAN)]
-    assert run(db, "REQUEUE", REQUEUE_KEYS, [raw, "1", K.wake]) == 0   # not ours: silent
+    assert run(db, "REQUEUE", *requeue_call(raw, "1", K.wake)) == 0   # not ours: silent
     # a due delayed task
     db.zadd(K.delayed, {RAW: 1})
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW, K.wake]) == 1
-    assert run(db, "PROMOTE", PROMOTE_KEYS, [RAW, K.wake]) == 0
+    assert run(db, "PROMOTE", *promote_call(RAW, K.wake)) == 1
+    assert run(db, "PROMOTE", *promote_call(RAW, K.wake)) == 0
     assert heard() == [K.queue(CHAN)]
     # a failed task retried, not one deleted
     parked(db)
@@ -1100,10 +1708,9 @@ def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
 def test_reap_publishes_each_queue_it_gives_entries_back_to(db, heard):
     db.sadd(K.nodes, OTHER)
     db.lpush(K.processing(OTHER, "x"), "echo x")
-    keys = [K.heartbeat(OTHER), K.nodes, K.staging(OTHER), K.prepare, K.node_channels(OTHER)]
-    for chan in ("x", "y"):   # y: nothing to give back, no message
-        keys += [K.processing(OTHER, chan), K.running(chan), K.queue(chan)]
-    assert run(db, "REAP", keys, [OTHER, "1", "1", K.record(""), K.wake]) == 1
+    # y: nothing to give back, no message
+    assert run(db, "REAP", *reap_call(node=OTHER, chans=("x", "y"), me=NODE,
+                                      wake=K.wake)) == 1
     assert heard() == [K.queue("x")]
     assert db.lrange(K.queue("x"), 0, -1) == ["echo x"]
 
@@ -1118,6 +1725,7 @@ def test_waiting_names_the_queues_that_hold_entries(db):
 
 
 def test_digest_changes_with_any_field_or_value_of_the_channels(db):
+    db.delete(K.channels)
     empty = run(db, "DIGEST", [K.channels])
     db.hset(K.channels, mapping={"a": '{"worker_count": 1}', "b": '{"worker_count": 2}'})
     first = run(db, "DIGEST", [K.channels])
