@@ -120,7 +120,8 @@ class Broker(Listings):
             data = json.loads(raw)
             return ChannelSpec(name, bool(data.get("distinct")),
                                max(1, int(data.get("worker_count") or 1)),
-                               Policy().merge(data), data.get("paused") is True)
+                               Policy().merge(data), data.get("paused") is True,
+                               max(0, int(data.get("max_running") or 0)))
         except (ValueError, TypeError, AttributeError):
             log.error("channel %s: unreadable settings %r in %s, skipped",
                       name, raw, self.keys.channels)
@@ -183,15 +184,15 @@ class Broker(Listings):
         was left where it was."""
         return self.push_claiming(pushes, {})[0]
 
-    def push_claiming(self, pushes, claim: dict[str, int]):
+    def push_claiming(self, pushes, claim: dict[str, tuple[int, int]]):
         """``push_many``, and in the same round trip the claim (as ``claim``) of up to
-        ``most`` tasks of each channel of ``claim`` ({channel: most}) ->
-        (outcomes, {channel: claims, or Redis's refusal})."""
+        ``most`` tasks of each channel of ``claim`` ({channel: (most, its limit on
+        all nodes)}) -> (outcomes, {channel: claims, or Redis's refusal})."""
         names = list(claim)
         replies = self.lean.pipelined(
             [(self._enqueue, *self._enqueue_args(task, distinct, source))
              for task, distinct, source in pushes]
-            + [(self._claim, *self._claim_args(chan, claim[chan])) for chan in names],
+            + [(self._claim, *self._claim_args(chan, *claim[chan])) for chan in names],
             errors=True)
         outcomes = [o if isinstance(o, redis.ResponseError) else Enqueued(o)
                     for o in replies[:len(pushes)]]
@@ -308,10 +309,11 @@ class Broker(Listings):
         return moved
 
     # -- consuming --------------------------------------------------------
-    def claim(self, chan: str, most: int = 1) -> list[Claim]:
-        """Atomically move the next tasks of ``chan`` (up to ``most``) into this node's
+    def claim(self, chan: str, most: int = 1, limit: int = 0) -> list[Claim]:
+        """Atomically move the next tasks of ``chan`` (up to ``most``, and no more than
+        keeps ``limit`` of them running on all nodes, 0 = no limit) into this node's
         processing list, started where CLAIM can (see ``Claim``); none if it is empty."""
-        return self._claims(self._claim(*self._claim_args(chan, most)))
+        return self._claims(self._claim(*self._claim_args(chan, most, limit)))
 
     def waiting(self, queues: list[str]) -> list[str]:
         """Those of these channel queues (keys) that hold entries (one round trip)."""
@@ -324,10 +326,10 @@ class Broker(Listings):
         there if it says."""
         return Subscriber(self.redis, self.keys.wake)
 
-    def _claim_args(self, chan: str, most: int) -> tuple[list, list]:
+    def _claim_args(self, chan: str, most: int, limit: int = 0) -> tuple[list, list]:
         k = self.keys
         return ([k.queue(chan), k.processing(self.node, chan), k.running(chan)],
-                [most, self.node, k.record("")])
+                [most, self.node, k.record(""), limit, k.heartbeat("")])
 
     @staticmethod
     def _claims(replies) -> list[Claim]:
@@ -347,12 +349,12 @@ class Broker(Listings):
             args=[task.raw, self.node, *flat(missing)]))
 
     def finish(self, task: Task, outcome: Outcome, fields: dict, retry_delay: float = 0,
-               claim_next: int = 0) -> tuple[int, list[Claim]]:
+               claim_next: int = 0, limit: int = 0) -> tuple[int, list[Claim]]:
         """Record an attempt's result: ``outcome`` 'done', 'failed' or 'retry'.
         -> (done, claims): done is 0 if the task was no longer ours (requeued
         meanwhile), and then nothing is changed.
         With ``claim_next``, also claims (and starts) up to that many next tasks
-        of the channel in the same round trip, as ``claim`` does without waiting."""
+        of the channel in the same round trip, as ``claim`` does (with ``limit``)."""
         k, chan = self.keys, task.channel
         keys = [k.processing(self.node, chan), k.running(chan), k.distinct(chan, task.name),
                 k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed]
@@ -360,7 +362,7 @@ class Broker(Listings):
                 *flat(fields)]
         calls = [(self._finish, keys, args)]
         if claim_next:
-            calls.append((self._claim, *self._claim_args(chan, claim_next)))
+            calls.append((self._claim, *self._claim_args(chan, claim_next, limit)))
         done, *claimed = self.lean.pipelined(calls)
         return int(done), self._claims(claimed[0]) if claimed else []
 

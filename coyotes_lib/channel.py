@@ -150,7 +150,8 @@ class Channel:
             try:
                 # as many as there are free workers; a busy worker claims its next task
                 # itself, with the result of the last one
-                claims = self._hold(self._claiming(self.broker.claim, self.name, free))
+                claims = self._hold(self._claiming(self.broker.claim, self.name, free,
+                                                   self.spec.max_running))
             except redis.RedisError as exc:
                 self.woken.set()   # not claimed: try again
                 outage.failed(exc)
@@ -429,7 +430,7 @@ class Channel:
         if wanted and not (self.stop.is_set() or self.reconciling or self.retired):
             try:
                 done, claims = self._claiming(self.broker.finish, task, outcome, fields, delay,
-                                              claim_next=1)
+                                              claim_next=1, limit=self.spec.max_running)
                 self._hold(claims)
             except redis.RedisError:
                 pass   # recorded below, without a claim, once redis takes it

@@ -129,7 +129,7 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
             return scheduler.not_ready()
         return "" if defaults_made.is_set() else "starting: creating the default channels"
 
-    api = Api(broker, config, scheduler.added if config.task_mode else None, not_ready,
+    api = Api(broker, config, scheduler.changed if config.task_mode else None, not_ready,
               scheduler.queued if config.task_mode else None)
     server = make_server(make_app(api), config, cap, make_push(api))
     try:

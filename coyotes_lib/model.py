@@ -21,9 +21,12 @@ class ChannelSpec:
     worker_count: int
     policy: Policy = dataclasses.field(default_factory=Policy)
     paused: bool = False   # no task is claimed; running ones finish
+    max_running: int = 0   # most of its tasks running on all nodes together, 0 = no limit
 
     def to_json(self) -> str:
         more = {"paused": True} if self.paused else {}
+        if self.max_running:
+            more["max_running"] = self.max_running
         return json.dumps({"name": self.name, "distinct": self.distinct,
                            "worker_count": self.worker_count, **self.policy.to_dict(),
                            **more})
@@ -31,7 +34,8 @@ class ChannelSpec:
     def settings(self) -> dict:
         """What the API shows of them."""
         return {"distinct": self.distinct, "worker": self.worker_count,
-                "paused": self.paused, **dataclasses.asdict(self.policy)}
+                "max_running": self.max_running, "paused": self.paused,
+                **dataclasses.asdict(self.policy)}
 
 
 class Deleted(enum.IntEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import __version__
 from .config import CHANNEL_NAME
 from .replies import MAX_LIMIT, MAX_OFFSET
-from .routes import MAX_DELAY, MAX_WORKERS
+from .routes import MAX_DELAY, MAX_RUNNING, MAX_WORKERS
 from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
 
 DEFAULT_SERVER = "http://127.0.0.1:60001"
@@ -138,7 +138,11 @@ def push_body() -> dict:
 def settings_fields(json: bool) -> dict:
     return {"distinct": boolean(json),
             "worker": number(1, MAX_WORKERS, "integer",
-                             description="commands run at once (default -concurrent)"),
+                             description="commands run at once on each node (default "
+                                         "-concurrent)"),
+            "max_running": number(0, MAX_RUNNING, "integer",
+                                  description="most commands running on all nodes together "
+                                              "(0: no limit)"),
             **policy_fields(json)}
 
 
@@ -190,10 +194,11 @@ def components() -> dict:
         "timeout": num, "duration": num, "queued_at": num, "started_at": num,
         "finished_at": num, "failed_at": num, "retry_at": num, "execute_at": num}}
     settings = {"type": "object", "properties": {
-        "distinct": {"type": "boolean"}, "worker": integer, "paused": {"type": "boolean"},
+        "distinct": {"type": "boolean"}, "worker": integer, "max_running": integer,
+        "paused": {"type": "boolean"},
         "timeout": num, "retries": integer, "retry_backoff": num, "retry_max": num,
         "retry_on": {"type": "array", "items": integer}, "kill_group": {"type": "boolean"}},
-        "required": ["distinct", "worker", "paused"]}
+        "required": ["distinct", "worker", "max_running", "paused"]}
     counts = {"type": "object", "required": ["running", "queued", "failed"],
               "properties": {key: {"type": "integer", "minimum": 0}
                              for key in ("running", "queued", "failed")}}

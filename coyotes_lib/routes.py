@@ -24,21 +24,23 @@ log = logging.getLogger("coyotes.api")
 
 SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
 MAX_WORKERS = 1000
+MAX_RUNNING = 100_000
 # the fields PATCH /channels/<name> takes
-SETTINGS = ("worker", "distinct", *POLICY_LIMITS)
+SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS)
 MAX_DELAY = 366 * 86400
 
 
 class Api:
     """What every route needs: the broker, the config, the node's hooks
-    (``on_channel_added(spec)`` starts a new channel now, ``on_queued(name)`` wakes
-    it for a task just pushed, ``not_ready()`` says why the node is not ready, ''
-    once it is) and channel settings read lately."""
+    (``on_channel_changed(name, spec)`` applies a new, changed or (None) deleted
+    channel on this node now, ``on_queued(name)`` wakes it for a task just pushed,
+    ``not_ready()`` says why the node is not ready, '' once it is) and channel
+    settings read lately."""
 
-    def __init__(self, broker: Broker, config: Config, on_channel_added=None,
+    def __init__(self, broker: Broker, config: Config, on_channel_changed=None,
                  not_ready=None, on_queued=None):
         self.broker, self.config = broker, config
-        self.on_channel_added, self.not_ready = on_channel_added, not_ready
+        self.on_channel_changed, self.not_ready = on_channel_changed, not_ready
         self.on_queued = on_queued
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
 
@@ -188,12 +190,14 @@ def add_channel(api: Api):
     distinct = False if distinct is None else yes_no(distinct, "distinct")
     worker = body.get("worker")
     worker = config.concurrent if worker in (None, "") else worker_count(worker)
-    spec = ChannelSpec(name, distinct, worker, policy_fields(body))
+    limit = body.get("max_running")
+    limit = 0 if limit in (None, "") else max_running(limit)
+    spec = ChannelSpec(name, distinct, worker, policy_fields(body), max_running=limit)
     if not broker.add_channel(spec):
         raise fail(409, f"channel {name!r} already exists")
     log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
-    if api.on_channel_added:
-        api.on_channel_added(spec)
+    if api.on_channel_changed:
+        api.on_channel_changed(name, spec)
     return ok(None)
 
 def policy_fields(body: Body, base: Policy | None = None) -> Policy:
@@ -221,9 +225,20 @@ def worker_count(value) -> int:
     return worker
 
 
+def max_running(value) -> int:
+    try:
+        limit = whole(value)
+    except (TypeError, ValueError, OverflowError):
+        raise fail(400, "max_running must be an integer") from None
+    if not 0 <= limit <= MAX_RUNNING:
+        raise fail(400, f"max_running must be 0..{MAX_RUNNING} (0: no limit)")
+    return limit
+
+
 def change_channel(api: Api, name):
-    """PATCH: the worker count, distinct, the timeout and the retry policy; a field
-    not given keeps its value. Every node applies the change within a second."""
+    """PATCH: the worker count, distinct, the limit on all nodes, the timeout and the
+    retry policy; a field not given keeps its value. Every node applies the change
+    within a second."""
     body = Body(bottle.request.environ)
     unknown = sorted(body.names() - set(SETTINGS))
     if unknown:
@@ -234,6 +249,8 @@ def change_channel(api: Api, name):
         changes["worker_count"] = worker_count(body.get("worker"))
     if body.get("distinct") not in (None, ""):
         changes["distinct"] = yes_no(body.get("distinct"), "distinct")
+    if body.get("max_running") not in (None, ""):
+        changes["max_running"] = max_running(body.get("max_running"))
     policy = body.policy()
     if not changes and not policy:
         raise fail(400, f"nothing to change: give one of {', '.join(SETTINGS)}")
@@ -259,6 +276,8 @@ def changed(api: Api, name: str, spec: ChannelSpec | None, what: str) -> str:
         raise fail(404, f"channel {name!r} does not exist")
     api.known.pop(name, None)
     log.info("channel %s: %s via HTTP (%s)", name, what, spec.to_json())
+    if api.on_channel_changed:
+        api.on_channel_changed(name, spec)
     return ok(spec.settings())
 
 
@@ -288,6 +307,8 @@ def delete_channel(api: Api, name):
         raise fail(409, f"channel {name!r} has {count} queued task(s): give move_to=<channel> "
                         "to move them, or drop=true to put them in the dead-letter list")
     api.known.pop(name, None)
+    if api.on_channel_changed:
+        api.on_channel_changed(name, None)
     what = f", {count} queued task(s) {'moved to ' + move_to if move_to else 'dropped'}" \
         if count else ""
     log.info("channel %s: deleted via HTTP%s", name, what)

@@ -139,6 +139,34 @@ class Scheduler:
         self.specs[spec.name] = spec
         self._start_channel(spec)
 
+    def changed(self, name: str, spec: ChannelSpec | None) -> None:
+        """A caller changed (or, with None, deleted) a channel through this node's API:
+        applied here at once, so that the caller's next request finds it done (the
+        other nodes hear of it from Redis)."""
+        if not self.started or self.stop.is_set():
+            return
+        channel = self.channels.get(name)
+        if spec is None:
+            self.specs.pop(name, None)
+            if channel is not None and not channel.retired:
+                self._retire(channel)
+        elif channel is None:
+            self.added(spec)
+        elif not channel.retired and spec != channel.spec:
+            self.specs[name] = spec
+            self._apply(channel, spec)
+
+    def _apply(self, channel: Channel, spec: ChannelSpec) -> None:
+        old = channel.spec
+        channel.apply(spec)
+        log.info("channel %s: %s", channel.name, changes(old, spec))
+
+    def _retire(self, channel: Channel) -> None:
+        channel.retire()
+        log.info("channel %s: deleted; claiming nothing more, %d running task(s) finish "
+                 "first", channel.name, channel.busy)
+        gevent.spawn(self._remove_when_idle, channel)
+
     def _start_channel(self, spec: ChannelSpec) -> None:
         channel = self.channels[spec.name] = Channel(spec, self.broker, self.stop,
                                                      self.give_up, self.run_with, self.limits,
@@ -178,15 +206,10 @@ class Scheduler:
                 self.digest = ""
                 return
             elif spec != channel.spec:
-                old = channel.spec
-                channel.apply(spec)
-                log.info("channel %s: %s", name, changes(old, spec))
+                self._apply(channel, spec)
         for name, channel in list(self.channels.items()):
             if name not in self.specs and not channel.retired:
-                channel.retire()
-                log.info("channel %s: deleted; claiming nothing more, %d running task(s) "
-                         "finish first", name, channel.busy)
-                gevent.spawn(self._remove_when_idle, channel)
+                self._retire(channel)
         # only now: a sync cut short by an error runs again
         self.digest = self.broker.channels_version
 
@@ -311,7 +334,8 @@ class Scheduler:
         claimed = {}
         try:
             outcomes, claimed = self.broker.push_claiming(
-                pushes, {name: channel.lent for name, channel in loans.items()})
+                pushes, {name: (channel.lent, channel.spec.max_running)
+                         for name, channel in loans.items()})
             return outcomes
         except redis.RedisError:
             raise

@@ -82,6 +82,9 @@ local function bury(dead, counter, most, entry, reason, node, record, ttl)
     redis.call('EXPIRE', record, ttl)
   end
 end
+"""
+# The id of any entry, as ``task.locate`` finds it (nil: an id that is not a string).
+_ID = """
 local function id_of(entry)   -- as task.locate: id, task_id, or for a plain string its SHA-1
   local ok, task = pcall(cjson.decode, entry)
   if not (ok and type(task) == 'table') then return redis.sha1hex(entry):sub(1, 32) end
@@ -214,17 +217,34 @@ end
 """
 
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
-# processing list), each started where it can be (see _CLAIMED).
-CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + """
+# processing list), each started where it can be (see _CLAIMED), and no more than
+# leaves the channel's tasks running on all nodes within its limit (ARGV[4]): the
+# running set holds them, and a task counts while its node's heartbeat lives.
+CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
+-- ARGV[4] most tasks of the channel running on all nodes together, 0 = no limit
+-- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set')
 if bad then return bad end
+local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
+if limit > 0 then
+  local busy = 0
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local id = id_of(member)
+    local node = id and is_hash(ARGV[3] .. id) and redis.call('HGET', ARGV[3] .. id, 'node')
+    -- no node known (an entry without a record): it holds its slot until it ends
+    if not node or redis.call('EXISTS', ARGV[5] .. node) == 1 then busy = busy + 1 end
+  end
+  most = math.min(most, limit - busy)
+end
 local out = {}
-for i = 1, tonumber(ARGV[1]) do
+for i = 1, most do
   local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not entry then break end
   out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
+  -- one START will start later holds its slot from now on
+  if limit > 0 and out[i][2] == '' then redis.call('SADD', KEYS[3], entry) end
 end
 return out
 """
@@ -322,7 +342,7 @@ return 1
 # queue (to run next), counting a redelivery in each task's record. With
 # ARGV[2] = '1' it does nothing while the node's heartbeat lives, so a node
 # that came back in between keeps its claims.
-REAP = _CLOCK + _TYPES + _WAKE + _BURY + """
+REAP = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- KEYS[1] the node's heartbeat   KEYS[2] node set   KEYS[3] its staging list
 -- KEYS[4] prepare queue          KEYS[5] set of channels the node consumed
 -- KEYS[6] channels hash   KEYS[7] dead-letter list   KEYS[8] trimmed counter
@@ -495,7 +515,7 @@ return 1
 # (REQUEUE, REAP, PROMOTE). Returns {code, entries}: 1 deleted (entries moved or
 # dropped by this call), 0 no such channel, 2 tasks wait (how many), 3 no such
 # channel to move them to, 4 more to move or drop (call again).
-DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + """
+DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- KEYS[1] channels hash   KEYS[2] its queue
 -- KEYS[3] the queue to move tasks to (KEYS[2] again: none)
 -- KEYS[4] dead-letter list   KEYS[5] trimmed counter

@@ -108,7 +108,7 @@ def loan(lost: bool):
             gevent.sleep(0.01)
         again = channel.lend()   # one loan at a time
         pushes = [(build("fake", f"fake print={i}", task_id=f"l{i}"), False, "") for i in "123"]
-        outcomes, claimed = broker.push_claiming(pushes, {"fake": most})
+        outcomes, claimed = broker.push_claiming(pushes, {"fake": (most, 0)})
         channel.repaid(None if lost else claimed["fake"])
         return {"most": most, "again": again, "outcomes": outcomes,
                 "claimed": [c.task_id for c in claimed["fake"]]}

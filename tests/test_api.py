@@ -102,7 +102,8 @@ def test_get_channels_lists_the_three_default_channels(coyotes):
     assert go_view(biz) == {"tasks": [], "count": 0}
     assert biz["paused"] is False
     assert biz["counts"] == {"running": 0, "queued": 0, "failed": 0}
-    assert biz["settings"] == {"distinct": True, "worker": 5, "paused": False, "timeout": 0.0,
+    assert biz["settings"] == {"distinct": True, "worker": 5, "max_running": 0,
+                               "paused": False, "timeout": 0.0,
                                "retries": 0, "retry_backoff": 1.0, "retry_max": 600.0,
                                "retry_on": [], "kill_group": True}
 

@@ -231,3 +231,50 @@ def test_a_change_on_one_node_applies_on_the_other(coyotes_factory, tmp_path, ga
     assert len(starts(ledger)) == 4   # paused on both nodes
     ok_data(b.request("POST", "/channels/wide/resume"))
     wait_until(lambda: ended(ledger, "5") and ended(ledger, "6"), what="resumed on both")
+
+
+# -- the limit on all nodes ---------------------------------------------------------
+def test_max_running_holds_across_three_nodes(coyotes_factory, r, tmp_path):
+    nodes = [coyotes_factory(node_id=f"n{i}") for i in range(3)]
+    assert_error(patch(nodes[0], "default", {"max_running": -1}), 400)
+    assert_error(patch(nodes[0], "default", {"max_running": "one"}), 400)
+    create(nodes[0], "solo", worker=3)
+    assert ok_data(patch(nodes[1], "solo", {"max_running": 1}))["max_running"] == 1
+    assert stored(r, "solo")["max_running"] == 1
+    ledger = tmp_path / "ledger"
+    for i in range(12):   # pushed through every node, each of which would run 3
+        push(nodes[i % 3], "solo", ledger_command(ledger, f"t{i}", 0.15))
+    wait_until(lambda: sum(event == "end" for event, _ in events(ledger)) == 12, timeout=60,
+               what="the 12 tasks ran")
+    assert max_overlap(read_ledger(ledger)) == 1
+
+    # two at a time on all nodes together
+    ok_data(patch(nodes[2], "solo", {"max_running": 2}))
+    wide = tmp_path / "wide"
+    for i in range(12):
+        push(nodes[i % 3], "solo", ledger_command(wide, f"w{i}", 0.3))
+    wait_until(lambda: sum(event == "end" for event, _ in events(wide)) == 12, timeout=60,
+               what="the 12 tasks ran")
+    assert max_overlap(read_ledger(wide)) == 2
+
+
+def test_a_killed_nodes_slot_returns_within_its_heartbeat_ttl(coyotes_factory, tmp_path,
+                                                              gate):
+    a = coyotes_factory("-node-ttl", "3", node_id="a")
+    create(a, "solo", worker=2)
+    ok_data(patch(a, "solo", {"max_running": 1}))
+    ledger = tmp_path / "ledger"
+    push(a, "solo", gate_command(ledger, gate, "first"))
+    wait_until(lambda: started(ledger, "first"), what="first running on a")
+    b = coyotes_factory("-node-ttl", "3", node_id="b")
+    push(b, "solo", ledger_command(ledger, "second"))
+    time.sleep(QUIET)
+    assert not started(ledger, "second")   # the one slot is a's
+
+    a.kill9()   # its heartbeat lives up to 3 s more; then its slot is free for b
+    killed = time.monotonic()
+    gate.touch()   # a's orphaned command ends; run again on b, it passes at once
+    wait_until(lambda: started(ledger, "second"), timeout=20, what="second started on b")
+    assert time.monotonic() - killed > 1.0   # not before a's heartbeat expired
+    wait_until(lambda: ended(ledger, "second") and starts(ledger).count("first") == 2,
+               timeout=20, what="second ran, and first again (a's was lost with it)")
