@@ -45,6 +45,8 @@ def make_app(api: routes.Api) -> bottle.Bottle:
     mount("POST", "/channels/<name>", routes.push_task)
     mount("POST", "/channels/<name>/tasks", routes.push_task_v2)
     mount("DELETE", "/channels/<name>/tasks/<task_id>", routes.delete_channel_task)
+    mount("GET", "/nodes", routes.nodes)
+    mount("POST", "/nodes/<node_id>/drain", routes.drain_node)
     mount("GET", "/tasks/<task_id>", routes.get_task)
     mount("DELETE", "/tasks/<task_id>", routes.delete_task)
     mount("GET", "/channels/<name>/failed-tasks", routes.failed_tasks)

@@ -26,7 +26,7 @@ import uuid
 
 import redis
 
-from . import scripts
+from . import __version__, scripts
 from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
@@ -60,6 +60,7 @@ class Broker(Listings):
         self.record_ttl = record_ttl
         self.dead_max = dead_max
         self.instance = uuid.uuid4().hex   # tells this process from another with our id
+        self.started_at = time.time()
         self.seen: dict[str, tuple[str, ChannelSpec | None]] = {}   # see ``channels``
         self.read: tuple[str, dict[str, ChannelSpec]] = ("", {})   # (digest, specs)
         self.lean = lean = Lean(client, spare_max)
@@ -415,11 +416,76 @@ class Broker(Listings):
         if channels:
             self.redis.sadd(self.keys.node_channels(self.node), *channels)
 
-    def beat(self) -> None:
+    def beat(self, running: int = 0, draining: bool = False) -> bool:
+        """Refresh this node's heartbeat, and what GET /nodes shows of it; -> whether
+        a caller asked it to drain (see ``ask_drain``)."""
+        k = self.keys
+        info = k.node_info(self.node)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.heartbeat(self.node), self.heartbeat_value(), ex=self.node_ttl)
-            pipe.sadd(self.keys.nodes, self.node)
+            pipe.set(k.heartbeat(self.node), self.heartbeat_value(), ex=self.node_ttl)
+            pipe.sadd(k.nodes, self.node)
+            pipe.hset(info, mapping={"host": socket.gethostname(), "pid": os.getpid(),
+                                     "version": __version__, "ttl": self.node_ttl,
+                                     "started_at": f"{self.started_at:.3f}",
+                                     "running": running, "draining": int(draining)})
+            pipe.expire(info, self.node_ttl)
+            pipe.hget(info, "drain")
+            *_, drain = pipe.execute()
+        return drain == "1"
+
+    def nodes(self) -> list[dict]:
+        """Every node that may hold work, as GET /nodes shows it: the heartbeat's age
+        comes from its key's TTL (Redis's clock, not the nodes' own)."""
+        k = self.keys
+        ids = sorted(self.redis.smembers(k.nodes))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for node in ids:
+                pipe.hgetall(k.node_info(node))
+                pipe.pttl(k.heartbeat(node))
+                pipe.smembers(k.node_channels(node))
+            replies = pipe.execute() if ids else []
+        out = []
+        for i, node in enumerate(ids):
+            info, pttl, channels = replies[3 * i:3 * i + 3]
+            ttl = float(info.get("ttl") or self.node_ttl)
+            out.append({
+                "id": node, "alive": pttl > 0, "host": info.get("host"),
+                "pid": int(info["pid"]) if info.get("pid") else None,
+                "version": info.get("version"),
+                "started_at": float(info["started_at"]) if info.get("started_at") else None,
+                "heartbeat_age": round(ttl - pttl / 1000, 3) if pttl > 0 else None,
+                "running": int(info.get("running") or 0),
+                "draining": info.get("draining") == "1" or info.get("drain") == "1",
+                "channels": sorted(channels)})
+        return out
+
+    def nodes_of(self, chan: str) -> list[str]:
+        """The live nodes that consume ``chan``."""
+        k = self.keys
+        ids = sorted(self.redis.smembers(k.nodes))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for node in ids:
+                pipe.sismember(k.node_channels(node), chan)
+                pipe.exists(k.heartbeat(node))
+            replies = pipe.execute() if ids else []
+        return [node for i, node in enumerate(ids) if replies[2 * i] and replies[2 * i + 1]]
+
+    def ask_drain(self, node: str) -> bool:
+        """Tell a live node to drain and exit (at once through the wake-up channel,
+        and at its next heartbeat in any case); False if it is not alive."""
+        k = self.keys
+        if not self.redis.exists(k.heartbeat(node)):
+            return False
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(k.node_info(node), "drain", 1)
+            pipe.publish(k.wake, k.drain(node))
             pipe.execute()
+        return True
+
+    def not_consuming(self, chan: str) -> None:
+        """This node no longer claims from ``chan`` (it was deleted, and nothing of it
+        is left in this node's lists)."""
+        self.redis.srem(self.keys.node_channels(self.node), chan)
 
     def heartbeat_value(self) -> str:
         return f"{self.instance} {socket.gethostname()} {os.getpid()} {time.time():.3f}"
@@ -445,7 +511,7 @@ class Broker(Listings):
     def leave(self, channels) -> int:
         """A clean exit: give back anything still held and forget this node."""
         moved = self.requeue_node(self.node, channels, forget=True)
-        self.redis.delete(self.keys.heartbeat(self.node))
+        self.redis.delete(self.keys.heartbeat(self.node), self.keys.node_info(self.node))
         return moved
 
     # -- cancel, kill, failed tasks ---------------------------------------

@@ -156,8 +156,8 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
         log.info("task mode off: serving the API only, consuming nothing")
     gevent.spawn(release_memory, stop)   # ends with the stop signal
     stop.wait()
-    log.info("shutdown: signal received; no new tasks are claimed "
-             "(a second signal kills and requeues running ones)")
+    log.info("shutdown: %s; no new tasks are claimed (a second signal kills and requeues "
+             "running ones)", "drain asked" if scheduler.drain_asked else "signal received")
     clean = scheduler.drain(config.grace, force) if config.task_mode else True
     server.stop(timeout=1)
     log.info("coyotes stopped%s", "" if clean else " (unfinished tasks were requeued)")

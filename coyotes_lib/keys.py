@@ -67,6 +67,15 @@ class Keys:
         """Entries of ``chan`` that ``node`` has claimed and not yet finished."""
         return f"{self.prefix}task:node:{node}:processing:{chan}"
 
+    def node_info(self, node: str) -> str:
+        """Hash: what GET /nodes shows of ``node`` (host, pid, version, ...), kept
+        as long as its heartbeat; a ``drain`` field asks it to drain and exit."""
+        return f"{self.prefix}task:node:{node}:info"
+
+    def drain(self, node: str) -> str:
+        """The message on ``wake`` that tells ``node`` to drain (not a key)."""
+        return f"{self.prefix}task:node:{node}:drain"
+
     def node_channels(self, node: str) -> str:
         """Set of the channels ``node`` claims from (so a reaper finds every list)."""
         return f"{self.prefix}task:node:{node}:channels"

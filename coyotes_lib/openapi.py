@@ -202,14 +202,29 @@ def components() -> dict:
     counts = {"type": "object", "required": ["running", "queued", "failed"],
               "properties": {key: {"type": "integer", "minimum": 0}
                              for key in ("running", "queued", "failed")}}
-    view = {"type": "object", "required": ["tasks", "count", "settings", "paused", "counts"],
+    view = {"type": "object",
+            "required": ["tasks", "count", "settings", "paused", "counts", "nodes"],
             "properties": {**listing["properties"], "settings": ref("schemas", "Settings"),
-                           "paused": {"type": "boolean"}, "counts": counts}}
+                           "paused": {"type": "boolean"}, "counts": counts,
+                           "nodes": {"type": "array", "items": text,
+                                     "description": "the live nodes that consume it"}}}
+    maybe_num, maybe_int = {"type": ["number", "null"]}, {"type": ["integer", "null"]}
+    node = {"type": "object", "required": ["id", "alive", "running", "draining", "channels"],
+            "properties": {
+                "id": text, "alive": {"type": "boolean",
+                                      "description": "false: its heartbeat expired, its "
+                                                     "work not yet requeued"},
+                "host": {"type": ["string", "null"]}, "pid": maybe_int,
+                "version": {"type": ["string", "null"]}, "started_at": maybe_num,
+                "heartbeat_age": maybe_num, "running": integer,
+                "draining": {"type": "boolean"},
+                "channels": {"type": "array", "items": text}}}
     page = {"limit": number(0, MAX_LIMIT, "integer", default=100),
             "offset": number(0, MAX_OFFSET, "integer", default=0)}
     return {
         "schemas": {"Command": command, "ListedTask": listed, "Listing": listing,
-                    "TaskRecord": record, "Settings": settings, "Channel": view},
+                    "TaskRecord": record, "Settings": settings, "Channel": view,
+                    "Node": node},
         "parameters": {
             "name": {"name": "name", "in": "path", "required": True,
                      "description": "a channel", "example": "default",
@@ -221,6 +236,9 @@ def components() -> dict:
             **{key: {"name": key, "in": "query", "required": False, "schema": schema,
                      "description": "page size" if key == "limit" else "entries skipped"}
                for key, schema in page.items()},
+            "node_id": {"name": "node_id", "in": "path", "required": True,
+                        "description": "a node's id (-node-id)", "example": "web1",
+                        "schema": {"type": "string", "minLength": 1}},
             "move_to": {"name": "move_to", "in": "query", "required": False,
                         "description": "move the channel's queued tasks to this channel",
                         "schema": {"type": "string", "pattern": CHANNEL_PATTERN}},
@@ -347,6 +365,19 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                   params=("name", "task_id")),
                 "delete": operation("delete_failed", "delete one failed task",
                                     ok(unfailed, "deleted"), 404, params=("name", "task_id"))},
+            "/nodes": {
+                "get": operation("list_nodes", "every node that may hold work",
+                                 ok({"type": "object", "required": ["nodes"], "properties": {
+                                     "nodes": {"type": "array",
+                                               "items": ref("schemas", "Node")}}},
+                                    "by id"))},
+            "/nodes/{node_id}/drain": {
+                "post": operation("drain_node", "tell a node to stop claiming, let its "
+                                  "commands finish, and exit (as USR2 does)",
+                                  ok({"type": "object", "required": ["node", "draining"],
+                                      "properties": {"node": {"type": "string"},
+                                                     "draining": {"const": True}}},
+                                     "told"), 404, params=("node_id",))},
             "/tasks/{task_id}": {
                 "get": operation("get_task", "a task's record",
                                  ok(ref("schemas", "TaskRecord"), "the record"), 404,

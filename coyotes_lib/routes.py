@@ -121,6 +121,7 @@ def channel(api: Api, name):
     view["settings"] = spec.settings()
     view["paused"] = spec.paused
     view["counts"] = api.broker.channel_counts(name)
+    view["nodes"] = api.broker.nodes_of(name)
     return ok(view)
 
 
@@ -313,6 +314,21 @@ def delete_channel(api: Api, name):
         if count else ""
     log.info("channel %s: deleted via HTTP%s", name, what)
     return ok({"channel": name, "moved" if move_to else "dropped": count})
+
+
+# -- nodes --------------------------------------------------------------------
+def nodes(api: Api):
+    """Every node that may hold work: live ones, and dead ones not yet reaped."""
+    return ok({"nodes": api.broker.nodes()})
+
+
+def drain_node(api: Api, node_id):
+    """Ask a live node to stop claiming, let its running commands finish, and exit
+    (as USR2 does)."""
+    if not api.broker.ask_drain(node_id):
+        raise fail(404, f"node {node_id!r} is not alive (or unknown)")
+    log.info("node %s: drain asked via HTTP", node_id)
+    return ok({"node": node_id, "draining": True})
 
 
 # -- tasks --------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Scheduler:
         self.digest = ""   # of task:channels, when last read (see ``_sync``)
         self.resync = gevent.event.Event()   # a node said the settings changed
         self.unnoted: dict[str, int] = {}    # see ``Channel.unnoted``
+        self.drain_asked = False             # through the API (POST /nodes/<id>/drain)
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
         self.heart: gevent.Greenlet | None = None
@@ -224,6 +225,8 @@ class Scheduler:
             channel.greenlet.join()
         self.channels.pop(channel.name, None)
         self.by_queue.pop(self.broker.keys.queue(channel.name), None)
+        insist(f"channel {channel.name}", lambda: self.broker.not_consuming(channel.name),
+               self.stop)
         self.digest = ""   # a channel of that name made meanwhile starts at the next sync
         # its objects were frozen out of the collector's passes (``_start_channel``)
         gc.unfreeze()
@@ -386,6 +389,9 @@ class Scheduler:
                     if message == self.broker.keys.channels:   # settings changed
                         self.resync.set()
                         continue
+                    if message == self.broker.keys.drain(self.broker.node):
+                        self._drain_asked()
+                        continue
                     queue, _, node = message.partition("\n")
                     channel = self.by_queue.get(queue)
                     if channel is not None and node != self.broker.node:   # ours: woken
@@ -446,7 +452,8 @@ class Scheduler:
             try:
                 now = time.monotonic()
                 if now - last_beat >= beat_every:
-                    self.broker.beat()
+                    if self.broker.beat(self.running(), self.stop.is_set()):
+                        self._drain_asked()
                     for node, n in self.broker.reap_dead_nodes(self.specs).items():
                         log.warning("node %s: heartbeat expired, requeued %d task(s)", node, n)
                     last_beat = now
@@ -465,6 +472,13 @@ class Scheduler:
                 outage.failed(exc)
             except Exception:
                 log.exception("maintenance: unexpected error")
+
+    def _drain_asked(self) -> None:
+        """A caller asked this node to drain: as a stop signal does."""
+        if not self.stop.is_set():
+            self.drain_asked = True
+            log.warning("node %s: drain asked through the API", self.broker.node)
+            self.stop.set()
 
     def _kill_requested(self) -> None:
         for task_id in self.broker.kill_requests():
