@@ -82,6 +82,7 @@ class Broker(Listings):
         self._set_channel = lean.script(scripts.SET_CHANNEL)
         self._delete_channel = lean.script(scripts.DELETE_CHANNEL)
         self._note_pids = lean.script(scripts.NOTE_PIDS)
+        self._fire = lean.script(scripts.FIRE)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
@@ -409,6 +410,52 @@ class Broker(Listings):
         if pids:
             self._note_pids(keys=[self.keys.record(task_id) for task_id in pids],
                             args=[self.node, *pids.values()])
+
+    # -- schedules ----------------------------------------------------------
+    def schedules(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Every schedule's definition and last firing (JSON texts), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.schedules)
+            pipe.hgetall(self.keys.fired)
+            rows, fired = pipe.execute()
+        return rows, fired
+
+    def schedule(self, name: str) -> tuple[str | None, str | None]:
+        """One schedule's definition and last firing (None: none)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.schedules, name)
+            pipe.hget(self.keys.fired, name)
+            row, fired = pipe.execute()
+        return row, fired
+
+    def put_schedule(self, name: str, text: str, create: bool = False) -> bool:
+        """Store a schedule; with ``create``, False if one of that name exists."""
+        if create:
+            return bool(self.redis.hsetnx(self.keys.schedules, name, text))
+        self.redis.hset(self.keys.schedules, name, text)
+        return True
+
+    def delete_schedule(self, name: str) -> bool:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.keys.schedules, name)
+            pipe.hdel(self.keys.fired, name)
+            deleted, _ = pipe.execute()
+        return bool(deleted)
+
+    def fire(self, name: str, due: float, task: Task | None, distinct: bool, mode: str,
+             no_overlap: bool, previous: str | None) -> str:
+        """One firing of a schedule (see FIRE): ``mode`` 'run', or why it does not run;
+        ``previous``: the task id of its last run. -> its outcome, or '' when another
+        node made it already."""
+        k = self.keys
+        if task is None:   # nothing to queue: only the firing is noted
+            keys, args, task_id = [k.fired] * 6, [], ""
+        else:
+            (keys, args), task_id = self._enqueue_args(task, distinct, ""), task.id
+        keys = [*keys, k.fired, k.record(previous) if previous else k.fired]
+        made, outcome = self._fire(keys=keys, args=[name, f"{due:.6f}", mode,
+                                                    "1" if no_overlap else "0", task_id, *args])
+        return outcome if made else ""
 
     # -- nodes ------------------------------------------------------------
     def consuming(self, channels) -> None:

@@ -20,6 +20,8 @@ class Keys:
         self.delayed = p + "task:delay:queue"     # zset: task JSON scored by execute_at
         self.nodes = p + "task:nodes"             # set: ids of nodes that may hold work
         self.wake = p + "task:wake"               # pub/sub: channel queues that got entries
+        self.schedules = p + "task:schedules"     # hash: schedule name -> JSON definition
+        self.fired = p + "task:schedules:fired"   # hash: schedule name -> its last firing
 
     def queue(self, chan: str) -> str:
         return f"{self.prefix}{chan}:tasks:queue"

@@ -12,6 +12,7 @@ from . import __version__
 from .config import CHANNEL_NAME
 from .replies import MAX_LIMIT, MAX_OFFSET
 from .routes import MAX_DELAY, MAX_RUNNING, MAX_WORKERS
+from .schedules import CRON_MAX, MISSED, OVERLAP
 from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
 
 DEFAULT_SERVER = "http://127.0.0.1:60001"
@@ -161,6 +162,25 @@ def change_body() -> dict:
     return body(schema(False), schema(True), {"worker": 10, "timeout": 600})
 
 
+def schedule_body(named: bool) -> dict:
+    def schema(json: bool) -> dict:
+        fields = {
+            "name": {"type": "string", "pattern": CHANNEL_PATTERN},
+            "cron": {"type": "string", "minLength": 1, "maxLength": CRON_MAX,
+                     "description": "5 fields, or 6 with seconds first, or @daily..."},
+            "command": {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND},
+            "channel": {"type": "string", "pattern": CHANNEL_PATTERN,
+                        "description": "default: -channel-default"},
+            "timezone": {"type": "string", "description": "IANA name, default UTC"},
+            "enabled": boolean(json), "missed": {"enum": list(MISSED)},
+            "overlap": {"enum": list(OVERLAP)}, **policy_fields(json)}
+        return {"type": "object", "required": ["cron", "command", *(["name"] if named else [])],
+                "additionalProperties": False, "properties": fields}
+    return body(schema(False), schema(True), {"name": "report", "cron": "0 2 * * *",
+                                              "command": "php artisan report:daily",
+                                              "timezone": "Asia/Shanghai"})
+
+
 def components() -> dict:
     command = {"type": "object", "required": ["name", "args"], "properties": {
         "name": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}}}}
@@ -209,6 +229,19 @@ def components() -> dict:
                            "nodes": {"type": "array", "items": text,
                                      "description": "the live nodes that consume it"}}}
     maybe_num, maybe_int = {"type": ["number", "null"]}, {"type": ["integer", "null"]}
+    maybe_text = {"type": ["string", "null"]}
+    schedule = {"type": "object", "required": ["name", "cron", "command", "channel",
+                                               "timezone", "enabled", "next_runs", "last"],
+                "properties": {
+                    "name": text, "cron": text, "command": text, "channel": text,
+                    "timezone": text, "enabled": {"type": "boolean"},
+                    "missed": {"enum": list(MISSED)}, "overlap": {"enum": list(OVERLAP)},
+                    "options": {"type": "object"},
+                    "since": {"type": "number", "description": "no firing before it"},
+                    "next_runs": {"type": "array", "items": num},
+                    "last": {"type": ["object", "null"], "properties": {
+                        "at": num, "outcome": text, "task_id": maybe_text,
+                        "status": maybe_text}}}}
     node = {"type": "object", "required": ["id", "alive", "running", "draining", "channels"],
             "properties": {
                 "id": text, "alive": {"type": "boolean",
@@ -224,10 +257,11 @@ def components() -> dict:
     return {
         "schemas": {"Command": command, "ListedTask": listed, "Listing": listing,
                     "TaskRecord": record, "Settings": settings, "Channel": view,
-                    "Node": node},
+                    "Node": node, "Schedule": schedule},
         "parameters": {
             "name": {"name": "name", "in": "path", "required": True,
-                     "description": "a channel", "example": "default",
+                     "description": "a channel (a schedule, under /schedules)",
+                     "example": "default",
                      "schema": {"type": "string", "pattern": CHANNEL_PATTERN}},
             "task_id": {"name": "task_id", "in": "path", "required": True,
                         "description": "a task id", "example": "hello-1",
@@ -365,6 +399,40 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                   params=("name", "task_id")),
                 "delete": operation("delete_failed", "delete one failed task",
                                     ok(unfailed, "deleted"), 404, params=("name", "task_id"))},
+            "/schedules": {
+                "get": operation("list_schedules", "every schedule, with its next firing "
+                                 "times and its last firing",
+                                 ok({"type": "object", "required": ["schedules"],
+                                     "properties": {"schedules": {
+                                         "type": "array",
+                                         "items": ref("schemas", "Schedule")}}}, "by name")),
+                "post": operation("add_schedule", "make a schedule",
+                                  ok(ref("schemas", "Schedule"), "made"), 409,
+                                  body=schedule_body(True))},
+            "/schedules/{name}": {
+                "get": operation("get_schedule", "one schedule",
+                                 ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                 params=("name",)),
+                "put": operation("put_schedule", "make or replace a schedule",
+                                 ok(ref("schemas", "Schedule"), "stored"),
+                                 params=("name",), body=schedule_body(False)),
+                "delete": operation("delete_schedule", "delete a schedule",
+                                    ok({"type": "object", "required": ["name", "deleted"],
+                                        "properties": {"name": {"type": "string"},
+                                                       "deleted": {"const": True}}},
+                                       "deleted"), 404, params=("name",))},
+            "/schedules/{name}/run": {
+                "post": operation("run_schedule", "queue its task now",
+                                  ok(push_result, "queued, or refused by the distinct "
+                                     "rule"), 404, 409, params=("name",))},
+            "/schedules/{name}/enable": {
+                "post": operation("enable_schedule", "fire again (from now on)",
+                                  ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                  params=("name",))},
+            "/schedules/{name}/disable": {
+                "post": operation("disable_schedule", "stop firing",
+                                  ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                  params=("name",))},
             "/nodes": {
                 "get": operation("list_nodes", "every node that may hold work",
                                  ok({"type": "object", "required": ["nodes"], "properties": {

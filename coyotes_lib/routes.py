@@ -18,6 +18,7 @@ from .broker import Broker
 from .config import CHANNEL_NAME, Config
 from .model import ChannelSpec, Deleted, Enqueued
 from .replies import Body, describe, fail, ok, page_args, record_view, whole
+from .schedules import BadSchedule, Schedule, last_firing, parse
 from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
 
 log = logging.getLogger("coyotes.api")
@@ -329,6 +330,131 @@ def drain_node(api: Api, node_id):
         raise fail(404, f"node {node_id!r} is not alive (or unknown)")
     log.info("node %s: drain asked via HTTP", node_id)
     return ok({"node": node_id, "draining": True})
+
+
+# -- schedules ----------------------------------------------------------------
+NEXT_RUNS = 5   # next firing times a schedule's view shows
+
+
+def schedule_views(api: Api, rows: dict[str, str], fired: dict[str, str]) -> list[dict]:
+    """Schedules as the API shows them: the definition, the next firing times (unix
+    s), and the last firing with the status of the task it queued."""
+    now = api.broker.now()
+    schedules = {name: Schedule.from_json(text) for name, text in sorted(rows.items())}
+    lasts = {name: last_firing(fired.get(name)) for name in schedules}
+    ids = [last["task_id"] for last in lasts.values() if last.get("task_id")]
+    status = {task_id: record.get("status")
+              for task_id, record in zip(ids, api.broker.records(ids), strict=True)}
+    views = []
+    for name, schedule in schedules.items():
+        last = lasts[name]
+        view = dataclasses.asdict(schedule)
+        view["next_runs"] = schedule.next_runs(now, NEXT_RUNS) if schedule.enabled else []
+        view["last"] = {"task_id": None, **last, "status": status.get(last.get("task_id"))} \
+            if last else None
+        views.append(view)
+    return views
+
+
+def schedule_fields(body: Body) -> dict:
+    """A schedule's fields as given (its task options read as a push reads them)."""
+    fields = {name: body.get(name) for name in body.names()
+              if name not in POLICY_LIMITS and name != "retry_on"}
+    return {**fields, **body.policy()}
+
+
+def the_schedule(api: Api, name: str) -> tuple[Schedule, str | None]:
+    row, fired = api.broker.schedule(name)
+    if row is None:
+        raise fail(404, f"schedule {name!r} does not exist")
+    return Schedule.from_json(row), fired
+
+
+def parsed_schedule(api: Api, fields: dict, before: Schedule | None = None) -> Schedule:
+    try:
+        schedule = parse(fields, api.config.channel_default, api.broker.now(), before)
+    except BadSchedule as exc:
+        raise fail(400, str(exc)) from None
+    if api.broker.channel(schedule.channel) is None:
+        raise fail(400, f"channel {schedule.channel!r} does not exist")
+    return schedule
+
+
+def schedule_view(api: Api, name: str) -> str:
+    row, fired = api.broker.schedule(name)
+    return ok(schedule_views(api, {name: row}, {name: fired} if fired else {})[0])
+
+
+def list_schedules(api: Api):
+    return ok({"schedules": schedule_views(api, *api.broker.schedules())})
+
+
+def add_schedule(api: Api):
+    schedule = parsed_schedule(api, schedule_fields(Body(bottle.request.environ)))
+    if not api.broker.put_schedule(schedule.name, schedule.to_json(), create=True):
+        raise fail(409, f"schedule {schedule.name!r} already exists")
+    log.info("schedule %s: created via HTTP (%s)", schedule.name, schedule.to_json())
+    return schedule_view(api, schedule.name)
+
+
+def get_schedule(api: Api, name):
+    the_schedule(api, name)
+    return schedule_view(api, name)
+
+
+def replace_schedule(api: Api, name):
+    """PUT: the whole definition, made or replaced (a replaced one keeps ``since``)."""
+    fields = schedule_fields(Body(bottle.request.environ))
+    if fields.setdefault("name", name) != name:
+        raise fail(400, "name must be the schedule's name in the path (or left out)")
+    before = api.broker.schedule(name)[0]
+    schedule = parsed_schedule(api, fields, before and Schedule.from_json(before))
+    api.broker.put_schedule(name, schedule.to_json())
+    log.info("schedule %s: %s via HTTP (%s)", name, "replaced" if before else "created",
+             schedule.to_json())
+    return schedule_view(api, name)
+
+
+def delete_schedule(api: Api, name):
+    if not api.broker.delete_schedule(name):
+        raise fail(404, f"schedule {name!r} does not exist")
+    log.info("schedule %s: deleted via HTTP", name)
+    return ok({"name": name, "deleted": True})
+
+
+def run_schedule(api: Api, name):
+    """Queue the schedule's task now, besides its firings."""
+    schedule, _ = the_schedule(api, name)
+    spec = api.spec_of(schedule.channel)
+    try:
+        task = schedule.task(f"{name}@run-{int(api.broker.now() * 1000)}")
+    except BadTask as exc:
+        raise fail(409, f"schedule {name!r}: {exc}") from None
+    result = api.broker.push(task, spec.distinct)
+    if result == Enqueued.QUEUED and api.on_queued:
+        api.on_queued(schedule.channel)
+    log.info("schedule %s: run via HTTP as task %s (%s)", name, task.id, result.name.lower())
+    return ok({"task_id": task.id, "task_name": task.name,
+               "result": result in (Enqueued.QUEUED, Enqueued.DELAYED)})
+
+
+def enable_schedule(api: Api, name):
+    return set_enabled(api, name, True)
+
+
+def disable_schedule(api: Api, name):
+    return set_enabled(api, name, False)
+
+
+def set_enabled(api: Api, name: str, enabled: bool) -> str:
+    schedule, _ = the_schedule(api, name)
+    if schedule.enabled != enabled:
+        # firings due while it was disabled are not made late
+        since = api.broker.now() if enabled else schedule.since
+        schedule = dataclasses.replace(schedule, enabled=enabled, since=since)
+        api.broker.put_schedule(name, schedule.to_json())
+        log.info("schedule %s: %s via HTTP", name, "enabled" if enabled else "disabled")
+    return schedule_view(api, name)
 
 
 # -- tasks --------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .model import ChannelSpec, Enqueued
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
 from .runners import runner
+from .schedules import Timetable
 from .task import BadTask, Task, from_producer, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -82,7 +83,9 @@ class Scheduler:
         insist("start-up", self._prepare_start, self.stop)
         if self.stop.is_set():
             return
-        self.greenlets = [gevent.spawn(self._route_prepared), gevent.spawn(self._listen)]
+        timetable = Timetable(self.broker, self.stop, self._distinct, self.queued)
+        self.greenlets = [gevent.spawn(self._route_prepared), gevent.spawn(self._listen),
+                          gevent.spawn(timetable.run)]
         self.heart = gevent.spawn(self._maintain)
 
     def _prepare_start(self) -> None:
@@ -362,6 +365,10 @@ class Scheduler:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
+
+    def _distinct(self, name: str) -> bool:
+        spec = self.specs.get(name)
+        return spec is not None and spec.distinct
 
     def queued(self, name: str) -> None:
         """This node queued a task in channel ``name``: wake that channel now (the

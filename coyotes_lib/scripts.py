@@ -36,6 +36,11 @@ local function is_hash(key)
   local kind = redis.call('TYPE', key)['ok']
   return kind == 'hash', kind == 'none'
 end
+-- a channel was deleted: the channels hash is there without it (no hash at all:
+-- the settings were lost, and the nodes make the default channels again)
+local function gone(channels, name)
+  return redis.call('HEXISTS', channels, name) == 0 and redis.call('EXISTS', channels) == 1
+end
 local function number(key, field)
   return tonumber(redis.call('HGET', key, field) or '0') or 0
 end
@@ -101,44 +106,89 @@ end
 # 4 the source entry was no longer in our staging list (nothing done), 5 the
 # record's key holds another type (nothing done), 6 the channel was deleted
 # (nothing done).
-ENQUEUE = _FINAL + _CLOCK + _TYPES + _WAKE + """
+_ENQUEUE = """
 -- KEYS[1] channel queue   KEYS[2] distinct flag   KEYS[3] delayed zset
 -- KEYS[4] source list the entry is removed from (may not exist)   KEYS[5] task record
+-- KEYS[6] channels hash
 -- ARGV[1] task JSON       ARGV[2] flag TTL (s), 0 = not distinct
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
--- KEYS[6] channels hash
 -- ARGV[5] wake-up channel ('' = none)   ARGV[6] this node's id   ARGV[7] channel
 -- ARGV[8..] record fields and values
-local hash, none = is_hash(KEYS[5])
-if not (hash or none) then return 5 end
-local bad = wrongtype(KEYS[6], 'hash')
+local function enqueue(KEYS, ARGV)
+  local hash, none = is_hash(KEYS[5])
+  if not (hash or none) then return 5 end
+  local bad = wrongtype(KEYS[6], 'hash')
+  if bad then return bad end
+  if gone(KEYS[6], ARGV[7]) then return 6 end
+  local now = clock()
+  local delayed = tonumber(ARGV[4]) > tonumber(now)
+  bad = wrongtype(KEYS[4], 'list')
+    or (delayed and wrongtype(KEYS[3], 'zset')) or (not delayed and wrongtype(KEYS[1], 'list'))
+  if bad then return bad end
+  local status = redis.call('HGET', KEYS[5], 'status')
+  if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
+    return 3   -- the id belongs to a task not finished, or kept in a failed list
+  end
+  if ARGV[3] ~= '' and redis.call('LREM', KEYS[4], 1, ARGV[3]) == 0 then
+    return 4   -- no longer ours: our node was reaped and the entry went back to the queue
+  end
+  if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+    return 0
+  end
+  redis.call('DEL', KEYS[5])
+  if #ARGV >= 9 then redis.call('HSET', KEYS[5], unpack(ARGV, 8)) end
+  redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
+  if delayed then
+    redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+    return 2
+  end
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  wake(ARGV[5], KEYS[1], ARGV[6])
+  return 1
+end
+"""
+ENQUEUE = _FINAL + _CLOCK + _TYPES + _WAKE + _ENQUEUE + "return enqueue(KEYS, ARGV)\n"
+
+# Make one firing of a schedule, once across all nodes: the firing time is
+# claimed in the schedules' firings hash (the node that claims a later one than
+# the hash holds wins), and the task is queued as ENQUEUE queues it; or, for a
+# firing that is not to run (missed, or a command that cannot run: ARGV[3]) or
+# whose previous run has not finished (overlap 'skip'), only noted. Returns
+# {1, outcome}, or {0, ''} when the firing was made already; an error reply, with
+# nothing written, for a key of another type.
+FIRE = _FINAL + _CLOCK + _TYPES + _WAKE + _ENQUEUE + """
+-- KEYS[1..6] as ENQUEUE   KEYS[7] the schedules' last firings (hash)
+-- KEYS[8] the record of the schedule's previous run (KEYS[7] again: none)
+-- ARGV[1] schedule   ARGV[2] firing time (unix s)
+-- ARGV[3] 'run', or why it does not run (noted as its outcome)
+-- ARGV[4] '1' = not while the previous run is queued, delayed or running
+-- ARGV[5] the task's id   ARGV[6..] as ENQUEUE's ARGV
+local bad = wrongtype(KEYS[7], 'hash')
 if bad then return bad end
-if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 6 end
-local now = clock()
-local delayed = tonumber(ARGV[4]) > tonumber(now)
-bad = wrongtype(KEYS[4], 'list')
-  or (delayed and wrongtype(KEYS[3], 'zset')) or (not delayed and wrongtype(KEYS[1], 'list'))
-if bad then return bad end
-local status = redis.call('HGET', KEYS[5], 'status')
-if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
-  return 3   -- the id belongs to a task not finished, or kept in a failed list
+local last = redis.call('HGET', KEYS[7], ARGV[1])
+local ok, made = pcall(cjson.decode, last or '')
+made = ok and type(made) == 'table' and made or {}
+local at = math.floor(tonumber(ARGV[2]))   -- whole seconds, as in the task id (cjson: 14 digits)
+if tonumber(made.at) and tonumber(made.at) >= at then return {0, ''} end
+local outcome = ARGV[3]
+if ARGV[3] == 'run' then
+  local before = KEYS[8] ~= KEYS[7] and is_hash(KEYS[8]) and redis.call('HGET', KEYS[8], 'status')
+  if ARGV[4] == '1' and before and not final[before] then
+    outcome = 'skipped: the previous run has not finished'
+  else
+    local code = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
+                         {unpack(ARGV, 6)})
+    if type(code) == 'table' then return code end   -- a key of another type
+    outcome = ({[0] = 'refused: the same command is queued or running', 'queued', 'delayed',
+                'refused: its id is in use', 'refused', 'refused: its record key holds '
+                .. 'another type', 'refused: no such channel'})[code]
+  end
 end
-if ARGV[3] ~= '' and redis.call('LREM', KEYS[4], 1, ARGV[3]) == 0 then
-  return 4   -- no longer ours: our node was reaped and the entry went back to the queue
-end
-if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  return 0
-end
-redis.call('DEL', KEYS[5])
-if #ARGV >= 9 then redis.call('HSET', KEYS[5], unpack(ARGV, 8)) end
-redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
-if delayed then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-  return 2
-end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-wake(ARGV[5], KEYS[1], ARGV[6])
-return 1
+-- the task is the last one it queued, whatever became of this firing
+local queued = outcome == 'queued' or outcome == 'delayed'
+redis.call('HSET', KEYS[7], ARGV[1], cjson.encode({at = at, outcome = outcome,
+  task_id = queued and ARGV[5] or made.task_id}))
+return {1, outcome}
 """
 
 # Move up to ARGV[1] entries from one list to another (right to left), as
@@ -320,7 +370,7 @@ local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[3], 'list', KEYS[5],
 if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local started = redis.call('SREM', KEYS[2], ARGV[1]) == 1
-if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 0 then
+if gone(KEYS[5], ARGV[4]) then
   bury(KEYS[6], KEYS[7], ARGV[6], ARGV[1], 'channel ' .. ARGV[4] .. ' was deleted',
        ARGV[5], KEYS[4], ARGV[7])
   return 2
@@ -365,7 +415,7 @@ local n = 0
 while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
 for i = 9, #KEYS, 3 do
   local chan = ARGV[9 + (i - 9) / 3]
-  local alive = redis.call('HEXISTS', KEYS[6], chan) == 1
+  local alive = not gone(KEYS[6], chan)
   if alive and redis.call('EXISTS', KEYS[i]) == 1 then wake(ARGV[5], KEYS[i + 2]) end
   while true do
     local entry = redis.call('LINDEX', KEYS[i], 0)
@@ -405,7 +455,7 @@ local bad = wrongtype(KEYS[1], 'zset', KEYS[2], 'list', KEYS[4], 'hash', KEYS[5]
   or counter_bad(KEYS[6])
 if bad then return bad end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then
+if gone(KEYS[4], ARGV[3]) then
   bury(KEYS[5], KEYS[6], ARGV[5], ARGV[1], 'channel ' .. ARGV[3] .. ' was deleted', ARGV[4],
        KEYS[3], ARGV[6])
   return 2

@@ -100,7 +100,7 @@ def test_every_operation_documents_its_error_statuses():
             assert {"200", "400", "403", "408", "413", "500"} <= codes, (method, path)
             if path not in ("/", "/openapi.json"):   # the two that never read Redis
                 assert "503" in codes, (method, path)
-            if "{" in path:
+            if "{" in path and method != "put":   # a PUT makes what is missing
                 assert "404" in codes, (method, path)
             for name in re.findall(r"{(\w+)}", path):
                 assert {"$ref": f"#/components/parameters/{name}"} in op["parameters"]
@@ -198,6 +198,13 @@ def harmless(doc: dict) -> dict:
             if "command" in fields:
                 fields["command"] = {"type": "string", "enum": list(HARMLESS)}
                 fields["args"] = {"type": "array", "items": word, "maxItems": 3}
+    # a schedule's command line runs at each firing: harmless ones only
+    for path, method in (("/schedules", "post"), ("/schedules/{name}", "put")):
+        for media in doc["paths"][path][method]["requestBody"]["content"].values():
+            schema = media["schema"] = {**media["schema"]}
+            fields = schema["properties"] = dict(schema["properties"])
+            fields["command"] = {"type": "string", "enum": ["true", "echo hello"]}
+            media["example"] = {**media["example"], "command": "true"}
     return doc
 
 

@@ -255,7 +255,7 @@ def test_enqueue_queues_takes_the_staged_entry_and_writes_the_record(db):
 def test_enqueue_into_a_channel_not_declared_writes_nothing(db, at):
     """A channel deleted after the dispatcher read the settings (or never declared):
     code 6, before any other check, and the staged entry stays for the caller to
-    dead-letter (see DEAD)."""
+    dead-letter (see DEAD); not when the channels hash itself is gone."""
     raw = entry("a", chan=GONE)
     db.lpush(K.staging(NODE), raw)
     db.hset(K.record("a"), mapping={"id": "a", "status": "succeeded"})
@@ -269,12 +269,14 @@ def test_enqueue_into_a_channel_not_declared_writes_nothing(db, at):
     before = dump(db)
     assert enqueue(db, raw, "a", chan=GONE, source=raw, at=at) == 6
     assert_unchanged(before, dump(db))
-    # an empty hash (every channel deleted) or none at all
     db.delete(K.channels)
-    assert enqueue(db, entry("b"), "b", at=at) == 6
-    db.hset(K.channels, "unrelated", "{}")
+    db.hset(K.channels, "unrelated", "{}")   # every other channel deleted
     assert enqueue(db, entry("b"), "b", at=at) == 6
     assert set(state(db)) == {K.record("a"), K.channels}
+    # no hash at all: the settings were lost (a flushed Redis), not the channel
+    # deleted; the nodes make the default channels again, the task waits for it
+    db.delete(K.channels)
+    assert enqueue(db, entry("b"), "b", at=at) in (1, 2)
 
 
 def test_enqueue_once_the_channel_is_declared(db):
@@ -421,6 +423,281 @@ def test_enqueue_refuses_a_channels_key_of_another_type(db, at):
 
     keys, args = enqueue_call(raw, "a", source=raw, distinct=1800, at=at)
     assert_refuses(db, setup, "ENQUEUE", keys, args, {K.channels: "hash"})
+
+
+# -- FIRE ----------------------------------------------------------------------
+SCHED = "nightly"
+AT = 1_700_000_000   # a schedule's firing time (unix s)
+SKIPPED = "skipped: the previous run has not finished"
+REFUSED_DISTINCT = "refused: the same command is queued or running"
+
+
+def fire_call(due: float, raw: str = "", task_id: str = "", mode: str = "run",
+              no_overlap: str = "0", previous: str | None = None, schedule: str = SCHED,
+              **kw) -> tuple[list, list]:
+    """FIRE's keys and args as ``Broker.fire`` gives them: ENQUEUE's (``enqueue_call``,
+    ``kw`` its options) for a task, or the firings hash six times and no args without
+    one (a task it could not make); then the firings hash, and the previous run's
+    record (the firings hash again: none). ``due`` is the firing time; ``at`` (in
+    ``kw``) the task's execute_at."""
+    keys, args = enqueue_call(raw, task_id, **kw) if raw else ([K.fired] * 6, [])
+    return ([*keys, K.fired, K.record(previous) if previous else K.fired],
+            [schedule, f"{due:.6f}", mode, no_overlap, task_id, *args])
+
+
+def fire(db, due, raw="", task_id="", **kw):
+    return run(db, "FIRE", *fire_call(due, raw, task_id, **kw))
+
+
+def made(at: float, outcome: str, task_id: str | None = None) -> dict:
+    """A firing as the firings hash holds it (no task_id: none queued yet)."""
+    return {"at": at, "outcome": outcome, **({"task_id": task_id} if task_id else {})}
+
+
+def firings(db) -> dict:
+    """The firings hash, each value parsed as JSON."""
+    return {name: json.loads(text) for name, text in db.hgetall(K.fired).items()}
+
+
+def fired_before(db, at: float, outcome: str = "queued", task_id: str = "s@0") -> None:
+    """An earlier firing of SCHED, which queued ``task_id``."""
+    db.hset(K.fired, SCHED, json.dumps(made(at, outcome, task_id)))
+
+
+def test_fire_queues_the_task_as_enqueue_does_and_notes_the_firing(db):
+    raw = entry("s@1")
+    t0 = now(db)
+    assert fire(db, AT, raw, "s@1", timeout=60) == [1, "queued"]
+    t1 = now(db)
+    got = state(db)
+    between(got[K.record("s@1")].pop("queued_at"), t0, t1)
+    assert firings(db) == {SCHED: made(AT, "queued", "s@1")}
+    del got[K.fired]
+    assert got == {K.queue(CHAN): [raw],
+                   K.record("s@1"): {**new_record("s@1", raw, "queued"), "timeout": "60"}}
+    assert db.ttl(K.record("s@1")) == -1 and db.ttl(K.fired) == -1
+    # ENQUEUE given the same keys and args leaves the same keys, but the firings hash
+    reset(db)
+    assert enqueue(db, raw, "s@1", timeout=60) == 1
+    alone = state(db)
+    alone[K.record("s@1")].pop("queued_at")
+    assert alone == got
+
+
+def test_fire_publishes_the_queue_like_enqueue(db, heard):
+    assert fire(db, AT, entry("s@1"), "s@1", wake=K.wake) == [1, "queued"]
+    assert heard() == [f"{K.queue(CHAN)}\n{NODE}"]
+    assert fire(db, AT, entry("s@1"), "s@1", wake=K.wake) == [0, ""]        # made already
+    assert fire(db, AT + 60, entry("s@2"), "s@2", wake=K.wake, mode="missed") == [1, "missed"]
+    assert heard() == []
+
+
+def test_fire_makes_each_firing_once(db):
+    """The same firing time again (another node made it) or an earlier one: {0, ''}
+    and nothing changes; a later one fires again; another schedule has its own."""
+    a = entry("s@1")
+    assert fire(db, AT, a, "s@1", distinct=1800) == [1, "queued"]
+    db.delete(FLAG)   # the distinct rule would refuse the same command: not this test's
+    before = dump(db)
+    for at in (AT, AT - 0.5, AT - 60):
+        assert fire(db, at, entry("x"), "x") == [0, ""]
+        assert fire(db, at, entry("x"), "x", no_overlap="1", previous="s@1") == [0, ""]
+        assert fire(db, at, mode="missed") == [0, ""]
+        assert fire(db, at, mode="refused: bad") == [0, ""]
+    assert_unchanged(before, dump(db))
+    b = entry("s@2")
+    assert fire(db, AT + 60, b, "s@2") == [1, "queued"]
+    c = entry("t@1")
+    assert fire(db, AT, c, "t@1", schedule="other") == [1, "queued"]
+    assert db.lrange(K.queue(CHAN), 0, -1) == [c, b, a]
+    assert firings(db) == {SCHED: made(AT + 60, "queued", "s@2"),
+                           "other": made(AT, "queued", "t@1")}
+    assert [db.hget(K.record(i), "status") for i in ("s@1", "s@2", "t@1")] == ["queued"] * 3
+
+
+@pytest.mark.parametrize("last", ["not json", "[1, 2]", '"x"', json.dumps({"outcome": "queued"}),
+                                  json.dumps({"at": "soon", "task_id": "s@0"})])
+def test_fire_over_a_last_firing_it_cannot_read(db, last):
+    """A value without a time in the firings hash holds no firing: this one is made."""
+    db.hset(K.fired, SCHED, last)
+    assert fire(db, AT, entry("s@1"), "s@1") == [1, "queued"]
+    assert firings(db) == {SCHED: made(AT, "queued", "s@1")}
+
+
+def test_fire_a_delayed_task(db):
+    raw = entry("s@1")
+    t0 = now(db)
+    assert fire(db, AT, raw, "s@1", at=t0 + 100) == [1, "delayed"]
+    t1 = now(db)
+    got = state(db)
+    between(got[K.record("s@1")].pop("queued_at"), t0, t1)
+    assert firings(db) == {SCHED: made(AT, "delayed", "s@1")}
+    del got[K.fired]
+    assert got == {K.delayed: [(raw, pytest.approx(t0 + 100))],
+                   K.record("s@1"): new_record("s@1", raw, "delayed")}
+    # the next firing's task, due already, is queued
+    assert fire(db, AT + 60, entry("s@2"), "s@2", at=t0 - 10) == [1, "queued"]
+    assert db.lrange(K.queue(CHAN), 0, -1) == [entry("s@2")]
+    assert firings(db) == {SCHED: made(AT + 60, "queued", "s@2")}
+
+
+@pytest.mark.parametrize("mode", ["missed", "refused: unknown channel 'x'"])
+def test_fire_notes_a_firing_that_does_not_run(db, mode):
+    """Nothing queued, no record, no flag: only the firing is noted, with the task the
+    schedule queued last (none yet: no task_id)."""
+    assert fire(db, AT, entry("s@1"), "s@1", mode=mode, distinct=1800) == [1, mode]
+    assert firings(db) == {SCHED: made(AT, mode)}
+    assert set(state(db)) == {K.fired}
+    assert fire(db, AT + 60, entry("s@2"), "s@2") == [1, "queued"]
+    before = dump(db)
+    # with a task, as a missed firing is given; without one (Broker.fire: a task it could
+    # not make), as a refused one is
+    assert fire(db, AT + 120, entry("s@3"), "s@3", mode=mode, distinct=1800) == [1, mode]
+    assert firings(db) == {SCHED: made(AT + 120, mode, "s@2")}
+    assert fire(db, AT + 180, mode=mode, no_overlap="1", previous="s@2") == [1, mode]
+    assert firings(db) == {SCHED: made(AT + 180, mode, "s@2")}
+    after = dump(db)
+    del before[K.fired], after[K.fired]
+    assert_unchanged(before, after)   # s@2 queued and its record: nothing else
+
+
+@pytest.mark.parametrize("status", ["running", "queued", "delayed"])
+def test_fire_skips_while_the_previous_run_has_not_finished(db, status):
+    db.hset(K.record("s@0"), mapping={"id": "s@0", "status": status})
+    fired_before(db, AT - 60)
+    before = dump(db)
+    assert fire(db, AT, entry("s@1"), "s@1", no_overlap="1", previous="s@0",
+                distinct=1800) == [1, SKIPPED]
+    assert firings(db) == {SCHED: made(AT, SKIPPED, "s@0")}
+    after = dump(db)
+    del before[K.fired], after[K.fired]
+    assert_unchanged(before, after)   # no queue, no record, no flag
+    assert fire(db, AT, entry("s@1"), "s@1", no_overlap="1", previous="s@0") == [0, ""]
+    # overlap allowed: queued while the previous one runs
+    assert fire(db, AT + 60, entry("s@2"), "s@2", previous="s@0") == [1, "queued"]
+    assert db.lrange(K.queue(CHAN), 0, -1) == [entry("s@2")]
+    assert db.hgetall(K.record("s@0")) == {"id": "s@0", "status": status}
+    assert firings(db) == {SCHED: made(AT + 60, "queued", "s@2")}
+
+
+@pytest.mark.parametrize("previous", [*({"status": s} for s in FINAL), None, "gone", "x"])
+def test_fire_without_overlap_once_the_previous_run_finished(db, previous):
+    """A previous run that is final, or whose record expired ('gone'), or of another
+    type ('x': no status to read), or none at all (None), does not hold the firing."""
+    if isinstance(previous, dict):
+        db.hset(K.record("s@0"), mapping={"id": "s@0", **previous})
+    elif previous == "x":
+        db.set(K.record("s@0"), "x")
+    fired_before(db, AT - 60)
+    raw = entry("s@1")
+    assert fire(db, AT, raw, "s@1", no_overlap="1",
+                previous=None if previous is None else "s@0") == [1, "queued"]
+    assert db.lrange(K.queue(CHAN), 0, -1) == [raw]
+    assert db.hget(K.record("s@1"), "status") == "queued"
+    assert firings(db) == {SCHED: made(AT, "queued", "s@1")}
+    if isinstance(previous, dict):
+        assert db.hgetall(K.record("s@0")) == {"id": "s@0", **previous}
+
+
+def _distinct_held(db):
+    db.set(FLAG, "1", ex=100)
+    return {"distinct": 1800}
+
+
+def _id_in_use(db):
+    db.hset(K.record("s@1"), mapping={"id": "s@1", "status": "running"})
+    return {}
+
+
+def _parked(db):
+    db.hset(K.record("s@1"), mapping={"id": "s@1", "status": "failed", "parked": "1"})
+    return {}
+
+
+def _record_not_a_hash(db):
+    db.set(K.record("s@1"), "x")
+    return {}
+
+
+def _channel_deleted(db):
+    return {"chan": GONE}
+
+
+@pytest.mark.parametrize("setup,outcome", [
+    (_distinct_held, REFUSED_DISTINCT),                          # ENQUEUE 0
+    (_id_in_use, "refused: its id is in use"),                   # 3
+    (_parked, "refused: its id is in use"),                      # 3
+    (_record_not_a_hash, "refused: its record key holds another type"),   # 5
+    (_channel_deleted, "refused: no such channel"),              # 6
+])
+@pytest.mark.parametrize("at", [0, 4e9])
+def test_fire_notes_what_enqueue_refused(db, setup, outcome, at):
+    """A firing ENQUEUE refuses is noted with the reason (it is not tried again), the
+    task the schedule queued last kept; nothing else changes."""
+    fired_before(db, AT - 60)
+    kw = setup(db)
+    raw = entry("s@1", chan=kw.get("chan", CHAN))
+    before = dump(db)
+    assert fire(db, AT, raw, "s@1", at=at, **kw) == [1, outcome]
+    assert firings(db) == {SCHED: made(AT, outcome, "s@0")}
+    after = dump(db)
+    before[K.fired] = after[K.fired]
+    assert_unchanged(before, after)   # the flag's TTL too
+    assert fire(db, AT, raw, "s@1", at=at, **kw) == [0, ""]
+    assert_unchanged(before, dump(db))
+
+
+def test_fire_refuses_a_firings_hash_of_another_type(db):
+    """An error naming it, nothing written, whatever the mode."""
+    db.set(K.fired, "x")
+    db.hset(K.record("s@0"), mapping={"id": "s@0", "status": "running"})
+    before = dump(db)
+    for call in (fire_call(AT, entry("s@1"), "s@1"), fire_call(AT, entry("s@1"), "s@1", at=4e9),
+                 fire_call(AT, entry("s@1"), "s@1", no_overlap="1", previous="s@0"),
+                 fire_call(AT, entry("s@1"), "s@1", mode="missed"),
+                 fire_call(AT, mode="refused: bad")):
+        with pytest.raises(redis.ResponseError) as err:
+            run(db, "FIRE", *call)
+        assert str(err.value) == f"WRONGTYPE {K.fired} holds a string, not a hash"
+        assert_unchanged(before, dump(db))
+
+
+@pytest.mark.parametrize("at", [0, 4e9])
+def test_fire_refuses_wrong_types(db, at):
+    """A key ENQUEUE refuses (its error reply) leaves Redis as it was: the firing is
+    not noted, so it is made once the key is right."""
+    raw = entry("s@1")
+
+    def setup():
+        fired_before(db, AT - 60)
+
+    keys, args = fire_call(AT, raw, "s@1", at=at, distinct=1800)
+    wanted = {K.fired: "hash", K.channels: "hash", K.staging(NODE): "list",
+              **({K.delayed: "zset"} if at else {K.queue(CHAN): "list"})}
+    assert_refuses(db, setup, "FIRE", keys, args, wanted)
+    # once the key is right again, the same firing is made
+    reset(db)
+    setup()
+    spoiled = K.delayed if at else K.queue(CHAN)
+    db.set(spoiled, "x")
+    with pytest.raises(redis.ResponseError):
+        run(db, "FIRE", keys, args)
+    assert firings(db) == {SCHED: made(AT - 60, "queued", "s@0")}
+    db.delete(spoiled)
+    assert run(db, "FIRE", keys, args) == [1, "delayed" if at else "queued"]
+    assert firings(db) == {SCHED: made(AT, "delayed" if at else "queued", "s@1")}
+
+
+def test_fire_checks_enqueue_keys_only_when_it_runs_the_task(db):
+    """A firing noted only (missed, or skipped) never reaches ENQUEUE's keys."""
+    for key in (K.queue(CHAN), K.staging(NODE), K.channels, K.record("s@1")):
+        db.set(key, "x")
+    db.hset(K.record("s@0"), mapping={"id": "s@0", "status": "running"})
+    assert fire(db, AT, entry("s@1"), "s@1", mode="missed") == [1, "missed"]
+    assert fire(db, AT + 60, entry("s@2"), "s@2", no_overlap="1", previous="s@0") == [1, SKIPPED]
+    assert firings(db) == {SCHED: made(AT + 60, SKIPPED)}
+    assert [db.get(key) for key in (K.queue(CHAN), K.staging(NODE), K.channels,
+                                    K.record("s@1"))] == ["x"] * 4
 
 
 # -- DEAD ----------------------------------------------------------------------
@@ -866,6 +1143,14 @@ def test_requeue_without_a_record(db):
         assert run(db, "REQUEUE", *requeue_call("sleep 1", task_id="-")) == 1
         assert state(db) == {K.queue(CHAN): ["sleep 1"],
                              **({K.record("-"): record} if record else {})}
+
+
+def test_requeue_without_a_channels_hash_gives_the_entry_back(db):
+    """No channels hash at all: the settings were lost, not the channel deleted."""
+    db.delete(K.channels)
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    assert run(db, "REQUEUE", *requeue_call(RAW)) == 1
+    assert db.lrange(K.queue(CHAN), 0, -1) == [RAW] and db.llen(K.dead) == 0
 
 
 def test_requeue_buries_an_entry_of_a_deleted_channel(db, heard):
