@@ -30,7 +30,13 @@ Options (as in the Go daemon):
   --daemonize=<bool>           Detach from the terminal (not under supervisor or
                                systemd) [default: false]
 
+Every flag can also come from the environment (COYOTES_REDIS_HOST for the
+flag -redis-host) or from the TOML file of -config; a flag wins over the
+environment, which wins over the file.
+
 Options (new in this version):
+  --config=<path>              TOML file of settings (keys are the flags' names)
+                               and [schedules.<name>] tables [default: ]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

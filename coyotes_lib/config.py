@@ -1,10 +1,13 @@
-"""Command line -> frozen ``Config``.
+"""Command line, environment and config file -> frozen ``Config``.
 
 The Go daemon used Go's ``flag`` package, so every flag is accepted as
 ``-name value``, ``-name=value``, ``--name value`` and ``--name=value``, and
 booleans as ``-name``, ``-name=true`` or ``-name=false``. ``normalize_argv``
 rewrites all of those into docopt's ``--name=value`` before docopt parses the
-usage text kept in ``coyotes.py``; ``build_config`` validates the values and
+usage text kept in ``coyotes.py``. A flag not given comes from the environment
+(``COYOTES_REDIS_HOST`` for ``-redis-host``), else from the TOML file of
+``-config`` (its keys are the flags' names; ``[schedules.<name>]`` tables
+define schedules), else its default. ``build_config`` validates the values and
 applies the ``-host``/``-password`` precedence rules of the original.
 """
 
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import socket
+import tomllib
 
 from . import __version__
 
@@ -29,8 +34,9 @@ FLAGS = {
     "node-ttl": True, "allowed-hosts": True, "max-body": True, "result-ttl": True,
     "output-tail": True, "max-redeliveries": True, "kill-grace": True, "runner": True,
     "dead-letters-max": True, "log-output-max": True, "http-timeout": True,
-    "http-idle-timeout": True, "http-max-connections": True,
+    "http-idle-timeout": True, "http-max-connections": True, "config": True,
 }
+ENV_PREFIX = "COYOTES_"
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -73,6 +79,8 @@ class Config:
     http_timeout: float = 10.0
     http_idle_timeout: float = 60.0
     http_max_connections: int = 1000
+    config: str = ""                       # the TOML file read, if any
+    schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
 
     @property
     def http_loopback(self) -> bool:
@@ -221,10 +229,77 @@ def build_config(opts: dict) -> Config:
     )
 
 
-def parse(argv: list[str], usage: str):
-    """argv (without the program name) -> Config; raises UsageError."""
+def env_name(flag: str) -> str:
+    """The environment variable of a flag: COYOTES_REDIS_HOST for -redis-host."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
+    """A TOML config file -> ({flag: value as a flag would give it}, schedules)."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise UsageError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path}: not valid TOML: {exc}") from None
+    values, schedules = {}, []
+    for key, value in data.items():
+        if key == "schedules" and isinstance(value, dict):
+            for name, fields in value.items():
+                if not isinstance(fields, dict):
+                    raise UsageError(f"config file {path}: schedules.{name} must be a table")
+                schedules.append({"name": name, **fields})
+            continue
+        flag = key.replace("_", "-")
+        if flag not in FLAGS or flag == "config":
+            raise UsageError(f"config file {path}: unknown setting {key!r}")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)   # allowed-hosts as a list
+        elif isinstance(value, int | float | str):
+            value = str(value)
+        else:
+            raise UsageError(f"config file {path}: {key} must be a string, a number or "
+                             "a boolean")
+        values[flag] = value
+    return values, tuple(schedules)
+
+
+def parse(argv: list[str], usage: str, environ=None):
+    """argv (without the program name), the environment (``os.environ`` by
+    default) and the config file they name -> Config; raises UsageError."""
     import docopt
 
-    opts = docopt.docopt(usage, argv=normalize_argv(argv), help=True,
-                         version=f"coyotes {__version__}")
-    return build_config(opts)
+    environ = os.environ if environ is None else environ
+    given = normalize_argv(argv)
+    opts = docopt.docopt(usage, argv=given, help=True, version=f"coyotes {__version__}")
+    on_line = {arg[2:].partition("=")[0] for arg in given if arg.startswith("--")}
+    path = opts["--config"] if "config" in on_line else environ.get(env_name("config"), "")
+    from_file, schedules = read_file(path) if path else ({}, ())
+    source = {}   # flag -> where its value came from, when not from the command line
+    for flag in FLAGS:   # flag > environment > file > default
+        if flag in on_line:
+            continue
+        if env_name(flag) in environ:
+            opts[f"--{flag}"], source[flag] = environ[env_name(flag)], env_name(flag)
+        elif flag in from_file:
+            opts[f"--{flag}"], source[flag] = from_file[flag], path
+    try:
+        config = build_config(opts)
+    except UsageError as exc:
+        named = re.search(r"for flag -([a-z-]+)", str(exc))
+        if named and named[1] in source:
+            raise UsageError(f"{exc} (from {source[named[1]]})") from None
+        raise
+    if schedules:   # checked now: a bad one stops the start, with the reason
+        from .schedules import BadSchedule
+        from .schedules import parse as schedule
+        for fields in schedules:
+            try:
+                schedule(fields, config.channel_default, 0.0)
+            except BadSchedule as exc:
+                raise UsageError(f"config file {path}: schedule {fields['name']}: "
+                                 f"{exc}") from None
+    return dataclasses.replace(config, config=path, schedules=schedules)

@@ -30,7 +30,8 @@ from .model import ChannelSpec, Enqueued
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
 from .runners import runner
-from .schedules import Timetable
+from .schedules import Schedule, Timetable
+from .schedules import parse as schedule_from
 from .task import BadTask, Task, from_producer, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -94,6 +95,7 @@ class Scheduler:
         self._check_node_id()
         self.ensure_default_channels()
         self.specs = self.broker.channels()
+        self._load_schedules()
         moved = self.broker.convert_go_delayed()
         if moved:
             log.warning("delayed tasks: %d entries left by the Go daemon converted to unix "
@@ -106,6 +108,26 @@ class Scheduler:
         self.broker.beat()
         self.started = True
         self._sync()
+
+    def _load_schedules(self) -> None:
+        """Store the schedules of the config file (checked when it was read); one
+        that exists already keeps its ``since``, and its last firing."""
+        for fields in self.config.schedules:
+            name = fields["name"]
+            before = self.broker.schedule(name)[0]
+            try:
+                known = Schedule.from_json(before) if before else None
+            except (ValueError, TypeError):   # written by hand, unreadable: replaced
+                known = None
+            schedule = schedule_from(fields, self.config.channel_default, self.broker.now(),
+                                     known)
+            if schedule.to_json() != before:
+                self.broker.put_schedule(name, schedule.to_json())
+                log.info("schedule %s: %s from %s", name, "replaced" if before else "made",
+                         self.config.config)
+            if schedule.channel not in self.specs:
+                log.warning("schedule %s: channel %s does not exist; its firings are "
+                            "refused until it does", name, schedule.channel)
 
     def _check_node_id(self) -> None:
         """Refuse to share our node id with a live process: its claims would look like

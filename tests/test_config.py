@@ -94,6 +94,7 @@ def test_node_id_explicit():
 # -- every value flag in its four forms ---------------------------------------
 
 VALUE_CASES = [
+    ("config", "/dev/null", {"config": "/dev/null", "schedules": ()}),   # empty TOML
     ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
     ("redis-password", "s3cret", {"redis_password": "s3cret"}),
     ("redis-db", "15", {"redis_db": 15}),
@@ -383,3 +384,77 @@ def test_version(argv, capsys):
         parse(*argv)
     assert info.value.code in (None, 0)
     assert capsys.readouterr().out.strip() == f"coyotes {configuration.__version__}"
+
+
+# -- environment and config file ---------------------------------------------------
+
+def write(tmp_path, text: str):
+    path = tmp_path / "coyotes.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_flag_wins_over_the_environment_which_wins_over_the_file(tmp_path):
+    path = write(tmp_path, 'concurrent = 3\nbiz-name = "shop"\ndebug = true\n'
+                           'allowed_hosts = ["a.example", "b.example"]\nnode-ttl = 60\n')
+    env = {"COYOTES_CONCURRENT": "4", "COYOTES_NODE_TTL": "90", "COYOTES_CONFIG": path}
+    c = configuration.parse(["-concurrent", "6"], USAGE, env)
+    assert (c.concurrent, c.node_ttl, c.biz_name, c.debug) == (6, 90, "shop", True)
+    assert c.allowed_hosts == ("a.example", "b.example") and c.config == path
+    c = configuration.parse([], USAGE, env)
+    assert c.concurrent == 4   # the environment, then
+    c = configuration.parse(["-config", path], USAGE, {})
+    assert (c.concurrent, c.node_ttl) == (3, 60)   # the file, then
+    assert configuration.parse([], USAGE, {}).concurrent == 5   # the default
+    # booleans and a Go-style value from the environment
+    c = configuration.parse([], USAGE, {"COYOTES_TASK_MODE": "false",
+                                        "COYOTES_REDIS_HOST": "10.0.0.9:6390"})
+    assert c.task_mode is False and (c.redis_host, c.redis_port) == ("10.0.0.9", 6390)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("concurency = 3\n", "unknown setting 'concurency'"),
+    ("config = 'other.toml'\n", "unknown setting 'config'"),
+    ("concurrent = \n", "not valid TOML"),
+    ("concurrent = 0\n", "for flag -concurrent: must be 1..1000 (from "),
+    ("[redis]\nhost = 'x'\n", "unknown setting 'redis'"),
+    ("concurrent = [1, 2]\n", "concurrent must be a string, a number or a boolean"),
+    ("[schedules]\nnightly = 3\n", "schedules.nightly must be a table"),
+    ("[schedules.nightly]\ncron = '61 * * * *'\ncommand = 'true'\n",
+     "schedule nightly: cron"),
+    ("[schedules.nightly]\ncron = '* * * * *'\ncommand = 'true'\nevery = 1\n",
+     "schedule nightly: unknown field(s): every"),
+])
+def test_a_bad_config_file_is_refused_with_the_reason(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        configuration.parse(["-config", path], USAGE, {})
+    assert words in str(err.value) and path in str(err.value), str(err.value)
+
+
+def test_a_missing_config_file_and_a_bad_environment_value_name_themselves():
+    with pytest.raises(UsageError, match=r"config file /nonexistent\.toml: No such file"):
+        configuration.parse(["-config", "/nonexistent.toml"], USAGE, {})
+    with pytest.raises(UsageError, match=r"-redis-db: must be 0..15 \(from COYOTES_REDIS_DB\)"):
+        configuration.parse([], USAGE, {"COYOTES_REDIS_DB": "16"})
+
+
+def test_schedules_of_the_config_file(tmp_path):
+    path = write(tmp_path, """
+channel-default = "main"
+[schedules.laravel]
+cron = "* * * * *"
+command = "php artisan schedule:run"
+timeout = 300
+[schedules.report]
+cron = "30 2 * * *"
+timezone = "Asia/Shanghai"
+command = "php artisan report:daily"
+channel = "biz"
+missed = "run_once"
+""")
+    c = configuration.parse(["-config", path], USAGE, {})
+    assert c.channel_default == "main"
+    assert [s["name"] for s in c.schedules] == ["laravel", "report"]
+    assert c.schedules[0] == {"name": "laravel", "cron": "* * * * *",
+                              "command": "php artisan schedule:run", "timeout": 300}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import time
 import zoneinfo
 
@@ -157,3 +158,29 @@ def test_run_now_and_enable_again_without_the_firings_it_missed(coyotes, r, tmp_
     assert view["enabled"] is True and view["since"] >= before - 1
     wait_until(lambda: len(fired_slots(r, "manual")) >= 2, what="firing again")
     assert min(fired_slots(r, "manual")) >= int(before) - 1   # nothing from before
+
+
+def test_schedules_and_settings_from_the_config_file_and_the_environment(
+        coyotes_factory, r, tmp_path):
+    ledger = tmp_path / "ledger"
+    config = tmp_path / "coyotes.toml"
+    config.write_text(f"""
+channel-default = "main"
+concurrent = 7
+[schedules.tick]
+cron = "* * * * * *"
+command = "{ledger_command(ledger, 'f')}"
+overlap = "allow"
+""")
+    daemon = coyotes_factory("-config", str(config), start=False)
+    daemon.start(env={**os.environ, "COYOTES_CONCURRENT": "2"})   # the environment wins
+    settings = json.loads(r.hget("task:channels", "main"))
+    assert settings["worker_count"] == 2
+    wait_until(lambda: ("end", "f") in events(ledger), what="a firing of the file's schedule")
+    view = ok_data(daemon.request("GET", "/schedules/tick"))
+    assert (view["channel"], view["overlap"]) == ("main", "allow")
+    since = view["since"]
+    daemon.stop()   # started again with the same file: the schedule keeps its history
+    daemon.start()
+    assert ok_data(daemon.request("GET", "/schedules/tick"))["since"] == since
+    assert "schedule tick: made from" in daemon.log()
