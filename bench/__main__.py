@@ -26,6 +26,8 @@ Sections (``--only NAME[,NAME]``):
   commands    Redis commands per task (INFO commandstats) and round trips per
               task (MONITOR, commands run by scripts told apart)
   soak        RSS after 10,000 and after 100,000 tasks, and the throughput
+  scale       tasks/s through 3 nodes on one Redis against 1 node, for `true`
+              and for `sleep 0.1` commands
 
 With --peer PATH (make bench PEER=PATH), PATH is run beside Coyotes: any daemon
 that takes the Go original's flags. It gets a redis-server of its own and runs
@@ -52,13 +54,15 @@ from .latency import section_latency
 from .memory import section_memory
 from .push import section_http
 from .report import Report, write_report
+from .scale import section_scale
 from .soak import section_soak
 from .status import section_status
 from .throughput import section_throughput
 
 SECTIONS = {"throughput": section_throughput, "latency": section_latency,
             "http": section_http, "status": section_status, "memory": section_memory,
-            "channels": section_channels, "commands": section_commands, "soak": section_soak}
+            "channels": section_channels, "commands": section_commands, "soak": section_soak,
+            "scale": section_scale}
 QUICK = {"tasks": 300, "samples": 30, "duration": 3, "fill": 20000, "channels": 20,
          "monitor_tasks": 50, "soak": 2000, "many_channels": 300, "channels_cap": 30}
 

@@ -32,7 +32,7 @@ from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
 from .listings import Listings
 from .model import ChannelSpec, Claim, Deleted, Enqueued, Outcome, Started
-from .task import Policy, Task
+from .task import Policy, Task, high
 
 log = logging.getLogger("coyotes.broker")
 
@@ -165,7 +165,8 @@ class Broker(Listings):
         while True:
             code, n = self._delete_channel(
                 keys=[k.channels, k.queue(name), k.queue(move_to) if move_to else k.queue(name),
-                      k.dead, k.dead_trimmed],
+                      k.dead, k.dead_trimmed, k.queue_high(name),
+                      k.queue_high(move_to) if move_to else k.queue_high(name)],
                 args=[name, mode, move_to, batch, before, after, k.record(""), self.dead_max,
                       f"channel {name} was deleted", self.node, self.record_ttl, k.wake])
             if code != 4:
@@ -213,7 +214,8 @@ class Broker(Listings):
         for key in ("execute_at", "timeout", "retries"):
             if payload.get(key) is not None:
                 args += (key, payload[key])
-        return ([k.queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
+        queue = k.queue_high if payload.get("priority") == "high" else k.queue
+        return ([queue(task.channel), k.distinct(task.channel, task.name), k.delayed,
                  k.staging(self.node), k.record(task.id), k.channels], args)
 
     def dead_letter(self, entry: str, reason: str, source: bool = True) -> None:
@@ -296,7 +298,8 @@ class Broker(Listings):
             chan, task_id = locate(raw)
             k = self.keys
             try:
-                done = self._promote(keys=[k.delayed, k.queue(chan), k.record(task_id),
+                queue = k.queue_high(chan) if high(raw) else k.queue(chan)
+                done = self._promote(keys=[k.delayed, queue, k.record(task_id),
                                            k.channels, k.dead, k.dead_trimmed],
                                      args=[raw, k.wake, chan, self.node, self.dead_max,
                                            self.record_ttl])
@@ -319,7 +322,7 @@ class Broker(Listings):
 
     def waiting(self, queues: list[str]) -> list[str]:
         """Those of these channel queues (keys) that hold entries (one round trip)."""
-        found = self._waiting(keys=queues) if queues else []
+        found = self._waiting(keys=queues, args=[self.keys.high]) if queues else []
         return [queues[i - 1] for i in found]
 
     def wakeups(self) -> Subscriber:
@@ -330,8 +333,8 @@ class Broker(Listings):
 
     def _claim_args(self, chan: str, most: int, limit: int = 0) -> tuple[list, list]:
         k = self.keys
-        return ([k.queue(chan), k.processing(self.node, chan), k.running(chan)],
-                [most, self.node, k.record(""), limit, k.heartbeat("")])
+        return ([k.queue(chan), k.processing(self.node, chan), k.running(chan),
+                 k.queue_high(chan)], [most, self.node, k.record(""), limit, k.heartbeat("")])
 
     @staticmethod
     def _claims(replies) -> list[Claim]:
@@ -380,8 +383,9 @@ class Broker(Listings):
         """Give one claimed entry back to the queue (it runs next); ``ran=False``
         for a claim that never ran, whose attempt is not counted."""
         k = self.keys
+        queue = k.queue_high(chan) if high(raw) else k.queue(chan)
         done = self._requeue(keys=[k.processing(self.node, chan), k.running(chan),
-                                   k.queue(chan), k.record(task_id or "-"),   # "-": no record
+                                   queue, k.record(task_id or "-"),   # "-": no record
                                    k.channels, k.dead, k.dead_trimmed],
                              args=[raw, "1" if not ran else "0", k.wake, chan, self.node,
                                    self.dead_max, self.record_ttl])
@@ -403,7 +407,7 @@ class Broker(Listings):
         return int(self._reap(keys=keys, args=[node, "1" if only_if_dead else "0",
                                                "1" if forget else "0", k.record(""), k.wake,
                                                self.node, self.dead_max, self.record_ttl,
-                                               *sorted(names)]))
+                                               k.high, *sorted(names)]))
 
     def note_pids(self, pids: dict[str, int]) -> None:
         """Write the pids of commands running here into their tasks' records."""
@@ -571,7 +575,8 @@ class Broker(Listings):
             return "unknown"
         k, chan = self.keys, record.get("channel", "")
         if self._cancel(keys=[k.record(task_id), k.queue(chan), k.delayed,
-                              k.distinct(chan, record.get("task_name", ""))],
+                              k.distinct(chan, record.get("task_name", "")),
+                              k.queue_high(chan)],
                         args=[record.get("raw", ""), self.record_ttl]):
             self.redis.hsetnx(k.record(task_id), "channel", chan)   # for an unrecorded one
             return "canceled"
@@ -593,6 +598,6 @@ class Broker(Listings):
         record = self.record(task_id) or {}
         return bool(self._unfail(
             keys=[k.failed(chan), k.failed_index(chan), k.queue(chan), k.record(task_id),
-                  k.distinct(chan, record.get("task_name", ""))],
+                  k.distinct(chan, record.get("task_name", "")), k.queue_high(chan)],
             args=[task_id, "1" if retry else "0", self.record_ttl,
                   DISTINCT_TTL if distinct else 0, k.wake]))

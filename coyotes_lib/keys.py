@@ -22,9 +22,14 @@ class Keys:
         self.wake = p + "task:wake"               # pub/sub: channel queues that got entries
         self.schedules = p + "task:schedules"     # hash: schedule name -> JSON definition
         self.fired = p + "task:schedules:fired"   # hash: schedule name -> its last firing
+        self.high = ":high"   # what follows a channel queue's key in its high queue's
 
     def queue(self, chan: str) -> str:
         return f"{self.prefix}{chan}:tasks:queue"
+
+    def queue_high(self, chan: str) -> str:
+        """List: a channel's tasks of high priority, claimed before its queue's."""
+        return self.queue(chan) + self.high
 
     def running(self, chan: str) -> str:
         return self.queue(chan) + ":exec"

@@ -21,26 +21,31 @@ class Listings:
     _counts: Script
 
     def channel_tasks(self, chans: list[str], offset: int = 0, limit: int = 100):
-        """Each channel's running entries, then its queued entries in run order, sliced,
-        and their total count, in at most three round trips: {chan: (page, count)}."""
+        """Each channel's running entries, then its queued entries in run order (its
+        high queue's first), sliced, and their total count, in at most three round
+        trips: {chan: (page, count)}."""
         k = self.keys
         if not chans:
             return {}
-        counts = self._counts(keys=k.running_and_queue(chans))
-        busy = [chan for i, chan in enumerate(chans) if counts[2 * i]]
+        counts = self._counts(keys=k.running_and_queue(chans), args=[k.high])
+        busy = [chan for i, chan in enumerate(chans) if counts[3 * i]]
         members = dict(zip(busy, self.lean.round_trip(
             [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
         pages, ranges = {}, []
         for i, chan in enumerate(chans):
-            running, queued = members.get(chan, ()), counts[2 * i + 1]
+            running, highs, queued = members.get(chan, ()), counts[3 * i + 1], counts[3 * i + 2]
             if isinstance(running, Exception):
                 raise running
             running = sorted(running)
             page = [(raw, "running") for raw in running[offset:offset + limit]]
             start, want = max(0, offset - len(running)), limit - len(page)
-            pages[chan] = (page, len(running) + queued)
-            if want > 0 and start < queued:   # taken from the right: the next is at -1
-                ranges.append((chan, ("LRANGE", k.queue(chan), -(start + want), -(start + 1))))
+            pages[chan] = (page, len(running) + highs + queued)
+            for key, size in ((k.queue_high(chan), highs), (k.queue(chan), queued)):
+                if want > 0 and start < size:   # taken from the right: the next is at -1
+                    take = min(want, size - start)
+                    ranges.append((chan, ("LRANGE", key, -(start + take), -(start + 1))))
+                    want -= take
+                start = max(0, start - size)
         tails = self.lean.round_trip([cmd for _, cmd in ranges]) if ranges else []
         for (chan, _), raws in zip(ranges, tails, strict=True):
             if isinstance(raws, Exception):
@@ -66,13 +71,14 @@ class Listings:
     def channel_counts(self, chan: str) -> dict[str, int]:
         """How many of a channel's tasks run, wait and failed (one round trip)."""
         k = self.keys
-        running, queued, failed = self.lean.round_trip(
-            [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)),
+        replies = self.lean.round_trip(
+            [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)), ("LLEN", k.queue_high(chan)),
              ("ZCARD", k.failed_index(chan))])
-        for reply in (running, queued, failed):
+        for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return {"running": running, "queued": queued, "failed": failed}
+        running, queued, highs, failed = replies
+        return {"running": running, "queued": queued + highs, "failed": failed}
 
     def record(self, task_id: str) -> dict | None:
         data = self.redis.hgetall(self.keys.record(task_id))

@@ -124,6 +124,8 @@ def push_fields(json: bool) -> dict:
                      "description": "the command line; with command, only a display name"},
             "command": command, "args": args,
             "delay": number(0, MAX_DELAY, description="seconds before it may run"),
+            "priority": {"enum": ["normal", "high"],
+                         "description": "high: runs before every normal task of its channel"},
             "id": {"anyOf": [task_id, {"type": "integer"}]} if json else task_id,
             **policy_fields(json)}
 
@@ -193,7 +195,8 @@ def components() -> dict:
                   "command": ref("schemas", "Command"),
                   "status": {"type": "string", "description": "queued, running, delayed, "
                              "or for a failed task failed or timed_out"},
-                  "execute_at": num, "error": text, "exit_code": integer, "signal": integer,
+                  "execute_at": num, "priority": {"const": "high"},
+                  "error": text, "exit_code": integer, "signal": integer,
                   "failed_at": num, "attempt": integer, "retry_count": integer,
                   "redeliveries": integer, "stdout": text, "stderr": text,
                   "node": {"type": ["string", "null"],

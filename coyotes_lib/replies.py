@@ -55,6 +55,8 @@ def describe(raw: str, channel: str, status: str) -> dict:
             "task_id": task.id, "command": {"name": task.argv[0], "args": list(task.argv[1:])}}
     if task.payload.get("execute_at"):
         item["execute_at"] = task.payload["execute_at"]
+    if task.payload.get("priority") == "high":
+        item["priority"] = "high"
     return item
 
 

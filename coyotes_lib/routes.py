@@ -158,9 +158,11 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
         if not 0 <= delay <= MAX_DELAY:
             raise fail(400, f"delay must be 0..{MAX_DELAY} seconds")
         execute_at = broker.now() + delay
-    policy = body.policy() if with_command else {}
+    extra = body.policy() if with_command else {}
+    if with_command and body.get("priority") not in (None, ""):
+        extra["priority"] = body.get("priority")
     try:
-        task = build(name, name_field, command, task_id, execute_at, policy)
+        task = build(name, name_field, command, task_id, execute_at, extra)
     except BadTask as exc:
         raise fail(400, str(exc)) from None
     result = broker.push(task, spec.distinct)

@@ -58,7 +58,8 @@ class Scheduler:
         self.broker, self.config, self.stop = broker, config, stop
         self.give_up = gevent.event.Event()   # set at the very end of a shutdown
         self.channels: dict[str, Channel] = {}
-        self.by_queue: dict[str, Channel] = {}   # queue key -> its channel, for wake-ups
+        # queue key (and high queue key) -> its channel, for wake-ups
+        self.by_queue: dict[str, Channel] = {}
         self.digest = ""   # of task:channels, when last read (see ``_sync``)
         self.resync = gevent.event.Event()   # a node said the settings changed
         self.unnoted: dict[str, int] = {}    # see ``Channel.unnoted``
@@ -197,7 +198,8 @@ class Scheduler:
         channel = self.channels[spec.name] = Channel(spec, self.broker, self.stop,
                                                      self.give_up, self.run_with, self.limits,
                                                      self.unnoted)
-        self.by_queue[self.broker.keys.queue(spec.name)] = channel
+        keys = self.broker.keys
+        self.by_queue[keys.queue(spec.name)] = self.by_queue[keys.queue_high(spec.name)] = channel
         channel.start()
         # a channel lives as long as the daemon: its objects leave the collector's
         # passes, which otherwise walk every channel's (100 ms with 10,000 of them)
@@ -250,6 +252,7 @@ class Scheduler:
             channel.greenlet.join()
         self.channels.pop(channel.name, None)
         self.by_queue.pop(self.broker.keys.queue(channel.name), None)
+        self.by_queue.pop(self.broker.keys.queue_high(channel.name), None)
         insist(f"channel {channel.name}", lambda: self.broker.not_consuming(channel.name),
                self.stop)
         self.digest = ""   # a channel of that name made meanwhile starts at the next sync
@@ -436,7 +439,8 @@ class Scheduler:
     def _wake_waiting(self) -> None:
         """Wake the channels whose queue holds entries (the slow path: entries pushed
         by a producer that does not publish, such as the Go daemon)."""
-        for queue in self.broker.waiting(list(self.by_queue)):
+        queues = [self.broker.keys.queue(name) for name in self.channels]
+        for queue in self.broker.waiting(queues):   # each one's high queue is looked at too
             self.by_queue[queue].wake()
 
     def _reject(self, raw: str, reason: str) -> redis.ResponseError | None:

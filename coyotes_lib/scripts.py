@@ -4,9 +4,10 @@ Each is a constant registered once by ``Broker``, with a KEYS/ARGV header.
 A task record is a hash (``task:record:<id>``); its status is one of
 queued, delayed, running and the final ones (succeeded, failed, timed_out,
 canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
-Some scripts (REAP, PROMOTE, CLAIM) reach the record of an entry
-they read, by building its key from ARGV's prefix: fine on one Redis (not on
-Cluster).
+Some scripts build key names from prefixes and suffixes ARGV gives (from
+``Keys``): REAP, DELETE_CHANNEL, NOTE_PIDS and CLAIM reach the record (CLAIM
+also the heartbeat) of an entry they read; REAP, WAITING and COUNTS a channel's
+high queue from its queue's key. Fine on one Redis, not on Cluster.
 
 Redis does not roll back a script that fails half-way, so every script checks
 what could make a later command fail (a key of another type, set by someone
@@ -88,8 +89,13 @@ local function bury(dead, counter, most, entry, reason, node, record, ttl)
   end
 end
 """
-# The id of any entry, as ``task.locate`` finds it (nil: an id that is not a string).
+# The id of any entry, as ``task.locate`` finds it (nil: an id that is not a string);
+# whether an entry is of high priority (it waits in its channel's high queue).
 _ID = """
+local function high(entry)
+  local ok, task = pcall(cjson.decode, entry)
+  return ok and type(task) == 'table' and task.priority == 'high'
+end
 local function id_of(entry)   -- as task.locate: id, task_id, or for a plain string its SHA-1
   local ok, task = pcall(cjson.decode, entry)
   if not (ok and type(task) == 'table') then return redis.sha1hex(entry):sub(1, 32) end
@@ -272,10 +278,11 @@ end
 # running set holds them, and a task counts while its node's heartbeat lives.
 CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
+-- KEYS[4] the channel's high queue (taken from first)
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
 -- ARGV[4] most tasks of the channel running on all nodes together, 0 = no limit
 -- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
-local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set')
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
 if bad then return bad end
 local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
 if limit > 0 then
@@ -290,7 +297,8 @@ if limit > 0 then
 end
 local out = {}
 for i = 1, most do
-  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  local entry = redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT')
+    or redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not entry then break end
   out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
   -- one START will start later holds its slot from now on
@@ -401,20 +409,22 @@ REAP = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- ARGV[3] '1' = forget the node afterwards   ARGV[4] record key prefix
 -- ARGV[5] wake-up channel (optional)   ARGV[6] this node's id
 -- ARGV[7] most dead letters kept   ARGV[8] record TTL (s)
--- ARGV[9..] the channels of KEYS[9..], in the same order (a deleted one's entries
+-- ARGV[9] what a channel queue's key is followed by in its high queue's
+-- ARGV[10..] the channels of KEYS[9..], in the same order (a deleted one's entries
 -- go to the dead-letter list)
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local bad = wrongtype(KEYS[2], 'set', KEYS[3], 'list', KEYS[4], 'list', KEYS[5], 'set',
                       KEYS[6], 'hash', KEYS[7], 'list') or counter_bad(KEYS[8])
 if bad then return bad end
 for i = 9, #KEYS, 3 do
-  bad = wrongtype(KEYS[i], 'list', KEYS[i + 1], 'set', KEYS[i + 2], 'list')
+  bad = wrongtype(KEYS[i], 'list', KEYS[i + 1], 'set', KEYS[i + 2], 'list',
+                  KEYS[i + 2] .. ARGV[9], 'list')
   if bad then return bad end
 end
 local n = 0
 while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
 for i = 9, #KEYS, 3 do
-  local chan = ARGV[9 + (i - 9) / 3]
+  local chan = ARGV[10 + (i - 9) / 3]
   local alive = not gone(KEYS[6], chan)
   if alive and redis.call('EXISTS', KEYS[i]) == 1 then wake(ARGV[5], KEYS[i + 2]) end
   while true do
@@ -423,8 +433,9 @@ for i = 9, #KEYS, 3 do
     redis.call('SREM', KEYS[i + 1], entry)
     local id = id_of(entry)
     local record = id and (ARGV[4] .. id)
-    if alive then
-      redis.call('LMOVE', KEYS[i], KEYS[i + 2], 'LEFT', 'RIGHT')
+    if alive then   -- a high entry goes back to the high queue
+      redis.call('LMOVE', KEYS[i], KEYS[i + 2] .. (high(entry) and ARGV[9] or ''),
+                 'LEFT', 'RIGHT')
       if record and is_hash(record) and redis.call('HGET', record, 'status') == 'running' then
         redis.call('HSET', record, 'status', 'queued',
                    'redeliveries', number(record, 'redeliveries') + 1)
@@ -472,11 +483,12 @@ return 1
 # Returns 1 canceled, 0 not waiting any more (running, finished or unknown).
 CANCEL = _CLOCK + _TYPES + """
 -- KEYS[1] task record   KEYS[2] channel queue   KEYS[3] delayed zset
--- KEYS[4] distinct flag
+-- KEYS[4] distinct flag   KEYS[5] the channel's high queue
 -- ARGV[1] entry   ARGV[2] record TTL (s)
-local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'zset')
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'zset', KEYS[5], 'list')
 if bad then return bad end
-if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 and redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 and redis.call('LREM', KEYS[5], 1, ARGV[1]) == 0
+    and redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
   return 0
 end
 redis.call('DEL', KEYS[4])
@@ -501,12 +513,13 @@ return 1
 
 # Take a task out of the failed hash: back into its queue (ARGV[2] = '1'),
 # or dropped, its record left to expire.
-UNFAIL = _TYPES + _WAKE + """
+UNFAIL = _TYPES + _WAKE + _ID + """
 -- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
--- KEYS[4] task record   KEYS[5] distinct flag
+-- KEYS[4] task record   KEYS[5] distinct flag   KEYS[6] the channel's high queue
 -- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
 -- ARGV[4] distinct flag TTL (s), 0 = not distinct   ARGV[5] wake-up channel (optional)
-local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'hash')
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'hash',
+                      KEYS[6], 'list')
 if bad then return bad end
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return 0 end
@@ -518,8 +531,9 @@ if ARGV[2] == '1' then
   redis.call('HSET', KEYS[4], 'status', 'queued', 'retry_count', 0, 'redeliveries', 0)
   redis.call('HDEL', KEYS[4], 'kill_requested', 'failed_at')
   redis.call('PERSIST', KEYS[4])
-  redis.call('LPUSH', KEYS[3], entry)
-  wake(ARGV[5], KEYS[3])
+  local queue = high(entry) and KEYS[6] or KEYS[3]
+  redis.call('LPUSH', queue, entry)
+  wake(ARGV[5], queue)
 else
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
@@ -531,11 +545,15 @@ return 1
 # was reconnecting). A key of another type is skipped; its claim reports it.
 WAITING = """
 -- KEYS[1..] channel queues
--- returns the indices (1-based) of those that hold entries
+-- ARGV[1] what a channel queue's key is followed by in its high queue's
+-- returns the indices (1-based) of those that hold entries (or whose high queue does)
 local out = {}
 for i = 1, #KEYS do
   local n = redis.pcall('LLEN', KEYS[i])
-  if type(n) == 'number' and n > 0 then out[#out + 1] = i end
+  local h = redis.pcall('LLEN', KEYS[i] .. ARGV[1])
+  if (type(n) == 'number' and n > 0) or (type(h) == 'number' and h > 0) then
+    out[#out + 1] = i
+  end
 end
 return out
 """
@@ -568,22 +586,24 @@ return 1
 DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- KEYS[1] channels hash   KEYS[2] its queue
 -- KEYS[3] the queue to move tasks to (KEYS[2] again: none)
--- KEYS[4] dead-letter list   KEYS[5] trimmed counter
+-- KEYS[4] dead-letter list   KEYS[5] trimmed counter   KEYS[6] its high queue
+-- KEYS[7] the high queue to move its high tasks to (KEYS[6] again: none)
 -- ARGV[1] channel   ARGV[2] 'refuse' | 'move' | 'drop'   ARGV[3] channel to move to
 -- ARGV[4] most entries moved or dropped by this call
 -- ARGV[5], ARGV[6] a distinct flag's key around the task's name (they are removed)
 -- ARGV[7] record key prefix   ARGV[8] most dead letters kept   ARGV[9] reason
 -- ARGV[10] this node's id   ARGV[11] record TTL (s)   ARGV[12] wake-up channel ('' = none)
-local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'list', KEYS[4], 'list')
-  or counter_bad(KEYS[5])
+local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'list', KEYS[4], 'list',
+                      KEYS[6], 'list', KEYS[7], 'list') or counter_bad(KEYS[5])
 if bad then return bad end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {0, 0} end
 if ARGV[2] == 'move' and redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return {3, 0} end
-local waiting = redis.call('LLEN', KEYS[2])
+local waiting = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[6])
 if ARGV[2] == 'refuse' and waiting > 0 then return {2, waiting} end
 local n = 0
 while n < tonumber(ARGV[4]) do
-  local entry = redis.call('RPOP', KEYS[2])   -- the oldest first
+  local entry, to = redis.call('RPOP', KEYS[6]), KEYS[7]   -- high ones first, oldest first
+  if not entry then entry, to = redis.call('RPOP', KEYS[2]), KEYS[3] end
   if not entry then break end
   local ok, task = pcall(cjson.decode, entry)
   local name = entry   -- a Go plain string is its own name
@@ -594,7 +614,7 @@ while n < tonumber(ARGV[4]) do
   local id = id_of(entry)
   local record = id and (ARGV[7] .. id)
   if ARGV[2] == 'move' then
-    redis.call('LPUSH', KEYS[3], entry)
+    redis.call('LPUSH', to, entry)
     if record and is_hash(record) then redis.call('HSET', record, 'channel', ARGV[3]) end
   else
     bury(KEYS[4], KEYS[5], ARGV[8], entry, ARGV[9], ARGV[10], record, ARGV[11])
@@ -602,7 +622,7 @@ while n < tonumber(ARGV[4]) do
   n = n + 1
 end
 if n > 0 and ARGV[2] == 'move' then wake(ARGV[12], KEYS[3]) end
-if redis.call('LLEN', KEYS[2]) > 0 then return {4, n} end
+if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[6]) > 0 then return {4, n} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], KEYS[1]) end
 return {1, n}
@@ -636,11 +656,13 @@ return redis.sha1hex(table.concat(redis.call('HGETALL', KEYS[1]), '\\0'))
 # key cost more to read than the listing itself, with thousands of channels).
 COUNTS = """
 -- KEYS[1..] per channel, two keys: running set, queue
--- returns per channel: how many run, how many wait
+-- ARGV[1] what a channel queue's key is followed by in its high queue's
+-- returns per channel: how many run, how many wait in its high queue, in its queue
 local out = {}
 for i = 1, #KEYS, 2 do
-  out[i] = redis.call('SCARD', KEYS[i])
-  out[i + 1] = redis.call('LLEN', KEYS[i + 1])
+  out[#out + 1] = redis.call('SCARD', KEYS[i])
+  out[#out + 1] = redis.call('LLEN', KEYS[i + 1] .. ARGV[1])
+  out[#out + 1] = redis.call('LLEN', KEYS[i + 1])
 end
 return out
 """

@@ -24,6 +24,7 @@ MAX_COMMAND = 64 * 1024  # characters of command line, argv included
 UNQUOTED = re.compile(r"[^'\"\\]*")
 SHELL_BLANKS = re.compile(r"[ \t\r\n]+")
 MAX_ID = 128
+PRIORITIES = ("normal", "high")   # a high task runs before every normal one of its channel
 NOT_IN_ID = re.compile(r"[\s/]")   # \s: what str.isspace calls a space
 # json.dumps(..., ensure_ascii=False, separators=(",", ":")) without a new encoder each call
 COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -215,6 +216,10 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if payload:
         payload.update(check_policy({k: v for k, v in payload.items()
                                      if k in POLICY_LIMITS and v is not None}))
+        if payload.get("priority") in (None, "", "normal"):
+            payload.pop("priority", None)
+        elif payload["priority"] not in PRIORITIES:
+            raise BadTask(f"priority must be {' or '.join(PRIORITIES)}")
     payload.update(id=task_id, task=name, chan=channel)
     payload.setdefault("ts", int(time.time()))
     if command is not None:
@@ -224,6 +229,17 @@ def build(channel: str, name: str = "", command=None, task_id: str = "",
     if execute_at:
         payload["execute_at"] = execute_at
     return Task(COMPACT_JSON.encode(payload), task_id, name, channel, argv, payload)
+
+
+def high(raw: str) -> bool:
+    """Whether a queue entry is of high priority (a plain string never is)."""
+    if '"priority"' not in raw:
+        return False
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("priority") == "high"
 
 
 def _no_constant(name: str):

@@ -54,7 +54,7 @@ def test_the_go_original_is_built_for_the_peer_columns(peer):
 
 
 def run_bench(out: Path, peer_path: Path | None) -> str:
-    sections = "throughput,commands" + (",latency,http,channels" if peer_path else "")
+    sections = "throughput,commands,scale" + (",latency,http,channels" if peer_path else "")
     argv = [sys.executable, "-m", "bench", "--quick", "--only", sections, "--tasks", "100",
             "--levels", "5", "--monitor-tasks", "30", "--pairs", "3", "--samples", "10",
             "--duration", "1", "--many-channels", "60", "--channels-cap", "10", "--out",
@@ -100,6 +100,10 @@ def test_quick_bench_reports_throughput_cpu_and_redis_figures(tmp_path, peer):
     cpu = re.findall(r"\| ([\d.]+) \+ ([\d.]+) \+ ([\d.]+) \| ([\d.]+) \|", report)
     assert len(cpu) == 5 and all(float(daemon) > 0 and float(xargs) > 0
                                  for daemon, _, _, xargs in cpu)
+    # what three nodes on one Redis do against one, both rates measured
+    scale = re.findall(r"tasks/s, 3 nodes on one Redis, -concurrent 5 each \(N=\d+\) \| "
+                       r"(\d+)/s \| (\d+)/s \| ([\d.]+)x", report)
+    assert len(scale) == 2 and all(int(three) > 0 and int(one) > 0 for three, one, _ in scale)
     assert not any(p in report for p in ("/tmp/", "/work/", "/root/", "/home/")), \
         "the report names a machine path"
     if peer_path:

@@ -14,6 +14,12 @@ test, then holds the declared channels (``CHANNELS`` in ``task:channels``):
 ENQUEUE, REQUEUE, REAP and PROMOTE treat a channel missing there as deleted
 (``GONE`` is never declared). Times come from Redis's clock (``TIME``) inside the
 scripts, so they are compared with Redis's clock too, with a margin.
+
+Each channel has two lists of waiting entries: its queue and its high queue
+(``K.queue_high``: the queue's key followed by ``K.high``), whose entries (JSON
+with ``"priority": "high"``, see ``high_entry``) are claimed first. ENQUEUE,
+PROMOTE and REQUEUE are given the high queue as their queue for such an entry;
+CLAIM, REAP, CANCEL, UNFAIL, WAITING, COUNTS and DELETE_CHANNEL know both.
 """
 
 from __future__ import annotations
@@ -80,6 +86,11 @@ def heard(module_redis):
 def entry(task_id: str, chan: str = CHAN, task: str = NAME, **more) -> str:
     """A task entry as the daemon queues it (JSON with its id)."""
     return json.dumps({"id": task_id, "channel": chan, "task": task, **more})
+
+
+def high_entry(task_id: str, chan: str = CHAN, task: str = NAME, **more) -> str:
+    """A task entry of high priority (it waits in its channel's high queue)."""
+    return entry(task_id, chan, task, priority="high", **more)
 
 
 def run(db: redis.Redis, name: str, keys, args=()):
@@ -216,12 +227,14 @@ def assert_counter_refused(db: redis.Redis, setup, name: str, keys, args, spoil:
 
 # -- ENQUEUE -------------------------------------------------------------------
 def enqueue_call(raw: str, task_id: str, name: str = NAME, chan: str = CHAN, distinct: int = 0,
-                 source: str = "", at: float = 0, wake: str = "",
+                 source: str = "", at: float = 0, wake: str = "", high: bool = False,
                  **extra) -> tuple[list, list]:
+    """As ``Broker._enqueue_args``: ``high`` gives the channel's high queue as the
+    queue (a task of high priority)."""
     fields = {"id": task_id, "channel": chan, "task_name": name, "raw": raw, "attempt": 0,
               "retry_count": 0, **extra}
-    return ([K.queue(chan), K.distinct(chan, name), K.delayed, K.staging(NODE),
-             K.record(task_id), K.channels],
+    return ([K.queue_high(chan) if high else K.queue(chan), K.distinct(chan, name), K.delayed,
+             K.staging(NODE), K.record(task_id), K.channels],
             [raw, distinct, source, at, wake, NODE, chan, *pairs(fields)])
 
 
@@ -339,6 +352,32 @@ def test_enqueue_delayed_and_due(db):
                    K.record("past"): new_record("past", past, "queued")}
 
 
+def test_enqueue_a_high_task_into_the_high_queue(db, heard):
+    """Given the high queue as its queue (as broker.py does for a high task), ENQUEUE
+    queues there as into the queue, and its wake-up message names the high queue;
+    a high task not due yet waits in the delayed set like any other."""
+    a, b, later = high_entry("a"), high_entry("b"), high_entry("later")
+    db.lpush(K.queue(CHAN), "normal")
+    db.lpush(K.staging(NODE), a)
+    t0 = now(db)
+    assert enqueue(db, a, "a", source=a, high=True, wake=K.wake) == 1
+    assert enqueue(db, b, "b", high=True, distinct=1800) == 1
+    assert enqueue(db, later, "later", high=True, at=t0 + 100, wake=K.wake) == 2
+    t1 = now(db)
+    assert heard() == [f"{K.queue_high(CHAN)}\n{NODE}"]   # a only: b told nobody, later waits
+    got = state(db)
+    for task_id in ("a", "b", "later"):
+        between(got[K.record(task_id)].pop("queued_at"), t0, t1)
+    assert got == {K.queue_high(CHAN): [b, a], K.queue(CHAN): ["normal"],
+                   K.delayed: [(later, pytest.approx(t0 + 100))], FLAG: "1",
+                   K.record("a"): new_record("a", a, "queued"),
+                   K.record("b"): new_record("b", b, "queued"),
+                   K.record("later"): new_record("later", later, "delayed")}
+    # the distinct rule holds across both queues: one flag per name
+    assert enqueue(db, entry("c"), "c", distinct=1800) == 0
+    assert enqueue(db, high_entry("d"), "d", high=True, distinct=1800) == 0
+
+
 @pytest.mark.parametrize("record", [
     {"status": "queued"}, {"status": "delayed"}, {"status": "running"},
     {"status": "not-a-status"},                    # not final either
@@ -410,6 +449,20 @@ def test_enqueue_refuses_wrong_types(db):
     db.set(K.delayed, "x")
     assert enqueue(db, raw, "a") == 1
     assert db.get(K.delayed) == "x"
+    # given the high queue, ENQUEUE checks it, and not the queue it was not given
+    reset(db)
+    high = high_entry("a")
+
+    def staged_high():
+        db.lpush(K.staging(NODE), high)
+
+    keys, args = enqueue_call(high, "a", source=high, distinct=1800, high=True)
+    assert_refuses(db, staged_high, "ENQUEUE", keys, args,
+                   {K.queue_high(CHAN): "list", K.staging(NODE): "list"})
+    reset(db)
+    db.set(K.queue(CHAN), "x")
+    assert enqueue(db, high, "a", high=True) == 1
+    assert db.get(K.queue(CHAN)) == "x" and value(db, K.queue_high(CHAN)) == [high]
 
 
 @pytest.mark.parametrize("at", [0, 4e9])
@@ -841,9 +894,12 @@ def test_take_refusal_names_the_key(db):
 
 
 # -- CLAIM ---------------------------------------------------------------------
-def claim_call(most: int = 1, node: str = NODE, keys: Keys = K) -> tuple[list, list]:
-    return ([keys.queue(CHAN), keys.processing(node, CHAN), keys.running(CHAN)],
-            [most, node, keys.record("")])
+def claim_call(most: int = 1, node: str = NODE, keys: Keys = K, limit: int = 0,
+               chan: str = CHAN) -> tuple[list, list]:
+    """As ``Broker._claim_args``: ``limit`` the most tasks of the channel running on
+    all nodes together (0: none)."""
+    return ([keys.queue(chan), keys.processing(node, chan), keys.running(chan),
+             keys.queue_high(chan)], [most, node, keys.record(""), limit, keys.heartbeat("")])
 
 
 STALE = {"finished_at": "1", "exit_code": "1", "signal": "9", "duration": "1", "error": "e",
@@ -886,6 +942,93 @@ def test_claim_takes_the_oldest_first_up_to_most(db):
     assert run(db, "CLAIM", *claim_call(5)) == []
 
 
+def queued_in(db, key: str, *raws: str) -> None:
+    """Queue ``raws`` (the oldest first) into ``key``, each with a queued record."""
+    for raw in raws:
+        db.lpush(key, raw)
+        task_id = json.loads(raw)["id"]
+        db.hset(K.record(task_id), mapping={"id": task_id, "status": "queued"})
+
+
+def test_claim_takes_the_high_queue_first(db):
+    """High entries first, the oldest first, then the queue's, the oldest first, in
+    one call whose ``most`` spans both; a high entry queued later still goes first."""
+    highs = [high_entry(f"h{i}") for i in range(2)]
+    normals = [entry(f"q{i}") for i in range(3)]
+    queued_in(db, K.queue(CHAN), *normals[:2])
+    queued_in(db, K.queue_high(CHAN), *highs)   # queued after q0 and q1
+    queued_in(db, K.queue(CHAN), normals[2])
+    assert run(db, "CLAIM", *claim_call(3)) == [[highs[0], "h0", 1, 0, 0, 0],
+                                                [highs[1], "h1", 1, 0, 0, 0],
+                                                [normals[0], "q0", 1, 0, 0, 0]]
+    got = state(db)
+    for task_id in ("h0", "h1", "q0"):
+        assert got[K.record(task_id)].pop("started_at")
+    assert got == {K.queue(CHAN): [normals[2], normals[1]],   # no high queue left
+                   K.processing(NODE, CHAN): [normals[0], highs[1], highs[0]],
+                   K.running(CHAN): {highs[0], highs[1], normals[0]},
+                   **{K.record(task_id): {"id": task_id, "status": "running", "attempt": "1",
+                                          "node": NODE} for task_id in ("h0", "h1", "q0")},
+                   **{K.record(task_id): {"id": task_id, "status": "queued"}
+                      for task_id in ("q1", "q2")}}
+    # a high task pushed now runs before the normal ones that waited
+    late = high_entry("h2")
+    queued_in(db, K.queue_high(CHAN), late)
+    assert run(db, "CLAIM", *claim_call(1)) == [[late, "h2", 1, 0, 0, 0]]
+    assert run(db, "CLAIM", *claim_call(5)) == [[normals[1], "q1", 1, 0, 0, 0],
+                                                [normals[2], "q2", 1, 0, 0, 0]]
+    assert not db.exists(K.queue(CHAN)) and not db.exists(K.queue_high(CHAN))
+    assert value(db, K.processing(NODE, CHAN)) == [normals[2], normals[1], late, normals[0],
+                                                   highs[1], highs[0]]
+    assert run(db, "CLAIM", *claim_call(5)) == []
+
+
+def test_claim_only_high_entries(db):
+    """A channel whose only waiting entries are high: claimed, whatever they are
+    (an entry the high queue holds is claimed from it, priority or not)."""
+    raws = [high_entry("h0"), "sleep 1"]   # a bare line pushed there by hand
+    queued_in(db, K.queue_high(CHAN), raws[0])
+    db.lpush(K.queue_high(CHAN), raws[1])
+    assert run(db, "CLAIM", *claim_call(5)) == [[raws[0], "h0", 1, 0, 0, 0],
+                                                [raws[1], "", 0, 0, 0, 0]]
+    assert not db.exists(K.queue_high(CHAN))
+    assert value(db, K.processing(NODE, CHAN)) == raws[::-1]
+    assert value(db, K.running(CHAN)) == {raws[0]}   # the bare line: START starts it
+
+
+def test_claim_limit_counts_and_takes_across_both_queues(db):
+    """The channel's limit (ARGV[4]) holds whichever queue an entry comes from: a
+    running task whose node's heartbeat lives, or that has no node, holds a slot;
+    an entry CLAIM leaves to START holds one from its claim."""
+    live, dead = entry("r1"), entry("r2")
+    db.hset(K.record("r1"), mapping={"id": "r1", "status": "running", "node": OTHER})
+    db.hset(K.record("r2"), mapping={"id": "r2", "status": "running", "node": "n3"})
+    db.sadd(K.running(CHAN), live, dead)
+    db.set(K.heartbeat(OTHER), "alive", ex=30)
+    db.set(K.heartbeat(NODE), "alive", ex=30)   # n3 has none: r2 holds no slot
+    h0, h1, q0 = high_entry("h0"), high_entry("h1"), entry("q0")
+    db.lpush(K.queue_high(CHAN), h0)            # no record: left to START
+    queued_in(db, K.queue_high(CHAN), h1)
+    queued_in(db, K.queue(CHAN), q0)
+    # limit 3, one slot held (r1): two claims, both high
+    assert run(db, "CLAIM", *claim_call(5, limit=3)) == [[h0, "", 0, 0, 0, 0],
+                                                         [h1, "h1", 1, 0, 0, 0]]
+    assert value(db, K.running(CHAN)) == {live, dead, h0, h1}   # h0 holds its slot
+    assert value(db, K.queue(CHAN)) == [q0] and not db.exists(K.queue_high(CHAN))
+    # r1, h0 (no record: no node) and h1 (our node) hold the three slots
+    before = dump(db)
+    assert run(db, "CLAIM", *claim_call(5, limit=3)) == []
+    assert_unchanged(before, dump(db))
+    db.delete(K.heartbeat(OTHER))               # r1's node died: its slot is free
+    assert run(db, "CLAIM", *claim_call(5, limit=3)) == [[q0, "q0", 1, 0, 0, 0]]
+    assert not db.exists(K.queue(CHAN))
+    assert value(db, K.processing(NODE, CHAN)) == [q0, h1, h0]
+    # without a limit, most alone counts
+    queued_in(db, K.queue_high(CHAN), high_entry("h2"))
+    queued_in(db, K.queue(CHAN), entry("q1"))
+    assert [claim[1] for claim in run(db, "CLAIM", *claim_call(5))] == ["h2", "q1"]
+
+
 def test_claim_leaves_entries_it_cannot_start_to_start(db):
     records = {"done": "succeeded", "other": "running", "later": "delayed"}
     for task_id, status in records.items():
@@ -920,9 +1063,16 @@ def test_claim_refuses_wrong_types(db):
         db.lpush(K.queue(CHAN), raw)
         db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
 
-    assert_refuses(db, setup, "CLAIM", *claim_call(),
-                   {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
-                    K.running(CHAN): "set"})
+    wanted = {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
+              K.running(CHAN): "set", K.queue_high(CHAN): "list"}
+    assert_refuses(db, setup, "CLAIM", *claim_call(), wanted)
+
+    def high_setup():   # the same with the entry in the high queue
+        db.lpush(K.queue_high(CHAN), raw)
+        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+
+    reset(db)
+    assert_refuses(db, high_setup, "CLAIM", *claim_call(), wanted)
 
 
 # -- START ---------------------------------------------------------------------
@@ -999,7 +1149,13 @@ RUNNING = {"id": "a", "task_name": NAME, "status": "running", "attempt": "1",
 
 
 def finish_args(outcome: str, fields: dict, ttl: int = 600, delay: str = "0.000") -> list:
-    return [RAW, outcome, "a", ttl, delay, *pairs(fields)]
+    return finish_args_of(RAW, outcome, fields, ttl, delay)
+
+
+def finish_args_of(raw: str, outcome: str, fields: dict, ttl: int = 600,
+                   delay: str = "0.000") -> list:
+    """FINISH's args for task a whose entry is ``raw``."""
+    return [raw, outcome, "a", ttl, delay, *pairs(fields)]
 
 
 def running(db):
@@ -1095,8 +1251,10 @@ def test_finish_ignores_the_keys_of_other_outcomes(db):
 
 # -- REQUEUE -------------------------------------------------------------------
 def requeue_call(raw: str, did_not_run: str = "1", wake: str = "", chan: str = CHAN,
-                 task_id: str = "a", most: int = MOST) -> tuple[list, list]:
-    return ([K.processing(NODE, chan), K.running(chan), K.queue(chan), K.record(task_id),
+                 task_id: str = "a", most: int = MOST, high: bool = False) -> tuple[list, list]:
+    """As ``Broker.requeue``: ``high`` gives the high queue (a high entry's)."""
+    queue = K.queue_high(chan) if high else K.queue(chan)
+    return ([K.processing(NODE, chan), K.running(chan), queue, K.record(task_id),
              K.channels, K.dead, K.dead_trimmed],
             [raw, did_not_run, wake, chan, NODE, most, TTL])
 
@@ -1120,6 +1278,24 @@ def test_requeue_gives_the_entry_back(db, started, did_not_run, attempt, after):
     assert state(db) == {K.queue(CHAN): ["next", RAW],   # at the right: it runs next
                          K.processing(NODE, CHAN): [OTHER_RAW],
                          K.record("a"): {**RUNNING, "status": "queued", "attempt": after}}
+
+
+def test_requeue_gives_a_high_entry_back_to_the_high_queue(db, heard):
+    """Given the high queue (as broker.py does for a high entry), REQUEUE puts the
+    entry at its right (it runs next) and names it in the wake-up message."""
+    raw = high_entry("a")
+    db.lpush(K.queue(CHAN), "normal")
+    db.lpush(K.queue_high(CHAN), "next")
+    db.lpush(K.processing(NODE, CHAN), raw, OTHER_RAW)
+    db.sadd(K.running(CHAN), raw)
+    db.hset(K.record("a"), mapping={**RUNNING, "attempt": "2"})
+    assert run(db, "REQUEUE", *requeue_call(raw, "1", K.wake, high=True)) == 1
+    assert state(db) == {K.queue_high(CHAN): ["next", raw], K.queue(CHAN): ["normal"],
+                         K.processing(NODE, CHAN): [OTHER_RAW],
+                         K.record("a"): {**RUNNING, "status": "queued", "attempt": "1"}}
+    assert heard() == [K.queue_high(CHAN)]
+    # the claim that follows takes it first
+    assert run(db, "CLAIM", *claim_call(1)) == [[raw, "a", 2, 0, 0, 0]]
 
 
 def test_requeue_when_no_longer_ours(db):
@@ -1221,6 +1397,18 @@ def test_requeue_refuses_wrong_types(db):
                    {K.processing(NODE, GONE): "list", K.running(GONE): "set",
                     K.queue(GONE): "list", K.channels: "hash", K.dead: "list"})
 
+    high = high_entry("a")
+
+    def high_setup():
+        db.lpush(K.processing(NODE, CHAN), high)
+        db.sadd(K.running(CHAN), high)
+        db.hset(K.record("a"), mapping=RUNNING)
+
+    reset(db)
+    assert_refuses(db, high_setup, "REQUEUE", *requeue_call(high, high=True),
+                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set",
+                    K.queue_high(CHAN): "list", K.channels: "hash", K.dead: "list"})
+
 
 @pytest.mark.parametrize("spoil", SPOILED_COUNTER)
 def test_requeue_refuses_a_trimmed_counter_that_is_not_a_number(db, spoil):
@@ -1240,7 +1428,8 @@ def reap_call(only_if_dead: str = "1", forget: str = "1", node: str = NODE,
             K.channels, K.dead, K.dead_trimmed]
     for chan in chans:
         keys += [K.processing(node, chan), K.running(chan), K.queue(chan)]
-    return keys, [node, only_if_dead, forget, K.record(""), wake, me, most, TTL, *chans]
+    return keys, [node, only_if_dead, forget, K.record(""), wake, me, most, TTL, K.high,
+                  *chans]
 
 
 A1, A2, B1 = entry("a1", chan="a"), entry("a2", chan="a"), "sleep 1"
@@ -1292,6 +1481,55 @@ def test_reap_own_node_on_leaving_and_without_forgetting(db):
     assert run(db, "REAP", *reap_call(only_if_dead="0", forget="0", me=NODE)) == 5
     assert state(db) == {**REAPED, K.heartbeat(NODE): "alive", K.nodes: {NODE, OTHER},
                          K.node_channels(NODE): {"a", "b"}}
+
+
+H1, H2 = high_entry("h1", chan="a"), high_entry("h2", chan="a")
+H1_RUNNING = {"id": "h1", "status": "running", "node": NODE}
+
+
+def test_reap_gives_high_entries_back_to_the_high_queue(db, heard):
+    """Each claim goes back to the list it came from, to run next: a high entry to
+    its channel's high queue, any other (a bare line, JSON of another priority) to
+    the queue; a channel whose only claims are high ones too."""
+    normal = entry("n", chan="a", priority="normal")
+    db.sadd(K.nodes, NODE, OTHER)
+    # claimed in this order: a1, h1, bare, normal, h2 (the newest at the left)
+    db.lpush(K.processing(NODE, "a"), A1, H1, B1, normal, H2)
+    db.sadd(K.running("a"), A1, H1, H2, "elsewhere")
+    db.lpush(K.queue("a"), "qa")
+    db.lpush(K.queue_high(CHAN), "hc")
+    db.lpush(K.processing(NODE, CHAN), high_entry("h3"))
+    db.hset(K.record("a1"), mapping=A1_RUNNING)
+    db.hset(K.record("h1"), mapping=H1_RUNNING)
+    db.hset(K.record("h2"), mapping={"id": "h2", "status": "queued"})   # not started
+    assert run(db, "REAP", *reap_call(chans=("a", CHAN), wake=K.wake)) == 6
+    assert state(db) == {K.nodes: {OTHER}, K.running("a"): {"elsewhere"},
+                         K.queue("a"): ["qa", normal, B1, A1],   # a1 runs next
+                         K.queue_high("a"): [H2, H1],             # h1 runs next, first of all
+                         K.queue_high(CHAN): ["hc", high_entry("h3")],
+                         K.record("a1"): {**A1_RUNNING, "status": "queued",
+                                          "redeliveries": "2"},
+                         K.record("h1"): {**H1_RUNNING, "status": "queued",
+                                          "redeliveries": "1"},
+                         K.record("h2"): {"id": "h2", "status": "queued"}}
+    # one message a channel, naming its queue (a node wakes the channel for either key)
+    assert heard() == [K.queue("a"), K.queue(CHAN)]
+    # the next claim of channel a takes h1, h2, then a1
+    claims = run(db, "CLAIM", *claim_call(3, node=OTHER, chan="a"))
+    assert [claim[0] for claim in claims] == [H1, H2, A1]
+
+
+def test_reap_buries_the_high_claims_of_a_deleted_channel(db):
+    db.lpush(K.processing(NODE, GONE), entry("g1", chan=GONE), high_entry("g2", chan=GONE))
+    db.lpush(K.queue_high(GONE), "waiting")   # left for DELETE_CHANNEL's caller
+    t0 = now(db)
+    assert run(db, "REAP", *reap_call(chans=(GONE,))) == 2
+    assert letters(db, t0, now(db)) == [
+        {"entry": raw, "reason": gone(), "node": OTHER}
+        for raw in (entry("g1", chan=GONE), high_entry("g2", chan=GONE))]
+    got = state(db)
+    del got[K.dead]
+    assert got == {K.queue_high(GONE): ["waiting"]}
 
 
 def test_reap_leaves_records_that_do_not_run(db):
@@ -1362,8 +1600,16 @@ def test_reap_refuses_wrong_types(db):
               K.node_channels(NODE): "set", K.channels: "hash", K.dead: "list",
               **{key: kind for chan in ("a", "b") for key, kind in [
                   (K.processing(NODE, chan), "list"), (K.running(chan), "set"),
-                  (K.queue(chan), "list")]}}
+                  (K.queue(chan), "list"), (K.queue_high(chan), "list")]}}
     assert_refuses(db, lambda: dead_node(db), "REAP", keys, args, wanted)
+    # the same with a high claim of channel a, which goes to its high queue
+
+    def with_high():
+        dead_node(db)
+        db.lpush(K.processing(NODE, "a"), H1)
+
+    reset(db)
+    assert_refuses(db, with_high, "REAP", keys, args, wanted)
 
     def deleted():   # the same with channel a deleted: its claims would be buried
         dead_node(db)
@@ -1401,8 +1647,10 @@ def test_late_ack_after_a_dead_node_was_reaped(db):
 
 # -- PROMOTE -------------------------------------------------------------------
 def promote_call(raw: str, wake: str = "", chan: str = CHAN, task_id: str = "a",
-                 most: int = MOST) -> tuple[list, list]:
-    return ([K.delayed, K.queue(chan), K.record(task_id), K.channels, K.dead, K.dead_trimmed],
+                 most: int = MOST, high: bool = False) -> tuple[list, list]:
+    """As ``Broker.promote_due``: ``high`` gives the high queue (a high entry's)."""
+    queue = K.queue_high(chan) if high else K.queue(chan)
+    return ([K.delayed, queue, K.record(task_id), K.channels, K.dead, K.dead_trimmed],
             [raw, wake, chan, NODE, most, TTL])
 
 
@@ -1413,6 +1661,19 @@ def test_promote_queues_a_due_task(db):
     assert run(db, "PROMOTE", *promote_call(RAW)) == 1
     assert state(db) == {K.delayed: [(OTHER_RAW, 200.0)], K.queue(CHAN): [RAW, "earlier"],
                          K.record("a"): {"id": "a", "status": "queued"}}
+
+
+def test_promote_queues_a_due_high_task_into_the_high_queue(db, heard):
+    raw = high_entry("a")
+    db.zadd(K.delayed, {raw: 100, OTHER_RAW: 200})
+    db.lpush(K.queue(CHAN), "normal")
+    db.lpush(K.queue_high(CHAN), "earlier")
+    db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+    assert run(db, "PROMOTE", *promote_call(raw, K.wake, high=True)) == 1
+    assert state(db) == {K.delayed: [(OTHER_RAW, 200.0)], K.queue(CHAN): ["normal"],
+                         K.queue_high(CHAN): [raw, "earlier"],
+                         K.record("a"): {"id": "a", "status": "queued"}}
+    assert heard() == [K.queue_high(CHAN)]
 
 
 def test_promote_lost_to_another_node(db):
@@ -1450,6 +1711,17 @@ def test_promote_refuses_wrong_types(db):
     reset(db)
     assert_refuses(db, deleted, "PROMOTE", *promote_call(G_RAW, chan=GONE),
                    {K.delayed: "zset", K.queue(GONE): "list", K.channels: "hash",
+                    K.dead: "list"})
+
+    high = high_entry("a")
+
+    def high_setup():
+        db.zadd(K.delayed, {high: 100})
+        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+
+    reset(db)
+    assert_refuses(db, high_setup, "PROMOTE", *promote_call(high, high=True),
+                   {K.delayed: "zset", K.queue_high(CHAN): "list", K.channels: "hash",
                     K.dead: "list"})
 
 
@@ -1507,23 +1779,24 @@ def test_promote_burial_trims_the_dead_letters(db):
 
 
 # -- CANCEL --------------------------------------------------------------------
-CANCEL_KEYS = [K.record("a"), K.queue(CHAN), K.delayed, FLAG]
+CANCEL_KEYS = [K.record("a"), K.queue(CHAN), K.delayed, FLAG, K.queue_high(CHAN)]
 
 
-@pytest.mark.parametrize("where", ["queue", "delayed"])
+@pytest.mark.parametrize("where", ["queue", "high", "delayed"])
 def test_cancel_a_waiting_task(db, where):
-    if where == "queue":
-        db.lpush(K.queue(CHAN), "q1", RAW, "q2")
-    else:
-        db.zadd(K.delayed, {RAW: 4e9, "d": 5e9})
+    """Found in the queue, the high queue or the delayed set; the others untouched."""
+    db.lpush(K.queue(CHAN), "q1", *([RAW] if where == "queue" else []), "q2")
+    db.lpush(K.queue_high(CHAN), "h1", *([RAW] if where == "high" else []), "h2")
+    db.zadd(K.delayed, {"d": 5e9, **({RAW: 4e9} if where == "delayed" else {})})
     db.set(FLAG, "1", ex=1800)
     db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
     t0 = now(db)
     assert run(db, "CANCEL", CANCEL_KEYS, [RAW, 600]) == 1
     got = state(db)
     between(got[K.record("a")].pop("finished_at"), t0, now(db))
-    rest = {K.queue(CHAN): ["q2", "q1"]} if where == "queue" else {K.delayed: [("d", 5e9)]}
-    assert got == {K.record("a"): {"id": "a", "status": "canceled"}, **rest}   # no flag
+    assert got == {K.record("a"): {"id": "a", "status": "canceled"},   # no flag
+                   K.queue(CHAN): ["q2", "q1"], K.queue_high(CHAN): ["h2", "h1"],
+                   K.delayed: [("d", 5e9)]}
     assert 590 <= db.ttl(K.record("a")) <= 600
 
 
@@ -1539,6 +1812,8 @@ def test_cancel_an_entry_without_a_record(db):
 @pytest.mark.parametrize("status", [None, "running", "succeeded"])
 def test_cancel_a_task_that_does_not_wait(db, status):
     db.lpush(K.processing(NODE, CHAN), RAW)
+    db.lpush(K.queue(CHAN), "q1")
+    db.lpush(K.queue_high(CHAN), "h1")
     db.set(FLAG, "1", ex=1800)
     if status:
         db.hset(K.record("a"), mapping={"id": "a", "status": status})
@@ -1553,8 +1828,17 @@ def test_cancel_refuses_wrong_types(db):
         db.zadd(K.delayed, {"d": 1})
         db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
 
-    assert_refuses(db, setup, "CANCEL", CANCEL_KEYS, [RAW, 600],
-                   {K.record("a"): "hash", K.queue(CHAN): "list", K.delayed: "zset"})
+    wanted = {K.record("a"): "hash", K.queue(CHAN): "list", K.delayed: "zset",
+              K.queue_high(CHAN): "list"}
+    assert_refuses(db, setup, "CANCEL", CANCEL_KEYS, [RAW, 600], wanted)
+
+    def high_setup():   # the entry in the high queue: every key is checked still
+        db.lpush(K.queue_high(CHAN), RAW)
+        db.zadd(K.delayed, {"d": 1})
+        db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
+
+    reset(db)
+    assert_refuses(db, high_setup, "CANCEL", CANCEL_KEYS, [RAW, 600], wanted)
 
 
 # -- KILL ----------------------------------------------------------------------
@@ -1594,14 +1878,16 @@ def test_kill_refuses_wrong_types(db):
 
 
 # -- UNFAIL --------------------------------------------------------------------
-UNFAIL_KEYS = [K.failed(CHAN), K.failed_index(CHAN), K.queue(CHAN), K.record("a"), FLAG]
+UNFAIL_KEYS = [K.failed(CHAN), K.failed_index(CHAN), K.queue(CHAN), K.record("a"), FLAG,
+               K.queue_high(CHAN)]
 PARKED = {"id": "a", "task_name": NAME, "status": "failed", "parked": "1", "failed_at": "100",
           "finished_at": "100", "kill_requested": "1", "retry_count": "2", "redeliveries": "1",
           "attempt": "3", "exit_code": "1"}
 
 
-def parked(db):
-    db.hset(K.failed(CHAN), mapping={"a": RAW, "b": OTHER_RAW})
+def parked(db, raw: str = RAW):
+    """Task a (entry ``raw``) and task b are in the failed list."""
+    db.hset(K.failed(CHAN), mapping={"a": raw, "b": OTHER_RAW})
     db.zadd(K.failed_index(CHAN), {"a": 100, "b": 200})
     db.hset(K.record("a"), mapping=PARKED)
 
@@ -1617,6 +1903,27 @@ def test_unfail_retry(db):
                                          "redeliveries": "0"}}
     assert db.ttl(K.record("a")) == -1
     assert 1790 <= db.ttl(FLAG) <= 1800
+
+
+def test_unfail_retry_a_high_task_into_the_high_queue(db, heard):
+    raw = high_entry("a")
+    parked(db, raw)
+    db.lpush(K.queue(CHAN), "normal")
+    db.lpush(K.queue_high(CHAN), "high")
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800, K.wake]) == 1
+    kept = {k: v for k, v in PARKED.items() if k not in ("parked", "kill_requested", "failed_at")}
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.queue(CHAN): ["normal"], K.queue_high(CHAN): [raw, "high"],
+                         FLAG: "1",
+                         K.record("a"): {**kept, "status": "queued", "retry_count": "0",
+                                         "redeliveries": "0"}}
+    assert heard() == [K.queue_high(CHAN)]
+    # deleted instead: into no queue, nobody told
+    reset(db)
+    parked(db, raw)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 1800, K.wake]) == 1
+    assert set(state(db)) == {K.failed(CHAN), K.failed_index(CHAN), K.record("a")}
+    assert heard() == []
 
 
 def test_unfail_retry_not_distinct_leaves_the_flag_alone(db):
@@ -1641,16 +1948,20 @@ def test_unfail_delete(db):
 
 def test_unfail_an_id_that_is_not_failed(db):
     parked(db)
-    keys = [*UNFAIL_KEYS[:3], K.record("zz"), FLAG]
+    keys = [*UNFAIL_KEYS[:3], K.record("zz"), FLAG, K.queue_high(CHAN)]
     before = dump(db)
     assert run(db, "UNFAIL", keys, ["zz", "1", 600, 1800]) == 0
     assert_unchanged(before, dump(db))
 
 
 def test_unfail_refuses_wrong_types(db):
+    wanted = {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset", K.queue(CHAN): "list",
+              K.record("a"): "hash", K.queue_high(CHAN): "list"}
     assert_refuses(db, lambda: parked(db), "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800],
-                   {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset", K.queue(CHAN): "list",
-                    K.record("a"): "hash"})
+                   wanted)
+    reset(db)   # a high task: both queues checked, whichever it goes to
+    assert_refuses(db, lambda: parked(db, high_entry("a")), "UNFAIL", UNFAIL_KEYS,
+                   ["a", "1", 600, 1800], wanted)
 
 
 # -- SET_CHANNEL ---------------------------------------------------------------
@@ -1703,7 +2014,8 @@ def delete_call(mode: str = "refuse", to: str = "", chan: str = CHAN, batch: int
     """As ``Broker.delete_channel`` calls it (one round trip)."""
     before, after = K.distinct_around(chan)
     return ([K.channels, K.queue(chan), K.queue(to) if to else K.queue(chan), K.dead,
-             K.dead_trimmed],
+             K.dead_trimmed, K.queue_high(chan),
+             K.queue_high(to) if to else K.queue_high(chan)],
             [chan, mode, to, batch, before, after, K.record(""), most, gone(chan), NODE, TTL,
              wake])
 
@@ -1743,6 +2055,7 @@ def delete_channel(db, *args, **kw):
 @pytest.mark.parametrize("mode,to", [("refuse", ""), ("move", "other"), ("drop", "")])
 def test_delete_channel_unknown(db, heard, mode, to):
     db.lpush(K.queue(GONE), "left alone")   # a queue nobody declared
+    db.lpush(K.queue_high(GONE), "left alone too")
     waiting(db)
     before = dump(db)
     assert delete_channel(db, mode, to, chan=GONE, wake=K.wake) == [0, 0]
@@ -1869,15 +2182,139 @@ def test_delete_channel_drops_in_batches_and_trims_the_dead_letters(db):
     assert value(db, K.channels) == channels_but(CHAN)
 
 
+CH1, CH2 = high_entry("ch1", task="th1"), high_entry("ch2", task="th2")
+HIGH_QUEUED = [CH1, CH2]   # the oldest first
+
+
+def waiting_high(db):
+    """As ``waiting``, and two high tasks wait in channel c (with records and
+    distinct flags), one in the high queue of 'other'."""
+    waiting(db)
+    db.lpush(K.queue_high(CHAN), *HIGH_QUEUED)
+    for task_id in ("ch1", "ch2"):
+        db.hset(K.record(task_id), mapping={"id": task_id, **C_RECORD})
+    for name in ("th1", "th2"):
+        db.set(K.distinct(CHAN, name), "1", ex=1800)
+    db.lpush(K.queue_high("other"), "oh1")
+
+
+def moved(*task_ids: str) -> dict:
+    """The records of these tasks moved to channel 'other'."""
+    return {K.record(task_id): {"id": task_id, **C_RECORD, "channel": "other"}
+            for task_id in task_ids}
+
+
+def test_delete_channel_refused_while_tasks_wait_in_either_queue(db, heard):
+    waiting_high(db)
+    before = dump(db)
+    assert delete_channel(db, "refuse", wake=K.wake) == [2, 7]   # both lists counted
+    assert_unchanged(before, dump(db))
+    db.delete(K.queue(CHAN))   # only high tasks wait
+    before = dump(db)
+    assert delete_channel(db, "refuse", wake=K.wake) == [2, 2]
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+
+
+def test_delete_channel_moves_high_tasks_into_the_high_queue_first(db, heard):
+    waiting_high(db)
+    assert delete_channel(db, "move", "other", wake=K.wake) == [1, 7]
+    # each behind what waits in the target's list of the same kind, in order
+    assert state(db) == {**LEFT, K.channels: channels_but(CHAN),
+                         K.queue("other"): [*QUEUED[::-1], "o2", "o1"],
+                         K.queue_high("other"): [*HIGH_QUEUED[::-1], "oh1"],
+                         **moved("c1", "c2", "ch1", "ch2")}   # flags th1, th2 gone too
+    assert heard() == [K.queue("other"), K.channels]
+    # the next claims of 'other' take oh1, ch1, ch2, then o1
+    claims = run(db, "CLAIM", *claim_call(4, chan="other"))
+    assert [claim[0] for claim in claims] == ["oh1", CH1, CH2, "o1"]
+
+
+def test_delete_channel_moves_only_high_tasks(db, heard):
+    """Only high tasks wait: a batch that leaves one in the high queue asks for more
+    (the empty queue does not end it); a batch their size deletes at once."""
+    waiting_high(db)
+    db.delete(K.queue(CHAN))
+    third = high_entry("ch3", task="th3")
+    db.lpush(K.queue_high(CHAN), third)
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
+    assert value(db, K.queue_high(CHAN)) == [third]
+    assert value(db, K.channels) == CHANNELS   # not deleted yet
+    assert delete_channel(db, "move", "other", batch=1, wake=K.wake) == [1, 1]
+    assert value(db, K.queue_high("other")) == [third, *HIGH_QUEUED[::-1], "oh1"]
+    assert value(db, K.queue("other")) == ["o2", "o1"]
+    assert value(db, K.channels) == channels_but(CHAN)
+    # one message a call wakes the target channel (it names its queue)
+    assert heard() == [K.queue("other"), K.queue("other"), K.channels]
+    # the same, their number in one batch
+    reset(db)
+    waiting_high(db)
+    db.delete(K.queue(CHAN))
+    assert delete_channel(db, "drop", batch=2) == [1, 2]
+    assert not db.exists(K.queue_high(CHAN))
+    assert value(db, K.channels) == channels_but(CHAN)
+
+
+def test_delete_channel_batches_across_both_queues(db, heard):
+    """ARGV[4] counts entries of both lists: the high ones first; a batch that
+    empties the high queue but not the queue asks for more."""
+    waiting_high(db)
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
+    assert not db.exists(K.queue_high(CHAN))
+    assert value(db, K.queue(CHAN)) == QUEUED[::-1]
+    assert value(db, K.queue_high("other")) == [*HIGH_QUEUED[::-1], "oh1"]
+    assert value(db, K.queue("other")) == ["o2", "o1"]
+    assert value(db, K.channels) == CHANNELS   # not deleted yet
+    assert heard() == [K.queue("other")]
+    assert delete_channel(db, "move", "other", batch=3, wake=K.wake) == [4, 3]
+    assert value(db, K.queue(CHAN)) == [C5, C4]
+    late = high_entry("late", task="tl")   # pushed between two calls: taken first
+    db.lpush(K.queue_high(CHAN), late)
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
+    assert not db.exists(K.queue_high(CHAN))
+    assert value(db, K.queue(CHAN)) == [C5]
+    assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [1, 1]
+    assert heard() == [K.queue("other")] * 3 + [K.channels]
+    assert state(db) == {**LEFT, K.channels: channels_but(CHAN),
+                         K.queue("other"): [*QUEUED[::-1], "o2", "o1"],
+                         K.queue_high("other"): [late, *HIGH_QUEUED[::-1], "oh1"],
+                         **moved("c1", "c2", "ch1", "ch2")}
+
+
+def test_delete_channel_drops_the_high_tasks_first(db, heard):
+    waiting_high(db)
+    t0 = now(db)
+    assert delete_channel(db, "drop", batch=3, wake=K.wake) == [4, 3]   # ch1, ch2, c1
+    assert delete_channel(db, "drop", batch=3, wake=K.wake) == [4, 3]
+    assert delete_channel(db, "drop", batch=3, wake=K.wake) == [1, 1]
+    t1 = now(db)
+    # buried the oldest first, the high ones before: the newest letter is c5
+    assert letters(db, t0, t1) == [{"entry": raw, "reason": gone(CHAN), "node": NODE}
+                                   for raw in [*QUEUED[::-1], *HIGH_QUEUED[::-1]]]
+    got = state(db)
+    del got[K.dead]
+    for task_id in ("c1", "c2", "ch1", "ch2"):
+        closed(got[K.record(task_id)], gone(CHAN), t0, t1)
+        assert TTL - 10 <= db.ttl(K.record(task_id)) <= TTL
+    assert got == {**LEFT, K.channels: channels_but(CHAN), K.queue("other"): ["o2", "o1"],
+                   K.queue_high("other"): ["oh1"],
+                   **{K.record(task_id): {"id": task_id, **C_RECORD, "status": "canceled",
+                                          "error": gone(CHAN)}
+                      for task_id in ("c1", "c2", "ch1", "ch2")}}
+    assert heard() == [K.channels]
+
+
+@pytest.mark.parametrize("high", [False, True])
 @pytest.mark.parametrize("mode,to", [("refuse", ""), ("move", "other"), ("drop", "")])
-def test_delete_channel_refuses_wrong_types(db, mode, to):
+def test_delete_channel_refuses_wrong_types(db, mode, to, high):
     def setup():
-        waiting(db)
-        if mode == "refuse":
-            db.delete(K.queue(CHAN))   # else it refuses with code 2, writing nothing
+        (waiting_high if high else waiting)(db)
+        if mode == "refuse":   # else it refuses with code 2, writing nothing
+            db.delete(K.queue(CHAN), K.queue_high(CHAN))
 
     wanted = {K.channels: "hash", K.queue(CHAN): "list", K.dead: "list",
-              **({K.queue(to): "list"} if to else {})}
+              K.queue_high(CHAN): "list",
+              **({K.queue(to): "list", K.queue_high(to): "list"} if to else {})}
     assert_refuses(db, setup, "DELETE_CHANNEL", *delete_call(mode, to), wanted)
 
 
@@ -1957,6 +2394,33 @@ def test_a_task_through_every_script(db):
     assert 590 <= db.ttl(K.record("a")) <= 600
 
 
+def test_a_high_task_through_every_script(db):
+    """The same life for a high task, given its high queue where broker.py gives it:
+    each time it waits it runs before the normal task that waited longer."""
+    raw, normal = high_entry("a"), entry("n", task="echo n")
+    assert enqueue(db, normal, "n", name="echo n") == 1
+    t0 = now(db)
+    assert enqueue(db, raw, "a", high=True, distinct=1800, at=t0 + 60) == 2
+    assert run(db, "PROMOTE", *promote_call(raw, high=True)) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[raw, "a", 1, 0, 0, 0]]
+    assert run(db, "FINISH", FINISH_KEYS, finish_args_of(raw, "retry", {"exit_code": 1})) == 2
+    assert run(db, "PROMOTE", *promote_call(raw, high=True)) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[raw, "a", 2, 0, 0, 1]]
+    assert run(db, "REAP", *reap_call(chans=(CHAN,))) == 1   # its node died
+    assert value(db, K.queue_high(CHAN)) == [raw]
+    assert run(db, "CLAIM", *claim_call(node=OTHER)) == [[raw, "a", 3, 1, 0, 1]]
+    theirs = [K.processing(OTHER, CHAN), *FINISH_KEYS[1:]]
+    assert run(db, "FINISH", theirs, finish_args_of(raw, "failed", {"status": "failed"})) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    assert value(db, K.queue_high(CHAN)) == [raw]
+    assert run(db, "CLAIM", *claim_call()) == [[raw, "a", 4, 0, 0, 0]]
+    assert run(db, "FINISH", FINISH_KEYS, finish_args_of(raw, "done", {"status": "succeeded"})) == 1
+    assert run(db, "CLAIM", *claim_call()) == [[normal, "n", 1, 0, 0, 0]]   # at last
+    assert set(state(db)) == {K.record("a"), K.record("n"), K.processing(NODE, CHAN),
+                              K.running(CHAN)}
+    assert db.hget(K.record("a"), "status") == "succeeded"
+
+
 # -- wake-up messages and WAITING ---------------------------------------------
 def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     """Every script that puts an entry into a channel queue tells the nodes which
@@ -1990,6 +2454,27 @@ def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     assert heard() == [K.queue(CHAN)]
 
 
+def test_scripts_that_queue_a_high_task_publish_the_high_queue_key(db, heard):
+    """As above for a high task: the message names the high queue (a node wakes the
+    channel for it as for its queue)."""
+    raw = high_entry("a")
+    assert enqueue(db, raw, "a", high=True, wake=K.wake) == 1
+    assert heard() == [f"{K.queue_high(CHAN)}\n{NODE}"]
+    db.delete(K.queue_high(CHAN))
+    db.lpush(K.processing(NODE, CHAN), raw)
+    assert run(db, "REQUEUE", *requeue_call(raw, "1", K.wake, high=True)) == 1
+    assert heard() == [K.queue_high(CHAN)]
+    db.delete(K.queue_high(CHAN))
+    db.zadd(K.delayed, {raw: 1})
+    assert run(db, "PROMOTE", *promote_call(raw, K.wake, high=True)) == 1
+    assert heard() == [K.queue_high(CHAN)]
+    db.delete(K.queue_high(CHAN))
+    parked(db, raw)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0, K.wake]) == 1
+    assert heard() == [K.queue_high(CHAN)]
+    assert value(db, K.queue_high(CHAN)) == [raw] and not db.exists(K.queue(CHAN))
+
+
 def test_reap_publishes_each_queue_it_gives_entries_back_to(db, heard):
     db.sadd(K.nodes, OTHER)
     db.lpush(K.processing(OTHER, "x"), "echo x")
@@ -2005,8 +2490,25 @@ def test_waiting_names_the_queues_that_hold_entries(db):
     db.lpush(K.queue("d"), "echo d1", "echo d2")
     db.set(K.queue("e"), "x")   # another type: skipped, not an error
     queues = [K.queue(chan) for chan in "abcde"]
-    assert run(db, "WAITING", queues) == [2, 4]
-    assert run(db, "WAITING", []) == []
+    assert run(db, "WAITING", queues, [K.high]) == [2, 4]
+    assert run(db, "WAITING", [], [K.high]) == []
+
+
+def test_waiting_sees_the_high_queues_too(db):
+    """A channel counts once when its queue or its high queue holds entries (or
+    both); a list of another type is skipped, the other list still looked at."""
+    db.lpush(K.queue_high("a"), high_entry("h", chan="a"))   # only high entries
+    db.lpush(K.queue("b"), "echo b")
+    db.lpush(K.queue_high("b"), high_entry("h", chan="b"))   # both: once
+    db.set(K.queue_high("c"), "x")                           # nothing usable
+    db.set(K.queue("d"), "x")
+    db.lpush(K.queue_high("d"), high_entry("h", chan="d"))
+    db.set(K.queue_high("e"), "x")
+    db.lpush(K.queue("e"), "echo e")
+    queues = [K.queue(chan) for chan in "abcdef"]
+    before = dump(db)
+    assert run(db, "WAITING", queues, [K.high]) == [1, 2, 4, 5]
+    assert_unchanged(before, dump(db))   # read only
 
 
 def test_digest_changes_with_any_field_or_value_of_the_channels(db):
@@ -2026,10 +2528,17 @@ def test_digest_changes_with_any_field_or_value_of_the_channels(db):
         run(db, "DIGEST", [K.channels])
 
 
-def test_counts_gives_running_and_queued_per_channel(db):
+def test_counts_gives_running_high_and_queued_per_channel(db):
+    """Three numbers a channel: its running set's size, its high queue's length,
+    its queue's length (given the keys ``Keys.running_and_queue`` makes)."""
     db.sadd(K.running("a"), "x", "y")
     db.lpush(K.queue("a"), "1", "2", "3")
+    db.lpush(K.queue_high("a"), "h1")
     db.lpush(K.queue("c"), "1")
-    keys = [key for chan in "abc" for key in (K.running(chan), K.queue(chan))]
-    assert run(db, "COUNTS", keys) == [2, 3, 0, 0, 0, 1]
-    assert run(db, "COUNTS", []) == []
+    db.lpush(K.queue_high("d"), "h1", "h2")   # only high entries
+    keys = K.running_and_queue("abcd")
+    assert keys == [key for chan in "abcd" for key in (K.running(chan), K.queue(chan))]
+    before = dump(db)
+    assert run(db, "COUNTS", keys, [K.high]) == [2, 1, 3, 0, 0, 0, 0, 0, 1, 0, 2, 0]
+    assert_unchanged(before, dump(db))
+    assert run(db, "COUNTS", [], [K.high]) == []
