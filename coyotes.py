@@ -37,6 +37,15 @@ environment, which wins over the file.
 Options (new in this version):
   --config=<path>              TOML file of settings (keys are the flags' names)
                                and [schedules.<name>] tables [default: ]
+  --redis-url=<url>            Redis as a URL, which wins over -redis-host,
+                               -redis-password and -redis-db:
+                               redis://[user:password@]host[:port][/db],
+                               rediss://... (TLS), unix:///path/redis.sock?db=N
+                               [default: ]
+  --redis-tls-ca=<path>        CA certificates to check a rediss:// server with
+                               (default: the system's) [default: ]
+  --redis-tls-cert=<path>      Client certificate for rediss:// [default: ]
+  --redis-tls-key=<path>       Its private key [default: ]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

@@ -133,7 +133,8 @@ class Broker(Listings):
         """False if a channel of that name exists already (it is left as it is)."""
         if not self.redis.hsetnx(self.keys.channels, spec.name, spec.to_json()):
             return False
-        self.redis.publish(self.keys.wake, self.keys.channels)   # other nodes start it now
+        # the other nodes start it now (this one does itself, and skips the message)
+        self.redis.publish(self.keys.wake, f"{self.keys.channels}\n{self.node}")
         return True
 
     def change_channel(self, name: str, change) -> ChannelSpec | None:
@@ -147,7 +148,8 @@ class Broker(Listings):
                 return None
             new = change(spec)
             done = self._set_channel(keys=[self.keys.channels],
-                                     args=[name, raw, new.to_json(), self.keys.wake])
+                                     args=[name, raw, new.to_json(), self.keys.wake,
+                                           self.node])
             if done == 1:
                 return new
             if done == -1:
@@ -245,6 +247,27 @@ class Broker(Listings):
     def ping(self) -> None:
         self.redis.ping()
 
+    def risks(self) -> list[str]:
+        """What in the server's settings can lose queued tasks: an eviction policy
+        that may evict keys without a TTL (queues have none), or nothing kept on
+        disk. Empty when CONFIG is not allowed (a managed Redis): nothing known."""
+        try:
+            settings = self.redis.config_get("maxmemory-policy")
+            settings.update(self.redis.config_get("save"))
+            settings.update(self.redis.config_get("appendonly"))
+        except redis.ResponseError:
+            return []
+        out = []
+        policy = settings.get("maxmemory-policy", "noeviction")
+        if policy.startswith("allkeys-"):
+            out.append(f"maxmemory-policy is {policy}: when memory runs out Redis may evict "
+                       "queues and their tasks; use noeviction (a full Redis then refuses "
+                       "pushes instead)")
+        if not settings.get("save") and settings.get("appendonly") == "no":
+            out.append("Redis keeps nothing on disk (no save points, appendonly no): a "
+                       "restart of Redis loses every queued task; turn on appendonly")
+        return out
+
     def claimed(self, chan: str) -> list[str]:
         """Every entry of ``chan`` this node's processing list holds."""
         return self.redis.lrange(self.keys.processing(self.node, chan), 0, -1)
@@ -294,9 +317,16 @@ class Broker(Listings):
             due = self.redis.zrangebyscore(self.keys.delayed, "-inf", now, 0, limit)
         except redis.ResponseError as exc:
             raise redis.ResponseError(f"{exc} ({self.keys.delayed})") from None
-        for raw in due:
-            chan, task_id = locate(raw)
-            k = self.keys
+        k = self.keys
+        located = [locate(raw) for raw in due]
+        # a task moved to another channel (DELETE with move_to) keeps its entry as it
+        # was: its record says where it belongs now
+        with self.redis.pipeline(transaction=False) as pipe:
+            for _, task_id in located:
+                pipe.hget(k.record(task_id), "channel")
+            homes = pipe.execute(raise_on_error=False) if due else []
+        for raw, (chan, task_id), home in zip(due, located, homes, strict=True):
+            chan = home if isinstance(home, str) and home else chan
             try:
                 queue = k.queue_high(chan) if high(raw) else k.queue(chan)
                 done = self._promote(keys=[k.delayed, queue, k.record(task_id),
@@ -467,12 +497,15 @@ class Broker(Listings):
         if channels:
             self.redis.sadd(self.keys.node_channels(self.node), *channels)
 
-    def beat(self, running: int = 0, draining: bool = False) -> bool:
+    def beat(self, running: int = 0, draining: bool = False, first: bool = False) -> bool:
         """Refresh this node's heartbeat, and what GET /nodes shows of it; -> whether
-        a caller asked it to drain (see ``ask_drain``)."""
+        a caller asked it to drain (see ``ask_drain``). The ``first`` beat of a
+        process forgets a request made to the one before it."""
         k = self.keys
         info = k.node_info(self.node)
         with self.redis.pipeline(transaction=False) as pipe:
+            if first:
+                pipe.hdel(info, "drain")
             pipe.set(k.heartbeat(self.node), self.heartbeat_value(), ex=self.node_ttl)
             pipe.sadd(k.nodes, self.node)
             pipe.hset(info, mapping={"host": socket.gethostname(), "pid": os.getpid(),
@@ -592,12 +625,14 @@ class Broker(Listings):
         """Ids of tasks on this node that callers want killed (taken once)."""
         return self.redis.spop(self.keys.kill_requests(self.node), count) or []
 
-    def unfail(self, chan: str, task_id: str, retry: bool, distinct: bool = False) -> bool:
-        """Retry (back into the queue) or delete one failed task."""
+    def unfail(self, chan: str, task_id: str, retry: bool, distinct: bool = False) -> int:
+        """Retry (back into the queue) or delete one failed task -> 1, 0 if it is not
+        among the failed tasks, 2 if not retried because the channel was deleted."""
         k = self.keys
         record = self.record(task_id) or {}
-        return bool(self._unfail(
+        return int(self._unfail(
             keys=[k.failed(chan), k.failed_index(chan), k.queue(chan), k.record(task_id),
-                  k.distinct(chan, record.get("task_name", "")), k.queue_high(chan)],
+                  k.distinct(chan, record.get("task_name", "")), k.queue_high(chan),
+                  k.channels],
             args=[task_id, "1" if retry else "0", self.record_ttl,
-                  DISTINCT_TTL if distinct else 0, k.wake]))
+                  DISTINCT_TTL if distinct else 0, k.wake, chan]))

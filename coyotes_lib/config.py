@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 import socket
-import tomllib
+import urllib.parse
 
 from . import __version__
 
@@ -35,6 +35,7 @@ FLAGS = {
     "output-tail": True, "max-redeliveries": True, "kill-grace": True, "runner": True,
     "dead-letters-max": True, "log-output-max": True, "http-timeout": True,
     "http-idle-timeout": True, "http-max-connections": True, "config": True,
+    "redis-url": True, "redis-tls-ca": True, "redis-tls-cert": True, "redis-tls-key": True,
 }
 ENV_PREFIX = "COYOTES_"
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
@@ -79,12 +80,27 @@ class Config:
     http_timeout: float = 10.0
     http_idle_timeout: float = 60.0
     http_max_connections: int = 1000
+    redis_username: str = ""               # an ACL user (from -redis-url)
+    redis_socket: str = ""                 # a unix socket's path (unix:// in -redis-url)
+    redis_tls: bool = False                # rediss:// in -redis-url
+    redis_tls_ca: str = ""                 # CA certificates to check the server's with
+    redis_tls_cert: str = ""               # a client certificate, and its key
+    redis_tls_key: str = ""
     config: str = ""                       # the TOML file read, if any
     schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
 
     @property
     def http_loopback(self) -> bool:
         return is_loopback(self.http_host)
+
+    @property
+    def redis_where(self) -> str:
+        """Where Redis is, for the log: never the password."""
+        user = f"{self.redis_username}@" if self.redis_username else ""
+        if self.redis_socket:
+            return f"unix://{user}{self.redis_socket} db {self.redis_db}"
+        scheme = "rediss" if self.redis_tls else "redis"
+        return f"{scheme}://{user}{self.redis_host}:{self.redis_port} db {self.redis_db}"
 
 
 def is_loopback(host: str) -> bool:
@@ -176,6 +192,39 @@ def _bool(flag: str, value: str) -> bool:
     raise UsageError(f'invalid value "{value}" for flag -{flag}: expected true or false')
 
 
+def redis_url(url: str) -> dict:
+    """``-redis-url`` -> Config fields: redis://[user[:password]@]host[:port][/db],
+    rediss://... (TLS), unix://[user[:password]@]/path/to.sock[?db=N]. A message
+    shows the URL without its password."""
+    parts = urllib.parse.urlsplit(url)
+    shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f'invalid value "{shown}" for flag -redis-url: {why}')
+
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise bad("expected redis://, rediss:// or unix://")
+    fields = {"redis_username": urllib.parse.unquote(parts.username or ""),
+              "redis_password": urllib.parse.unquote(parts.password or ""),
+              "redis_tls": parts.scheme == "rediss"}
+    query = urllib.parse.parse_qs(parts.query)
+    db = query.get("db", [""])[-1] if parts.scheme == "unix" else parts.path.strip("/")
+    if db and (not db.isdigit() or not 0 <= int(db) <= 15):
+        raise bad("the database must be 0..15")
+    fields["redis_db"] = int(db or 0)
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise bad("expected unix:///absolute/path/to/redis.sock")
+        return {**fields, "redis_socket": parts.path}
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise bad("the port must be 1..65535") from None
+    if not parts.hostname:
+        raise bad("no host")
+    return {**fields, "redis_host": parts.hostname, "redis_port": port}
+
+
 def build_config(opts: dict) -> Config:
     """Validate docopt's dict (keys ``--name``) into a ``Config``."""
     def get(name: str) -> str:
@@ -198,10 +247,18 @@ def build_config(opts: dict) -> Config:
     node_id = get("node-id")
     if node_id in ("", "HOSTNAME:HTTP-PORT"):
         node_id = f"{socket.gethostname()}:{http_port}"
+    redis = {"redis_host": redis_host, "redis_port": redis_port,
+             "redis_password": get("redis-password") or get("password"),
+             "redis_db": _int("redis-db", get("redis-db"), 0, 15)}
+    if get("redis-url"):   # it wins over -redis-host, -redis-password and -redis-db
+        redis.update(redis_url(get("redis-url")))
+    for flag in ("redis-tls-ca", "redis-tls-cert", "redis-tls-key"):
+        if get(flag) and not os.access(get(flag), os.R_OK):
+            raise UsageError(f'invalid value "{get(flag)}" for flag -{flag}: '
+                             "no such readable file")
     return Config(
-        redis_host=redis_host, redis_port=redis_port,
-        redis_password=get("redis-password") or get("password"),
-        redis_db=_int("redis-db", get("redis-db"), 0, 15),
+        **redis, redis_tls_ca=get("redis-tls-ca"), redis_tls_cert=get("redis-tls-cert"),
+        redis_tls_key=get("redis-tls-key"),
         http_host=http_host, http_port=http_port,
         pidfile=get("pidfile"),
         concurrent=_int("concurrent", get("concurrent"), 1, 1000),
@@ -236,6 +293,7 @@ def env_name(flag: str) -> str:
 
 def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
     """A TOML config file -> ({flag: value as a flag would give it}, schedules)."""
+    import tomllib  # here: a daemon started without a file does not keep it in memory
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)

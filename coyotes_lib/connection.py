@@ -68,13 +68,13 @@ def spare_cap(fd_limit: int) -> int:
     return max(4, fd_limit // 8) if fd_limit else MAX_CONNECTIONS
 
 
-class Connection(redis.Connection):
+class Quick:
     """redis-py checks each connection it takes from the pool for unread data
     with ``select.poll`` and a zero timeout. Under gevent's patching that poll
     waits for a turn of the hub (a loop iteration and a timer) before it answers,
     once per command. The unpatched poll
     answers at once; when it sees something (data, or a closed socket) redis-py's
-    own check decides."""
+    own check decides. Mixed into each kind of connection (TCP, TLS, unix)."""
 
     def __init__(self, *args, **kwargs):
         try:
@@ -105,23 +105,45 @@ class Connection(redis.Connection):
             self.disconnect()
 
 
-def connect(host: str, port: int, password: str = "", db: int = 0) -> redis.Redis:
+class Connection(Quick, redis.Connection):
+    """TCP."""
+
+
+class TLSConnection(Quick, redis.SSLConnection):
+    """TLS (rediss://)."""
+
+
+class UnixConnection(Quick, redis.UnixDomainSocketConnection):
+    """A unix socket (unix://)."""
+
+
+def connect(host: str, port: int, password: str = "", db: int = 0, *, username: str = "",
+            socket_path: str = "", tls: dict | None = None) -> redis.Redis:
     """A client whose socket timeout outlasts every blocking call we make.
 
     redis-py's own silent retries are turned off: resending a move whose reply
     was lost is not idempotent, so every caller handles the error itself (and
     a claim loop reconciles its processing list after an outage). Bytes that
     are not UTF-8 (a GBK command line left by an old producer) decode with
-    surrogate escapes, so they round-trip to Redis and to argv unchanged."""
+    surrogate escapes, so they round-trip to Redis and to argv unchanged.
+    ``socket_path``: a unix socket instead of host and port; ``tls``: TLS, with
+    ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` as given."""
+    where: dict = {"host": host, "port": port, "socket_keepalive": True,
+                   "connection_class": Connection}
+    if socket_path:
+        where = {"path": socket_path, "connection_class": UnixConnection}
+    elif tls is not None:
+        where.update(connection_class=TLSConnection,
+                     **{key: value for key, value in tls.items() if value})
     pool = redis.ConnectionPool(
-        host=host, port=port, password=password or None, db=db,
+        username=username or None, password=password or None, db=db,
         decode_responses=True, encoding_errors="surrogateescape",
-        socket_timeout=BLOCK + 9, socket_connect_timeout=3, socket_keepalive=True,
+        socket_timeout=BLOCK + 9, socket_connect_timeout=3,
         health_check_interval=30, retry=Retry(NoBackoff(), 0), command_packer=Packer(),
         socket_read_size=READ_SIZE,
         # workers and API requests may each hold one at a time: no small cap such as
         # redis-py's default of 100
-        max_connections=MAX_CONNECTIONS, connection_class=Connection)
+        max_connections=MAX_CONNECTIONS, **where)
     return redis.Redis(connection_pool=pool)
 
 

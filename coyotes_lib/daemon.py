@@ -84,9 +84,9 @@ def run(config) -> int:
     logsetup.setup(config.colorful_tty, config.debug, config.log_file)
     if config.colorful_tty:
         sys.stderr.write(logsetup.banner(config, colour=not config.log_file))
-    log.info("coyotes starting: node %s, redis %s:%d db %d, http %s:%d, task mode %s",
-             config.node_id, config.redis_host, config.redis_port, config.redis_db,
-             config.http_host, config.http_port, config.task_mode)
+    log.info("coyotes starting: node %s, redis %s, http %s:%d, task mode %s",
+             config.node_id, config.redis_where, config.http_host, config.http_port,
+             config.task_mode)
     fd_limit = raise_fd_limit()
     pidfile = PidFile(config.pidfile)
     try:
@@ -101,7 +101,7 @@ def run(config) -> int:
 
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_signal, sig)
-    if is_ip(config.redis_host) and is_ip(config.http_host):
+    if (config.redis_socket or is_ip(config.redis_host)) and is_ip(config.http_host):
         # nothing to look up: addresses resolve in place, at once, instead of in
         # gevent's resolver thread (a thread and its modules, kept for good)
         gevent.config.resolver = "block"
@@ -117,8 +117,11 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
     if cap < config.http_max_connections:
         log.info("http: at most %d connections at once (a third of the file descriptor "
                  "limit; -http-max-connections is %d)", cap, config.http_max_connections)
+    tls = {"ssl_ca_certs": config.redis_tls_ca, "ssl_certfile": config.redis_tls_cert,
+           "ssl_keyfile": config.redis_tls_key} if config.redis_tls else None
     client = connect(config.redis_host, config.redis_port, config.redis_password,
-                     config.redis_db)
+                     config.redis_db, username=config.redis_username,
+                     socket_path=config.redis_socket, tls=tls)
     broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
                     config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
     scheduler = Scheduler(broker, config, stop)

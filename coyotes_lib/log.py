@@ -156,7 +156,7 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None
 
 def banner(config, colour: bool) -> str:
     lines = [f"Coyotes {__version__}  node {config.node_id}",
-             f"redis {config.redis_host}:{config.redis_port} db {config.redis_db}"
+             f"redis {config.redis_where}"
              + (f"  prefix {config.biz_name}:" if config.biz_name else ""),
              (f"http  {config.http_host}:{config.http_port}   "
               f"task mode {'on' if config.task_mode else 'off (API only)'}   "

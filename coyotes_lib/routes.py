@@ -342,13 +342,16 @@ def schedule_views(api: Api, rows: dict[str, str], fired: dict[str, str]) -> lis
     """Schedules as the API shows them: the definition, the next firing times (unix
     s), and the last firing with the status of the task it queued."""
     now = api.broker.now()
-    schedules = {name: Schedule.from_json(text) for name, text in sorted(rows.items())}
+    schedules = {name: readable(text) for name, text in sorted(rows.items())}
     lasts = {name: last_firing(fired.get(name)) for name in schedules}
     ids = [last["task_id"] for last in lasts.values() if last.get("task_id")]
     status = {task_id: record.get("status")
               for task_id, record in zip(ids, api.broker.records(ids), strict=True)}
     views = []
     for name, schedule in schedules.items():
+        if schedule is None:   # written into the hash by hand: PUT replaces it
+            views.append({"name": name, "error": "unreadable definition in Redis"})
+            continue
         last = lasts[name]
         view = dataclasses.asdict(schedule)
         view["next_runs"] = schedule.next_runs(now, NEXT_RUNS) if schedule.enabled else []
@@ -356,6 +359,13 @@ def schedule_views(api: Api, rows: dict[str, str], fired: dict[str, str]) -> lis
             if last else None
         views.append(view)
     return views
+
+
+def readable(text: str) -> Schedule | None:
+    try:
+        return Schedule.from_json(text)
+    except (ValueError, TypeError):
+        return None
 
 
 def schedule_fields(body: Body) -> dict:
@@ -369,7 +379,11 @@ def the_schedule(api: Api, name: str) -> tuple[Schedule, str | None]:
     row, fired = api.broker.schedule(name)
     if row is None:
         raise fail(404, f"schedule {name!r} does not exist")
-    return Schedule.from_json(row), fired
+    schedule = readable(row)
+    if schedule is None:
+        raise fail(409, f"schedule {name!r}: its definition in Redis is unreadable; "
+                        "replace it with PUT")
+    return schedule, fired
 
 
 def parsed_schedule(api: Api, fields: dict, before: Schedule | None = None) -> Schedule:
@@ -410,7 +424,7 @@ def replace_schedule(api: Api, name):
     if fields.setdefault("name", name) != name:
         raise fail(400, "name must be the schedule's name in the path (or left out)")
     before = api.broker.schedule(name)[0]
-    schedule = parsed_schedule(api, fields, before and Schedule.from_json(before))
+    schedule = parsed_schedule(api, fields, before and readable(before))
     api.broker.put_schedule(name, schedule.to_json())
     log.info("schedule %s: %s via HTTP (%s)", name, "replaced" if before else "created",
              schedule.to_json())
@@ -513,7 +527,10 @@ def unfail_task(api: Api, name, task_id):
     broker = api.broker
     spec = api.spec_of(name)
     retry = bottle.request.method == "POST"
-    if not broker.unfail(name, task_id, retry, spec.distinct):
+    done = broker.unfail(name, task_id, retry, spec.distinct)
+    if done == 2:
+        raise fail(404, f"channel {name!r} does not exist")
+    if not done:
         raise fail(404, f"task {task_id!r} is not among the failed tasks of {name!r}")
     log.info("channel %s: failed task %s %s via HTTP", name, task_id,
              "retried" if retry else "deleted")
@@ -527,7 +544,11 @@ def unfail_all(api: Api, name):
     # those that failed before this call: one retried now and failing again is not
     # taken twice (it is scored later)
     while ids := broker.failed_ids(name, now):
-        done += sum(broker.unfail(name, task_id, retry, spec.distinct) for task_id in ids)
+        results = [broker.unfail(name, task_id, retry, spec.distinct) for task_id in ids]
+        if 2 in results:   # deleted meanwhile: what is left stays among the failed
+            raise fail(404, f"channel {name!r} does not exist (deleted after "
+                            f"{done + results.count(1)} task(s) were retried)")
+        done += results.count(1)
     log.info("channel %s: %d failed task(s) %s via HTTP", name, done,
              "retried" if retry else "deleted")
     return ok({"count": done})

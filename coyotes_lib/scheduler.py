@@ -47,6 +47,7 @@ STUCK_PAUSE_MAX = 30.0               # seconds between tries of entries Redis re
 RECORD_WAIT = 2.0                    # seconds a shutdown waits for results to be recorded
 SCAN_EVERY = 1.0                     # seconds between scans for entries nobody told us of
 TICK = 0.5                           # seconds between two turns of the maintenance loop
+RESYNC_MIN = 0.25                    # seconds between two reads of changed settings
 
 
 class NodeConflict(Exception):
@@ -92,6 +93,8 @@ class Scheduler:
 
     def _prepare_start(self) -> None:
         self.broker.ping()
+        for risk in self.broker.risks():
+            log.warning("redis: %s (see docs/OPERATIONS.md)", risk)
         self.broker.load_scripts()
         self._check_node_id()
         self.ensure_default_channels()
@@ -106,7 +109,7 @@ class Scheduler:
         if moved:
             log.warning("node %s: requeued %d task(s) left from a previous run",
                         self.broker.node, moved)
-        self.broker.beat()
+        self.broker.beat(first=True)
         self.started = True
         self._sync()
 
@@ -215,7 +218,9 @@ class Scheduler:
         if not self.started or self.stop.is_set():
             return
         specs = self.broker.channels()   # one digest; the hash itself only if it changed
-        if self.broker.channels_version == self.digest:
+        # taken now: another caller of channels() may move it on while this one yields
+        version = self.broker.channels_version
+        if version == self.digest:
             return
         self.specs = specs
         if self.config.channel_default not in self.specs:
@@ -226,30 +231,38 @@ class Scheduler:
             self.specs = self.broker.channels()
         new = [name for name in self.specs if name not in self.channels]
         self.broker.consuming(new)   # recorded before the first claim, for any reaper
+        waiting = False   # a channel deleted and made again: it starts once the old is gone
         for name, spec in self.specs.items():
             channel = self.channels.get(name)
             if channel is None:
                 self._start_channel(spec)
-            elif channel.retired:   # deleted and made again: once the old one is done
-                self.digest = ""
-                return
+            elif channel.retired:
+                waiting = True
             elif spec != channel.spec:
                 self._apply(channel, spec)
         for name, channel in list(self.channels.items()):
             if name not in self.specs and not channel.retired:
                 self._retire(channel)
-        # only now: a sync cut short by an error runs again
-        self.digest = self.broker.channels_version
+        # only now: a sync cut short by an error (or waiting for a channel) runs again
+        self.digest = "" if waiting else version
 
     def _remove_when_idle(self, channel: Channel) -> None:
-        """A deleted channel goes once its tasks are done (and its objects with it)."""
+        """A deleted channel goes once its dispatcher has ended and its tasks are
+        done (and its objects with it). Entries still in its processing list (a
+        claim whose reply was lost) are given back first: REQUEUE puts them in the
+        dead-letter list, its channel being gone."""
+        if channel.greenlet is not None:
+            channel.greenlet.join()   # it spawns what it had claimed before it ends
         while not channel.idle and not self.stop.is_set():
             channel.room.wait(1)
             channel.room.clear()
         if self.stop.is_set():
             return   # the shutdown drains it with the others
-        if channel.greenlet is not None:
-            channel.greenlet.join()
+        name = channel.name
+        for raw in insist(f"channel {name}", lambda: self.broker.claimed(name),
+                          self.stop) or []:
+            insist(f"channel {name}", lambda raw=raw: self.broker.requeue(
+                name, raw, locate(raw)[1], ran=False), self.stop)
         self.channels.pop(channel.name, None)
         self.by_queue.pop(self.broker.keys.queue(channel.name), None)
         self.by_queue.pop(self.broker.keys.queue_high(channel.name), None)
@@ -418,13 +431,14 @@ class Scheduler:
                     self._wake_waiting()
                     scanned = time.monotonic()
                 for message in subscriber.messages(SCAN_EVERY):
-                    if message == self.broker.keys.channels:   # settings changed
-                        self.resync.set()
-                        continue
                     if message == self.broker.keys.drain(self.broker.node):
                         self._drain_asked()
                         continue
                     queue, _, node = message.partition("\n")
+                    if queue == self.broker.keys.channels:   # settings changed
+                        if node != self.broker.node:   # ours: applied already
+                            self.resync.set()
+                        continue
                     channel = self.by_queue.get(queue)
                     if channel is not None and node != self.broker.node:   # ours: woken
                         channel.wake()
@@ -433,6 +447,9 @@ class Scheduler:
                     subscriber.close()
                     subscriber = None
                 outage.failed(exc)
+            except Exception:   # a bug of ours must not end every wake-up of this node
+                log.exception("wake-ups: unexpected error")
+                self.stop.wait(1)
         if subscriber is not None:
             subscriber.close()
 
@@ -441,7 +458,9 @@ class Scheduler:
         by a producer that does not publish, such as the Go daemon)."""
         queues = [self.broker.keys.queue(name) for name in self.channels]
         for queue in self.broker.waiting(queues):   # each one's high queue is looked at too
-            self.by_queue[queue].wake()
+            channel = self.by_queue.get(queue)   # a channel removed meanwhile: gone
+            if channel is not None:
+                channel.wake()
 
     def _reject(self, raw: str, reason: str) -> redis.ResponseError | None:
         """Move a staged entry into the dead-letter list; -> Redis's refusal if it
@@ -481,6 +500,8 @@ class Scheduler:
             if self.give_up.is_set():
                 break
             told = self.resync.is_set()
+            if told:   # a burst of changes (10,000 channels made) is read in one go
+                self.give_up.wait(max(0.0, last_sync + RESYNC_MIN - time.monotonic()))
             self.resync.clear()
             try:
                 now = time.monotonic()

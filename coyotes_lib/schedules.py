@@ -29,6 +29,7 @@ MISSED = ("skip", "run_once")   # a firing due while no node ran: noted only, or
 OVERLAP = ("skip", "allow")     # a firing while the previous run has not finished
 LATE = 60.0                     # seconds after its time when a firing counts as missed
 CRON_MAX = 200                  # characters of an expression
+ZONE_MAX = 64                   # characters of a time zone's name
 FIELDS = ("name", "cron", "command", "channel", "timezone", "enabled", "missed", "overlap",
           *POLICY_LIMITS)
 TURN_MAX = 1.0                  # seconds between two turns at most (changes are seen)
@@ -68,19 +69,36 @@ class Schedule:
 
     def last_due(self, now: float) -> float | None:
         """The latest firing time at or before ``now``, if the schedule existed then."""
-        due = self.times(now).get_prev(float)
+        it = self.times(now)
+        due = it.get_prev(float)
+        while self.repeated(due):
+            due = it.get_prev(float)
         return due if due >= self.since else None
 
+    def repeated(self, due: float) -> bool:
+        """A time of day the clock goes through twice (the hour that repeats when
+        daylight saving ends): fired the first time only, unless every hour fires."""
+        import zoneinfo
+        local = datetime.datetime.fromtimestamp(due, zoneinfo.ZoneInfo(self.timezone))
+        fields = self.cron.split()   # the hour field: 5 fields, or 6 with seconds first
+        hours = fields[-4] if len(fields) > 1 else "*" if self.cron == "@hourly" else "0"
+        return local.fold == 1 and hours != "*"
+
     def next_runs(self, now: float, count: int) -> list[float]:
-        it = self.times(now)
-        return [it.get_next(float) for _ in range(count)]
+        it, out = self.times(now), []
+        while len(out) < count:
+            due = it.get_next(float)
+            if not self.repeated(due):
+                out.append(due)
+        return out
 
     def between(self, after: float, until: float) -> list[float]:
         """Its firing times later than ``after``, up to ``until`` (a minute at most
         apart: LATE; the caller bounds them)."""
         it, out = self.times(max(after, self.since - 1e-6)), []
         while (due := it.get_next(float)) <= until:
-            out.append(due)
+            if not self.repeated(due):
+                out.append(due)
         return out
 
     def task(self, task_id: str):
@@ -110,20 +128,26 @@ def parse(fields: dict, default_channel: str, now: float,
     command = fields.get("command")
     if not isinstance(command, str) or not command.strip():
         raise BadSchedule("command must be a command line")
-    channel = fields.get("channel") or default_channel
+    channel = fields.get("channel")
+    channel = default_channel if channel in (None, "") else channel
     if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
         raise BadSchedule("channel must be a channel's name")
-    zone = fields.get("timezone") or "UTC"
+    zone = fields.get("timezone")
+    zone = "UTC" if zone in (None, "") else zone
+    if not isinstance(zone, str) or len(zone) > ZONE_MAX:
+        raise BadSchedule(f"timezone must be an IANA name of at most {ZONE_MAX} characters")
     options = {key: fields[key] for key in POLICY_LIMITS if fields.get(key) not in (None, "")}
     try:
         options = check_policy(options)
     except BadTask as exc:
         raise BadSchedule(str(exc)) from None
-    schedule = Schedule(name, cron, command, channel, zone if isinstance(zone, str) else "",
-                        choice(fields, "enabled", ("true", "false"), "true") == "true",
+    enabled = choice(fields, "enabled", ("true", "false"), "true") == "true"
+    # kept across a change, but a schedule enabled again fires from now on only
+    since = before.since if before and (before.enabled or not enabled) else now
+    schedule = Schedule(name, cron, command, channel, zone, enabled,
                         choice(fields, "missed", MISSED), choice(fields, "overlap", OVERLAP),
                         {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                        before.since if before else now)
+                        since)
     check(schedule, now)
     return schedule
 
@@ -147,7 +171,7 @@ def check(schedule: Schedule, now: float) -> None:
     from croniter import CroniterError
     try:
         zoneinfo.ZoneInfo(schedule.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):   # OSError: a folder
         raise BadSchedule(f"timezone: unknown time zone {schedule.timezone!r} (an IANA "
                           "name such as Asia/Shanghai or UTC)") from None
     try:
@@ -204,18 +228,27 @@ class Timetable:
             schedule = self._parsed(name, text)
             if schedule is None or not schedule.enabled:
                 continue
-            last = last_firing(fired.get(name))
-            made, previous = float(last.get("at") or 0), last.get("task_id")
-            missed = schedule.last_due(now - LATE)
-            if missed is not None and missed > made:
-                previous = self._fire(schedule, missed,
-                                      "run" if schedule.missed == "run_once" else "missed",
-                                      previous) or previous
-                made = missed
-            for due in schedule.between(max(made, now - LATE), now):
-                previous = self._fire(schedule, due, "run", previous) or previous
-            soonest = min(soonest, schedule.next_runs(now, 1)[0])
+            try:
+                soonest = min(soonest, self._due(schedule, fired.get(name), now))
+            except redis.ConnectionError:
+                raise   # an outage: the loop backs off
+            except Exception:   # one schedule's trouble must not stop the others
+                log.exception("schedule %s: cannot fire", name)
         return max(0.0, soonest - now) + 0.002   # just after the time, not just before
+
+    def _due(self, schedule: Schedule, fired: str | None, now: float) -> float:
+        """Make the firings of one schedule due by ``now`` -> its next firing time."""
+        last = last_firing(fired)
+        made, previous = float(last.get("at") or 0), last.get("task_id")
+        missed = schedule.last_due(now - LATE)
+        if missed is not None and missed > made:
+            previous = self._fire(schedule, missed,
+                                  "run" if schedule.missed == "run_once" else "missed",
+                                  previous) or previous
+            made = missed
+        for due in schedule.between(max(made, now - LATE), now):
+            previous = self._fire(schedule, due, "run", previous) or previous
+        return schedule.next_runs(now, 1)[0]
 
     def _parsed(self, name: str, text: str) -> Schedule | None:
         known = self.known.get(name)

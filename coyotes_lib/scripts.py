@@ -516,13 +516,17 @@ return 1
 UNFAIL = _TYPES + _WAKE + _ID + """
 -- KEYS[1] failed hash   KEYS[2] failed index   KEYS[3] channel queue
 -- KEYS[4] task record   KEYS[5] distinct flag   KEYS[6] the channel's high queue
+-- KEYS[7] channels hash
 -- ARGV[1] task id   ARGV[2] '1' = retry, '0' = delete   ARGV[3] record TTL (s)
 -- ARGV[4] distinct flag TTL (s), 0 = not distinct   ARGV[5] wake-up channel (optional)
+-- ARGV[6] channel
+-- returns 1 done, 0 not among the failed tasks, 2 not retried: the channel was deleted
 local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'hash',
-                      KEYS[6], 'list')
+                      KEYS[6], 'list', KEYS[7], 'hash')
 if bad then return bad end
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return 0 end
+if ARGV[2] == '1' and gone(KEYS[7], ARGV[6]) then return 2 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], 'parked')
@@ -566,13 +570,14 @@ SET_CHANNEL = _TYPES + """
 -- KEYS[1] channels hash
 -- ARGV[1] channel   ARGV[2] its settings as read   ARGV[3] new settings
 -- ARGV[4] wake-up channel ('' = none): told KEYS[1], the nodes read the settings again
+-- ARGV[5] this node's id (in the message: it applied the change itself)
 local bad = wrongtype(KEYS[1], 'hash')
 if bad then return bad end
 local now = redis.call('HGET', KEYS[1], ARGV[1])
 if not now then return -1 end
 if now ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1] .. '\\n' .. ARGV[5]) end
 return 1
 """
 
@@ -592,7 +597,8 @@ DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- ARGV[4] most entries moved or dropped by this call
 -- ARGV[5], ARGV[6] a distinct flag's key around the task's name (they are removed)
 -- ARGV[7] record key prefix   ARGV[8] most dead letters kept   ARGV[9] reason
--- ARGV[10] this node's id   ARGV[11] record TTL (s)   ARGV[12] wake-up channel ('' = none)
+-- ARGV[10] this node's id (also in the message: it applied the change itself)
+-- ARGV[11] record TTL (s)   ARGV[12] wake-up channel ('' = none)
 local bad = wrongtype(KEYS[1], 'hash', KEYS[2], 'list', KEYS[3], 'list', KEYS[4], 'list',
                       KEYS[6], 'list', KEYS[7], 'list') or counter_bad(KEYS[5])
 if bad then return bad end
@@ -624,7 +630,7 @@ end
 if n > 0 and ARGV[2] == 'move' then wake(ARGV[12], KEYS[3]) end
 if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[6]) > 0 then return {4, n} end
 redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], KEYS[1]) end
+if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], KEYS[1] .. '\\n' .. ARGV[10]) end
 return {1, n}
 """
 

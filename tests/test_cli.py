@@ -157,7 +157,7 @@ def test_deprecated_host_alone(redis_server, r, tmp_path, daemons):
                         ["-host", f"127.0.0.1:{redis_server.port}"])
     daemons.append(daemon)
     daemon.start()
-    assert f"redis 127.0.0.1:{redis_server.port}" in daemon.log()
+    assert f"redis redis://127.0.0.1:{redis_server.port} db 0" in daemon.log()
     ledger = tmp_path / "ledger"
     r.lpush("task:prepare:queue", task_json(ledger_command(ledger, "host")))
     wait_until(lambda: ran(ledger, "host"), what="the task to run")

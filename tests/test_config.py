@@ -95,6 +95,11 @@ def test_node_id_explicit():
 
 VALUE_CASES = [
     ("config", "/dev/null", {"config": "/dev/null", "schedules": ()}),   # empty TOML
+    ("redis-url", "redis://10.0.0.7:6390/2", {"redis_host": "10.0.0.7", "redis_port": 6390,
+                                              "redis_db": 2}),
+    ("redis-tls-ca", "/dev/null", {"redis_tls_ca": "/dev/null"}),
+    ("redis-tls-cert", "/dev/null", {"redis_tls_cert": "/dev/null"}),
+    ("redis-tls-key", "/dev/null", {"redis_tls_key": "/dev/null"}),
     ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
     ("redis-password", "s3cret", {"redis_password": "s3cret"}),
     ("redis-db", "15", {"redis_db": 15}),
@@ -458,3 +463,46 @@ missed = "run_once"
     assert [s["name"] for s in c.schedules] == ["laravel", "report"]
     assert c.schedules[0] == {"name": "laravel", "cron": "* * * * *",
                               "command": "php artisan schedule:run", "timeout": 300}
+
+
+# -- -redis-url ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "attrs"), [
+    ("redis://10.0.0.5", {"redis_host": "10.0.0.5", "redis_port": 6379, "redis_db": 0,
+                          "redis_password": "", "redis_username": "", "redis_tls": False}),
+    ("redis://:s%40cret@10.0.0.5:6380/3", {"redis_host": "10.0.0.5", "redis_port": 6380,
+                                           "redis_db": 3, "redis_password": "s@cret"}),
+    ("redis://coyotes:pw@redis.internal/2", {"redis_host": "redis.internal",
+                                             "redis_username": "coyotes",
+                                             "redis_password": "pw", "redis_db": 2}),
+    ("rediss://redis.internal:6390", {"redis_tls": True, "redis_port": 6390}),
+    ("unix:///run/redis/redis.sock?db=4", {"redis_socket": "/run/redis/redis.sock",
+                                           "redis_db": 4}),
+    ("unix://worker:pw@/run/redis.sock", {"redis_socket": "/run/redis.sock",
+                                          "redis_username": "worker", "redis_password": "pw"}),
+])
+def test_redis_url_forms(url, attrs):
+    c = parse("-redis-url", url, "-redis-host", "1.2.3.4:7000", "-redis-db", "9")
+    for attr, value in attrs.items():   # the URL wins over -redis-host and -redis-db
+        assert getattr(c, attr) == value, attr
+    assert "pw" not in c.redis_where and "cret" not in c.redis_where
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("http://h", "expected redis://"), ("redis://h/16", "0..15"), ("redis://h/x", "0..15"),
+    ("redis://h:99999", "port"), ("redis://", "no host"), ("unix://relative.sock", "absolute"),
+    ("redis://:topsecret@h:99999", "port"),
+])
+def test_bad_redis_urls_are_refused_without_showing_the_password(url, words):
+    with pytest.raises(UsageError) as err:
+        parse("-redis-url", url)
+    assert words in str(err.value) and "topsecret" not in str(err.value), str(err.value)
+
+
+def test_tls_files_must_be_readable(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    c = parse("-redis-url", "rediss://h", "-redis-tls-ca", str(ca))
+    assert c.redis_tls and c.redis_tls_ca == str(ca)
+    with pytest.raises(UsageError, match="no such readable file"):
+        parse("-redis-tls-ca", str(tmp_path / "nope.crt"))

@@ -278,3 +278,27 @@ def test_a_killed_nodes_slot_returns_within_its_heartbeat_ttl(coyotes_factory, t
     assert time.monotonic() - killed > 1.0   # not before a's heartbeat expired
     wait_until(lambda: ended(ledger, "second") and starts(ledger).count("first") == 2,
                timeout=20, what="second ran, and first again (a's was lost with it)")
+
+
+def test_a_moved_task_that_retries_stays_in_its_new_channel(coyotes, r):
+    """Its entry still names the old channel: the retry follows the record's."""
+    create(coyotes, "old")
+    create(coyotes, "new")
+    ok_data(coyotes.request("POST", "/channels/old/pause"))
+    task_id = ok_data(coyotes.request("POST", "/channels/old/tasks", {
+        "task": "false", "id": "moved", "retries": 1, "retry_backoff": 0}))["task_id"]
+    assert ok_data(coyotes.request("DELETE", "/channels/old?move_to=new"))["moved"] == 1
+    wait_until(lambda: ok_data(coyotes.request("GET", f"/tasks/{task_id}"))["status"]
+               == "failed", timeout=20, what="two attempts, then failed")
+    record = ok_data(coyotes.request("GET", f"/tasks/{task_id}"))
+    assert (record["channel"], record["attempt"]) == ("new", 2), record
+    assert r.hexists("new:tasks:queue:failed", task_id) and r.llen(DEAD_KEY) == 0
+    # a retry of a failed task of a deleted channel is refused, and the task kept
+    create(coyotes, "gone")
+    r.hset("gone:tasks:queue:failed", "f1", json.dumps({"id": "f1", "task": "true"}))
+    r.zadd("gone:tasks:queue:failed:index", {"f1": 1})
+    r.hdel(CHANNELS_KEY, "gone")   # deleted on another node a moment ago
+    coyotes.request("GET", "/channels/gone")   # (this node's cache may still know it)
+    status, env = coyotes.request("POST", "/channels/gone/failed-tasks/f1")
+    assert status == 404, env
+    assert r.hexists("gone:tasks:queue:failed", "f1") and r.llen("gone:tasks:queue") == 0

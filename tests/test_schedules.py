@@ -15,6 +15,8 @@ import zoneinfo
 
 from conftest import assert_error, events, gate_command, ledger_command, ok_data, wait_until
 
+from coyotes_lib.schedules import Schedule
+
 SCHEDULES_KEY = "task:schedules"
 
 
@@ -184,3 +186,37 @@ overlap = "allow"
     daemon.start()
     assert ok_data(daemon.request("GET", "/schedules/tick"))["since"] == since
     assert "schedule tick: made from" in daemon.log()
+
+
+def test_a_fixed_hour_fires_once_when_daylight_saving_ends():
+    """On the last Sunday of October 2026, 02:00-03:00 comes twice in Berlin."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    start = datetime.datetime(2026, 10, 24, 12, tzinfo=datetime.UTC).timestamp()
+    end = datetime.datetime(2026, 10, 26, 12, tzinfo=datetime.UTC).timestamp()
+    daily = Schedule("d", "30 2 * * *", "true", "default", "Europe/Berlin")
+    assert [datetime.datetime.fromtimestamp(t, berlin).isoformat()
+            for t in daily.between(start, end)] == \
+        ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+    hourly = Schedule("h", "30 * * * *", "true", "default", "Europe/Berlin")
+    night = [datetime.datetime.fromtimestamp(t, berlin).isoformat()
+             for t in hourly.between(start + 11 * 3600, start + 16 * 3600)]
+    assert night == ["2026-10-25T01:30:00+02:00", "2026-10-25T02:30:00+02:00",
+                     "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00",
+                     "2026-10-25T04:30:00+01:00"]
+
+
+def test_more_refusals_and_an_unreadable_definition(coyotes, r):
+    good = {"name": "x", "cron": "* * * * *", "command": "true"}
+    for bad, words in (({"timezone": "Europe"}, "unknown time zone"),
+                       ({"timezone": "A" * 300}, "at most 64"),
+                       ({"timezone": 0}, "IANA name"), ({"channel": 0}, "channel"),
+                       ({"channel": ["biz"]}, "channel"), ({"cron": 5}, "cron")):
+        assert words in assert_error(add(coyotes, **{**good, **bad}), 400, str(bad))
+    r.hset(SCHEDULES_KEY, "broken", "{not json")
+    ok_data(add(coyotes, **good))
+    listed = ok_data(coyotes.request("GET", "/schedules"))["schedules"]
+    assert listed[0] == {"name": "broken", "error": "unreadable definition in Redis"}
+    assert listed[1]["name"] == "x"
+    assert "unreadable" in assert_error(coyotes.request("POST", "/schedules/broken/run"), 409)
+    view = ok_data(coyotes.request("PUT", "/schedules/broken", good | {"name": "broken"}))
+    assert view["cron"] == "* * * * *"   # PUT repairs it

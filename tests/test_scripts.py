@@ -11,9 +11,10 @@ docstring of ``scripts.py``) is what keeps a broken key from losing a task.
 
 One private redis-server serves the whole module and is flushed before each
 test, then holds the declared channels (``CHANNELS`` in ``task:channels``):
-ENQUEUE, REQUEUE, REAP and PROMOTE treat a channel missing there as deleted
-(``GONE`` is never declared). Times come from Redis's clock (``TIME``) inside the
-scripts, so they are compared with Redis's clock too, with a margin.
+ENQUEUE, REQUEUE, REAP, PROMOTE and UNFAIL (retrying) treat a channel missing
+there as deleted (``GONE`` is never declared). Times come from Redis's clock
+(``TIME``) inside the scripts, so they are compared with Redis's clock too, with
+a margin.
 
 Each channel has two lists of waiting entries: its queue and its high queue
 (``K.queue_high``: the queue's key followed by ``K.high``), whose entries (JSON
@@ -1879,10 +1880,16 @@ def test_kill_refuses_wrong_types(db):
 
 # -- UNFAIL --------------------------------------------------------------------
 UNFAIL_KEYS = [K.failed(CHAN), K.failed_index(CHAN), K.queue(CHAN), K.record("a"), FLAG,
-               K.queue_high(CHAN)]
+               K.queue_high(CHAN), K.channels]
 PARKED = {"id": "a", "task_name": NAME, "status": "failed", "parked": "1", "failed_at": "100",
           "finished_at": "100", "kill_requested": "1", "retry_count": "2", "redeliveries": "1",
           "attempt": "3", "exit_code": "1"}
+
+
+def unfail_args(mode: str, distinct: int = 1800, wake: str = "", task_id: str = "a",
+                chan: str = CHAN) -> list:
+    """As ``Broker.unfail``: ``mode`` '1' retries, '0' deletes."""
+    return [task_id, mode, TTL, distinct, wake, chan]
 
 
 def parked(db, raw: str = RAW):
@@ -1895,7 +1902,7 @@ def parked(db, raw: str = RAW):
 def test_unfail_retry(db):
     parked(db)
     db.expire(K.record("a"), 1000)   # a retried record is kept: PERSIST
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1")) == 1
     kept = {k: v for k, v in PARKED.items() if k not in ("parked", "kill_requested", "failed_at")}
     assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
                          K.queue(CHAN): [RAW], FLAG: "1",
@@ -1910,7 +1917,7 @@ def test_unfail_retry_a_high_task_into_the_high_queue(db, heard):
     parked(db, raw)
     db.lpush(K.queue(CHAN), "normal")
     db.lpush(K.queue_high(CHAN), "high")
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800, K.wake]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", wake=K.wake)) == 1
     kept = {k: v for k, v in PARKED.items() if k not in ("parked", "kill_requested", "failed_at")}
     assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
                          K.queue(CHAN): ["normal"], K.queue_high(CHAN): [raw, "high"],
@@ -1921,25 +1928,25 @@ def test_unfail_retry_a_high_task_into_the_high_queue(db, heard):
     # deleted instead: into no queue, nobody told
     reset(db)
     parked(db, raw)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 1800, K.wake]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("0", wake=K.wake)) == 1
     assert set(state(db)) == {K.failed(CHAN), K.failed_index(CHAN), K.record("a")}
     assert heard() == []
 
 
 def test_unfail_retry_not_distinct_leaves_the_flag_alone(db):
     parked(db)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", 0)) == 1
     assert not db.exists(FLAG)
     reset(db)
     parked(db)
     db.set(FLAG, "held", ex=100)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", 0)) == 1
     assert db.get(FLAG) == "held" and 90 <= db.ttl(FLAG) <= 100
 
 
 def test_unfail_delete(db):
     parked(db)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 1800]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("0")) == 1
     kept = {k: v for k, v in PARKED.items() if k != "parked"}
     assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
                          K.record("a"): kept}
@@ -1948,34 +1955,91 @@ def test_unfail_delete(db):
 
 def test_unfail_an_id_that_is_not_failed(db):
     parked(db)
-    keys = [*UNFAIL_KEYS[:3], K.record("zz"), FLAG, K.queue_high(CHAN)]
+    keys = [*UNFAIL_KEYS[:3], K.record("zz"), *UNFAIL_KEYS[4:]]
     before = dump(db)
-    assert run(db, "UNFAIL", keys, ["zz", "1", 600, 1800]) == 0
+    assert run(db, "UNFAIL", keys, unfail_args("1", task_id="zz")) == 0
+    assert run(db, "UNFAIL", keys, unfail_args("0", task_id="zz")) == 0
     assert_unchanged(before, dump(db))
+    db.hdel(K.channels, CHAN)   # not among the failed comes first: 0, not 2
+    before = dump(db)
+    assert run(db, "UNFAIL", keys, unfail_args("1", task_id="zz")) == 0
+    assert_unchanged(before, dump(db))
+
+
+@pytest.mark.parametrize("high", [False, True])
+def test_unfail_does_not_retry_a_task_of_a_deleted_channel(db, heard, high):
+    """2 and nothing written: the task stays among the failed (its record, TTL
+    and all, its distinct flag free), no queue made, nobody told."""
+    parked(db, high_entry("a") if high else RAW)
+    db.expire(K.record("a"), 1000)
+    db.hdel(K.channels, CHAN)
+    before = dump(db)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", wake=K.wake)) == 2
+    assert_unchanged(before, dump(db))
+    assert heard() == []
+    # only the field is asked for: other channels, or this one's settings, do not count
+    db.delete(K.channels)
+    db.hset(K.channels, CHAN, "{}")
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", wake=K.wake)) == 1
+    assert heard() == [K.queue_high(CHAN) if high else K.queue(CHAN)]
+
+
+def test_unfail_retries_without_a_channels_hash(db):
+    """No channels hash at all: the settings were lost, not the channel deleted
+    (the nodes make the default channels again), so the task is retried."""
+    parked(db)
+    db.delete(K.channels)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1")) == 1
+    kept = {k: v for k, v in PARKED.items() if k not in ("parked", "kill_requested", "failed_at")}
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.queue(CHAN): [RAW], FLAG: "1",
+                         K.record("a"): {**kept, "status": "queued", "retry_count": "0",
+                                         "redeliveries": "0"}}   # no channels hash made
+
+
+def test_unfail_deletes_a_task_of_a_deleted_channel(db, heard):
+    parked(db)
+    db.hdel(K.channels, CHAN)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("0", wake=K.wake)) == 1
+    kept = {k: v for k, v in PARKED.items() if k != "parked"}
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.record("a"): kept, K.channels: channels_but(CHAN)}
+    assert 590 <= db.ttl(K.record("a")) <= 600
+    assert heard() == []
+    # no channels hash at all: the same
+    reset(db)
+    parked(db)
+    db.delete(K.channels)
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("0")) == 1
+    assert state(db) == {K.failed(CHAN): {"b": OTHER_RAW}, K.failed_index(CHAN): [("b", 200.0)],
+                         K.record("a"): kept}
 
 
 def test_unfail_refuses_wrong_types(db):
     wanted = {K.failed(CHAN): "hash", K.failed_index(CHAN): "zset", K.queue(CHAN): "list",
-              K.record("a"): "hash", K.queue_high(CHAN): "list"}
-    assert_refuses(db, lambda: parked(db), "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800],
+              K.record("a"): "hash", K.queue_high(CHAN): "list", K.channels: "hash"}
+    assert_refuses(db, lambda: parked(db), "UNFAIL", UNFAIL_KEYS, unfail_args("1"),
                    wanted)
     reset(db)   # a high task: both queues checked, whichever it goes to
     assert_refuses(db, lambda: parked(db, high_entry("a")), "UNFAIL", UNFAIL_KEYS,
-                   ["a", "1", 600, 1800], wanted)
+                   unfail_args("1"), wanted)
 
 
 # -- SET_CHANNEL ---------------------------------------------------------------
 NEW_SPEC = json.dumps({"name": CHAN, "worker_count": 4})
+# what SET_CHANNEL and DELETE_CHANNEL publish: the nodes read the settings again,
+# but NODE, which applied the change itself
+RELOAD = f"{K.channels}\n{NODE}"
 
 
 def set_channel(db, chan: str, read: str, new: str, wake: str = ""):
-    return run(db, "SET_CHANNEL", [K.channels], [chan, read, new, wake])
+    return run(db, "SET_CHANNEL", [K.channels], [chan, read, new, wake, NODE])
 
 
 def test_set_channel_writes_and_tells_every_node(db, heard):
     assert set_channel(db, CHAN, CHANNELS[CHAN], NEW_SPEC, K.wake) == 1
     assert state(db) == {K.channels: {**CHANNELS, CHAN: NEW_SPEC}}
-    assert heard() == [K.channels]   # the nodes read the settings again
+    assert heard() == [RELOAD]   # the nodes read the settings again
     # no wake-up channel: written, nobody told
     assert set_channel(db, CHAN, NEW_SPEC, CHANNELS[CHAN]) == 1
     assert state(db) == {}
@@ -2005,7 +2069,7 @@ def test_set_channel_unknown(db, heard):
 
 def test_set_channel_refuses_wrong_types(db):
     assert_refuses(db, lambda: None, "SET_CHANNEL", [K.channels],
-                   [CHAN, CHANNELS[CHAN], NEW_SPEC, ""], {K.channels: "hash"})
+                   [CHAN, CHANNELS[CHAN], NEW_SPEC, "", NODE], {K.channels: "hash"})
 
 
 # -- DELETE_CHANNEL ------------------------------------------------------------
@@ -2094,7 +2158,7 @@ def test_delete_channel_with_an_empty_queue(db, heard):
     before = state(db)
     assert delete_channel(db, "refuse", wake=K.wake) == [1, 0]
     assert state(db) == {**before, K.channels: channels_but(CHAN)}
-    assert heard() == [K.channels]   # every node stops the channel now
+    assert heard() == [RELOAD]   # every node stops the channel now
     assert delete_channel(db, "refuse", wake=K.wake) == [0, 0]   # already gone
     assert heard() == []
     # the other modes too; no wake-up channel: nobody told
@@ -2115,7 +2179,7 @@ def test_delete_channel_moves_the_waiting_tasks_behind_the_others(db, heard):
                    K.record("c1"): {"id": "c1", **C_RECORD, "channel": "other"},
                    K.record("c2"): {"id": "c2", **C_RECORD, "channel": "other"}}
     assert db.ttl(K.record("c1")) == -1
-    assert heard() == [K.queue("other"), K.channels]
+    assert heard() == [K.queue("other"), RELOAD]
 
 
 def test_delete_channel_moves_in_batches(db, heard):
@@ -2132,7 +2196,7 @@ def test_delete_channel_moves_in_batches(db, heard):
     assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [4, 2]
     assert heard() == [K.queue("other")]
     assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [1, 2]
-    assert heard() == [K.queue("other"), K.channels]
+    assert heard() == [K.queue("other"), RELOAD]
     assert state(db) == {**LEFT, K.channels: channels_but(CHAN),
                          K.queue("other"): ["late", *QUEUED[::-1], "o2", "o1"],
                          K.record("c1"): {"id": "c1", **C_RECORD, "channel": "other"},
@@ -2163,7 +2227,7 @@ def test_delete_channel_drops_the_waiting_tasks(db, heard):
                    **{K.record(task_id): {"id": task_id, **C_RECORD, "status": "canceled",
                                           "error": gone(CHAN)} for task_id in ("c1", "c2")}}
     assert db.ttl(K.record("c5")) == -1
-    assert heard() == [K.channels]   # no queue got entries
+    assert heard() == [RELOAD]   # no queue got entries
 
 
 def test_delete_channel_drops_in_batches_and_trims_the_dead_letters(db):
@@ -2224,7 +2288,7 @@ def test_delete_channel_moves_high_tasks_into_the_high_queue_first(db, heard):
                          K.queue("other"): [*QUEUED[::-1], "o2", "o1"],
                          K.queue_high("other"): [*HIGH_QUEUED[::-1], "oh1"],
                          **moved("c1", "c2", "ch1", "ch2")}   # flags th1, th2 gone too
-    assert heard() == [K.queue("other"), K.channels]
+    assert heard() == [K.queue("other"), RELOAD]
     # the next claims of 'other' take oh1, ch1, ch2, then o1
     claims = run(db, "CLAIM", *claim_call(4, chan="other"))
     assert [claim[0] for claim in claims] == ["oh1", CH1, CH2, "o1"]
@@ -2245,7 +2309,7 @@ def test_delete_channel_moves_only_high_tasks(db, heard):
     assert value(db, K.queue("other")) == ["o2", "o1"]
     assert value(db, K.channels) == channels_but(CHAN)
     # one message a call wakes the target channel (it names its queue)
-    assert heard() == [K.queue("other"), K.queue("other"), K.channels]
+    assert heard() == [K.queue("other"), K.queue("other"), RELOAD]
     # the same, their number in one batch
     reset(db)
     waiting_high(db)
@@ -2274,7 +2338,7 @@ def test_delete_channel_batches_across_both_queues(db, heard):
     assert not db.exists(K.queue_high(CHAN))
     assert value(db, K.queue(CHAN)) == [C5]
     assert delete_channel(db, "move", "other", batch=2, wake=K.wake) == [1, 1]
-    assert heard() == [K.queue("other")] * 3 + [K.channels]
+    assert heard() == [K.queue("other")] * 3 + [RELOAD]
     assert state(db) == {**LEFT, K.channels: channels_but(CHAN),
                          K.queue("other"): [*QUEUED[::-1], "o2", "o1"],
                          K.queue_high("other"): [late, *HIGH_QUEUED[::-1], "oh1"],
@@ -2301,7 +2365,7 @@ def test_delete_channel_drops_the_high_tasks_first(db, heard):
                    **{K.record(task_id): {"id": task_id, **C_RECORD, "status": "canceled",
                                           "error": gone(CHAN)}
                       for task_id in ("c1", "c2", "ch1", "ch2")}}
-    assert heard() == [K.channels]
+    assert heard() == [RELOAD]
 
 
 @pytest.mark.parametrize("high", [False, True])
@@ -2386,7 +2450,7 @@ def test_a_task_through_every_script(db):
     assert run(db, "FINISH", FINISH_KEYS, finish_args("failed", {"status": "failed"})) == 1
     assert not db.exists(FLAG)
     assert enqueue(db, RAW, "a") == 3   # parked: the id stays in use
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1")) == 1
     assert run(db, "CLAIM", *claim_call()) == [[RAW, "a", 3, 0, 0, 0]]
     assert run(db, "FINISH", FINISH_KEYS, finish_args("done", {"status": "succeeded"})) == 1
     assert set(state(db)) == {K.record("a")}
@@ -2411,7 +2475,7 @@ def test_a_high_task_through_every_script(db):
     assert run(db, "CLAIM", *claim_call(node=OTHER)) == [[raw, "a", 3, 1, 0, 1]]
     theirs = [K.processing(OTHER, CHAN), *FINISH_KEYS[1:]]
     assert run(db, "FINISH", theirs, finish_args_of(raw, "failed", {"status": "failed"})) == 1
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 1800]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1")) == 1
     assert value(db, K.queue_high(CHAN)) == [raw]
     assert run(db, "CLAIM", *claim_call()) == [[raw, "a", 4, 0, 0, 0]]
     assert run(db, "FINISH", FINISH_KEYS, finish_args_of(raw, "done", {"status": "succeeded"})) == 1
@@ -2447,10 +2511,10 @@ def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     assert heard() == [K.queue(CHAN)]
     # a failed task retried, not one deleted
     parked(db)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "0", 600, 0, K.wake]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("0", 0, K.wake)) == 1
     assert heard() == []
     parked(db)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0, K.wake]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", 0, K.wake)) == 1
     assert heard() == [K.queue(CHAN)]
 
 
@@ -2470,7 +2534,7 @@ def test_scripts_that_queue_a_high_task_publish_the_high_queue_key(db, heard):
     assert heard() == [K.queue_high(CHAN)]
     db.delete(K.queue_high(CHAN))
     parked(db, raw)
-    assert run(db, "UNFAIL", UNFAIL_KEYS, ["a", "1", 600, 0, K.wake]) == 1
+    assert run(db, "UNFAIL", UNFAIL_KEYS, unfail_args("1", 0, K.wake)) == 1
     assert heard() == [K.queue_high(CHAN)]
     assert value(db, K.queue_high(CHAN)) == [raw] and not db.exists(K.queue(CHAN))
 
