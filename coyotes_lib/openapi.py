@@ -414,7 +414,7 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                   body=schedule_body(True))},
             "/schedules/{name}": {
                 "get": operation("get_schedule", "one schedule",
-                                 ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                 ok(ref("schemas", "Schedule"), "the schedule"), 404, 409,
                                  params=("name",)),
                 "put": operation("put_schedule", "make or replace a schedule",
                                  ok(ref("schemas", "Schedule"), "stored"),
@@ -430,11 +430,11 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                      "rule"), 404, 409, params=("name",))},
             "/schedules/{name}/enable": {
                 "post": operation("enable_schedule", "fire again (from now on)",
-                                  ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                  ok(ref("schemas", "Schedule"), "the schedule"), 404, 409,
                                   params=("name",))},
             "/schedules/{name}/disable": {
                 "post": operation("disable_schedule", "stop firing",
-                                  ok(ref("schemas", "Schedule"), "the schedule"), 404,
+                                  ok(ref("schemas", "Schedule"), "the schedule"), 404, 409,
                                   params=("name",))},
             "/nodes": {
                 "get": operation("list_nodes", "every node that may hold work",

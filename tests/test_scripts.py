@@ -1379,36 +1379,23 @@ def test_requeue_burial_trims_the_dead_letters(db):
 
 
 def test_requeue_refuses_wrong_types(db):
-    def setup():
-        db.lpush(K.processing(NODE, CHAN), RAW)
-        db.sadd(K.running(CHAN), RAW)
-        db.hset(K.record("a"), mapping=RUNNING)
-
-    assert_refuses(db, setup, "REQUEUE", *requeue_call(RAW),
-                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set",
-                    K.queue(CHAN): "list", K.channels: "hash", K.dead: "list"})
-
-    def deleted():
-        db.lpush(K.processing(NODE, GONE), G_RAW)
-        db.sadd(K.running(GONE), G_RAW)
-        db.hset(K.record("a"), mapping=RUNNING)
-
-    reset(db)
-    assert_refuses(db, deleted, "REQUEUE", *requeue_call(G_RAW, chan=GONE),
-                   {K.processing(NODE, GONE): "list", K.running(GONE): "set",
-                    K.queue(GONE): "list", K.channels: "hash", K.dead: "list"})
+    def holding(chan: str, raw: str):
+        """A setup: ``raw`` claimed and started in ``chan`` by this node."""
+        def setup():
+            db.lpush(K.processing(NODE, chan), raw)
+            db.sadd(K.running(chan), raw)
+            db.hset(K.record("a"), mapping=RUNNING)
+        return setup
 
     high = high_entry("a")
-
-    def high_setup():
-        db.lpush(K.processing(NODE, CHAN), high)
-        db.sadd(K.running(CHAN), high)
-        db.hset(K.record("a"), mapping=RUNNING)
-
-    reset(db)
-    assert_refuses(db, high_setup, "REQUEUE", *requeue_call(high, high=True),
-                   {K.processing(NODE, CHAN): "list", K.running(CHAN): "set",
-                    K.queue_high(CHAN): "list", K.channels: "hash", K.dead: "list"})
+    for chan, raw, call, queue in ((CHAN, RAW, requeue_call(RAW), K.queue(CHAN)),
+                                   (GONE, G_RAW, requeue_call(G_RAW, chan=GONE), K.queue(GONE)),
+                                   (CHAN, high, requeue_call(high, high=True),
+                                    K.queue_high(CHAN))):
+        reset(db)
+        assert_refuses(db, holding(chan, raw), "REQUEUE", *call,
+                       {K.processing(NODE, chan): "list", K.running(chan): "set",
+                        queue: "list", K.channels: "hash", K.dead: "list"})
 
 
 @pytest.mark.parametrize("spoil", SPOILED_COUNTER)
