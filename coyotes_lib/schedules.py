@@ -21,7 +21,7 @@ import redis
 
 from .config import CHANNEL_NAME
 from .outage import Outage
-from .task import POLICY_LIMITS, BadTask, build, check_policy
+from .task import BOOLEANS, POLICY_LIMITS, BadTask, build, check_policy
 
 log = logging.getLogger("coyotes.schedules")
 
@@ -141,7 +141,12 @@ def parse(fields: dict, default_channel: str, now: float,
         options = check_policy(options)
     except BadTask as exc:
         raise BadSchedule(str(exc)) from None
-    enabled = choice(fields, "enabled", ("true", "false"), "true") == "true"
+    enabled = fields.get("enabled")
+    try:   # JSON's true/false, or a form's true/false/1/0, as every boolean field
+        enabled = True if enabled in (None, "") else \
+            BOOLEANS[enabled.lower() if isinstance(enabled, str) else enabled]
+    except (KeyError, TypeError):
+        raise BadSchedule("enabled must be true or false") from None
     # kept across a change, but a schedule enabled again fires from now on only
     since = before.since if before and (before.enabled or not enabled) else now
     schedule = Schedule(name, cron, command, channel, zone, enabled,
@@ -152,13 +157,12 @@ def parse(fields: dict, default_channel: str, now: float,
     return schedule
 
 
-def choice(fields: dict, key: str, allowed: tuple, default: str = "") -> str:
-    """One of ``allowed`` (JSON's true/false and a form's 1/0 read as 'true'/'false')."""
+def choice(fields: dict, key: str, allowed: tuple) -> str:
+    """One of ``allowed`` (the first when not given)."""
     value = fields.get(key)
     if value in (None, ""):
-        return default or allowed[0]
+        return allowed[0]
     text = str(value).lower()
-    text = {"1": "true", "0": "false"}.get(text, text) if "true" in allowed else text
     if text not in allowed:
         raise BadSchedule(f"{key} must be {' or '.join(allowed)}")
     return text

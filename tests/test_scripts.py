@@ -1684,33 +1684,21 @@ def test_promote_leaves_a_record_that_is_not_delayed(db, record):
 
 
 def test_promote_refuses_wrong_types(db):
-    def setup():
-        db.zadd(K.delayed, {RAW: 100})
-        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
-
-    assert_refuses(db, setup, "PROMOTE", *promote_call(RAW),
-                   {K.delayed: "zset", K.queue(CHAN): "list", K.channels: "hash",
-                    K.dead: "list"})
-
-    def deleted():
-        db.zadd(K.delayed, {G_RAW: 100})
-        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
-
-    reset(db)
-    assert_refuses(db, deleted, "PROMOTE", *promote_call(G_RAW, chan=GONE),
-                   {K.delayed: "zset", K.queue(GONE): "list", K.channels: "hash",
-                    K.dead: "list"})
+    def delaying(raw: str):
+        """A setup: ``raw`` delayed, its record waiting for it."""
+        def setup():
+            db.zadd(K.delayed, {raw: 100})
+            db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
+        return setup
 
     high = high_entry("a")
-
-    def high_setup():
-        db.zadd(K.delayed, {high: 100})
-        db.hset(K.record("a"), mapping={"id": "a", "status": "delayed"})
-
-    reset(db)
-    assert_refuses(db, high_setup, "PROMOTE", *promote_call(high, high=True),
-                   {K.delayed: "zset", K.queue_high(CHAN): "list", K.channels: "hash",
-                    K.dead: "list"})
+    for raw, call, queue in ((RAW, promote_call(RAW), K.queue(CHAN)),
+                             (G_RAW, promote_call(G_RAW, chan=GONE), K.queue(GONE)),
+                             (high, promote_call(high, high=True), K.queue_high(CHAN))):
+        reset(db)
+        assert_refuses(db, delaying(raw), "PROMOTE", *call,
+                       {K.delayed: "zset", queue: "list", K.channels: "hash",
+                        K.dead: "list"})
 
 
 @pytest.mark.parametrize("spoil", SPOILED_COUNTER)
