@@ -46,6 +46,15 @@ Options (new in this version):
                                (default: the system's) [default: ]
   --redis-tls-cert=<path>      Client certificate for rediss:// [default: ]
   --redis-tls-key=<path>       Its private key [default: ]
+  --redis-sentinel=<list>      Comma-separated host:port of Redis Sentinels: Redis is
+                               the master they name, followed through failovers
+                               (-redis-host and -redis-url's host are then unused;
+                               the password, user, db and TLS still apply) [default: ]
+  --redis-sentinel-master=<name>
+                               The master's name in the sentinels [default: mymaster]
+  --redis-sentinel-password=<secret>
+                               The sentinels' own password, if they require one
+                               (better from COYOTES_REDIS_SENTINEL_PASSWORD) [default: ]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

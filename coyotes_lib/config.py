@@ -36,6 +36,7 @@ FLAGS = {
     "dead-letters-max": True, "log-output-max": True, "http-timeout": True,
     "http-idle-timeout": True, "http-max-connections": True, "config": True,
     "redis-url": True, "redis-tls-ca": True, "redis-tls-cert": True, "redis-tls-key": True,
+    "redis-sentinel": True, "redis-sentinel-master": True, "redis-sentinel-password": True,
 }
 ENV_PREFIX = "COYOTES_"
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
@@ -86,6 +87,9 @@ class Config:
     redis_tls_ca: str = ""                 # CA certificates to check the server's with
     redis_tls_cert: str = ""               # a client certificate, and its key
     redis_tls_key: str = ""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()   # -redis-sentinel: (host, port)s
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = ""      # the sentinels' own, when they require one
     config: str = ""                       # the TOML file read, if any
     schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
 
@@ -97,6 +101,9 @@ class Config:
     def redis_where(self) -> str:
         """Where Redis is, for the log: never the password."""
         user = f"{self.redis_username}@" if self.redis_username else ""
+        if self.redis_sentinels:
+            where = ",".join(f"{host}:{port}" for host, port in self.redis_sentinels)
+            return f"sentinel://{user}{where}/{self.redis_sentinel_master} db {self.redis_db}"
         if self.redis_socket:
             return f"unix://{user}{self.redis_socket} db {self.redis_db}"
         scheme = "rediss" if self.redis_tls else "redis"
@@ -252,13 +259,21 @@ def build_config(opts: dict) -> Config:
              "redis_db": _int("redis-db", get("redis-db"), 0, 15)}
     if get("redis-url"):   # it wins over -redis-host, -redis-password and -redis-db
         redis.update(redis_url(get("redis-url")))
+    sentinels = tuple(_host_port("redis-sentinel", address.strip())
+                      for address in get("redis-sentinel").split(",") if address.strip())
+    if sentinels and redis.get("redis_socket"):
+        raise UsageError("flag -redis-sentinel: a unix:// -redis-url has no master to follow")
+    master = get("redis-sentinel-master") or "mymaster"
+    if not CHANNEL_NAME.match(master):
+        raise UsageError(f'invalid value "{master}" for flag -redis-sentinel-master')
     for flag in ("redis-tls-ca", "redis-tls-cert", "redis-tls-key"):
         if get(flag) and not os.access(get(flag), os.R_OK):
             raise UsageError(f'invalid value "{get(flag)}" for flag -{flag}: '
                              "no such readable file")
     return Config(
         **redis, redis_tls_ca=get("redis-tls-ca"), redis_tls_cert=get("redis-tls-cert"),
-        redis_tls_key=get("redis-tls-key"),
+        redis_tls_key=get("redis-tls-key"), redis_sentinels=sentinels,
+        redis_sentinel_master=master, redis_sentinel_password=get("redis-sentinel-password"),
         http_host=http_host, http_port=http_port,
         pidfile=get("pidfile"),
         concurrent=_int("concurrent", get("concurrent"), 1, 1000),

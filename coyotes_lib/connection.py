@@ -17,6 +17,7 @@ import weakref
 import gevent
 import gevent.event
 import redis
+import redis.sentinel
 from gevent.monkey import get_original
 from redis.backoff import NoBackoff
 from redis.connection import HIREDIS_AVAILABLE, Encoder, HiredisRespSerializer, PythonRespSerializer
@@ -117,8 +118,34 @@ class UnixConnection(Quick, redis.UnixDomainSocketConnection):
     """A unix socket (unix://)."""
 
 
+class Followed(Quick):
+    """A connection to the master the sentinels name, asked again at each (re)connection;
+    a READONLY reply (a demoted master) closes it, so the next use finds the new one.
+    redis-py's sentinel connection asks only in ``connect``, but its first send on a
+    connection never connected (and a send after a disconnection) goes straight to
+    ``connect_check_health``, to the default localhost:6379 or the old master."""
+
+    def connect(self) -> None:
+        self.connect_check_health(check_health=self.connection_pool.check_connection)
+
+    def connect_check_health(self, check_health: bool = True,
+                             retry_socket_connect: bool = True) -> None:
+        if self._sock is None:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+class SentinelConnection(Followed, redis.sentinel.SentinelManagedConnection):
+    """TCP to the master the sentinels name."""
+
+
+class SentinelTLSConnection(Followed, redis.sentinel.SentinelManagedSSLConnection):
+    """TLS to the master the sentinels name."""
+
+
 def connect(host: str, port: int, password: str = "", db: int = 0, *, username: str = "",
-            socket_path: str = "", tls: dict | None = None) -> redis.Redis:
+            socket_path: str = "", tls: dict | None = None,
+            sentinels: tuple = (), master: str = "", sentinel_password: str = "") -> redis.Redis:
     """A client whose socket timeout outlasts every blocking call we make.
 
     redis-py's own silent retries are turned off: resending a move whose reply
@@ -127,7 +154,9 @@ def connect(host: str, port: int, password: str = "", db: int = 0, *, username: 
     are not UTF-8 (a GBK command line left by an old producer) decode with
     surrogate escapes, so they round-trip to Redis and to argv unchanged.
     ``socket_path``: a unix socket instead of host and port; ``tls``: TLS, with
-    ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` as given."""
+    ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` as given; ``sentinels``
+    (``(host, port)`` pairs): the master named ``master`` wherever they say it is,
+    instead of host and port."""
     where: dict = {"host": host, "port": port, "socket_keepalive": True,
                    "connection_class": Connection}
     if socket_path:
@@ -135,7 +164,7 @@ def connect(host: str, port: int, password: str = "", db: int = 0, *, username: 
     elif tls is not None:
         where.update(connection_class=TLSConnection,
                      **{key: value for key, value in tls.items() if value})
-    pool = redis.ConnectionPool(
+    settings = dict(
         username=username or None, password=password or None, db=db,
         decode_responses=True, encoding_errors="surrogateescape",
         socket_timeout=BLOCK + 9, socket_connect_timeout=3,
@@ -143,7 +172,18 @@ def connect(host: str, port: int, password: str = "", db: int = 0, *, username: 
         socket_read_size=READ_SIZE,
         # workers and API requests may each hold one at a time: no small cap such as
         # redis-py's default of 100
-        max_connections=MAX_CONNECTIONS, **where)
+        max_connections=MAX_CONNECTIONS)
+    if sentinels:
+        del where["host"], where["port"]
+        where["connection_class"] = SentinelTLSConnection if tls is not None else SentinelConnection
+        # a sentinel that does not answer within a second is skipped for the next one
+        manager = redis.sentinel.Sentinel(
+            sentinels, sentinel_kwargs={"password": sentinel_password or None,
+                                        "socket_timeout": 1, "socket_connect_timeout": 1,
+                                        "decode_responses": True})
+        pool = redis.sentinel.SentinelConnectionPool(master, manager, **settings, **where)
+    else:
+        pool = redis.ConnectionPool(**settings, **where)
     return redis.Redis(connection_pool=pool)
 
 

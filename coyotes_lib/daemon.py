@@ -101,7 +101,9 @@ def run(config) -> int:
 
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_signal, sig)
-    if (config.redis_socket or is_ip(config.redis_host)) and is_ip(config.http_host):
+    redis_hosts = [host for host, _ in config.redis_sentinels] or [config.redis_host]
+    if ((config.redis_socket or all(map(is_ip, redis_hosts)))
+            and is_ip(config.http_host)):
         # nothing to look up: addresses resolve in place, at once, instead of in
         # gevent's resolver thread (a thread and its modules, kept for good)
         gevent.config.resolver = "block"
@@ -121,7 +123,9 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
            "ssl_keyfile": config.redis_tls_key} if config.redis_tls else None
     client = connect(config.redis_host, config.redis_port, config.redis_password,
                      config.redis_db, username=config.redis_username,
-                     socket_path=config.redis_socket, tls=tls)
+                     socket_path=config.redis_socket, tls=tls,
+                     sentinels=config.redis_sentinels, master=config.redis_sentinel_master,
+                     sentinel_password=config.redis_sentinel_password)
     broker = Broker(client, Keys(config.biz_name), config.node_id, config.node_ttl,
                     config.result_ttl, config.dead_letters_max, spare_cap(fd_limit))
     scheduler = Scheduler(broker, config, stop)

@@ -100,6 +100,10 @@ VALUE_CASES = [
     ("redis-tls-ca", "/dev/null", {"redis_tls_ca": "/dev/null"}),
     ("redis-tls-cert", "/dev/null", {"redis_tls_cert": "/dev/null"}),
     ("redis-tls-key", "/dev/null", {"redis_tls_key": "/dev/null"}),
+    ("redis-sentinel", "10.0.0.8:26379,[::1]:26380",
+     {"redis_sentinels": (("10.0.0.8", 26379), ("::1", 26380))}),
+    ("redis-sentinel-master", "jobs", {"redis_sentinel_master": "jobs"}),
+    ("redis-sentinel-password", "sentinel-pw", {"redis_sentinel_password": "sentinel-pw"}),
     ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
     ("redis-password", "s3cret", {"redis_password": "s3cret"}),
     ("redis-db", "15", {"redis_db": 15}),
@@ -497,6 +501,29 @@ def test_bad_redis_urls_are_refused_without_showing_the_password(url, words):
     with pytest.raises(UsageError) as err:
         parse("-redis-url", url)
     assert words in str(err.value) and "topsecret" not in str(err.value), str(err.value)
+
+
+def test_sentinels_with_the_urls_user_password_and_db():
+    c = parse("-redis-sentinel", " s1:26379, s2:26379 ,", "-redis-url",
+              "rediss://coyotes:pw@ignored:1/3", "-redis-sentinel-password", "spw")
+    assert c.redis_sentinels == (("s1", 26379), ("s2", 26379))
+    assert (c.redis_username, c.redis_password, c.redis_db, c.redis_tls) == \
+        ("coyotes", "pw", 3, True)
+    assert c.redis_sentinel_master == "mymaster"   # Redis' own example name
+    assert c.redis_where == "sentinel://coyotes@s1:26379,s2:26379/mymaster db 3"
+    assert "pw" not in c.redis_where
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (("-redis-sentinel", "s1"), "expected host:port"),
+    (("-redis-sentinel", "s1:26379,s2:0"), "expected host:port"),
+    (("-redis-sentinel", "s1:26379", "-redis-url", "unix:///run/redis.sock"), "unix://"),
+    (("-redis-sentinel", "s1:26379", "-redis-sentinel-master", "a b"), "-redis-sentinel-master"),
+])
+def test_bad_sentinel_settings_are_refused(argv, words):
+    with pytest.raises(UsageError) as err:
+        parse(*argv)
+    assert words in str(err.value), str(err.value)
 
 
 def test_tls_files_must_be_readable(tmp_path):
