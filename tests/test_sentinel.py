@@ -1,6 +1,7 @@
 """Redis Sentinel: a master, a replica and a sentinel as real processes. The
 daemon finds the master through the sentinels (the first one listed does not
-answer), the master is killed with SIGKILL in the middle of running tasks, the
+answer). In the middle of running tasks the master is killed with SIGKILL, or
+an operator asks for a failover (the old master lives on as a replica); the
 sentinel promotes the replica, and every task pushed before and after the
 failover runs (at least once).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import redis
 from conftest import ended, free_port, ledger_command, started, stop_process, wait_until
 from harness import Coyotes, RedisServer
@@ -36,7 +38,8 @@ def push(client: redis.Redis, ledger, tags, sleep: float) -> None:
             {"task": ledger_command(ledger, tag, sleep), "channel": "default"}))
 
 
-def test_the_daemon_follows_a_failover_and_loses_no_task(tmp_path):
+@pytest.mark.parametrize("failover", ["master killed", "asked for"])
+def test_the_daemon_follows_a_failover_and_loses_no_task(tmp_path, failover):
     (tmp_path / "master").mkdir()
     (tmp_path / "replica").mkdir()
     master = RedisServer(tmp_path / "master").start()
@@ -69,7 +72,10 @@ def test_the_daemon_follows_a_failover_and_loses_no_task(tmp_path):
         assert master.client().wait(1, 5000) == 1   # the pushes reached the replica
         wait_until(lambda: started(ledger, "before0"), what="the first task to start")
 
-        master.kill()
+        if failover == "master killed":
+            master.kill()
+        else:
+            watcher.execute_command("SENTINEL", "FAILOVER", MASTER)
         wait_until(lambda: watcher.sentinel_get_master_addr_by_name(MASTER)[1]
                    == replica.port, timeout=60, what="the sentinel to promote the replica")
         after = [f"after{i}" for i in range(9)]
@@ -81,6 +87,9 @@ def test_the_daemon_follows_a_failover_and_loses_no_task(tmp_path):
         promoted = replica.client()
         wait_until(lambda: promoted.exists("task:node:n1"), what="a heartbeat on the new master")
         assert promoted.llen("task:prepare:queue") == 0
+        if failover == "asked for":   # the old master, alive, became a replica
+            wait_until(lambda: master.client().info("replication")["role"] == "slave",
+                       what="the old master to follow the new one")
         assert daemon.request("GET", "/health")[0] == 200
     finally:
         if daemon is not None:
