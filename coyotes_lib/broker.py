@@ -543,6 +543,23 @@ class Broker(Listings):
                 "channels": sorted(channels)})
         return out
 
+    def consumers(self) -> dict[str, list[str]]:
+        """{channel: the live nodes that consume it}, for every channel a live node
+        consumes: one round trip per node list, whatever the number of channels."""
+        k = self.keys
+        ids = sorted(self.redis.smembers(k.nodes))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for node in ids:
+                pipe.exists(k.heartbeat(node))
+                pipe.smembers(k.node_channels(node))
+            replies = pipe.execute() if ids else []
+        out: dict[str, list[str]] = {}
+        for i, node in enumerate(ids):
+            if replies[2 * i]:
+                for chan in replies[2 * i + 1]:
+                    out.setdefault(chan, []).append(node)
+        return out
+
     def nodes_of(self, chan: str) -> list[str]:
         """The live nodes that consume ``chan``."""
         k = self.keys

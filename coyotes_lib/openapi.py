@@ -225,12 +225,15 @@ def components() -> dict:
     counts = {"type": "object", "required": ["running", "queued", "failed"],
               "properties": {key: {"type": "integer", "minimum": 0}
                              for key in ("running", "queued", "failed")}}
+    consumers = {"type": "array", "items": text,
+                 "description": "the live nodes that consume it"}
     view = {"type": "object",
             "required": ["tasks", "count", "settings", "paused", "counts", "nodes"],
             "properties": {**listing["properties"], "settings": ref("schemas", "Settings"),
                            "paused": {"type": "boolean"}, "counts": counts,
-                           "nodes": {"type": "array", "items": text,
-                                     "description": "the live nodes that consume it"}}}
+                           "nodes": consumers}}
+    consumed = {"type": "object", "required": ["tasks", "count", "nodes"],
+                "properties": {**listing["properties"], "nodes": consumers}}
     maybe_num, maybe_int = {"type": ["number", "null"]}, {"type": ["integer", "null"]}
     maybe_text = {"type": ["string", "null"]}
     schedule = {"type": "object", "required": ["name", "cron", "command", "channel",
@@ -259,8 +262,8 @@ def components() -> dict:
             "offset": number(0, MAX_OFFSET, "integer", default=0)}
     return {
         "schemas": {"Command": command, "ListedTask": listed, "Listing": listing,
-                    "TaskRecord": record, "Settings": settings, "Channel": view,
-                    "Node": node, "Schedule": schedule},
+                    "ConsumedListing": consumed, "TaskRecord": record, "Settings": settings,
+                    "Channel": view, "Node": node, "Schedule": schedule},
         "parameters": {
             "name": {"name": "name", "in": "path", "required": True,
                      "description": "a channel (a schedule, under /schedules)",
@@ -336,9 +339,11 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                 redis=False)},
             "/channels": {
                 "get": operation("list_channels", "every channel's tasks",
-                                 ok({"type": "object", "additionalProperties": listing},
-                                    "channel name -> its listing (limit and offset apply "
-                                    "to each)"), params=page),
+                                 ok({"type": "object", "additionalProperties":
+                                     ref("schemas", "ConsumedListing")},
+                                    "channel name -> its listing and the live nodes that "
+                                    "consume it (limit and offset apply to each)"),
+                                 params=page),
                 "post": operation("add_channel", "create a channel", ok(
                     {"type": "null"}, "created; it starts consuming at once"), 409,
                     body=channel_body())},

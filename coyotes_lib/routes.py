@@ -105,7 +105,12 @@ def openapi(api: Api):
 
 # -- channels -----------------------------------------------------------------
 def channels(api: Api):
-    return ok(api.listings(sorted(api.broker.channels())))
+    """The Go listing of every channel, with the live nodes that consume each."""
+    view = api.listings(sorted(api.broker.channels()))
+    consumers = api.broker.consumers()
+    for name, listing in view.items():
+        listing["nodes"] = consumers.get(name, [])
+    return ok(view)
 
 
 def channel(api: Api, name):

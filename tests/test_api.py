@@ -96,8 +96,9 @@ def api_only(coyotes_factory, r):
 def test_get_channels_lists_the_three_default_channels(coyotes):
     data = ok_data(coyotes.request("GET", "/channels"))
     assert {"default", "biz", "cron"} <= set(data), data
+    node = ok_data(coyotes.request("GET", "/"))["node"]
     for name in ("default", "biz", "cron"):
-        assert data[name] == {"tasks": [], "count": 0}, data
+        assert data[name] == {"tasks": [], "count": 0, "nodes": [node]}, data
     biz = ok_data(coyotes.request("GET", "/channels/biz"))
     assert go_view(biz) == {"tasks": [], "count": 0}
     assert biz["paused"] is False
@@ -443,7 +444,7 @@ def test_listing_running_then_queued_in_run_order_with_legacy_entries(
     assert listing["counts"] == {"running": 1, "queued": 4, "failed": 0}
 
     # the same through GET /channels and with a page
-    assert ok_data(daemon.request("GET", "/channels"))["default"] == go_view(listing)
+    assert go_view(ok_data(daemon.request("GET", "/channels"))["default"]) == go_view(listing)
     page = ok_data(daemon.request("GET", "/channels/default?offset=1&limit=2"))
     assert go_view(page) == {"tasks": tasks[1:3], "count": 5}, page
     assert go_view(ok_data(daemon.request("GET", "/channels/default?offset=0&limit=0"))) == \

@@ -47,6 +47,9 @@ def test_three_nodes_share_the_work_survive_a_kill_and_drain_on_request(
     where = {record(n0, task_id)["node"]: task_id for task_id in ids}
     assert set(where) == {"n0", "n1", "n2"}
     assert sorted(ok_data(n0.request("GET", "/channels/spread"))["nodes"]) == ["n0", "n1", "n2"]
+    listing = ok_data(n1.request("GET", "/channels"))
+    assert {name: sorted(view["nodes"]) for name, view in listing.items()} == \
+        {name: ["n0", "n1", "n2"] for name in ("biz", "cron", "default", "spread")}
     wait_until(lambda: all(node["running"] == 1 for node in by_id(n1).values()),
                what="each node says it runs one command (at its next heartbeat)")
 
@@ -74,3 +77,4 @@ def test_three_nodes_share_the_work_survive_a_kill_and_drain_on_request(
     assert record(n0, where["n2"])["node"] == "n2"
     assert ended(ledger, "b")
     assert set(by_id(n0)) == {"n0"}   # n2 left cleanly, n1 was reaped and forgotten
+    assert ok_data(n0.request("GET", "/channels"))["spread"]["nodes"] == ["n0"]
