@@ -17,7 +17,8 @@ Options (as in the Go daemon):
                                is left at its default [default: ]
   --password=<secret>          Deprecated alias of -redis-password, used when
                                -redis-password is empty [default: ]
-  --http-addr=<host:port>      HTTP API listen address [default: 127.0.0.1:60001]
+  --http-addr=<host:port>      HTTP API listen address, or unix:/path/to.sock
+                               [default: 127.0.0.1:60001]
   --pidfile=<path>             pid file [default: /tmp/coyotes.pid]
   --concurrent=<n>             Workers of channels created without a count (and of
                                default, biz and cron) [default: 5]
@@ -46,6 +47,8 @@ Options (new in this version):
                                (default: the system's) [default: ]
   --redis-tls-cert=<path>      Client certificate for rediss:// [default: ]
   --redis-tls-key=<path>       Its private key [default: ]
+  --redis-password-file=<path> A file whose first line is the Redis password; it
+                               wins over -redis-password and -redis-url's [default: ]
   --redis-sentinel=<list>      Comma-separated host:port of Redis Sentinels: Redis is
                                the master they name, followed through failovers
                                (-redis-host and -redis-url's host are then unused;
@@ -55,6 +58,15 @@ Options (new in this version):
   --redis-sentinel-password=<secret>
                                The sentinels' own password, if they require one
                                (better from COYOTES_REDIS_SENTINEL_PASSWORD) [default: ]
+  --api-token-file=<path>      API tokens, one a line, each optionally followed by
+                               read-only; with a token (or COYOTES_API_TOKEN, one
+                               read-write token) every route but /health needs
+                               Authorization: Bearer <token> [default: ]
+  --http-insecure=<bool>       Serve the API beyond loopback without a token
+                               (refused otherwise) [default: false]
+  --http-socket-mode=<mode>    Mode of the API's unix socket [default: 0660]
+  --http-socket-group=<group>  Group of the API's unix socket (default: the
+                               daemon's) [default: ]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

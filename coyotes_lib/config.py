@@ -14,6 +14,7 @@ applies the ``-host``/``-password`` precedence rules of the original.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import os
 import re
@@ -37,7 +38,12 @@ FLAGS = {
     "http-idle-timeout": True, "http-max-connections": True, "config": True,
     "redis-url": True, "redis-tls-ca": True, "redis-tls-cert": True, "redis-tls-key": True,
     "redis-sentinel": True, "redis-sentinel-master": True, "redis-sentinel-password": True,
+    "redis-password-file": True, "api-token-file": True, "http-insecure": False,
+    "http-socket-mode": True, "http-socket-group": True,
 }
+# a read-write API token from the environment; not a flag, so never on a command line
+TOKEN_ENV = "COYOTES_API_TOKEN"
+TOKEN = re.compile(r"^[!-~]{16,256}$")   # printable ASCII, no spaces, at least 16
 ENV_PREFIX = "COYOTES_"
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
@@ -90,12 +96,28 @@ class Config:
     redis_sentinels: tuple[tuple[str, int], ...] = ()   # -redis-sentinel: (host, port)s
     redis_sentinel_master: str = "mymaster"
     redis_sentinel_password: str = ""      # the sentinels' own, when they require one
+    http_socket: str = ""                  # -http-addr unix:/path: the API's socket
+    http_socket_mode: int = 0o660
+    http_socket_group: str = ""
+    http_insecure: bool = False            # beyond loopback without a token: allowed
+    api_token_file: str = ""
+    # (SHA-256 of a token, read-write?): with any, every route but /health needs one
+    api_tokens: tuple[tuple[bytes, bool], ...] = ()
+    warnings: tuple[str, ...] = ()         # said in the log at start
     config: str = ""                       # the TOML file read, if any
     schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
 
     @property
     def http_loopback(self) -> bool:
-        return is_loopback(self.http_host)
+        """Only this machine can reach the API (a unix socket counts)."""
+        return bool(self.http_socket) or is_loopback(self.http_host)
+
+    @property
+    def http_where(self) -> str:
+        if self.http_socket:
+            return f"unix:{self.http_socket}"
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"{host}:{self.http_port}"
 
     @property
     def redis_where(self) -> str:
@@ -241,7 +263,29 @@ def build_config(opts: dict) -> Config:
     if redis_addr in ("", DEFAULT_REDIS) and get("host"):
         redis_addr = get("host")  # deprecated -host wins over a defaulted -redis-host
     redis_host, redis_port = _host_port("redis-host", redis_addr or DEFAULT_REDIS)
-    http_host, http_port = _host_port("http-addr", get("http-addr"))
+    http_socket = ""
+    if get("http-addr").startswith("unix:"):
+        http_socket, http_host, http_port = get("http-addr")[5:], "", 0
+        if not http_socket.startswith("/"):
+            raise UsageError(f'invalid value "{get("http-addr")}" for flag -http-addr: '
+                             "expected unix:/absolute/path.sock")
+    else:
+        http_host, http_port = _host_port("http-addr", get("http-addr"))
+    try:
+        socket_mode = int(get("http-socket-mode"), 8)
+    except ValueError:
+        socket_mode = -1
+    if not 0 <= socket_mode <= 0o777:
+        raise UsageError(f'invalid value "{get("http-socket-mode")}" for flag '
+                         "-http-socket-mode: expected an octal mode such as 0660")
+    group = get("http-socket-group")
+    if group:
+        import grp
+        try:
+            grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except KeyError:
+            raise UsageError(f'invalid value "{group}" for flag -http-socket-group: '
+                             "no such group") from None
     channel = get("channel-default")
     if not CHANNEL_NAME.match(channel):
         raise UsageError(f'invalid value "{channel}" for flag -channel-default: '
@@ -253,12 +297,14 @@ def build_config(opts: dict) -> Config:
     hosts = tuple(h.strip().lower() for h in get("allowed-hosts").split(",") if h.strip())
     node_id = get("node-id")
     if node_id in ("", "HOSTNAME:HTTP-PORT"):
-        node_id = f"{socket.gethostname()}:{http_port}"
+        node_id = f"{socket.gethostname()}:{http_socket or http_port}"
     redis = {"redis_host": redis_host, "redis_port": redis_port,
              "redis_password": get("redis-password") or get("password"),
              "redis_db": _int("redis-db", get("redis-db"), 0, 15)}
     if get("redis-url"):   # it wins over -redis-host, -redis-password and -redis-db
         redis.update(redis_url(get("redis-url")))
+    if get("redis-password-file"):   # and this over any other password
+        redis["redis_password"] = read_secret("redis-password-file", get("redis-password-file"))
     sentinels = tuple(_host_port("redis-sentinel", address.strip())
                       for address in get("redis-sentinel").split(",") if address.strip())
     if sentinels and redis.get("redis_socket"):
@@ -274,7 +320,10 @@ def build_config(opts: dict) -> Config:
         **redis, redis_tls_ca=get("redis-tls-ca"), redis_tls_cert=get("redis-tls-cert"),
         redis_tls_key=get("redis-tls-key"), redis_sentinels=sentinels,
         redis_sentinel_master=master, redis_sentinel_password=get("redis-sentinel-password"),
-        http_host=http_host, http_port=http_port,
+        http_host=http_host, http_port=http_port, http_socket=http_socket,
+        http_socket_mode=socket_mode, http_socket_group=group,
+        http_insecure=_bool("http-insecure", get("http-insecure")),
+        api_token_file=get("api-token-file"),
         pidfile=get("pidfile"),
         concurrent=_int("concurrent", get("concurrent"), 1, 1000),
         task_mode=_bool("task-mode", get("task-mode")),
@@ -299,6 +348,52 @@ def build_config(opts: dict) -> Config:
         http_max_connections=_int("http-max-connections", get("http-max-connections"),
                                   1, 1_000_000),
     )
+
+
+def read_secret(flag: str, path: str) -> str:
+    """The first line of a secret's file (a trailing newline is not part of it)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f'invalid value "{path}" for flag -{flag}: '
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+def read_tokens(path: str) -> tuple[list[tuple[str, bool]], list[str]]:
+    """-api-token-file: one token a line, then optionally ``read-only`` (or
+    ``read-write``, the default); ``#`` starts a comment. -> ([(token, writable)],
+    warnings about the file's mode)."""
+    def bad(why: str) -> UsageError:
+        return UsageError(f'invalid value "{path}" for flag -api-token-file: {why}')
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines, mode = file.read().splitlines(), os.fstat(file.fileno()).st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise bad(getattr(exc, "strerror", None) or str(exc)) from None
+    tokens = []
+    for number, line in enumerate(lines, 1):
+        words = line.partition("#")[0].split()
+        if not words:
+            continue
+        if len(words) > 2 or (words[1:] and words[1] not in ("read-only", "read-write")):
+            raise bad(f"line {number}: expected a token, then read-only or read-write")
+        if not TOKEN.match(words[0]):
+            raise bad(f"line {number}: a token is 16 to 256 printable characters "
+                      "without spaces (openssl rand -hex 32 makes one)")
+        tokens.append((words[0], words[1:] != ["read-only"]))
+    if not tokens:
+        raise bad("no token in it")
+    if not mode & 0o044:
+        return tokens, []
+    loose = f"api tokens: {path} can be read by other users (mode {mode & 0o777:o}); chmod 600 it"
+    return tokens, [loose]
+
+
+def token_digest(token: str) -> bytes:
+    """What a token is kept and compared as: equal lengths, so a comparison in
+    constant time tells nothing of the token's length."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 def env_name(flag: str) -> str:
@@ -340,6 +435,33 @@ def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
     return values, tuple(schedules)
 
 
+def secure(config: Config, environ, on_line: set[str], opts: dict) -> Config:
+    """The API tokens, and what must be refused or said about secrets and listening."""
+    tokens, warnings = read_tokens(config.api_token_file) if config.api_token_file \
+        else ([], [])
+    if environ.get(TOKEN_ENV):
+        if not TOKEN.match(environ[TOKEN_ENV]):
+            raise UsageError(f"{TOKEN_ENV}: a token is 16 to 256 printable characters "
+                             "without spaces (openssl rand -hex 32 makes one)")
+        tokens.append((environ[TOKEN_ENV], True))
+    if not tokens and not config.http_loopback and not config.http_insecure:
+        raise UsageError(f"flag -http-addr: {config.http_where} can be reached from other "
+                         "machines, and the API runs commands: give it a token "
+                         f"(-api-token-file or {TOKEN_ENV}), or -http-insecure to "
+                         "allow this anyway")
+    on_argv = [flag for flag in ("redis-password", "password", "redis-sentinel-password")
+               if flag in on_line and opts[f"--{flag}"]]
+    if "redis-url" in on_line and urllib.parse.urlsplit(opts["--redis-url"]).password:
+        on_argv.append("redis-url")
+    if on_argv:
+        warnings.append(f"a Redis password is on the command line (-{', -'.join(on_argv)}), "
+                        "where every local user can read it: use -redis-password-file or "
+                        "COYOTES_REDIS_PASSWORD (COYOTES_REDIS_URL...) instead")
+    return dataclasses.replace(config, api_tokens=tuple(
+        (token_digest(token), writable) for token, writable in tokens),
+        warnings=tuple(warnings))
+
+
 def parse(argv: list[str], usage: str, environ=None):
     """argv (without the program name), the environment (``os.environ`` by
     default) and the config file they name -> Config; raises UsageError."""
@@ -366,6 +488,7 @@ def parse(argv: list[str], usage: str, environ=None):
         if named and named[1] in source:
             raise UsageError(f"{exc} (from {source[named[1]]})") from None
         raise
+    config = secure(config, environ, on_line, opts)
     if schedules:   # checked now: a bad one stops the start, with the reason
         from .schedules import BadSchedule
         from .schedules import parse as schedule

@@ -58,6 +58,35 @@ def release_memory(stop: gevent.event.Event, every: float = TRIM_EVERY) -> None:
             return
 
 
+def exposure(config) -> list[str]:
+    """What the log says at every start about who can make this daemon run commands."""
+    user = pwd_name(os.geteuid())
+    said = []
+    if not config.api_tokens:
+        if not config.http_loopback:
+            said.append(f"http: the API on {config.http_where} has no token (-http-insecure): "
+                        f"anyone who can reach it runs commands as {user}")
+        elif not config.http_socket:
+            said.append(f"http: the API has no token: any local user can run commands as {user} "
+                        f"through {config.http_where}; give it one (-api-token-file or "
+                        "COYOTES_API_TOKEN) or listen on a unix socket (see docs/SECURITY.md)")
+        elif config.http_socket_mode & 0o002:
+            said.append(f"http: every local user may write to {config.http_socket} (mode "
+                        f"{config.http_socket_mode:o}) and so run commands as {user}")
+    if os.geteuid() == 0:
+        said.append("running as root: every command runs as root; run Coyotes as a user of "
+                    "its own (see docs/SECURITY.md)")
+    return said
+
+
+def pwd_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def raise_fd_limit() -> int:
     """Raise the soft open-file limit to the hard one (systemd's soft default, 1024,
     is low for a server), log the limit, and return it (0: unlimited)."""
@@ -84,9 +113,10 @@ def run(config) -> int:
     logsetup.setup(config.colorful_tty, config.debug, config.log_file)
     if config.colorful_tty:
         sys.stderr.write(logsetup.banner(config, colour=not config.log_file))
-    log.info("coyotes starting: node %s, redis %s, http %s:%d, task mode %s",
-             config.node_id, config.redis_where, config.http_host, config.http_port,
-             config.task_mode)
+    log.info("coyotes starting: node %s, redis %s, http %s, task mode %s",
+             config.node_id, config.redis_where, config.http_where, config.task_mode)
+    for warning in (*config.warnings, *exposure(config)):
+        log.warning("%s", warning)
     fd_limit = raise_fd_limit()
     pidfile = PidFile(config.pidfile)
     try:
@@ -103,7 +133,7 @@ def run(config) -> int:
         gevent.signal_handler(sig, on_signal, sig)
     redis_hosts = [host for host, _ in config.redis_sentinels] or [config.redis_host]
     if ((config.redis_socket or all(map(is_ip, redis_hosts)))
-            and is_ip(config.http_host)):
+            and (config.http_socket or is_ip(config.http_host))):
         # nothing to look up: addresses resolve in place, at once, instead of in
         # gevent's resolver thread (a thread and its modules, kept for good)
         gevent.config.resolver = "block"
@@ -138,14 +168,14 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
 
     api = Api(broker, config, scheduler.changed if config.task_mode else None, not_ready,
               scheduler.queued if config.task_mode else None)
-    server = make_server(make_app(api), config, cap, make_push(api))
     try:
+        server = make_server(make_app(api), config, cap, make_push(api))
         server.start()
     except OSError as exc:
-        log.error("http: cannot listen on %s:%d: %s", config.http_host, config.http_port,
-                  exc.strerror or exc)
+        log.error("http: cannot listen on %s: %s", config.http_where, exc.strerror or exc)
         return 1
-    log.info("http: API listening on http://%s:%d", config.http_host, config.http_port)
+    log.info("http: API listening on %s", f"http://{config.http_where}"
+             if not config.http_socket else config.http_where)
     if config.task_mode:
         try:
             scheduler.start()   # waits for redis, with backoff
@@ -167,5 +197,6 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
              "running ones)", "drain asked" if scheduler.drain_asked else "signal received")
     clean = scheduler.drain(config.grace, force) if config.task_mode else True
     server.stop(timeout=1)
+    server.forget()
     log.info("coyotes stopped%s", "" if clean else " (unfinished tasks were requeued)")
     return 0

@@ -36,6 +36,8 @@ KEYS_KEPT = 256   # header names whose environ key an Express keeps
 PHRASES = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
 # headers that ask for more than this lane does: gevent's handler answers them
 NOT_HERE = frozenset({"HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE"})
+CHALLENGE = ("WWW-Authenticate", 'Bearer realm="coyotes"')   # with a 401 (RFC 6750)
+CHALLENGE_LINE = f"{CHALLENGE[0]}: {CHALLENGE[1]}\r\n".encode()
 REPLY = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
          b"Content-Length: %d\r\n%sDate: %s\r\n\r\n%s")
 
@@ -156,21 +158,23 @@ class Express:
         connection closes after it (the client asked, or the guard refused)."""
         environ = self.environ.copy()
         environ.update(request.fields)
+        peer = address if isinstance(address, tuple) else ("", "")   # a unix socket's is ''
         environ.update(REQUEST_METHOD="POST", PATH_INFO=request.path, QUERY_STRING="",
-                       SERVER_PROTOCOL="HTTP/1.1", REMOTE_ADDR=str(address[0]),
-                       REMOTE_PORT=str(address[1]))
+                       SERVER_PROTOCOL="HTTP/1.1", REMOTE_ADDR=str(peer[0]),
+                       REMOTE_PORT=str(peer[1]))
         environ["wsgi.input"] = io.BytesIO(request.body)
         environ[BODY_READ] = request.body
         close = request.fields.get("HTTP_CONNECTION", "").lower() == "close"
         refusal = self.guard.refuse_request(environ) \
             or self.guard.refuse_length(len(request.body))
+        extra = b""
         if refusal is not None:
             status, text = refusal[0], envelope(*refusal)
+            extra = b"Connection: close\r\n" + (CHALLENGE_LINE if status == 401 else b"")
         else:
             status, text = self.push(environ, request.name, request.with_command)
         body = text.encode("utf-8")
-        return REPLY % (status, PHRASES[status], len(body),
-                        b"Connection: close\r\n" if refusal else b"", self.http_date(),
+        return REPLY % (status, PHRASES[status], len(body), extra, self.http_date(),
                         body), close or refusal is not None
 
     def http_date(self) -> bytes:

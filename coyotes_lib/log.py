@@ -158,7 +158,7 @@ def banner(config, colour: bool) -> str:
     lines = [f"Coyotes {__version__}  node {config.node_id}",
              f"redis {config.redis_where}"
              + (f"  prefix {config.biz_name}:" if config.biz_name else ""),
-             (f"http  {config.http_host}:{config.http_port}   "
+             (f"http  {config.http_where}   "
               f"task mode {'on' if config.task_mode else 'off (API only)'}   "
               f"workers per new channel {config.concurrent}")]
     text = BANNER + "\n".join("  " + line for line in lines) + "\n"

@@ -25,9 +25,12 @@ JSON, URLENCODED, MULTIPART = ("application/json", "application/x-www-form-urlen
                                "multipart/form-data")
 REF = "#/components/"
 
-ERRORS = {400: "a bad field, query parameter or body", 403:
-          "refused by the browser protections: a cross-site Origin or Sec-Fetch-Site, or "
-          "a Host that is not allowed (DNS rebinding)", 404: "no such channel or task",
+ERRORS = {400: "a bad field, query parameter or body",
+          401: "the daemon has API tokens and the request has none, or an unknown one "
+               "(with a WWW-Authenticate header)",
+          403: "refused by the browser protections (a cross-site Origin or Sec-Fetch-Site, "
+               "or a Host that is not allowed: DNS rebinding), or a read-only token asking "
+               "for a change", 404: "no such channel or task",
           405: "the path exists with another method (see the Allow header)",
           408: "the request body did not arrive within -http-timeout",
           409: "a conflict with what exists", 413: "the body is larger than -max-body",
@@ -35,7 +38,7 @@ ERRORS = {400: "a bad field, query parameter or body", 403:
           503: "Redis is unavailable (or out of memory): retry later"}
 # what the guard in front of every route may answer (400: a broken Content-Length or
 # body), and a bug; 503 comes from every route that reads Redis
-EVERY_ROUTE = (400, 403, 408, 413, 500)
+EVERY_ROUTE = (400, 401, 403, 408, 413, 500)
 
 
 def ref(kind: str, name: str) -> dict:
@@ -61,13 +64,16 @@ def error(status: int) -> dict:
 
 
 def operation(op_id: str, summary: str, reply: dict, *statuses: int, params=(),
-              body: dict | None = None, redis: bool = True) -> dict:
+              body: dict | None = None, redis: bool = True, open_to_all: bool = False) -> dict:
     """One operation: its 200 reply and the error statuses it may answer besides
-    those of every route."""
+    those of every route; ``open_to_all``: it needs no token, ever."""
     responses = {"200": reply}
-    for status in sorted({*statuses, *EVERY_ROUTE, *([503] if redis else [])}):
+    for status in sorted({*statuses, *EVERY_ROUTE, *([503] if redis else [])}
+                         - ({401} if open_to_all else set())):
         responses[str(status)] = ref("responses", str(status))
     op = {"operationId": op_id, "summary": summary, "responses": responses}
+    if open_to_all:
+        op["security"] = []
     if params:
         op["parameters"] = [ref("parameters", p) for p in params]
     if body is not None:
@@ -286,6 +292,10 @@ def components() -> dict:
                      "description": "put the channel's queued tasks in the dead-letter list",
                      "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}},
         "responses": {str(status): error(status) for status in ERRORS},
+        "securitySchemes": {"token": {
+            "type": "http", "scheme": "bearer",
+            "description": "needed when the daemon has API tokens (-api-token-file, "
+                           "COYOTES_API_TOKEN); a read-only one may only read"}},
     }
 
 
@@ -318,6 +328,8 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                            "not have answers 405 with an Allow header; an unknown path 404.",
         },
         "servers": [{"url": server}],
+        # a token when the daemon has some, none otherwise
+        "security": [{"token": []}, {}],
         "paths": {
             "/": {"get": operation("home", "what answers here", ok({
                 "type": "object", "required": ["name", "version", "node", "task_mode"],
@@ -330,7 +342,7 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                 "is registered); 503 before that, and while Redis is unreachable",
                 ok({"type": "object", "required": ["node", "ready"],
                     "properties": {"node": {"type": "string"}, "ready": {"const": True}}},
-                   "ready"))},
+                   "ready"), open_to_all=True)},
             "/openapi.json": {"get": operation(
                 "openapi", "this document (not in the envelope)",
                 {"description": "the OpenAPI document",

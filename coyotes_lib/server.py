@@ -4,8 +4,9 @@ hostile clients from exhausting the daemon.
 ``Guard`` refuses bodies over the limit (413), and, because this API runs
 commands, requests a web page could make through the operator's browser (403):
 a cross-site ``Origin`` or ``Sec-Fetch-Site``, and on a loopback listener a
-``Host`` that is not a loopback name (DNS rebinding). It reads the body itself,
-within ``-http-timeout`` (else 408).
+``Host`` that is not a loopback name (DNS rebinding). With API tokens, it asks
+every request but ``GET /health`` for one (401), and a read-only one may only
+read (403). It reads the body itself, within ``-http-timeout`` (else 408).
 
 ``Handler`` bounds the rest of a connection's life in time: ``-http-timeout`` for
 the first byte of a new connection, then for the request line and headers (a
@@ -22,10 +23,14 @@ from __future__ import annotations
 import email.parser
 import errno
 import functools
+import grp
+import hmac
 import io
 import logging
+import os
 import re
 import socket
+import stat
 import time
 from http import HTTPStatus, client
 from urllib.parse import urlsplit
@@ -35,8 +40,8 @@ import gevent
 import gevent.pool
 from gevent import pywsgi
 
-from .config import Config, is_ip, is_loopback
-from .express import Express, environ_key, send_all
+from .config import Config, is_ip, is_loopback, token_digest
+from .express import CHALLENGE, Express, environ_key, send_all
 from .replies import BODY_READ, envelope
 
 log = logging.getLogger("coyotes.http")
@@ -45,6 +50,8 @@ BACKLOG = 1024          # the listen backlog at least (the kernel caps it at som
 ACCEPT_BACKOFF = 0.5    # seconds without accept() once it failed for want of descriptors
 LINGER = 2.0            # seconds, at most, that a closing connection's unread body is drained
 HOST_VERDICTS = 256     # Host headers whose verdict a Guard keeps (then it starts over)
+READING = frozenset({"GET", "HEAD", "OPTIONS"})   # what a read-only token may do
+OPEN_PATHS = frozenset({"/health"})   # answered without a token (load balancers, probes)
 # accept() errors that say "not now" rather than "this listener is broken"
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -119,7 +126,7 @@ def connection_cap(max_connections: int, fd_limit: int) -> int:
 
 
 class Guard:
-    """WSGI middleware: body limit and browser (cross-site, rebinding) refusal."""
+    """WSGI middleware: browser (cross-site, rebinding) refusal, API tokens, body limit."""
 
     def __init__(self, app, config: Config):
         self.app, self.config = app, config
@@ -135,7 +142,8 @@ class Guard:
             # close: do not read (and wait for) the rest of a refused body
             start_response(f"{status} {HTTPStatus(status).phrase}",
                            [("Content-Type", "application/json; charset=utf-8"),
-                            ("Content-Length", str(len(body))), ("Connection", "close")])
+                            ("Content-Length", str(len(body))), ("Connection", "close"),
+                            *([CHALLENGE] if status == 401 else [])])
             return [body]
         return self.app(environ, start_response)
 
@@ -152,6 +160,24 @@ class Guard:
             return 403, "cross-origin request refused"
         if environ.get("HTTP_SEC_FETCH_SITE") == "cross-site":
             return 403, "cross-site request refused"
+        if self.config.api_tokens and environ.get("PATH_INFO") not in OPEN_PATHS:
+            return self.refuse_token(environ)
+        return None
+
+    def refuse_token(self, environ) -> tuple[int, str] | None:
+        """(401 or 403, why) unless the request carries a token that may do this."""
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return 401, "this API needs a token: send Authorization: Bearer <token>"
+        digest = token_digest(token.strip())
+        writable = None
+        for known, may_write in self.config.api_tokens:   # every one: no early exit
+            if hmac.compare_digest(digest, known):
+                writable = may_write
+        if writable is None:
+            return 401, "the API token is not valid"
+        if not writable and environ.get("REQUEST_METHOD") not in READING:
+            return 403, "this API token is read-only"
         return None
 
     def host_known_allowed(self, host: str) -> bool:
@@ -380,15 +406,21 @@ class Server(pywsgi.WSGIServer):
 
     def __init__(self, address, app, config: Config, cap: int, **kwargs):
         # gevent's BaseServer stops accept() while pool.full(), resumes when a slot frees
+        made = isinstance(address, socket.socket)   # listening already: its backlog is set
         super().__init__(address, app, spawn=gevent.pool.Pool(cap),
-                         backlog=max(BACKLOG, cap), **kwargs)
+                         backlog=None if made else max(BACKLOG, cap), **kwargs)
         self.http_timeout, self.idle_timeout = config.http_timeout, config.http_idle_timeout
         self.logs_requests = kwargs.get("log", "default") is not None
         self.failed_accepts, self.last_failed_accept = 0, 0.0
         self.express: Express | None = None   # set by make_server
+        self.socket_path, self.socket_inode = "", 0   # a unix socket's, to remove at the end
+        if made and address.family == socket.AF_UNIX:
+            self.socket_path = address.getsockname()
+            self.socket_inode = os.stat(self.socket_path).st_ino
 
     def handle(self, sock, address):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.express is None:
             super().handle(sock, address)
             return
@@ -437,12 +469,59 @@ class Server(pywsgi.WSGIServer):
         if self.started:
             self.start_accepting()
 
+    def forget(self) -> None:
+        """After ``stop``: remove our unix socket's file, unless another took its place."""
+        path = self.socket_path
+        try:
+            if path and os.lstat(path).st_ino == self.socket_inode:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def unix_listener(path: str, mode: int, group: str, backlog: int) -> socket.socket:
+    """A unix socket listening at ``path``, of ``mode`` and ``group``: a stale socket
+    file there (nobody listens) is replaced; a live one or another kind of file is
+    an OSError. Made private, then given its mode: never more open than asked."""
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)
+        else:
+            raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(umask)
+    try:
+        if group:
+            os.chown(path, -1, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        os.unlink(path)
+        raise
+    return sock
+
 
 def make_server(app: bottle.Bottle, config: Config, cap: int, push=None) -> Server:
     """The server of ``app``, with an express lane to the push route ``push`` if given
     (but not with -debug: gevent's handler writes the access log)."""
     guard = Guard(app, config)
-    server = Server((config.http_host, config.http_port), guard, config, cap,
+    where = (config.http_host, config.http_port)
+    if config.http_socket:
+        where = unix_listener(config.http_socket, config.http_socket_mode,
+                              config.http_socket_group, max(BACKLOG, cap))
+    server = Server(where, guard, config, cap,
                     log=logging.getLogger("coyotes.access") if config.debug else None,
                     error_log=logging.getLogger("coyotes.api"))
     if push is not None and not config.debug:

@@ -551,7 +551,8 @@ def test_allowed_hosts_flag(api_only, r):
 
 def test_non_loopback_listener_answers_ip_and_own_names_only(coyotes_factory, r):
     daemon = coyotes_factory("-task-mode=false", start=False)
-    daemon.args += ["-http-addr", f"0.0.0.0:{daemon.http_port}"]   # the last one wins
+    # the last one wins; without a token, beyond loopback needs -http-insecure
+    daemon.args += ["-http-addr", f"0.0.0.0:{daemon.http_port}", "-http-insecure"]
     daemon.start()
     port = daemon.http_port
     for host in (f"10.1.2.3:{port}", f"[fd00::1]:{port}", f"{socket.gethostname()}:{port}",

@@ -7,7 +7,9 @@ the script would monkey-patch the test process.
 from __future__ import annotations
 
 import ast
+import os
 import socket
+from pathlib import Path
 
 import pytest
 from conftest import SCRIPT
@@ -16,10 +18,11 @@ from coyotes_lib import config as configuration
 from coyotes_lib.config import Config, UsageError
 
 USAGE = ast.get_docstring(ast.parse(SCRIPT.read_text()), clean=False)
+TOKENS = Path(__file__).parent / "tokens.example"   # a token file fit for the value cases
 
 
 def parse(*argv: str) -> Config:
-    return configuration.parse(list(argv), USAGE)
+    return configuration.parse(list(argv), USAGE, {})
 
 
 def forms(flag: str, value: str) -> list[list[str]]:
@@ -82,7 +85,8 @@ def test_http_bounds_in_the_usage_text(capsys):
 
 def test_node_id_defaults_to_hostname_and_http_port():
     assert parse().node_id == f"{socket.gethostname()}:60001"
-    assert parse("-http-addr", "0.0.0.0:7001").node_id == f"{socket.gethostname()}:7001"
+    assert parse("-http-addr", "0.0.0.0:7001", "-http-insecure").node_id == \
+        f"{socket.gethostname()}:7001"
     assert parse("-node-id", "HOSTNAME:HTTP-PORT").node_id == f"{socket.gethostname()}:60001"
 
 
@@ -106,10 +110,14 @@ VALUE_CASES = [
     ("redis-sentinel-password", "sentinel-pw", {"redis_sentinel_password": "sentinel-pw"}),
     ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
     ("redis-password", "s3cret", {"redis_password": "s3cret"}),
+    ("redis-password-file", "/dev/null", {"redis_password": ""}),
+    ("api-token-file", str(TOKENS), {"api_token_file": str(TOKENS)}),
+    ("http-socket-mode", "0600", {"http_socket_mode": 0o600}),
+    ("http-socket-group", str(os.getgid()), {"http_socket_group": str(os.getgid())}),
     ("redis-db", "15", {"redis_db": 15}),
     ("host", "10.0.0.3:6381", {"redis_host": "10.0.0.3", "redis_port": 6381}),
     ("password", "old-secret", {"redis_password": "old-secret"}),
-    ("http-addr", "0.0.0.0:8080", {"http_host": "0.0.0.0", "http_port": 8080}),
+    ("http-addr", "127.0.0.2:8080", {"http_host": "127.0.0.2", "http_port": 8080}),
     ("pidfile", "/var/run/coyotes.pid", {"pidfile": "/var/run/coyotes.pid"}),
     ("concurrent", "12", {"concurrent": 12}),
     ("channel-default", "jobs", {"channel_default": "jobs"}),
@@ -148,7 +156,7 @@ def test_every_flag_of_the_usage_is_covered():
 # -- booleans ---------------------------------------------------------------
 
 BOOL_FLAGS = {"task-mode": "task_mode", "colorful-tty": "colorful_tty", "debug": "debug",
-              "daemonize": "daemonize"}
+              "daemonize": "daemonize", "http-insecure": "http_insecure"}
 
 
 @pytest.mark.parametrize("flag", sorted(BOOL_FLAGS))
@@ -204,7 +212,7 @@ def test_empty_values():
 
 
 def test_http_addr_without_host_listens_everywhere():
-    c = parse("-http-addr", ":60002")
+    c = parse("-http-addr", ":60002", "-http-insecure")
     assert (c.http_host, c.http_port) == ("0.0.0.0", 60002)
     assert not c.http_loopback
 
@@ -533,3 +541,108 @@ def test_tls_files_must_be_readable(tmp_path):
     assert c.redis_tls and c.redis_tls_ca == str(ca)
     with pytest.raises(UsageError, match="no such readable file"):
         parse("-redis-tls-ca", str(tmp_path / "nope.crt"))
+
+
+# -- tokens, secrets and where the API listens ----------------------------------------
+
+def tokens_file(tmp_path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_tokens_from_a_file_and_the_environment_are_kept_as_digests(tmp_path):
+    path = tokens_file(tmp_path, "# deploy\n" + "a" * 32 + "\n\n" + "b" * 16 + " read-only  # ci\n"
+                       + "c" * 20 + " read-write\n")
+    c = configuration.parse(["-api-token-file", path], USAGE, {"COYOTES_API_TOKEN": "d" * 40})
+    digest = configuration.token_digest
+    assert c.api_tokens == ((digest("a" * 32), True), (digest("b" * 16), False),
+                            (digest("c" * 20), True), (digest("d" * 40), True))
+    assert "a" * 32 not in repr(c) and c.warnings == ()
+    # a token from the environment alone is enough to listen beyond loopback
+    c = configuration.parse(["-http-addr", "0.0.0.0:7000"], USAGE, {"COYOTES_API_TOKEN": "e" * 16})
+    assert len(c.api_tokens) == 1 and not c.http_insecure
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "no token in it"), ("# nothing\n", "no token in it"),
+    ("short\n", "line 1: a token is 16 to 256 printable characters"),
+    ("a" * 16 + " admin\n", "line 1: expected a token, then read-only or read-write"),
+    ("a" * 16 + "\n" + "b" * 16 + " read-only extra\n", "line 2: expected a token"),
+])
+def test_bad_token_files_are_refused_with_the_line(tmp_path, text, words):
+    with pytest.raises(UsageError) as err:
+        configuration.parse(["-api-token-file", tokens_file(tmp_path, text)], USAGE, {})
+    assert words in str(err.value) and "-api-token-file" in str(err.value), str(err.value)
+
+
+def test_token_file_problems_and_a_bad_environment_token(tmp_path):
+    with pytest.raises(UsageError, match="No such file"):
+        parse("-api-token-file", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="COYOTES_API_TOKEN: a token is 16 to 256"):
+        configuration.parse([], USAGE, {"COYOTES_API_TOKEN": "too short"})
+    loose = configuration.parse(["-api-token-file", tokens_file(tmp_path, "a" * 16, 0o644)],
+                                USAGE, {})
+    said = f"api tokens: {tmp_path / 'tokens'} can be read by other users (mode 644); chmod 600 it"
+    assert loose.warnings == (said,)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:60001", ":60001", "10.1.2.3:60001", "[::]:60001",
+                                  "coyotes.example:60001"])
+def test_beyond_loopback_without_a_token_is_refused_unless_insecure(addr):
+    with pytest.raises(UsageError) as err:
+        parse("-http-addr", addr)
+    assert "give it a token" in str(err.value) and "-http-insecure" in str(err.value)
+    assert parse("-http-addr", addr, "-http-insecure").http_insecure is True
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:60001", "localhost:60001", "[::1]:60001",
+                                  "unix:/run/coyotes/api.sock"])
+def test_loopback_and_unix_sockets_need_no_token(addr):
+    c = parse("-http-addr", addr)
+    assert c.http_loopback and not c.api_tokens
+
+
+def test_a_unix_socket_address():
+    c = parse("-http-addr", "unix:/run/coyotes/api.sock", "-http-socket-mode", "660",
+              "-http-socket-group", "0")
+    assert (c.http_socket, c.http_socket_mode, c.http_socket_group) == \
+        ("/run/coyotes/api.sock", 0o660, "0")
+    assert c.http_where == "unix:/run/coyotes/api.sock"
+    assert c.node_id == f"{socket.gethostname()}:/run/coyotes/api.sock"
+    assert parse("-http-addr", "[::1]:7000").http_where == "[::1]:7000"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (("-http-addr", "unix:relative.sock"), "expected unix:/absolute/path.sock"),
+    (("-http-socket-mode", "0999"), "expected an octal mode"),
+    (("-http-socket-mode", "01777"), "expected an octal mode"),
+    (("-http-socket-group", "no-such-group-here"), "no such group"),
+])
+def test_bad_socket_settings_are_refused(argv, words):
+    with pytest.raises(UsageError) as err:
+        parse(*argv)
+    assert words in str(err.value), str(err.value)
+
+
+def test_the_redis_password_from_a_file_and_warnings_for_one_on_the_command_line(tmp_path):
+    secret = tmp_path / "redis-password"
+    secret.write_text("from-the-file\n")
+    c = parse("-redis-password-file", str(secret), "-redis-url", "redis://h:1/2")
+    assert c.redis_password == "from-the-file" and c.warnings == ()
+    c = configuration.parse([], USAGE, {"COYOTES_REDIS_PASSWORD_FILE": str(secret)})
+    assert c.redis_password == "from-the-file"
+    with pytest.raises(UsageError, match="-redis-password-file: No such file"):
+        parse("-redis-password-file", str(tmp_path / "missing"))
+
+    def warned(*argv, environ=None) -> str:
+        return " ".join(configuration.parse(list(argv), USAGE, environ or {}).warnings)
+    assert "(-redis-password)" in warned("-redis-password", "pw")
+    assert "(-password)" in warned("-password", "pw")
+    assert "(-redis-url)" in warned("-redis-url", "redis://:pw@h")
+    assert "(-redis-sentinel-password)" in warned("-redis-sentinel-password", "pw")
+    assert "pw" not in warned("-redis-password", "pw").replace("password", "")
+    # from the environment or without a password: nothing to say
+    assert warned(environ={"COYOTES_REDIS_PASSWORD": "pw"}) == ""
+    assert warned("-redis-url", "redis://h", "-redis-password", "") == ""

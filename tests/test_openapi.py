@@ -98,6 +98,8 @@ def test_every_operation_documents_its_error_statuses():
         for method, op in item.items():
             codes = set(op["responses"])
             assert {"200", "400", "403", "408", "413", "500"} <= codes, (method, path)
+            # every route needs the token when there is one, but /health
+            assert ("401" in codes) == (path != "/health"), (method, path)
             if path not in ("/", "/openapi.json"):   # the two that never read Redis
                 assert "503" in codes, (method, path)
             if "{" in path and method != "put":   # a PUT makes what is missing

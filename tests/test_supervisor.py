@@ -1,4 +1,5 @@
-"""The shipped supervisor.conf, under a real (private) supervisord.
+"""The shipped supervisor.conf, under a real (private) supervisord; and the
+shipped systemd unit, checked by systemd-analyze.
 
 The program section is taken from supervisor.conf as shipped; only the
 command line (test Redis, free HTTP port, temp pid file) and the log path
@@ -29,10 +30,32 @@ def shipped_program() -> dict[str, str]:
     return dict(parser[SECTION])
 
 
+def test_the_systemd_unit_is_valid_and_runs_coyotes_as_its_own_user(tmp_path):
+    analyze = needs.program("systemd-analyze", "systemd")
+    unit = (ROOT / "contrib" / "coyotes.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines()
+                    if "=" in line and not line.startswith("#"))
+    assert (settings["User"], settings["Group"]) == ("coyotes", "coyotes")
+    assert "-redis-password-file" in settings["ExecStart"]
+    assert " -password " not in settings["ExecStart"] and "REDIS_PASSWORD" not in unit
+    assert settings["NoNewPrivileges"] == "yes" and settings["ProtectSystem"] == "full"
+    assert settings["KillSignal"] == "SIGUSR2" and settings["KillMode"] == "mixed"
+    # every directive known to this systemd; the program must exist to be checked
+    copy = tmp_path / "coyotes.service"
+    copy.write_text(unit.replace("/usr/local/bin/coyotes", sys.executable))
+    out = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                         timeout=60)
+    problems = [line for line in (out.stdout + out.stderr).splitlines()
+                if "coyotes.service" in line or "Unknown" in line]
+    assert out.returncode == 0 and not problems, out
+
+
 def test_shipped_conf_stops_gracefully():
     program = shipped_program()
-    assert program["command"].split()[:5] == [
-        "/usr/local/bin/coyotes", "-redis-host", "127.0.0.1:6379", "-password", "REDIS_PASSWORD"]
+    assert program["command"].split() == [
+        "/usr/local/bin/coyotes", "-redis-host", "127.0.0.1:6379", "-redis-password-file",
+        "/etc/coyotes/redis-password"]   # no secret on the command line
+    assert program["user"] == "coyotes"   # never root
     assert program["stopsignal"] == "USR2"
     assert program["stopwaitsecs"] == "60"
     assert program["autostart"] == program["autorestart"] == "true"
@@ -99,7 +122,8 @@ def supervisor(tmp_path, redis_server):
     supervisord = needs.program("supervisord", "supervisor")
     supervisorctl = needs.program("supervisorctl", "supervisor")
     pidfile = tmp_path / "coyotes.pid"
-    program = shipped_program() | {
+    # as the test's user: this machine has no coyotes user
+    program = {key: value for key, value in shipped_program().items() if key != "user"} | {
         "command": f"{sys.executable} {SCRIPT} -redis-host 127.0.0.1:{redis_server.port} "
                    f"-http-addr 127.0.0.1:{free_port()} -pidfile {pidfile}",
         "stdout_logfile": str(tmp_path / "coyotes.log"),
