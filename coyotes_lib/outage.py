@@ -2,7 +2,8 @@
 
 ``Outage`` backs off (up to 5 s) and logs once per outage; ``insist`` runs
 one action until Redis takes it. A refused command (a key of another type)
-is told apart from an unreachable server in the log.
+is told apart from an unreachable server in the log, and refused credentials
+are an error retried slowly: they will not fix themselves within seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import redis
 
 log = logging.getLogger("coyotes.outage")
 
+AUTH_RETRY = 30.0   # seconds between tries while Redis refuses our password or user
+
 
 class Outage:
     """Backoff and one log line per Redis outage, for loops that must go on."""
@@ -25,10 +28,16 @@ class Outage:
         self.since = 0.0
 
     def failed(self, exc: Exception) -> None:
+        refused = isinstance(exc, redis.AuthenticationError)
         if not self.delay:
             self.since = time.monotonic()
-            log.warning("%s: %s, retrying", self.what, redis_trouble(exc))
-        self.delay = min(5.0, (self.delay or 0.05) * 2)
+            if refused:
+                log.error("%s: %s: check the password (-redis-password-file, "
+                          "COYOTES_REDIS_PASSWORD, -redis-url) and the user; retrying every "
+                          "%.0f s", self.what, redis_trouble(exc), AUTH_RETRY)
+            else:
+                log.warning("%s: %s, retrying", self.what, redis_trouble(exc))
+        self.delay = AUTH_RETRY if refused else min(5.0, (self.delay or 0.05) * 2)
         self.wake.wait(self.delay)
 
     def recovered(self) -> bool:
@@ -44,6 +53,8 @@ def redis_trouble(exc: Exception) -> str:
     memory) is not an unavailable server."""
     if isinstance(exc, redis.ResponseError):
         return f"redis refused a command ({exc})"
+    if isinstance(exc, redis.AuthenticationError):
+        return f"redis refused this node's credentials ({exc})"
     return f"redis unavailable ({exc})"
 
 

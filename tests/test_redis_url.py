@@ -7,6 +7,7 @@ shows the password.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 import redis
@@ -37,6 +38,7 @@ def run_a_task(coyotes_factory, tmp_path, url: str, *more) -> str:
     wait_until(lambda: ended(ledger, "t"), what="a task through this Redis")
     log = daemon.log()
     assert PASSWORD not in log
+    assert PASSWORD not in str(daemon.request("GET", "/nodes")) + str(daemon.request("GET", "/"))
     return log
 
 
@@ -112,3 +114,30 @@ def test_settings_that_can_lose_tasks_are_warned_about_at_start(coyotes_factory,
         stop_process(server)
     safe = coyotes_factory().log()   # the tests' own Redis: appendonly, noeviction
     assert "maxmemory-policy" not in safe and "keeps nothing on disk" not in safe
+
+
+@pytest.mark.parametrize("given", ["a wrong one", "none"])
+def test_a_refused_password_is_one_clear_error_and_a_slow_retry(coyotes_factory, tmp_path,
+                                                                 given):
+    port = free_port()
+    server = redis_server(tmp_path, "--port", str(port), "--requirepass", PASSWORD)
+    try:
+        wait_until(lambda: answers(redis.Redis(port=port, password=PASSWORD)),
+                   what="redis-server")
+        secret = tmp_path / "password"
+        secret.write_text("not-the-password-42\n")
+        more = ["-redis-password-file", str(secret)] if given == "a wrong one" else []
+        daemon = coyotes_factory("-redis-host", f"127.0.0.1:{port}", *more, start=False)
+        daemon.start(wait=False)
+        wait_until(lambda: "refused this node's credentials" in daemon.log(),
+                   what="the refusal in the log")
+        status, env = daemon.request("GET", "/health")
+        assert status == 503, env
+        time.sleep(3)   # a fast loop would have said it again by now
+        lines = [line for line in daemon.log().splitlines() if "credentials" in line]
+        assert len(lines) == 1 and " ERROR " in lines[0], lines
+        assert "retrying every 30 s" in lines[0] and "-redis-password-file" in lines[0]
+        assert "not-the-password-42" not in daemon.log()
+        assert daemon.proc.poll() is None   # it waits; supervisor sees it up
+    finally:
+        stop_process(server)
