@@ -32,6 +32,7 @@ from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
 from .listings import Listings
 from .model import ChannelSpec, Claim, Deleted, Enqueued, Outcome, Started
+from .policy import CommandPolicy
 from .task import Policy, Task, high
 
 log = logging.getLogger("coyotes.broker")
@@ -123,7 +124,8 @@ class Broker(Listings):
             return ChannelSpec(name, bool(data.get("distinct")),
                                max(1, int(data.get("worker_count") or 1)),
                                Policy().merge(data), data.get("paused") is True,
-                               max(0, int(data.get("max_running") or 0)))
+                               max(0, int(data.get("max_running") or 0)),
+                               stored_policy(name, data.get("command_policy")))
         except (ValueError, TypeError, AttributeError):
             log.error("channel %s: unreadable settings %r in %s, skipped",
                       name, raw, self.keys.channels)
@@ -653,3 +655,16 @@ class Broker(Listings):
                   k.channels],
             args=[task_id, "1" if retry else "0", self.record_ttl,
                   DISTINCT_TTL if distinct else 0, k.wake, chan]))
+
+
+def stored_policy(channel: str, data) -> CommandPolicy | None:
+    """A channel's command policy as ``task:channels`` holds it; one that cannot be
+    read refuses every task (closed, not open), and says why."""
+    if data is None:
+        return None
+    try:
+        return CommandPolicy.parse(data, resolve=False)
+    except ValueError as exc:
+        log.error("channel %s: unreadable command policy %.300r: %s; its tasks are refused",
+                  channel, data, exc)
+        return CommandPolicy(broken=str(exc))

@@ -28,6 +28,7 @@ from .config import Config
 from .log import OutputBudget
 from .model import FOREIGN_RECORD, ChannelSpec, Claim, Outcome
 from .outage import Outage, insist
+from .policy import Refused
 from .task import BadTask, Policy, Task, from_queue, locate
 
 log = logging.getLogger("coyotes.channel")
@@ -341,7 +342,16 @@ class Channel:
                           "running it: %s", what, task.id, redeliveries, label)
                 return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
                     f"its node died {redeliveries} times while running it")}, what)
-            result = self._execute(task, policy, worker, attempt, label, what)
+            try:
+                argv, env = task.argv, None
+                if self.spec.command_policy is not None:
+                    argv, env = self.spec.command_policy.launch(task.argv)
+            except Refused as exc:
+                log.error("%s: task %s refused by the channel's command policy: %s", what,
+                          task.id, exc)
+                return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
+                    f"refused: {exc}")}, what)
+            result = self._execute(task, argv, env, policy, worker, attempt, label, what)
             if result.stopped == Stop.SHUTDOWN:   # it has not finished: it runs again later
                 insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
                         self.give_up)
@@ -363,8 +373,8 @@ class Channel:
             self.commands.pop(worker, None)
             self._unclaim(raw)
 
-    def _execute(self, task: Task, policy: Policy, worker: int, attempt: int, label: str,
-                 what: str) -> Result:
+    def _execute(self, task: Task, argv: list[str], env, policy: Policy, worker: int,
+                 attempt: int, label: str, what: str) -> Result:
         budget = OutputBudget(self.limits.log_output_max)
 
         def on_line(stream: str, text: str) -> None:
@@ -373,10 +383,11 @@ class Channel:
                 output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
                             stream, text, extra={"stream": stream})
 
-        command = self.commands[worker] = Command(task.argv, on_line, self.run_with,
+        cap = self.spec.command_policy.output_max if self.spec.command_policy else 0
+        command = self.commands[worker] = Command(argv, on_line, self.run_with,
                                                   self.limits.output_tail,
-                                                  self.limits.kill_grace,
-                                                  kill_group=policy.kill_group)
+                                                  self.limits.kill_grace, env=env,
+                                                  kill_group=policy.kill_group, output_max=cap)
         if task.id in self.kill_wanted:
             gevent.spawn(command.stop, Stop.CANCEL)
         def on_start(pid: int) -> None:   # logged once running: the log line costs time
@@ -401,6 +412,9 @@ class Channel:
         fields = {"exit_code": result.exit_code, "signal": result.signal,
                   "duration": f"{result.duration:.6f}", "error": result.error or None,
                   "stdout": result.stdout, "stderr": result.stderr}
+        if result.stopped == Stop.OUTPUT:
+            fields["error"] = ("stopped: its output passed the channel's cap "
+                               "(command_policy.output_max)")
         delay = 0.0
         if result.ok:
             outcome, fields["status"] = Outcome.DONE, "succeeded"

@@ -48,6 +48,7 @@ class Stop(enum.StrEnum):
     TIMEOUT = "timeout"
     CANCEL = "cancel"       # a caller killed its task
     SHUTDOWN = "shutdown"   # the daemon is stopping: the task runs again later
+    OUTPUT = "output"       # it wrote more than its channel's output cap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +99,9 @@ class Output:
     hub with everything else. Lines go to ``on_line`` (cut at MAX_LINE), the last
     bytes to ``tail``; ``done`` is set at end of file (or on ``close``)."""
 
-    def __init__(self, fd: int, stream: str, tail: Tail, on_line):
+    def __init__(self, fd: int, stream: str, tail: Tail, on_line, counted=None):
         self.fd, self.stream, self.tail, self.on_line = fd, stream, tail, on_line
+        self.counted = counted   # told the size of each chunk read, if given
         self.partial = b""
         self.done = gevent.event.Event()
         os.set_blocking(fd, False)
@@ -117,6 +119,8 @@ class Output:
             if data:
                 self.tail.add(data)
                 self._lines(data)
+                if self.counted is not None:
+                    self.counted(len(data))
             else:
                 if self.partial:
                     self._emit(self.partial)
@@ -159,8 +163,10 @@ class Command:
     or setpgid has left the group and escapes either way."""
 
     def __init__(self, argv, on_line, runner, tail: int = Config.output_tail,
-                 kill_grace: float = Config.kill_grace, env=None, kill_group: bool = True):
+                 kill_grace: float = Config.kill_grace, env=None, kill_group: bool = True,
+                 output_max: int = 0):
         self.argv, self.on_line, self.env = list(argv), on_line, env
+        self.output_max, self.output_seen = output_max, 0   # bytes: past the cap, it stops
         self.kill_grace, self.kill_group = kill_grace, kill_group
         self.start = runner.start
         self.tails = {"stdout": Tail(tail), "stderr": Tail(tail)}
@@ -194,8 +200,9 @@ class Command:
             gevent.spawn(self._end_group, self.kill_grace)
         if on_start is not None:
             on_start(self.proc.pid)
-        outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line),
-                   Output(err_r, "stderr", self.tails["stderr"], self.on_line)]
+        counted = self._counted if self.output_max else None
+        outputs = [Output(out_r, "stdout", self.tails["stdout"], self.on_line, counted),
+                   Output(err_r, "stderr", self.tails["stderr"], self.on_line, counted)]
         timer = gevent.spawn_later(timeout, self.stop, Stop.TIMEOUT) if timeout else None
         code = self.proc.wait()
         duration = time.monotonic() - started
@@ -219,6 +226,11 @@ class Command:
         if code < 0:
             return Result(None, -code, duration, stopped=self.stopped, **tails)
         return Result(code, None, duration, stopped=self.stopped, **tails)
+
+    def _counted(self, size: int) -> None:
+        before, self.output_seen = self.output_seen, self.output_seen + size
+        if before <= self.output_max < self.output_seen:   # once, as it passes the cap
+            gevent.spawn(self.stop, Stop.OUTPUT)
 
     def stop(self, reason: Stop = Stop.SHUTDOWN, grace: float | None = None) -> None:
         """TERM the whole process group, then KILL what lingers past the grace time

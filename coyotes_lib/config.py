@@ -106,6 +106,7 @@ class Config:
     warnings: tuple[str, ...] = ()         # said in the log at start
     config: str = ""                       # the TOML file read, if any
     schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
+    channels: tuple[tuple[str, dict], ...] = ()   # its [channels.<name>] tables
 
     @property
     def http_loopback(self) -> bool:
@@ -401,8 +402,9 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
-def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
-    """A TOML config file -> ({flag: value as a flag would give it}, schedules)."""
+def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...], tuple]:
+    """A TOML config file -> ({flag: value as a flag would give it}, schedules,
+    channels)."""
     import tomllib  # here: a daemon started without a file does not keep it in memory
     try:
         with open(path, "rb") as file:
@@ -411,13 +413,16 @@ def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
         raise UsageError(f"config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path}: not valid TOML: {exc}") from None
-    values, schedules = {}, []
+    values, schedules, channels = {}, [], []
     for key, value in data.items():
-        if key == "schedules" and isinstance(value, dict):
+        if key in ("schedules", "channels") and isinstance(value, dict):
             for name, fields in value.items():
                 if not isinstance(fields, dict):
-                    raise UsageError(f"config file {path}: schedules.{name} must be a table")
-                schedules.append({"name": name, **fields})
+                    raise UsageError(f"config file {path}: {key}.{name} must be a table")
+                if key == "schedules":
+                    schedules.append({"name": name, **fields})
+                else:
+                    channels.append((name, fields))
             continue
         flag = key.replace("_", "-")
         if flag not in FLAGS or flag == "config":
@@ -432,7 +437,7 @@ def read_file(path: str) -> tuple[dict[str, str], tuple[dict, ...]]:
             raise UsageError(f"config file {path}: {key} must be a string, a number or "
                              "a boolean")
         values[flag] = value
-    return values, tuple(schedules)
+    return values, tuple(schedules), tuple(channels)
 
 
 def secure(config: Config, environ, on_line: set[str], opts: dict) -> Config:
@@ -472,7 +477,7 @@ def parse(argv: list[str], usage: str, environ=None):
     opts = docopt.docopt(usage, argv=given, help=True, version=f"coyotes {__version__}")
     on_line = {arg[2:].partition("=")[0] for arg in given if arg.startswith("--")}
     path = opts["--config"] if "config" in on_line else environ.get(env_name("config"), "")
-    from_file, schedules = read_file(path) if path else ({}, ())
+    from_file, schedules, channels = read_file(path) if path else ({}, (), ())
     source = {}   # flag -> where its value came from, when not from the command line
     for flag in FLAGS:   # flag > environment > file > default
         if flag in on_line:
@@ -498,4 +503,15 @@ def parse(argv: list[str], usage: str, environ=None):
             except BadSchedule as exc:
                 raise UsageError(f"config file {path}: schedule {fields['name']}: "
                                  f"{exc}") from None
-    return dataclasses.replace(config, config=path, schedules=schedules)
+    if channels:   # likewise, and their program names are looked for on PATH now
+        from .model import ChannelSpec
+        from .model import from_file as channel_from
+        for name, fields in channels:
+            if not CHANNEL_NAME.match(name):
+                raise UsageError(f"config file {path}: channels.{name}: a channel name is "
+                                 "1-64 letters, digits, '_', '-' or '.'")
+            try:
+                channel_from(name, fields, ChannelSpec(name, False, config.concurrent))
+            except ValueError as exc:
+                raise UsageError(f"config file {path}: channels.{name}: {exc}") from None
+    return dataclasses.replace(config, config=path, schedules=schedules, channels=channels)

@@ -74,8 +74,9 @@ def exposure(config) -> list[str]:
             said.append(f"http: every local user may write to {config.http_socket} (mode "
                         f"{config.http_socket_mode:o}) and so run commands as {user}")
     if os.geteuid() == 0:
-        said.append("running as root: every command runs as root; run Coyotes as a user of "
-                    "its own (see docs/SECURITY.md)")
+        said.append("running as root: commands run as root unless their channel's command "
+                    "policy names a user; run Coyotes as a user of its own (see "
+                    "docs/SECURITY.md)")
     return said
 
 

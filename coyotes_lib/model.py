@@ -9,7 +9,13 @@ import enum
 import json
 import typing
 
-from .task import Policy, Task
+from .policy import BadPolicy, CommandPolicy
+from .task import POLICY_LIMITS, BadTask, Policy, Task
+
+MAX_WORKERS = 1000
+MAX_RUNNING = 100_000
+# what a [channels.<name>] table of the config file may set
+FILE_SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,11 +28,14 @@ class ChannelSpec:
     policy: Policy = dataclasses.field(default_factory=Policy)
     paused: bool = False   # no task is claimed; running ones finish
     max_running: int = 0   # most of its tasks running on all nodes together, 0 = no limit
+    command_policy: CommandPolicy | None = None   # what its tasks may run, and how
 
     def to_json(self) -> str:
         more = {"paused": True} if self.paused else {}
         if self.max_running:
             more["max_running"] = self.max_running
+        if self.command_policy is not None:
+            more["command_policy"] = self.command_policy.to_dict()
         return json.dumps({"name": self.name, "distinct": self.distinct,
                            "worker_count": self.worker_count, **self.policy.to_dict(),
                            **more})
@@ -35,7 +44,40 @@ class ChannelSpec:
         """What the API shows of them."""
         return {"distinct": self.distinct, "worker": self.worker_count,
                 "max_running": self.max_running, "paused": self.paused,
-                **dataclasses.asdict(self.policy)}
+                **dataclasses.asdict(self.policy),
+                "command_policy": None if self.command_policy is None
+                else self.command_policy.to_dict()}
+
+
+def from_file(name: str, fields: dict, base: ChannelSpec) -> ChannelSpec:
+    """``base`` with the settings of a config file's ``[channels.<name>]`` table (the
+    fields of ``PATCH /channels/{name}``, TOML-typed); ValueError with the reason."""
+    unknown = sorted(set(fields) - set(FILE_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; a channel's are "
+                         f"{', '.join(FILE_SETTINGS)}")
+    changes: dict = {}
+    for key, attr, low, high in (("worker", "worker_count", 1, MAX_WORKERS),
+                                 ("max_running", "max_running", 0, MAX_RUNNING)):
+        if key in fields:
+            value = fields[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{key} must be an integer {low}..{high}")
+            changes[attr] = value
+    if "distinct" in fields:
+        if not isinstance(fields["distinct"], bool):
+            raise ValueError("distinct must be true or false")
+        changes["distinct"] = fields["distinct"]
+    if "command_policy" in fields:
+        try:
+            changes["command_policy"] = CommandPolicy.parse(fields["command_policy"])
+        except BadPolicy as exc:
+            raise ValueError(str(exc)) from None
+    try:
+        policy = base.policy.merge(fields)
+    except BadTask as exc:
+        raise ValueError(str(exc)) from None
+    return dataclasses.replace(base, name=name, policy=policy, **changes)
 
 
 class Deleted(enum.IntEnum):

@@ -16,7 +16,8 @@ import bottle
 from . import __version__
 from .broker import Broker
 from .config import CHANNEL_NAME, Config
-from .model import ChannelSpec, Deleted, Enqueued
+from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
+from .policy import BadPolicy, CommandPolicy, Refused
 from .replies import Body, describe, fail, ok, page_args, record_view, whole
 from .schedules import BadSchedule, Schedule, last_firing, parse
 from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
@@ -24,10 +25,8 @@ from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
 log = logging.getLogger("coyotes.api")
 
 SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
-MAX_WORKERS = 1000
-MAX_RUNNING = 100_000
 # the fields PATCH /channels/<name> takes
-SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS)
+SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 MAX_DELAY = 366 * 86400
 
 
@@ -170,6 +169,11 @@ def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
         task = build(name, name_field, command, task_id, execute_at, extra)
     except BadTask as exc:
         raise fail(400, str(exc)) from None
+    if spec.command_policy is not None:
+        try:
+            spec.command_policy.launch(task.argv)
+        except Refused as exc:
+            raise fail(403, f"refused: {exc}") from None
     result = broker.push(task, spec.distinct)
     if result == Enqueued.ID_IN_USE:
         raise fail(409, f"task id {task.id!r} is in use by a task that has not finished")
@@ -201,7 +205,8 @@ def add_channel(api: Api):
     worker = config.concurrent if worker in (None, "") else worker_count(worker)
     limit = body.get("max_running")
     limit = 0 if limit in (None, "") else max_running(limit)
-    spec = ChannelSpec(name, distinct, worker, policy_fields(body), max_running=limit)
+    spec = ChannelSpec(name, distinct, worker, policy_fields(body), max_running=limit,
+                       command_policy=command_policy(body.get("command_policy")))
     if not broker.add_channel(spec):
         raise fail(409, f"channel {name!r} already exists")
     log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
@@ -213,6 +218,22 @@ def policy_fields(body: Body, base: Policy | None = None) -> Policy:
     try:
         return (base or Policy()).merge(body.policy())
     except BadTask as exc:
+        raise fail(400, str(exc)) from None
+
+
+def command_policy(value) -> CommandPolicy | None:
+    """The ``command_policy`` field: an object, the same as JSON text (from a form),
+    or null/"" for none. Program names are looked for on PATH now."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise fail(400, "command_policy must be a JSON object") from None
+    try:
+        return CommandPolicy.parse(value)
+    except BadPolicy as exc:
         raise fail(400, str(exc)) from None
 
 
@@ -260,6 +281,8 @@ def change_channel(api: Api, name):
         changes["distinct"] = yes_no(body.get("distinct"), "distinct")
     if body.get("max_running") not in (None, ""):
         changes["max_running"] = max_running(body.get("max_running"))
+    if "command_policy" in body.names():   # null or "" removes it
+        changes["command_policy"] = command_policy(body.get("command_policy"))
     policy = body.policy()
     if not changes and not policy:
         raise fail(400, f"nothing to change: give one of {', '.join(SETTINGS)}")

@@ -26,9 +26,10 @@ import redis
 
 from .broker import Broker
 from .channel import Channel, Limits
-from .model import ChannelSpec, Enqueued
+from .model import ChannelSpec, Enqueued, from_file
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
+from .policy import Refused
 from .runners import runner
 from .schedules import Schedule, Timetable
 from .schedules import parse as schedule_from
@@ -98,6 +99,7 @@ class Scheduler:
         self.broker.load_scripts()
         self._check_node_id()
         self.ensure_default_channels()
+        self._load_channels()
         self.specs = self.broker.channels()
         self._load_schedules()
         moved = self.broker.convert_go_delayed()
@@ -112,6 +114,21 @@ class Scheduler:
         self.broker.beat(first=True)
         self.started = True
         self._sync()
+
+    def _load_channels(self) -> None:
+        """Make the channels of the config file, or give those that exist the settings
+        it names (the others keep theirs): the file has the last word at each start."""
+        for name, fields in self.config.channels:
+            base = ChannelSpec(name, False, self.config.concurrent)
+            if self.broker.add_channel(from_file(name, fields, base)):
+                log.info("channel %s: created from %s", name, self.config.config)
+                continue
+            before = self.broker.channel(name)
+            after = self.broker.change_channel(
+                name, lambda spec, name=name, fields=fields: from_file(name, fields, spec))
+            if after is not None and before is not None and after != before:
+                log.info("channel %s: settings from %s (%s)", name, self.config.config,
+                         after.to_json())
 
     def _load_schedules(self) -> None:
         """Store the schedules of the config file (checked when it was read); one
@@ -342,6 +359,13 @@ class Scheduler:
             elif outcome == Enqueued.ID_IN_USE:
                 refused.append(self._reject(raw, f"id {task.id!r} is in use by a task that "
                                                  "has not finished"))
+            elif outcome == Enqueued.NO_CHANNEL and task.channel in (
+                    self.config.channel_default, *DEFAULT_CHANNELS):
+                # task:channels was lost (Redis restarted empty, or emptied): the default
+                # channels always exist, so they are made again and the entry waits staged
+                self.ensure_default_channels()
+                refused.append(redis.ResponseError(f"channel {task.channel!r} was missing "
+                                                   "from task:channels: made again"))
             elif outcome == Enqueued.NO_CHANNEL:
                 refused.append(self._reject(raw, f"unknown channel {task.channel!r} "
                                                  "(it was deleted)"))
@@ -484,6 +508,11 @@ class Scheduler:
             spec = self.specs.get(task.channel)
         if spec is None:
             raise BadTask(f"unknown channel {task.channel!r}")
+        if spec.command_policy is not None:
+            try:
+                spec.command_policy.launch(task.argv)
+            except Refused as exc:
+                raise BadTask(f"refused: {exc}") from None
         return task, spec
 
     def _maintain(self) -> None:

@@ -106,7 +106,7 @@ def test_get_channels_lists_the_three_default_channels(coyotes):
     assert biz["settings"] == {"distinct": True, "worker": 5, "max_running": 0,
                                "paused": False, "timeout": 0.0,
                                "retries": 0, "retry_backoff": 1.0, "retry_max": 600.0,
-                               "retry_on": [], "kill_group": True}
+                               "retry_on": [], "kill_group": True, "command_policy": None}
 
 
 def test_post_channel_task_field_runs_and_replies_with_id(coyotes, tmp_path):

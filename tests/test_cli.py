@@ -147,7 +147,8 @@ def test_wrong_password_is_not_a_crash(secret_redis, tmp_path, daemons):
                         ["-redis-host", f"127.0.0.1:{secret_redis.port}", "-password", "WRONG"])
     daemons.append(daemon)
     daemon.start(wait=False)
-    wait_until(lambda: "redis unavailable" in daemon.log(), what="a retry line in the log")
+    wait_until(lambda: "refused this node's credentials" in daemon.log(),
+               what="a retry line in the log")
     assert daemon.proc.poll() is None
     assert daemon.stop() == 0
 

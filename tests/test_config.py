@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import socket
 from pathlib import Path
 
+import needs
 import pytest
-from conftest import SCRIPT
+from conftest import ROOT, SCRIPT
 
 from coyotes_lib import config as configuration
 from coyotes_lib.config import Config, UsageError
@@ -646,3 +648,42 @@ def test_the_redis_password_from_a_file_and_warnings_for_one_on_the_command_line
     # from the environment or without a password: nothing to say
     assert warned(environ={"COYOTES_REDIS_PASSWORD": "pw"}) == ""
     assert warned("-redis-url", "redis://h", "-redis-password", "") == ""
+
+
+# -- channels of the config file --------------------------------------------------------
+
+def test_channels_of_the_config_file_are_checked_when_it_is_read(tmp_path):
+    path = write(tmp_path, '[channels.reports]\nworker = 2\ndistinct = true\ntimeout = 60\n'
+                           '[channels.reports.command_policy]\nallow = ["true", "sleep *"]\n'
+                           'env = ["PATH"]\nlimits = { nofile = 256 }\n')
+    c = configuration.parse(["-config", path], USAGE, {})
+    assert c.channels == (("reports", {"worker": 2, "distinct": True, "timeout": 60,
+                                       "command_policy": {"allow": ["true", "sleep *"],
+                                                          "env": ["PATH"],
+                                                          "limits": {"nofile": 256}}}),)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[channels.x]\nworkers = 2\n", "channels.x: unknown setting(s) workers"),
+    ("[channels.x]\nworker = 0\n", "channels.x: worker must be an integer 1..1000"),
+    ("[channels.x]\ndistinct = 'yes'\n", "distinct must be true or false"),
+    ("[channels.x]\ntimeout = -1\n", "timeout must be between"),
+    ("[channels.x.command_policy]\nallow = ['no-such-program-here']\n", "is not an executable"),
+    ("[channels.'a b']\nworker = 1\n", "a channel name is"),
+    ("channels = 3\n", "unknown setting 'channels'"),
+])
+def test_bad_channels_in_the_config_file_stop_the_start(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        configuration.parse(["-config", path], USAGE, {})
+    assert words in str(err.value) and path in str(err.value), str(err.value)
+
+
+def test_the_config_file_example_of_the_docs_is_read(tmp_path):
+    needs.program("php", "php-cli")   # its channel's policy names php
+    text = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    example = re.search(r"```toml\n(# /etc/coyotes.toml\n.*?)```", text, re.S)[1]
+    path = write(tmp_path, example.replace("/var/www/app", str(tmp_path)))
+    c = configuration.parse(["-config", path], USAGE, {})
+    assert c.concurrent == 10 and [s["name"] for s in c.schedules] == ["laravel"]
+    assert [name for name, _ in c.channels] == ["reports"]

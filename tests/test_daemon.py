@@ -381,6 +381,22 @@ def test_default_channels_come_back_after_redis_loses_its_data(coyotes, r, tmp_p
     assert "creating the default channels again" in coyotes.log()
 
 
+def test_a_task_pushed_right_after_redis_lost_its_data_waits_for_the_defaults(coyotes, r,
+                                                                            tmp_path):
+    """Pushed before the maintenance turn makes the default channels again, once
+    another channel was made (so Redis's task:channels exists without them): the node
+    still knows them, Redis does not. The entry waits staged, the defaults are made
+    at once, and it runs; it is not dead-lettered as 'unknown channel'."""
+    ledger = tmp_path / "ledger"
+    r.flushall()
+    r.hset("task:channels", "third", json.dumps({"name": "third", "distinct": False,
+                                                 "worker_count": 1}))
+    push(r, ledger_command(ledger, "right-after"))
+    wait_until(lambda: "right-after" in ended(ledger), timeout=20)
+    assert r.llen("task:prepare:dead") == 0
+    assert "was missing from task:channels: made again" in coyotes.log()
+
+
 def test_each_task_runs_once_after_an_outage(coyotes, redis_server, tmp_path):
     redis_server.kill()
     wait_until(lambda: "redis unavailable" in coyotes.log())

@@ -35,7 +35,7 @@ def sentinel_process(tmp_path, master_port: int) -> tuple[subprocess.Popen, int]
 def push(client: redis.Redis, ledger, tags, sleep: float) -> None:
     for tag in tags:
         client.lpush("task:prepare:queue", json.dumps(
-            {"task": ledger_command(ledger, tag, sleep), "channel": "default"}))
+            {"task": ledger_command(ledger, tag, sleep), "chan": "default"}))
 
 
 @pytest.mark.parametrize("failover", ["master killed", "asked for"])
