@@ -67,6 +67,13 @@ Options (new in this version):
   --http-socket-mode=<mode>    Mode of the API's unix socket [default: 0660]
   --http-socket-group=<group>  Group of the API's unix socket (default: the
                                daemon's) [default: ]
+  --signature-keys=<path>      Keys producers sign pushes with, one "KEY_ID SECRET"
+                               a line; a signed push is then checked [default: ]
+  --require-signature=<bool>   Refuse unsigned pushes (queue entries go to the
+                               dead letters, HTTP pushes get 401) [default: false]
+  --signature-max-age=<seconds>
+                               How far a signature's timestamp may be from now
+                               [default: 300]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

@@ -22,6 +22,7 @@ import socket
 import urllib.parse
 
 from . import __version__
+from .signing import Signatures, read_keys
 
 DEFAULT_REDIS = "127.0.0.1:6379"
 
@@ -40,6 +41,7 @@ FLAGS = {
     "redis-sentinel": True, "redis-sentinel-master": True, "redis-sentinel-password": True,
     "redis-password-file": True, "api-token-file": True, "http-insecure": False,
     "http-socket-mode": True, "http-socket-group": True,
+    "require-signature": False, "signature-keys": True, "signature-max-age": True,
 }
 # a read-write API token from the environment; not a flag, so never on a command line
 TOKEN_ENV = "COYOTES_API_TOKEN"
@@ -104,6 +106,7 @@ class Config:
     # (SHA-256 of a token, read-write?): with any, every route but /health needs one
     api_tokens: tuple[tuple[bytes, bool], ...] = ()
     warnings: tuple[str, ...] = ()         # said in the log at start
+    signatures: Signatures | None = None   # -signature-keys: pushes signed by producers
     config: str = ""                       # the TOML file read, if any
     schedules: tuple[dict, ...] = ()       # the file's [schedules.<name>] tables
     channels: tuple[tuple[str, dict], ...] = ()   # its [channels.<name>] tables
@@ -325,6 +328,10 @@ def build_config(opts: dict) -> Config:
         http_socket_mode=socket_mode, http_socket_group=group,
         http_insecure=_bool("http-insecure", get("http-insecure")),
         api_token_file=get("api-token-file"),
+        signatures=signatures(get("signature-keys"), _bool("require-signature",
+                                                           get("require-signature")),
+                              _seconds("signature-max-age", get("signature-max-age"),
+                                       positive=True)),
         pidfile=get("pidfile"),
         concurrent=_int("concurrent", get("concurrent"), 1, 1000),
         task_mode=_bool("task-mode", get("task-mode")),
@@ -349,6 +356,19 @@ def build_config(opts: dict) -> Config:
         http_max_connections=_int("http-max-connections", get("http-max-connections"),
                                   1, 1_000_000),
     )
+
+
+def signatures(path: str, required: bool, max_age: float) -> Signatures | None:
+    if not path:
+        if required:
+            raise UsageError("flag -require-signature: give the keys with -signature-keys")
+        return None
+    try:
+        keys = read_keys(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f'invalid value "{path}" for flag -signature-keys: '
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    return Signatures(keys, required, max_age)
 
 
 def read_secret(flag: str, path: str) -> str:

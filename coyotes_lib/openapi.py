@@ -27,10 +27,12 @@ REF = "#/components/"
 
 ERRORS = {400: "a bad field, query parameter or body",
           401: "the daemon has API tokens and the request has none, or an unknown one "
-               "(with a WWW-Authenticate header)",
+               "(with a WWW-Authenticate header); or a push whose producer signature is "
+               "missing, wrong or old (-require-signature)",
           403: "refused by the browser protections (a cross-site Origin or Sec-Fetch-Site, "
-               "or a Host that is not allowed: DNS rebinding), or a read-only token asking "
-               "for a change", 404: "no such channel or task",
+               "or a Host that is not allowed: DNS rebinding), a read-only token asking "
+               "for a change, or a command the channel's policy does not allow",
+          404: "no such channel or task",
           405: "the path exists with another method (see the Allow header)",
           408: "the request body did not arrive within -http-timeout",
           409: "a conflict with what exists", 413: "the body is larger than -max-body",

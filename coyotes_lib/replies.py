@@ -105,6 +105,7 @@ class Body:
     reads a WSGI environ: a request's (bottle's, or the express lane's)."""
 
     def __init__(self, environ: dict):
+        self.environ = environ   # for what is signed: the method, path, query and body
         self.json = None
         content_type = environ.get("CONTENT_TYPE", "")
         data = environ.get(BODY_READ)

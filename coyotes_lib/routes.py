@@ -18,8 +18,9 @@ from .broker import Broker
 from .config import CHANNEL_NAME, Config
 from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
-from .replies import Body, describe, fail, ok, page_args, record_view, whole
+from .replies import BODY_READ, Body, describe, fail, ok, page_args, record_view, whole
 from .schedules import BadSchedule, Schedule, last_firing, parse
+from .signing import Unsigned
 from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
 
 log = logging.getLogger("coyotes.api")
@@ -140,6 +141,12 @@ def push_task_v2(api: Api, name):
 
 def push(api: Api, name: str, body: Body, with_command: bool) -> dict:
     broker = api.broker
+    if api.config.signatures is not None:   # checked first: an unsigned push learns nothing
+        try:
+            api.config.signatures.request(body.environ, body.environ.get(BODY_READ) or b"",
+                                          time.time())
+        except Unsigned as exc:
+            raise fail(401, f"refused: {exc}") from None
     spec = api.spec_of(name)
     name_field = body.get("task") or ""
     command = None

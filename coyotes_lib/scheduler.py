@@ -33,6 +33,7 @@ from .policy import Refused
 from .runners import runner
 from .schedules import Schedule, Timetable
 from .schedules import parse as schedule_from
+from .signing import Unsigned
 from .task import BadTask, Task, from_producer, locate
 
 log = logging.getLogger("coyotes.scheduler")
@@ -501,6 +502,11 @@ class Scheduler:
         """A producer entry -> (task, its channel), or BadTask."""
         if len(raw) > MAX_ENTRY:
             raise BadTask(f"entry larger than {MAX_ENTRY} bytes")
+        if self.config.signatures is not None:
+            try:
+                raw = self.config.signatures.entry(raw, time.time())
+            except Unsigned as exc:
+                raise BadTask(str(exc)) from None
         task = from_producer(raw, self.config.channel_default)
         spec = self.specs.get(task.channel)
         if spec is None:   # perhaps created a moment ago through another node

@@ -18,9 +18,11 @@ from conftest import ROOT, SCRIPT
 
 from coyotes_lib import config as configuration
 from coyotes_lib.config import Config, UsageError
+from coyotes_lib.signing import Signatures
 
 USAGE = ast.get_docstring(ast.parse(SCRIPT.read_text()), clean=False)
 TOKENS = Path(__file__).parent / "tokens.example"   # a token file fit for the value cases
+SIGNING_KEYS = Path(__file__).parent / "signing-keys.example"
 
 
 def parse(*argv: str) -> Config:
@@ -115,6 +117,9 @@ VALUE_CASES = [
     ("redis-password-file", "/dev/null", {"redis_password": ""}),
     ("api-token-file", str(TOKENS), {"api_token_file": str(TOKENS)}),
     ("http-socket-mode", "0600", {"http_socket_mode": 0o600}),
+    ("signature-keys", str(SIGNING_KEYS), {"signatures": Signatures(
+        (("example-1", b"example-secret-0123456789"),), False, 300.0)}),
+    ("signature-max-age", "60", {"signatures": None}),   # with no keys: nothing to sign
     ("http-socket-group", str(os.getgid()), {"http_socket_group": str(os.getgid())}),
     ("redis-db", "15", {"redis_db": 15}),
     ("host", "10.0.0.3:6381", {"redis_host": "10.0.0.3", "redis_port": 6381}),
@@ -151,7 +156,7 @@ def test_value_flag_forms(flag, value, argv, attrs):
 
 
 def test_every_flag_of_the_usage_is_covered():
-    covered = {flag for flag, _, _ in VALUE_CASES} | set(BOOL_FLAGS)
+    covered = {flag for flag, _, _ in VALUE_CASES} | set(BOOL_FLAGS) | BOOL_FLAGS_PAIRED
     assert covered == set(configuration.FLAGS)
 
 
@@ -159,6 +164,8 @@ def test_every_flag_of_the_usage_is_covered():
 
 BOOL_FLAGS = {"task-mode": "task_mode", "colorful-tty": "colorful_tty", "debug": "debug",
               "daemonize": "daemonize", "http-insecure": "http_insecure"}
+# not a Config field: a flag that only makes sense with another (tested below)
+BOOL_FLAGS_PAIRED = {"require-signature"}
 
 
 @pytest.mark.parametrize("flag", sorted(BOOL_FLAGS))
@@ -687,3 +694,22 @@ def test_the_config_file_example_of_the_docs_is_read(tmp_path):
     c = configuration.parse(["-config", path], USAGE, {})
     assert c.concurrent == 10 and [s["name"] for s in c.schedules] == ["laravel"]
     assert [name for name, _ in c.channels] == ["reports"]
+
+
+# -- signed producers ----------------------------------------------------------------
+
+def test_signature_settings(tmp_path):
+    c = parse("-signature-keys", str(SIGNING_KEYS), "-require-signature",
+              "-signature-max-age", "30")
+    assert c.signatures == Signatures((("example-1", b"example-secret-0123456789"),), True, 30.0)
+    assert "example-secret" not in repr(c)
+    with pytest.raises(UsageError, match="-require-signature: give the keys"):
+        parse("-require-signature")
+    for text, words in (("k1 short\n", "line 1: expected KEY_ID SECRET"),
+                        (f"k1 {'s' * 16}\nk1 {'t' * 16}\n", "line 2: key 'k1' given twice"),
+                        ("# none\n", "no key in it"), ("bad/id " + "s" * 16, "line 1")):
+        keys = tmp_path / "keys"
+        keys.write_text(text)
+        with pytest.raises(UsageError) as err:
+            parse("-signature-keys", str(keys))
+        assert words in str(err.value) and "-signature-keys" in str(err.value), str(err.value)
