@@ -523,16 +523,11 @@ class Broker(Listings):
         """Every node that may hold work, as GET /nodes shows it: the heartbeat's age
         comes from its key's TTL (Redis's clock, not the nodes' own)."""
         k = self.keys
-        ids = sorted(self.redis.smembers(k.nodes))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for node in ids:
-                pipe.hgetall(k.node_info(node))
-                pipe.pttl(k.heartbeat(node))
-                pipe.smembers(k.node_channels(node))
-            replies = pipe.execute() if ids else []
         out = []
-        for i, node in enumerate(ids):
-            info, pttl, channels = replies[3 * i:3 * i + 3]
+        for node, (info, pttl, channels) in self._per_node(
+                lambda pipe, node: pipe.hgetall(k.node_info(node)),
+                lambda pipe, node: pipe.pttl(k.heartbeat(node)),
+                lambda pipe, node: pipe.smembers(k.node_channels(node))):
             ttl = float(info.get("ttl") or self.node_ttl)
             out.append({
                 "id": node, "alive": pttl > 0, "host": info.get("host"),
@@ -549,29 +544,33 @@ class Broker(Listings):
         """{channel: the live nodes that consume it}, for every channel a live node
         consumes: one round trip per node list, whatever the number of channels."""
         k = self.keys
-        ids = sorted(self.redis.smembers(k.nodes))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for node in ids:
-                pipe.exists(k.heartbeat(node))
-                pipe.smembers(k.node_channels(node))
-            replies = pipe.execute() if ids else []
         out: dict[str, list[str]] = {}
-        for i, node in enumerate(ids):
-            if replies[2 * i]:
-                for chan in replies[2 * i + 1]:
+        for node, (alive, channels) in self._per_node(
+                lambda pipe, node: pipe.exists(k.heartbeat(node)),
+                lambda pipe, node: pipe.smembers(k.node_channels(node))):
+            if alive:
+                for chan in channels:
                     out.setdefault(chan, []).append(node)
         return out
 
     def nodes_of(self, chan: str) -> list[str]:
         """The live nodes that consume ``chan``."""
         k = self.keys
-        ids = sorted(self.redis.smembers(k.nodes))
+        return [node for node, (consumes, alive) in self._per_node(
+                    lambda pipe, node: pipe.sismember(k.node_channels(node), chan),
+                    lambda pipe, node: pipe.exists(k.heartbeat(node))) if consumes and alive]
+
+    def _per_node(self, *calls) -> list[tuple[str, list]]:
+        """(id, the replies of ``calls``) for every node that may hold work, in one
+        round trip after the list of ids; each call is ``call(pipeline, node_id)``."""
+        ids = sorted(self.redis.smembers(self.keys.nodes))
         with self.redis.pipeline(transaction=False) as pipe:
             for node in ids:
-                pipe.sismember(k.node_channels(node), chan)
-                pipe.exists(k.heartbeat(node))
+                for call in calls:
+                    call(pipe, node)
             replies = pipe.execute() if ids else []
-        return [node for i, node in enumerate(ids) if replies[2 * i] and replies[2 * i + 1]]
+        n = len(calls)
+        return [(node, replies[n * i:n * i + n]) for i, node in enumerate(ids)]
 
     def ask_drain(self, node: str) -> bool:
         """Tell a live node to drain and exit (at once through the wake-up channel,

@@ -536,8 +536,12 @@ def test_sentinels_with_the_urls_user_password_and_db():
     (("-redis-sentinel", "s1:26379,s2:0"), "expected host:port"),
     (("-redis-sentinel", "s1:26379", "-redis-url", "unix:///run/redis.sock"), "unix://"),
     (("-redis-sentinel", "s1:26379", "-redis-sentinel-master", "a b"), "-redis-sentinel-master"),
+    (("-http-addr", "unix:relative.sock"), "expected unix:/absolute/path.sock"),
+    (("-http-socket-mode", "0999"), "expected an octal mode"),
+    (("-http-socket-mode", "01777"), "expected an octal mode"),
+    (("-http-socket-group", "no-such-group-here"), "no such group"),
 ])
-def test_bad_sentinel_settings_are_refused(argv, words):
+def test_bad_sentinel_and_socket_settings_are_refused(argv, words):
     with pytest.raises(UsageError) as err:
         parse(*argv)
     assert words in str(err.value), str(err.value)
@@ -621,18 +625,6 @@ def test_a_unix_socket_address():
     assert c.http_where == "unix:/run/coyotes/api.sock"
     assert c.node_id == f"{socket.gethostname()}:/run/coyotes/api.sock"
     assert parse("-http-addr", "[::1]:7000").http_where == "[::1]:7000"
-
-
-@pytest.mark.parametrize(("argv", "words"), [
-    (("-http-addr", "unix:relative.sock"), "expected unix:/absolute/path.sock"),
-    (("-http-socket-mode", "0999"), "expected an octal mode"),
-    (("-http-socket-mode", "01777"), "expected an octal mode"),
-    (("-http-socket-group", "no-such-group-here"), "no such group"),
-])
-def test_bad_socket_settings_are_refused(argv, words):
-    with pytest.raises(UsageError) as err:
-        parse(*argv)
-    assert words in str(err.value), str(err.value)
 
 
 def test_the_redis_password_from_a_file_and_warnings_for_one_on_the_command_line(tmp_path):
