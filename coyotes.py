@@ -74,6 +74,8 @@ Options (new in this version):
   --signature-max-age=<seconds>
                                How far a signature's timestamp may be from now
                                [default: 300]
+  --log-format=<name>          text, or json: one JSON object a line (time, level,
+                               message, node, channel, task id) [default: text]
   --grace=<seconds>            On USR2/HUP/INT/TERM, wait this long for running
                                commands, then kill and requeue them; keep it below
                                supervisor's stopwaitsecs [default: 45]

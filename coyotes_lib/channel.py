@@ -348,7 +348,7 @@ class Channel:
                     argv, env = self.spec.command_policy.launch(task.argv)
             except Refused as exc:
                 log.error("%s: task %s refused by the channel's command policy: %s", what,
-                          task.id, exc)
+                          task.id, exc, extra={"channel": self.name, "task_id": task.id})
                 return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
                     f"refused: {exc}")}, what)
             result = self._execute(task, argv, env, policy, worker, attempt, label, what)
@@ -381,7 +381,8 @@ class Channel:
             text = budget.line(text)
             if text is not None:
                 output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
-                            stream, text, extra={"stream": stream})
+                            stream, text, extra={"stream": stream, "channel": self.name,
+                                                 "task_id": task.id})
 
         cap = self.spec.command_policy.output_max if self.spec.command_policy else 0
         command = self.commands[worker] = Command(argv, on_line, self.run_with,
@@ -393,7 +394,7 @@ class Channel:
         def on_start(pid: int) -> None:   # logged once running: the log line costs time
             self.unnoted[task.id] = pid
             log.info("%s: task %s started (attempt %d, pid %d): %s", what, task.id, attempt,
-                     pid, label)
+                     pid, label, extra={"channel": self.name, "task_id": task.id})
 
         try:
             result = command.run(policy.timeout, on_start)
@@ -402,7 +403,7 @@ class Channel:
             self.commands.pop(worker, None)   # what is left is recording the result
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "%s: task %s %s in %.3fs: %s", what, task.id, result.describe(),
-                result.duration, label)
+                result.duration, label, extra={"channel": self.name, "task_id": task.id})
         if budget.summary:
             log.info("%s: task %s %s", what, task.id, budget.summary)
         return result
@@ -428,10 +429,12 @@ class Channel:
             if retry:
                 delay = backoff(policy, retries)
                 log.info("%s: task %s retries in %.1fs (retry %d of %d): %s", what, task.id,
-                         delay, retries + 1, policy.retries, label)
+                         delay, retries + 1, policy.retries, label,
+                         extra={"channel": self.name, "task_id": task.id})
             else:
                 log.warning("%s: task %s moved to the failed tasks (%s): %s", what, task.id,
-                            fields["status"], label)
+                            fields["status"], label,
+                            extra={"channel": self.name, "task_id": task.id})
         return self._finish(task, outcome, fields, what, delay)
 
     def _finish(self, task: Task, outcome: Outcome, fields: dict, what: str,

@@ -42,6 +42,7 @@ FLAGS = {
     "redis-password-file": True, "api-token-file": True, "http-insecure": False,
     "http-socket-mode": True, "http-socket-group": True,
     "require-signature": False, "signature-keys": True, "signature-max-age": True,
+    "log-format": True,
 }
 # a read-write API token from the environment; not a flag, so never on a command line
 TOKEN_ENV = "COYOTES_API_TOKEN"
@@ -72,6 +73,7 @@ class Config:
     channel_default: str = "default"
     biz_name: str = ""
     log_file: str = ""
+    log_format: str = "text"               # or json: one object a line
     debug: bool = False
     daemonize: bool = False
     node_id: str = ""
@@ -338,6 +340,7 @@ def build_config(opts: dict) -> Config:
         colorful_tty=_bool("colorful-tty", get("colorful-tty")),
         channel_default=channel, biz_name=biz,
         log_file=get("log-file"),
+        log_format=_choice("log-format", get("log-format"), ("text", "json")),
         debug=_bool("debug", get("debug")),
         daemonize=_bool("daemonize", get("daemonize")),
         node_id=node_id, grace=grace,

@@ -111,7 +111,8 @@ def run(config) -> int:
     """The whole daemon: 0 after a graceful stop, 1 when it cannot start."""
     if config.daemonize:
         daemonize()
-    logsetup.setup(config.colorful_tty, config.debug, config.log_file)
+    logsetup.setup(config.colorful_tty, config.debug, config.log_file, config.log_format,
+                   config.node_id)
     if config.colorful_tty:
         sys.stderr.write(logsetup.banner(config, colour=not config.log_file))
     log.info("coyotes starting: node %s, redis %s, http %s, task mode %s",
@@ -132,6 +133,7 @@ def run(config) -> int:
 
     for sig in STOP_SIGNALS:
         gevent.signal_handler(sig, on_signal, sig)
+    gevent.signal_handler(signal.SIGUSR1, lambda: log.info("%s", logsetup.reopen()))
     redis_hosts = [host for host, _ in config.redis_sentinels] or [config.redis_host]
     if ((config.redis_socket or all(map(is_ip, redis_hosts)))
             and (config.http_socket or is_ip(config.http_host))):

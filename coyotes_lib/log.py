@@ -3,14 +3,17 @@ r"""Logging set-up, colours and the start-up banner.
 Everything goes through ``logging`` under ``coyotes.*``; command output goes
 to ``coyotes.output`` with the channel, worker and command in each line.
 ``-colorful-tty`` colours levels and output lines and prints a banner;
-``-log-file`` sends it all to a file instead of stderr. Control characters in a
-message are escaped (``\n``, ``\x1b``): a task name or a line of output cannot
-forge a log line or drive the terminal. ``OutputBudget`` caps how much of one
-task's output reaches the log.
+``-log-file`` sends it all to a file instead of stderr, reopened on USR1 (for
+logrotate); ``-log-format json`` writes one JSON object a line instead, with the
+node and, where the line is about one, the channel and the task. Control
+characters in a message are escaped (``\n``, ``\x1b``): a task name or a line of
+output cannot forge a log line or drive the terminal. ``OutputBudget`` caps how
+much of one task's output reaches the log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -135,7 +138,29 @@ class Formatter(logging.Formatter):
         return f"{colour}{text}{RESET}"
 
 
-def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None:
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line: time (unix seconds), level, logger, message, node, and
+    the record's channel, task_id and stream when the call gave them."""
+
+    def __init__(self, node: str):
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": round(record.created, 6), "level": record.levelname,
+                "logger": record.name, "message": record.getMessage(), "node": self.node}
+        for key in ("channel", "task_id", "stream"):
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        # ensure_ascii: a message that is not UTF-8 (surrogate escapes) is still a line
+        return json.dumps(line)
+
+
+def setup(colour: bool = False, debug: bool = False, log_file: str = "",
+          log_format: str = "text", node: str = "") -> None:
     # records skip what our format never shows (logging's documented optimisations:
     # the caller's frame, thread and process names)
     logging._srcfile = None
@@ -143,7 +168,8 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None
     # a command line or output that is not UTF-8 is logged escaped, never an error
     handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
                if log_file else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(Formatter(colour and not log_file))
+    handler.setFormatter(JSONFormatter(node) if log_format == "json"
+                         else Formatter(colour and not log_file))
     # logging locks the handler twice a line (emit, flush); under gevent's patching
     # that is a lock written in Python. Writing a line never yields to another
     # greenlet, so the thread's own, much cheaper, lock is enough
@@ -152,6 +178,17 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "") -> None
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+
+
+def reopen() -> str:
+    """Reopen the log file (logrotate moved it away) -> what was done, for the log."""
+    for handler in logging.getLogger("coyotes").handlers:
+        if isinstance(handler, logging.FileHandler):
+            old = handler.setStream(handler._open())
+            if old is not None:
+                old.close()
+            return f"log: reopened {handler.baseFilename} (USR1)"
+    return "log: USR1 received; the log goes to stderr, nothing to reopen"
 
 
 def banner(config, colour: bool) -> str:

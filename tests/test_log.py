@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 
 import pytest
@@ -139,3 +140,54 @@ def test_budget_summary_of_a_flood():
     assert len(kept) == 16 and all(text.startswith("x" * 4096 + " [... ") for text in kept)
     # what was not logged: the dropped lines and the cut parts of the logged ones
     assert budget.summary == "output: 95.3 MB not logged (log budget of 1 MB per task)"
+
+
+# -- the log file under logrotate, and JSON lines --------------------------------------
+
+def test_usr1_reopens_the_log_file_that_logrotate_moved(coyotes_factory, r, tmp_path):
+    path = tmp_path / "coyotes-own.log"
+    daemon = coyotes_factory("-log-file", str(path))
+    wait_until(lambda: path.exists() and "coyotes ready" in path.read_text())
+    rotated = tmp_path / "coyotes-own.log.1"
+    path.rename(rotated)   # what logrotate does; the daemon still writes to the moved file
+    daemon.signal(signal.SIGUSR1)
+    wait_until(lambda: path.exists() and "reopened" in path.read_text(),
+               what="a new log file at the old path")
+    r.lpush("task:prepare:queue", json.dumps({"task": "true after-rotation"}))
+    wait_until(lambda: "true after-rotation" in path.read_text(), what="the task in the new file")
+    assert "coyotes ready" in rotated.read_text() and "after-rotation" not in rotated.read_text()
+    assert daemon.proc.poll() is None   # USR1 used to be fatal (its default disposition)
+
+
+def test_usr1_without_a_log_file_is_harmless(coyotes):
+    coyotes.signal(signal.SIGUSR1)
+    wait_until(lambda: "nothing to reopen" in coyotes.log())
+    assert coyotes.proc.poll() is None and coyotes.request("GET", "/health")[0] == 200
+
+
+def test_json_lines_with_the_node_channel_and_task(coyotes_factory, r):
+    daemon = coyotes_factory("-log-format", "json", node_id="json-node")
+    r.lpush("task:prepare:queue", json.dumps({"task": "echo hi", "id": "j1"}))
+    wait_until(lambda: '"task_id": "j1"' in daemon.log() and "exited 0" in daemon.log())
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    assert lines and all(set(line) >= {"ts", "level", "logger", "message", "node"}
+                         for line in lines)
+    assert all(line["node"] == "json-node" for line in lines)
+    about = [line for line in lines if line.get("task_id") == "j1"]
+    assert {line["logger"] for line in about} >= {"coyotes.channel", "coyotes.output"}
+    assert all(line["channel"] == "default" for line in about)
+    output = next(line for line in about if line["logger"] == "coyotes.output")
+    assert output["stream"] == "stdout" and output["message"].endswith("stdout: hi")
+    # every line the daemon wrote is JSON (nothing else went to the log)
+    assert all(line.startswith("{") for line in daemon.log().splitlines() if line.strip())
+
+
+def test_a_json_line_of_a_traceback_and_of_bytes_that_are_not_utf8():
+    formatter = logsetup.JSONFormatter("n1")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        line = json.loads(formatter.format(record("failed: %s", "x", exc_info=sys.exc_info())))
+    assert line["message"] == "failed: x" and "ValueError: boom" in line["traceback"]
+    odd = formatter.format(record("argv %s", "touch \udcc4\udce3"))
+    assert "\n" not in odd and json.loads(odd)["message"] == "argv touch \udcc4\udce3"
