@@ -35,6 +35,7 @@ def make_app(api: routes.Api) -> bottle.Bottle:
     mount("GET", "/health", routes.health)
     mount("GET", "/", routes.home)
     mount("GET", "/openapi.json", routes.openapi)
+    mount("GET", "/metrics", routes.metrics)
     mount("GET", "/channels", routes.channels)
     mount("POST", "/channels", routes.add_channel)
     mount("GET", "/channels/<name>", routes.channel)

@@ -394,7 +394,8 @@ class Broker(Listings):
         of the channel in the same round trip, as ``claim`` does (with ``limit``)."""
         k, chan = self.keys, task.channel
         keys = [k.processing(self.node, chan), k.running(chan), k.distinct(chan, task.name),
-                k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed]
+                k.record(task.id), k.failed(chan), k.failed_index(chan), k.delayed,
+                k.stats(chan)]
         args = [task.raw, outcome, task.id, self.record_ttl, f"{retry_delay:.3f}",
                 *flat(fields)]
         calls = [(self._finish, keys, args)]
@@ -539,6 +540,33 @@ class Broker(Listings):
                 "draining": info.get("draining") == "1" or info.get("drain") == "1",
                 "channels": sorted(channels)})
         return out
+
+    def metrics_snapshot(self) -> dict:
+        """What /metrics shows: every channel's settings, counts and statistics, the
+        dead letters, the delayed tasks and the nodes, in a few round trips whatever
+        the number of tasks. A key of another type counts as empty here."""
+        k, specs = self.keys, self.channels()
+        names = sorted(specs)
+        commands = [("LLEN", k.dead), ("ZCARD", k.delayed)]
+        for chan in names:
+            commands += [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)),
+                         ("LLEN", k.queue_high(chan)), ("ZCARD", k.failed_index(chan)),
+                         ("HGETALL", k.stats(chan))]
+        replies = [0 if isinstance(reply, Exception) else reply
+                   for reply in self.lean.round_trip(commands)]
+        channels = {}
+        for i, chan in enumerate(names):
+            running, queued, highs, failed, stats = replies[2 + 5 * i:7 + 5 * i]
+            spec = specs[chan]
+            channels[chan] = {
+                "running_tasks": running, "queued_tasks": queued + highs,
+                "failed_tasks": failed, "channel_paused": int(spec.paused),
+                "channel_workers": spec.worker_count,
+                "channel_max_running": spec.max_running,
+                "stats": stats if isinstance(stats, dict)   # a RESP3 map, or RESP2 pairs
+                else dict(zip(stats[::2], stats[1::2], strict=True)) if stats else {}}
+        return {"dead": replies[0], "delayed": replies[1], "channels": channels,
+                "nodes": self.nodes()}
 
     def consumers(self) -> dict[str, list[str]]:
         """{channel: the live nodes that consume it}, for every channel a live node

@@ -31,6 +31,10 @@ class Keys:
         """List: a channel's tasks of high priority, claimed before its queue's."""
         return self.queue(chan) + self.high
 
+    def stats(self, chan: str) -> str:
+        """Hash: a channel's finished attempts by outcome and its duration histogram."""
+        return f"{self.prefix}task:stats:{chan}"
+
     def running(self, chan: str) -> str:
         return self.queue(chan) + ":exec"
 

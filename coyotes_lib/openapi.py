@@ -351,6 +351,11 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                  "content": {JSON: {"schema": {"type": "object",
                                                "required": ["openapi", "paths"]}}}},
                 redis=False)},
+            "/metrics": {"get": operation(
+                "metrics", "Prometheus metrics of the whole cluster and of this process "
+                "(not in the envelope)",
+                {"description": "the Prometheus text format",
+                 "content": {"text/plain": {"schema": {"type": "string"}}}})},
             "/channels": {
                 "get": operation("list_channels", "every channel's tasks",
                                  ok({"type": "object", "additionalProperties":

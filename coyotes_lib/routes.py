@@ -44,6 +44,7 @@ class Api:
         self.on_channel_changed, self.not_ready = on_channel_changed, not_ready
         self.on_queued = on_queued
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
+        self.metrics = None   # the /metrics registry, made at the first scrape
 
     def spec_of(self, name: str) -> ChannelSpec:
         """A channel's settings, read again from Redis when older than SPEC_TTL
@@ -101,6 +102,16 @@ def openapi(api: Api):
     parts = bottle.request.urlparts   # the address this client reached us at
     bottle.response.content_type = "application/json; charset=utf-8"
     return json.dumps(document(f"{parts.scheme}://{parts.netloc}"))
+
+
+def metrics(api: Api):
+    """Prometheus text (not the JSON envelope)."""
+    # imported here: prometheus-client costs memory in a daemon nobody scrapes
+    from . import metrics as exposition
+    if api.metrics is None:
+        api.metrics = exposition.registry(api.broker)
+    bottle.response.content_type = exposition.CONTENT_TYPE
+    return exposition.generate_latest(api.metrics)
 
 
 # -- channels -----------------------------------------------------------------

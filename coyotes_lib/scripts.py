@@ -330,17 +330,69 @@ return start(KEYS[2], KEYS[1], ARGV[1], ARGV[2])
 # kept until deleted there), or 'retry' (into the delayed set after ARGV[5]
 # seconds). Returns 0, touching nothing, when the entry was no longer ours
 # (another node requeued it and may be running it now).
-FINISH = _CLOCK + _TYPES + """
+# Upper bounds (seconds) of the buckets of the task duration histogram FINISH keeps
+DURATION_BOUNDS = ("0.01", "0.05", "0.1", "0.5", "1", "5", "10", "30", "60", "300", "600",
+                   "1800", "3600", "21600")
+
+# The statistics of a channel (the metrics' counters, so every node reports the same):
+# 'finished:<status>' per outcome ('retried' for an attempt that is retried), and the
+# durations: 'bucket:<bound>' (not cumulative; '+Inf' past the last), 'duration_sum',
+# 'duration_count'. Best effort: a statistics key or field that is not ours is left
+# alone and the task finishes all the same.
+_STATS = """
+local BOUNDS = {""" + ", ".join(f"'{b}'" for b in DURATION_BOUNDS) + """}
+local function stats_fields(outcome, fields)
+  local status, duration = 'unknown', nil
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'status' then status = fields[i + 1]
+    elseif fields[i] == 'duration' then duration = tonumber(fields[i + 1]) end
+  end
+  if outcome == 'retry' then status = 'retried' end
+  local names = {'finished:' .. status}
+  if duration then
+    local le = '+Inf'
+    for _, bound in ipairs(BOUNDS) do
+      if duration <= tonumber(bound) then le = bound break end
+    end
+    names = {names[1], 'bucket:' .. le, 'duration_sum', 'duration_count'}
+  end
+  return names, duration
+end
+-- -> the HSET arguments that count this attempt, or nil when a value is not a number
+local function stats_update(key, names, duration)
+  if redis.call('TYPE', key)['ok'] ~= 'hash' and redis.call('EXISTS', key) == 1 then
+    return nil
+  end
+  local now, out = redis.call('HMGET', key, unpack(names)), {}
+  for i, name in ipairs(names) do
+    local value = tonumber(now[i] or '0')
+    if value == nil then return nil end
+    local add = (name == 'duration_sum') and duration or 1
+    out[#out + 1] = name
+    out[#out + 1] = (name == 'duration_sum') and string.format('%.6f', value + add)
+                    or tostring(math.floor(value + add))
+  end
+  return out
+end
+"""
+
+FINISH = _CLOCK + _TYPES + _STATS + """
 -- KEYS[1] processing list   KEYS[2] running set   KEYS[3] distinct flag
 -- KEYS[4] task record   KEYS[5] failed hash   KEYS[6] failed index zset
--- KEYS[7] delayed zset
+-- KEYS[7] delayed zset   KEYS[8] the channel's statistics hash (optional)
 -- ARGV[1] entry   ARGV[2] 'done' | 'failed' | 'retry'   ARGV[3] task id
 -- ARGV[4] record TTL (s)   ARGV[5] retry delay (s)   ARGV[6..] record fields and values
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash')
   or (ARGV[2] == 'retry' and wrongtype(KEYS[7], 'zset'))
   or (ARGV[2] == 'failed' and wrongtype(KEYS[5], 'hash', KEYS[6], 'zset'))
 if bad then return bad end
+local counted = nil
+if KEYS[8] then
+  local names, duration = stats_fields(ARGV[2], {unpack(ARGV, 6)})
+  counted = stats_update(KEYS[8], names, duration)
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if counted then redis.call('HSET', KEYS[8], unpack(counted)) end
 redis.call('SREM', KEYS[2], ARGV[1])
 if #ARGV >= 6 then redis.call('HSET', KEYS[4], unpack(ARGV, 6)) end
 local now = clock()

@@ -64,8 +64,8 @@ def test_a_token_guards_every_route_but_health(coyotes_factory, tmp_path, r):
     # a read-write token does everything
     pushed = ok_data(daemon.request("POST", "/channels/default", task, headers=bearer(RW)))
     wait_until(lambda: ended(tmp_path / "ledger", "t"), what="the pushed task to run")
-    record = ok_data(daemon.request("GET", f"/tasks/{pushed['task_id']}", headers=bearer(RO)))
-    assert record["status"] == "succeeded"
+    wait_until(lambda: ok_data(daemon.request("GET", f"/tasks/{pushed['task_id']}", headers=bearer(
+        RO)))["status"] == "succeeded", what="its result, read with the read-only token")
     assert RW not in daemon.log() and RO not in daemon.log()
 
 

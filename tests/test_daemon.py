@@ -514,5 +514,6 @@ def test_entries_left_by_later_go_versions_run(coyotes_factory, r, tmp_path):
     daemon = coyotes_factory()
     wait_until(lambda: queued.exists() and delayed.exists(), timeout=20)
     assert "converted to unix times" in daemon.log()
-    status, reply = daemon.request("GET", "/tasks/go-1")
-    assert status == 200 and reply["data"]["status"] == "succeeded"
+    # the file exists before touch exits and its result is recorded
+    wait_until(lambda: daemon.request("GET", "/tasks/go-1")[1]["data"]["status"] == "succeeded",
+               what="go-1's result recorded")

@@ -147,8 +147,9 @@ def test_run_now_and_enable_again_without_the_firings_it_missed(coyotes, r, tmp_
     data = ok_data(coyotes.request("POST", "/schedules/manual/run"))
     assert data["task_id"].startswith("manual@run-") and data["result"] is True
     wait_until(lambda: ("end", "m") in events(ledger), what="the manual run")
-    record = ok_data(coyotes.request("GET", f"/tasks/{data['task_id']}"))
-    assert record["status"] == "succeeded"
+    # the ledger's end line comes before the command exits and its result is recorded
+    wait_until(lambda: ok_data(coyotes.request("GET", f"/tasks/{data['task_id']}"))[
+        "status"] == "succeeded", what="its result recorded")
 
     ok_data(coyotes.request("PUT", "/schedules/manual",
                             {"cron": "* * * * * *", "enabled": False,

@@ -2581,3 +2581,46 @@ def test_counts_gives_running_high_and_queued_per_channel(db):
     assert run(db, "COUNTS", keys, [K.high]) == [2, 1, 3, 0, 0, 0, 0, 0, 1, 0, 2, 0]
     assert_unchanged(before, dump(db))
     assert run(db, "COUNTS", [], [K.high]) == []
+
+
+# -- FINISH's statistics -------------------------------------------------------------
+STATS = K.stats(CHAN)
+
+
+def test_finish_counts_outcomes_and_durations(db):
+    running(db)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
+        "done", {"status": "succeeded", "duration": "0.042000"})) == 1
+    db.lpush(K.processing(NODE, CHAN), RAW)   # claimed again, for a second attempt
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
+        "retry", {"status": "failed", "duration": "7.5"})) == 2
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
+        "done", {"status": "canceled"})) == 1   # no duration: counted, not timed
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
+        "failed", {"status": "timed_out", "duration": "99999"})) == 1
+    assert db.hgetall(STATS) == {
+        "finished:succeeded": "1", "finished:retried": "1", "finished:canceled": "1",
+        "finished:timed_out": "1", "bucket:0.05": "1", "bucket:10": "1", "bucket:+Inf": "1",
+        "duration_sum": "100006.542000", "duration_count": "3"}
+
+
+def test_finish_statistics_never_stop_a_finish(db):
+    running(db)
+    db.hset(STATS, "finished:succeeded", "not a number")   # a hand edit
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS],
+               finish_args("done", {"status": "succeeded", "duration": "1"})) == 1
+    assert db.hgetall(STATS) == {"finished:succeeded": "not a number"}   # left alone
+    assert db.hget(K.record("a"), "status") == "succeeded"
+    db.delete(STATS)
+    db.set(STATS, "a string")
+    db.lpush(K.processing(NODE, CHAN), RAW)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS],
+               finish_args("done", {"status": "succeeded", "duration": "1"})) == 1
+    assert db.get(STATS) == "a string"
+    # a late ack counts nothing
+    db.delete(STATS)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS],
+               finish_args("done", {"status": "succeeded", "duration": "1"})) == 0
+    assert not db.exists(STATS)
