@@ -5,6 +5,9 @@ Usage:
   coyotes [options]
   coyotes -h | --help
   coyotes --version
+  coyotes push|status|show|logs|cancel|kill|retry|failed|pause|resume|resize|nodes|schedules ...
+                               The client: `coyotes push -h` and the like (see
+                               docs/CLI.md)
 
 Every flag also works Go-style: -name value, -name=value, --name value;
 booleans as -name, -name=true or -name=false.
@@ -119,12 +122,14 @@ monkey.patch_all()
 
 import sys
 
+from coyotes_lib import client, daemon
 from coyotes_lib import config as configuration
-from coyotes_lib import daemon
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in client.COMMANDS:   # a subcommand: the client, not the daemon
+        return client.run(argv)
     try:
         config = configuration.parse(argv, __doc__)
     except configuration.UsageError as exc:

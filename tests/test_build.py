@@ -111,6 +111,13 @@ def test_built_file_runs_a_pushed_task(built, coyotes_factory, r, tmp_path):
             json.dumps({"task": shlex.join(argv), "chan": "default", "ts": 1}))
     wait_until(marker.exists, timeout=20, what="the task pushed to the built daemon to run")
     wait_until(lambda: not r.smembers("default:tasks:queue:exec"), what="the task to be acked")
+    # the client is in the same file: push --wait, as if the command ran here
+    client = subprocess.run([str(built), "push", "--wait", "--addr",
+                             f"127.0.0.1:{daemon.http_port}", "--", sys.executable, "-c",
+                             "print('from the client'); raise SystemExit(3)"],
+                            capture_output=True, text=True, timeout=60,
+                            env=os.environ | {"SHIV_ROOT": str(shiv_root)})
+    assert (client.returncode, client.stdout) == (3, "from the client\n"), client
 
     daemon.signal(signal.SIGUSR2)
     assert daemon.wait(30) == 0

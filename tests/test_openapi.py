@@ -220,7 +220,10 @@ def test_schemathesis_in_task_mode_with_harmless_commands(coyotes_factory, r):
     assert not [code for code in statuses if code >= 500], statuses
     records = [r.hgetall(key) for key in r.scan_iter("task:record:*")]
     assert {json.loads(rec["argv"])[0] for rec in records} <= set(HARMLESS)
-    # what was queued runs: the daemon kept working through it
+    # what was queued runs: the daemon kept working through it (once the channels the
+    # fuzzing paused, if any, are resumed)
+    for name in r.hkeys("task:channels"):
+        daemon.request("POST", f"/channels/{name}/resume")
     wait_until(lambda: not any(r.llen(f"{name}:tasks:queue") for name in r.hkeys("task:channels")),
                timeout=30, what="the queued tasks to run")
     assert any(rec.get("status") == "succeeded" for rec in

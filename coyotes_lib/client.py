@@ -1,0 +1,312 @@
+"""The command-line client: ``coyotes push|status|show|...`` talks to a daemon's
+HTTP API, where the daemon's own settings say it listens (-http-addr or
+COYOTES_HTTP_ADDR, a unix socket included; COYOTES_API_TOKEN or the first
+read-write token of -api-token-file; the -config file). ``coyotes`` with no
+subcommand, or with flags only, is the daemon as before.
+
+Usage:
+  coyotes push [options] [--channel=<c>] [--delay=<s>] [--timeout=<s>] [--retries=<n>]
+               [--priority=<p>] [--id=<id>] [--wait] [--] <command>...
+  coyotes status [options]
+  coyotes show [options] <id>
+  coyotes logs [options] [-f] <id>
+  coyotes cancel [options] <id>
+  coyotes kill [options] <id>
+  coyotes retry [options] <id>
+  coyotes failed [options] [<channel>]
+  coyotes pause [options] <channel>
+  coyotes resume [options] <channel>
+  coyotes resize [options] <channel> <workers>
+  coyotes nodes [options]
+  coyotes schedules [options]
+
+Options:
+  --addr=<addr>       The daemon's API: host:port or unix:/path (default: the
+                      daemon's -http-addr from COYOTES_HTTP_ADDR or the config
+                      file, else 127.0.0.1:60001)
+  --config=<path>     The daemon's TOML settings, to find its address and token
+  --channel=<c>       The channel [default: default]
+  --delay=<s>         Run it this many seconds from now
+  --timeout=<s>       Seconds it may run
+  --retries=<n>       Further attempts after a failure
+  --priority=<p>      normal or high
+  --id=<id>           The task's id (else one is made)
+  --wait              Wait for the task, print its output and exit with its
+                      exit code, as if it had run here
+  -f                  Wait for a running task to end, then print its output
+
+Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 the daemon cannot be
+reached, 4 the token is missing or refused, 5 no such task (or channel).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+
+COMMANDS = ("push", "status", "show", "logs", "cancel", "kill", "retry", "failed", "pause",
+            "resume", "resize", "nodes", "schedules")
+FINAL = ("succeeded", "failed", "timed_out", "canceled", "killed")
+POLL = 0.2   # seconds between looks at a task that is not done
+
+
+class Failure(Exception):
+    """Said in one line on stderr; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Api:
+    """One daemon's API: JSON in, the envelope's data out, or Failure."""
+
+    def __init__(self, addr: str, token: str = "", timeout: float = 30):
+        self.addr, self.token, self.timeout = addr, token, timeout
+
+    def call(self, method: str, path: str, data=None):
+        if self.addr.startswith("unix:"):
+            conn = UnixHTTPConnection(self.addr[5:], self.timeout)
+        else:
+            host, _, port = self.addr.rpartition(":")
+            conn = http.client.HTTPConnection(host.strip("[]") or "127.0.0.1", int(port),
+                                              timeout=self.timeout)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body = None
+        if data is not None:
+            body = json.dumps(data)
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body, headers)
+            reply = conn.getresponse()
+            status, text = reply.status, reply.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Failure(f"cannot reach the coyotes API at {self.addr}: "
+                          f"{getattr(exc, 'strerror', None) or exc}", 3) from None
+        finally:
+            conn.close()
+        try:
+            envelope = json.loads(text)
+            message = envelope.get("message", "")
+        except (ValueError, AttributeError):
+            raise Failure(f"{self.addr} did not answer as the coyotes API "
+                          f"(HTTP {status})") from None
+        if status in (401, 403) and ("token" in message or "Bearer" in message):
+            raise Failure(f"the API refused the token: {message}", 4)
+        if status == 404:
+            raise Failure(message, 5)
+        if status >= 400:
+            raise Failure(message)
+        return envelope.get("data")
+
+
+def settings(opts: dict, environ) -> tuple[str, str]:
+    """(address, token) from the options, the environment and the config file."""
+    conf = opts.get("--config") or environ.get("COYOTES_CONFIG", "")
+    from_file: dict = {}
+    if conf:
+        import tomllib
+        try:
+            with open(conf, "rb") as file:
+                from_file = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise Failure(f"config file {conf}: {exc}", 2) from None
+    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR")
+            or from_file.get("http-addr") or "127.0.0.1:60001")
+    token = environ.get("COYOTES_API_TOKEN", "")
+    token_file = environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
+    if not token and token_file:
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                for line in file:
+                    words = line.partition("#")[0].split()
+                    if words and words[1:] != ["read-only"]:
+                        token = words[0]
+                        break
+        except OSError as exc:
+            raise Failure(f"cannot read the API token file {token_file}: {exc.strerror}",
+                          4) from None
+    return str(addr), token
+
+
+def table(rows: list[list], header: list[str], tty: bool) -> str:
+    """Aligned columns; a bold header on a terminal."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    if tty:
+        lines[0] = f"\033[1m{lines[0]}\033[0m"
+    return "\n".join(lines)
+
+
+def exit_code(record: dict) -> int:
+    """A finished task's status as a shell would give it."""
+    if record.get("exit_code") not in (None, ""):
+        return int(record["exit_code"])
+    if record.get("signal") not in (None, ""):
+        return 128 + int(record["signal"])
+    return 0 if record.get("status") == "succeeded" else 1
+
+
+def wait_for(api: Api, task_id: str, follow=None) -> dict:
+    """Poll a task until it is final; ``follow(record)`` sees each look."""
+    while True:
+        record = api.call("GET", f"/tasks/{quote(task_id)}")
+        if follow is not None:
+            follow(record)
+        if record.get("status") in FINAL:
+            return record
+        time.sleep(POLL)
+
+
+def quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def run(argv: list[str], environ=None, out=None, err=None) -> int:
+    """The client; -> the exit status."""
+    import docopt
+    environ = os.environ if environ is None else environ
+    out, err = out or sys.stdout, err or sys.stderr
+    tty = out.isatty()
+    try:
+        opts = docopt.docopt(__doc__, argv=argv, help=True)
+    except docopt.DocoptExit as exc:
+        print(exc, file=err)
+        return 2
+    try:
+        api = Api(*settings(opts, environ))
+        return command(api, opts, out, err, tty)
+    except Failure as exc:
+        print(f"coyotes: {exc}", file=err)
+        return exc.code
+
+
+def command(api: Api, opts: dict, out, err, tty: bool) -> int:
+    """One subcommand, as docopt parsed it."""
+    def say(text: str) -> None:
+        print(text, file=out)
+    task_id = opts["<id>"]
+    if opts["push"]:
+        argv = opts["<command>"]
+        body: dict = {"command": {"name": argv[0], "args": argv[1:]}}
+        for option, field, kind in (("--delay", "delay", float), ("--timeout", "timeout", float),
+                                    ("--retries", "retries", int), ("--priority", "priority", str),
+                                    ("--id", "id", str)):
+            if opts[option] is not None:
+                try:
+                    body[field] = kind(opts[option])
+                except ValueError:
+                    raise Failure(f"{option} must be a number", 2) from None
+        data = api.call("POST", f"/channels/{quote(opts['--channel'])}/tasks", body)
+        if not data["result"]:
+            raise Failure(f"refused: the same command is queued or running in channel "
+                          f"{opts['--channel']} (distinct)")
+        if not opts["--wait"]:
+            say(data["task_id"])
+            return 0
+        record = wait_for(api, data["task_id"])
+        out.write(record.get("stdout") or "")
+        err.write(record.get("stderr") or "")
+        if record.get("error"):
+            print(f"coyotes: {record['error']}", file=err)
+        return exit_code(record)
+    if opts["status"]:
+        rows = []
+        for name in sorted(api.call("GET", "/channels?limit=0")):
+            view = api.call("GET", f"/channels/{quote(name)}?limit=0")
+            counts, settings_ = view["counts"], view["settings"]
+            rows.append([name, counts["running"], counts["queued"], counts["failed"],
+                         settings_["worker"], "paused" if view["paused"] else "",
+                         ",".join(view["nodes"])])
+        say(table(rows, ["CHANNEL", "RUNNING", "QUEUED", "FAILED", "WORKERS", "STATE",
+                         "NODES"], tty))
+        return 0
+    if opts["show"]:
+        record = api.call("GET", f"/tasks/{quote(task_id)}")
+        for key in sorted(record):
+            if key not in ("stdout", "stderr"):
+                value = record[key]
+                say(f"{key}: {json.dumps(value) if isinstance(value, list) else value}")
+        return 0
+    if opts["logs"]:
+        shown = {"stdout": 0, "stderr": 0}
+
+        def show(record: dict) -> None:
+            for stream, where in (("stdout", out), ("stderr", err)):
+                text = record.get(stream) or ""
+                where.write(text[shown[stream]:] if len(text) >= shown[stream] else text)
+                shown[stream] = len(text)
+            out.flush()
+        if opts["-f"]:
+            record = wait_for(api, task_id, show)
+        else:
+            show(api.call("GET", f"/tasks/{quote(task_id)}"))
+        return 0
+    if opts["cancel"] or opts["kill"]:
+        data = api.call("DELETE", f"/tasks/{quote(task_id)}")
+        say(f"{data['task_id']}: {data['status']}")
+        return 0
+    if opts["retry"]:
+        record = api.call("GET", f"/tasks/{quote(task_id)}")
+        api.call("POST", f"/channels/{quote(record['channel'])}/failed-tasks/{quote(task_id)}")
+        say(f"{task_id}: queued again")
+        return 0
+    if opts["failed"]:
+        names = [opts["<channel>"]] if opts["<channel>"] else sorted(
+            api.call("GET", "/channels?limit=0"))
+        rows = []
+        for name in names:
+            for task in api.call("GET", f"/channels/{quote(name)}/failed-tasks")["tasks"]:
+                rows.append([name, task.get("task_id", ""), task.get("status", ""),
+                             task.get("exit_code", ""), task.get("task_name", "")[:60]])
+        say(table(rows, ["CHANNEL", "ID", "STATUS", "EXIT", "COMMAND"], tty))
+        return 0
+    if opts["pause"] or opts["resume"] or opts["resize"]:
+        name = quote(opts["<channel>"])
+        if opts["resize"]:
+            try:
+                data = api.call("PATCH", f"/channels/{name}", {"worker": int(opts["<workers>"])})
+            except ValueError:
+                raise Failure("workers must be a whole number", 2) from None
+        else:
+            data = api.call("POST", f"/channels/{name}/{'pause' if opts['pause'] else 'resume'}")
+        say(f"{opts['<channel>']}: {data['worker']} worker(s)"
+            f"{', paused' if data['paused'] else ''}")
+        return 0
+    if opts["nodes"]:
+        rows = [[n["id"], "up" if n["alive"] else "down", n.get("host") or "", n.get("pid") or "",
+                 n.get("version") or "", n["running"],
+                 "" if n.get("heartbeat_age") is None else f"{n['heartbeat_age']:.1f}s",
+                 "draining" if n["draining"] else ""]
+                for n in api.call("GET", "/nodes")["nodes"]]
+        say(table(rows, ["NODE", "STATE", "HOST", "PID", "VERSION", "RUNNING", "HEARTBEAT",
+                         ""], tty))
+        return 0
+    if opts["schedules"]:
+        rows = [[s["name"], s["cron"], s["timezone"], s["channel"],
+                 "on" if s["enabled"] else "off",
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next_runs"][0]))
+                 if s["next_runs"] else "", s["command"][:50]]
+                for s in api.call("GET", "/schedules")["schedules"]]
+        say(table(rows, ["NAME", "CRON", "TIMEZONE", "CHANNEL", "ENABLED", "NEXT", "COMMAND"],
+                  tty))
+        return 0
+    raise Failure("no such command", 2)
