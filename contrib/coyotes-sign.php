@@ -8,8 +8,9 @@
 //       'web-2026', getenv('COYOTES_SIGNING_SECRET')));
 //
 //   $body = http_build_query(['task' => 'php artisan report:daily']);
-//   $headers = coyotes_signature_headers('POST', '/channels/default', $body,
-//       'web-2026', getenv('COYOTES_SIGNING_SECRET'));
+//   $headers = coyotes_signature_headers('POST', '/channels/default',
+//       'application/x-www-form-urlencoded', $body, 'web-2026',
+//       getenv('COYOTES_SIGNING_SECRET'));
 //
 // The key id and secret are a line of the daemon's -signature-keys file.
 
@@ -34,13 +35,15 @@ function coyotes_signed_entry(array $task, string $keyId, string $secret, ?int $
 
 /**
  * The headers that sign an HTTP push: the method, the path (with its query string,
- * if any) and the exact body bytes sent.
+ * if any), the Content-Type sent with it and the exact body bytes.
  */
-function coyotes_signature_headers(string $method, string $path, string $body, string $keyId,
-                                   string $secret, ?int $now = null): array
+function coyotes_signature_headers(string $method, string $path, string $contentType,
+                                   string $body, string $keyId, string $secret,
+                                   ?int $now = null): array
 {
     $ts = $now ?? time();
-    $message = COYOTES_SIGNATURE_VERSION . "\n{$keyId}\n{$ts}\n" . strtoupper($method) . " {$path}\n{$body}";
+    $message = COYOTES_SIGNATURE_VERSION . "\n{$keyId}\n{$ts}\n" . strtoupper($method)
+        . " {$path}\n{$contentType}\n{$body}";
     return [
         'X-Coyotes-Key'       => $keyId,
         'X-Coyotes-Timestamp' => (string) $ts,

@@ -57,6 +57,7 @@ def make_app(api: routes.Api) -> bottle.Bottle:
     mount("GET", "/nodes", routes.nodes)
     mount("POST", "/nodes/<node_id>/drain", routes.drain_node)
     mount("GET", "/tasks/<task_id>", routes.get_task)
+    mount("GET", "/tasks/<task_id>/output", routes.task_output)
     mount("DELETE", "/tasks/<task_id>", routes.delete_task)
     mount("GET", "/channels/<name>/failed-tasks", routes.failed_tasks)
     mount("POST", "/channels/<name>/failed-tasks", routes.unfail_all)

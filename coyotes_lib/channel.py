@@ -25,6 +25,7 @@ import redis
 from .broker import Broker
 from .command import Command, Result, Stop
 from .config import Config
+from .live import Live
 from .log import OutputBudget
 from .model import FOREIGN_RECORD, ChannelSpec, Claim, Outcome
 from .outage import Outage, insist
@@ -57,11 +58,13 @@ def backoff(policy: Policy, retries_so_far: int) -> float:
 class Channel:
     def __init__(self, spec: ChannelSpec, broker: Broker, stop: gevent.event.Event,
                  give_up: gevent.event.Event, run_with, limits: Limits = Limits(),
-                 unnoted: dict[str, int] | None = None):
+                 unnoted: dict[str, int] | None = None, lives: dict[str, Live] | None = None):
         self.spec, self.name, self.broker = spec, spec.name, broker
         # task id -> pid of commands started here that the node has not yet written
         # into their records (``Scheduler._maintain`` does, shared by every channel)
         self.unnoted = {} if unnoted is None else unnoted
+        # task id -> its output as it comes, for readers (GET /tasks/{id}/output)
+        self.lives = {} if lives is None else lives
         self.run_with = run_with   # the runner commands are started with
         self.stop, self.give_up, self.limits = stop, give_up, limits
         # workers are counted here, not by a gevent Pool, whose size is fixed: the
@@ -376,8 +379,10 @@ class Channel:
     def _execute(self, task: Task, argv: list[str], env, policy: Policy, worker: int,
                  attempt: int, label: str, what: str) -> Result:
         budget = OutputBudget(self.limits.log_output_max)
+        live = self.lives[task.id] = Live()
 
         def on_line(stream: str, text: str) -> None:
+            live.add(stream, text)
             text = budget.line(text)
             if text is not None:
                 output.info("channel %s worker %d [%s] %s: %s", self.name, worker, label,
@@ -399,6 +404,9 @@ class Channel:
         try:
             result = command.run(policy.timeout, on_start)
         finally:
+            live.end({} if command.proc is None else {"pid": command.proc.pid})
+            if self.lives.get(task.id) is live:
+                del self.lives[task.id]
             self.unnoted.pop(task.id, None)
             self.commands.pop(worker, None)   # what is left is recording the result
         level = logging.INFO if result.ok else logging.WARNING

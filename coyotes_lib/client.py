@@ -31,9 +31,9 @@ Options:
   --retries=<n>       Further attempts after a failure
   --priority=<p>      normal or high
   --id=<id>           The task's id (else one is made)
-  --wait              Wait for the task, print its output and exit with its
-                      exit code, as if it had run here
-  -f                  Wait for a running task to end, then print its output
+  --wait              Print the task's output as it comes and exit with its
+                      exit status, as if it ran here
+  -f                  Follow: print its output as it comes, until it ends
 
 Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 the daemon cannot be
 reached, 4 the token is missing or refused, 5 no such task (or channel).
@@ -49,10 +49,10 @@ import sys
 import time
 import urllib.parse
 
+from .signing import comment_cut
+
 COMMANDS = ("push", "status", "show", "logs", "cancel", "kill", "retry", "failed", "pause",
             "resume", "resize", "nodes", "schedules")
-FINAL = ("succeeded", "failed", "timed_out", "canceled", "killed")
-POLL = 0.2   # seconds between looks at a task that is not done
 
 
 class Failure(Exception):
@@ -80,13 +80,40 @@ class Api:
     def __init__(self, addr: str, token: str = "", timeout: float = 30):
         self.addr, self.token, self.timeout = addr, token, timeout
 
-    def call(self, method: str, path: str, data=None):
+    def connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.addr.startswith("unix:"):
-            conn = UnixHTTPConnection(self.addr[5:], self.timeout)
-        else:
-            host, _, port = self.addr.rpartition(":")
-            conn = http.client.HTTPConnection(host.strip("[]") or "127.0.0.1", int(port),
-                                              timeout=self.timeout)
+            return UnixHTTPConnection(self.addr[5:], timeout)
+        host, _, port = self.addr.rpartition(":")
+        if not port.isdigit():
+            raise Failure(f"bad API address {self.addr!r}: expected host:port or "
+                          "unix:/path", 2)
+        return http.client.HTTPConnection(host.strip("[]") or "127.0.0.1", int(port),
+                                          timeout=timeout)
+
+    def events(self, path: str):
+        """The server-sent events of ``path``, as (kind, data), while they come."""
+        conn = self.connection(None)   # a task may print nothing for a long time
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"}
+                         if self.token else {})
+            reply = conn.getresponse()
+            if reply.status != 200:
+                self.judge(reply.status, reply.read())
+            kind = "message"
+            for raw in reply:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[len("event: "):]
+                elif line.startswith("data: "):
+                    yield kind, json.loads(line[len("data: "):])
+        except (OSError, http.client.HTTPException) as exc:
+            raise Failure(f"cannot reach the coyotes API at {self.addr}: "
+                          f"{getattr(exc, 'strerror', None) or exc}", 3) from None
+        finally:
+            conn.close()
+
+    def call(self, method: str, path: str, data=None):
+        conn = self.connection(self.timeout)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         body = None
         if data is not None:
@@ -101,6 +128,10 @@ class Api:
                           f"{getattr(exc, 'strerror', None) or exc}", 3) from None
         finally:
             conn.close()
+        return self.judge(status, text)
+
+    def judge(self, status: int, text: bytes):
+        """The envelope's data, or Failure with the exit status its error calls for."""
         try:
             envelope = json.loads(text)
             message = envelope.get("message", "")
@@ -127,15 +158,16 @@ def settings(opts: dict, environ) -> tuple[str, str]:
                 from_file = tomllib.load(file)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise Failure(f"config file {conf}: {exc}", 2) from None
-    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR")
-            or from_file.get("http-addr") or "127.0.0.1:60001")
+    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR") or from_file.get(
+        "http-addr") or from_file.get("http_addr") or "127.0.0.1:60001")
     token = environ.get("COYOTES_API_TOKEN", "")
-    token_file = environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
+    token_file = (environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
+                  or from_file.get("api_token_file"))
     if not token and token_file:
         try:
             with open(token_file, encoding="utf-8") as file:
                 for line in file:
-                    words = line.partition("#")[0].split()
+                    words = comment_cut(line)
                     if words and words[1:] != ["read-only"]:
                         token = words[0]
                         break
@@ -165,15 +197,20 @@ def exit_code(record: dict) -> int:
     return 0 if record.get("status") == "succeeded" else 1
 
 
-def wait_for(api: Api, task_id: str, follow=None) -> dict:
-    """Poll a task until it is final; ``follow(record)`` sees each look."""
-    while True:
-        record = api.call("GET", f"/tasks/{quote(task_id)}")
-        if follow is not None:
-            follow(record)
-        if record.get("status") in FINAL:
-            return record
-        time.sleep(POLL)
+def stream(api: Api, task_id: str, out, err) -> int:
+    """Print a task's output as it comes (stdout here, stderr there) -> the exit status
+    it ended with, as a shell gives it."""
+    for kind, data in api.events(f"/tasks/{quote(task_id)}/output"):
+        if kind in ("stdout", "stderr"):
+            where = out if kind == "stdout" else err
+            print(data, file=where, flush=True)
+        elif kind == "dropped":
+            print(f"coyotes: [{data['lines']} earlier line(s) not kept]", file=err)
+        elif kind == "end":
+            if data.get("error"):
+                print(f"coyotes: {data['error']}", file=err)
+            return exit_code(data)
+    raise Failure(f"the output of task {task_id} ended without its result", 1)
 
 
 def quote(part: str) -> str:
@@ -222,12 +259,7 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
         if not opts["--wait"]:
             say(data["task_id"])
             return 0
-        record = wait_for(api, data["task_id"])
-        out.write(record.get("stdout") or "")
-        err.write(record.get("stderr") or "")
-        if record.get("error"):
-            print(f"coyotes: {record['error']}", file=err)
-        return exit_code(record)
+        return stream(api, data["task_id"], out, err)
     if opts["status"]:
         rows = []
         for name in sorted(api.call("GET", "/channels?limit=0")):
@@ -247,18 +279,12 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
                 say(f"{key}: {json.dumps(value) if isinstance(value, list) else value}")
         return 0
     if opts["logs"]:
-        shown = {"stdout": 0, "stderr": 0}
-
-        def show(record: dict) -> None:
-            for stream, where in (("stdout", out), ("stderr", err)):
-                text = record.get(stream) or ""
-                where.write(text[shown[stream]:] if len(text) >= shown[stream] else text)
-                shown[stream] = len(text)
-            out.flush()
         if opts["-f"]:
-            record = wait_for(api, task_id, show)
-        else:
-            show(api.call("GET", f"/tasks/{quote(task_id)}"))
+            stream(api, task_id, out, err)
+        else:   # the tails its record keeps (none yet while it runs)
+            record = api.call("GET", f"/tasks/{quote(task_id)}")
+            out.write(record.get("stdout") or "")
+            err.write(record.get("stderr") or "")
         return 0
     if opts["cancel"] or opts["kill"]:
         data = api.call("DELETE", f"/tasks/{quote(task_id)}")

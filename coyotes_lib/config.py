@@ -22,7 +22,7 @@ import socket
 import urllib.parse
 
 from . import __version__
-from .signing import Signatures, read_keys
+from .signing import Signatures, comment_cut, read_keys
 
 DEFAULT_REDIS = "127.0.0.1:6379"
 
@@ -46,6 +46,9 @@ FLAGS = {
 }
 # a read-write API token from the environment; not a flag, so never on a command line
 TOKEN_ENV = "COYOTES_API_TOKEN"
+# read at start, then taken out of the environment: commands inherit it
+SECRET_ENV = (TOKEN_ENV, "COYOTES_REDIS_PASSWORD", "COYOTES_PASSWORD", "COYOTES_REDIS_URL",
+              "COYOTES_REDIS_SENTINEL_PASSWORD")
 TOKEN = re.compile(r"^[!-~]{16,256}$")   # printable ASCII, no spaces, at least 16
 ENV_PREFIX = "COYOTES_"
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
@@ -397,7 +400,7 @@ def read_tokens(path: str) -> tuple[list[tuple[str, bool]], list[str]]:
         raise bad(getattr(exc, "strerror", None) or str(exc)) from None
     tokens = []
     for number, line in enumerate(lines, 1):
-        words = line.partition("#")[0].split()
+        words = comment_cut(line)
         if not words:
             continue
         if len(words) > 2 or (words[1:] and words[1] not in ("read-only", "read-write")):

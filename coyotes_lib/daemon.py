@@ -22,7 +22,7 @@ import gevent.event
 from . import log as logsetup
 from .api import make_app, make_push
 from .broker import Broker
-from .config import is_ip
+from .config import SECRET_ENV, is_ip
 from .connection import connect, spare_cap
 from .keys import Keys
 from .pidfile import PidFile, PidFileError
@@ -73,6 +73,10 @@ def exposure(config) -> list[str]:
         elif config.http_socket_mode & 0o002:
             said.append(f"http: every local user may write to {config.http_socket} (mode "
                         f"{config.http_socket_mode:o}) and so run commands as {user}")
+    if config.signatures is not None and config.signatures.required and not config.api_tokens:
+        said.append("signatures are required but the API has no token: its routes that are "
+                    "not signed (schedules, retrying failed tasks, channel policies) still "
+                    "let whoever reaches it run commands (see docs/SECURITY.md)")
     if os.geteuid() == 0:
         said.append("running as root: commands run as root unless their channel's command "
                     "policy names a user; run Coyotes as a user of its own (see "
@@ -109,6 +113,8 @@ def raise_fd_limit() -> int:
 
 def run(config) -> int:
     """The whole daemon: 0 after a graceful stop, 1 when it cannot start."""
+    for name in SECRET_ENV:   # read already; every command would inherit them
+        os.environ.pop(name, None)
     if config.daemonize:
         daemonize()
     logsetup.setup(config.colorful_tty, config.debug, config.log_file, config.log_format,
@@ -170,7 +176,8 @@ def serve(config, fd_limit: int, stop: gevent.event.Event, force: gevent.event.E
         return "" if defaults_made.is_set() else "starting: creating the default channels"
 
     api = Api(broker, config, scheduler.changed if config.task_mode else None, not_ready,
-              scheduler.queued if config.task_mode else None)
+              scheduler.queued if config.task_mode else None,
+              scheduler.lives.get if config.task_mode else None)
     try:
         server = make_server(make_app(api), config, cap, make_push(api))
         server.start()

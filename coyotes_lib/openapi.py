@@ -480,6 +480,12 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                 "delete": operation("cancel_task", "cancel a waiting task or kill a running one",
                                     ok(canceled, "canceled, or its node was asked to kill it"),
                                     404, 409, params=("task_id",))},
+            "/tasks/{task_id}/output": {"get": operation(
+                "task_output", "its output as server-sent events (stdout, stderr, dropped), "
+                "then end with the record's status; live from the node that runs it",
+                {"description": "a text/event-stream that ends with the task",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                404, params=("task_id",))},
             "/delay-tasks": {
                 "get": operation("list_delayed", "delayed tasks, soonest first",
                                  ok(listing, "a page of them"), params=page)},

@@ -167,14 +167,14 @@ class CommandPolicy:
         try:
             entry = pwd.getpwuid(int(self.user)) if self.user.isdigit() else \
                 pwd.getpwnam(self.user) if self.user else pwd.getpwuid(os.geteuid())
-        except KeyError:
+        except (KeyError, OverflowError):
             raise Refused(f"no user {self.user!r} on this machine") from None
         try:
             gid = entry.pw_gid if not self.group else int(self.group) \
                 if self.group.isdigit() else grp.getgrnam(self.group).gr_gid
             if self.group.isdigit():
                 grp.getgrgid(gid)
-        except KeyError:
+        except (KeyError, OverflowError):
             raise Refused(f"no group {self.group!r} on this machine") from None
         if os.geteuid() != 0 and (entry.pw_uid, gid) != (os.geteuid(), os.getegid()):
             raise Refused(f"it would run as {entry.pw_name} (group {gid}), but Coyotes does "
@@ -190,19 +190,26 @@ class CommandPolicy:
             path = os.path.normpath(os.path.join(self.cwd or os.getcwd(), name))
         else:
             env = self.environment()
-            path = shutil.which(name, path=(env if env is not None else os.environ).get(
-                "PATH", os.defpath)) or ""
+            # a relative PATH entry is looked in from the command's directory, as the
+            # env -C that starts it will
+            base = self.cwd or os.getcwd()
+            search = (env if env is not None else os.environ).get("PATH", os.defpath)
+            path = shutil.which(name, path=os.pathsep.join(
+                os.path.join(base, part or ".") for part in search.split(os.pathsep))) or ""
+            path = os.path.normpath(path) if path else ""
             if not path and not self.allow:
                 return name   # not found: it fails to start, as without a policy
-        if self.allow:
-            real = os.path.realpath(path) if path else ""
-            args = argv[1:]
-            if not any(real == os.path.realpath(rule.program) and rule.allows(args)
-                       for rule in self.allow):
-                raise Refused(f"{shlex.join(argv)[:200]!r} is not allowed by the channel's "
-                              "command policy (allow: "
-                              f"{'; '.join(rule.text() for rule in self.allow)[:300]})")
-        return path
+        if not self.allow:
+            return path
+        real = os.path.realpath(path) if path else ""
+        for rule in self.allow:
+            if real == os.path.realpath(rule.program) and rule.allows(argv[1:]):
+                # the rule's own path runs: a program that acts on the name it is called
+                # by (busybox, xz/unxz, bash/rbash) is what the rule allowed, not its twin
+                return rule.program
+        raise Refused(f"{shlex.join(argv)[:200]!r} is not allowed by the channel's "
+                      f"command policy (allow: "
+                      f"{'; '.join(rule.text() for rule in self.allow)[:300]})")
 
     def launch(self, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
         """(argv to start, environment) that run argv under the policy; Refused if it

@@ -12,10 +12,12 @@ import logging
 import time
 
 import bottle
+import gevent
 
 from . import __version__
 from .broker import Broker
 from .config import CHANNEL_NAME, Config
+from .live import event, follow
 from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
 from .replies import BODY_READ, Body, describe, fail, ok, page_args, record_view, whole
@@ -26,6 +28,8 @@ from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
 log = logging.getLogger("coyotes.api")
 
 SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
+OUTPUT_POLL = 0.5   # seconds between looks at a task whose output is not here (yet)
+FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "canceled", "killed"})
 # the fields PATCH /channels/<name> takes
 SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 MAX_DELAY = 366 * 86400
@@ -39,10 +43,11 @@ class Api:
     settings read lately."""
 
     def __init__(self, broker: Broker, config: Config, on_channel_changed=None,
-                 not_ready=None, on_queued=None):
+                 not_ready=None, on_queued=None, live=None):
         self.broker, self.config = broker, config
         self.on_channel_changed, self.not_ready = on_channel_changed, not_ready
         self.on_queued = on_queued
+        self.live = live   # task id -> its Live, if it runs on this node
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
         self.metrics = None   # the /metrics registry, made at the first scrape
 
@@ -529,6 +534,42 @@ def record_of(api: Api, task_id: str) -> dict:
 
 def get_task(api: Api, task_id):
     return ok(record_of(api, task_id))
+
+
+def task_output(api: Api, task_id):
+    """Server-sent events: a task's output lines (``stdout``/``stderr``, each once, in
+    order), then ``end`` with its record's status and exit code. Live from the node
+    that runs the task; elsewhere (another node, or a task that has not started)
+    when it ends, from the tails its record keeps."""
+    record_of(api, task_id)   # 404 for an unknown task
+    bottle.response.content_type = "text/event-stream; charset=utf-8"
+    bottle.response.set_header("Cache-Control", "no-cache")
+    bottle.response.set_header("X-Accel-Buffering", "no")   # nginx: pass events at once
+    return output_events(api, task_id)
+
+
+def output_events(api: Api, task_id: str):
+    live = api.live(task_id) if api.live else None
+    while live is None:
+        record = api.broker.record(task_id) or {}
+        if record.get("status") in FINAL_STATUSES:
+            for stream in ("stdout", "stderr"):
+                for line in (record.get(stream) or "").splitlines():
+                    yield event(stream, line)
+            break
+        if record.get("status") == "running" and record.get("node") != api.broker.node:
+            yield b": running on another node; its output comes when it ends\n\n"
+        gevent.sleep(OUTPUT_POLL)
+        live = api.live(task_id) if api.live else None
+    else:
+        yield from follow(live)
+    for _ in range(int(10 / OUTPUT_POLL)):   # the result is recorded right after the end
+        record = api.broker.record(task_id) or {}
+        if record.get("status") in FINAL_STATUSES:
+            break
+        gevent.sleep(OUTPUT_POLL)
+    yield event("end", {key: record.get(key) for key in ("status", "exit_code", "signal",
+                                                          "error")})
 
 
 def delete_task(api: Api, task_id):

@@ -26,6 +26,7 @@ import redis
 
 from .broker import Broker
 from .channel import Channel, Limits
+from .live import Live
 from .model import ChannelSpec, Enqueued, from_file
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
@@ -66,6 +67,7 @@ class Scheduler:
         self.digest = ""   # of task:channels, when last read (see ``_sync``)
         self.resync = gevent.event.Event()   # a node said the settings changed
         self.unnoted: dict[str, int] = {}    # see ``Channel.unnoted``
+        self.lives: dict[str, Live] = {}     # task id -> output of a task running here
         self.drain_asked = False             # through the API (POST /nodes/<id>/drain)
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
@@ -218,7 +220,7 @@ class Scheduler:
     def _start_channel(self, spec: ChannelSpec) -> None:
         channel = self.channels[spec.name] = Channel(spec, self.broker, self.stop,
                                                      self.give_up, self.run_with, self.limits,
-                                                     self.unnoted)
+                                                     self.unnoted, self.lives)
         keys = self.broker.keys
         self.by_queue[keys.queue(spec.name)] = self.by_queue[keys.queue_high(spec.name)] = channel
         channel.start()

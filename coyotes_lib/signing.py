@@ -9,7 +9,8 @@ text, so that no canonical JSON is needed in PHP or any other language::
 
 An HTTP push carries ``X-Coyotes-Key``, ``X-Coyotes-Timestamp`` and
 ``X-Coyotes-Signature`` = hex(HMAC(secret, "coyotes1\\n" + key_id + "\\n" + ts
-+ "\\n" + METHOD + " " + path[?query] + "\\n" + body)). See docs/SECURITY.md.
++ "\\n" + METHOD + " " + path[?query] + "\\n" + Content-Type + "\\n" + body)).
+See docs/SECURITY.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import json
 import re
 
 VERSION = "coyotes1"
+# a queue entry may wait this long (a backlog, every node down for a deploy) before
+# it is routed; an HTTP push must arrive within the -signature-max-age
+QUEUE_MAX_AGE = 86400.0
 KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ENVELOPE = frozenset({"payload", "key_id", "ts", "sig"})
 
@@ -51,11 +55,13 @@ class Signatures:
                 expected, sig.lower().encode("utf-8", "surrogateescape")):
             raise Unsigned("wrong signature")
 
-    def fresh(self, ts, now: float) -> None:
-        age = now - int(ts)
-        if abs(age) > self.max_age:
-            raise Unsigned(f"signature {'too old' if age > 0 else 'from the future'} "
-                           f"({age:+.0f} s; at most {self.max_age:g} s either way)")
+    def fresh(self, ts, now: float, oldest: float = 0.0) -> None:
+        age, oldest = now - int(ts), max(oldest, self.max_age)
+        if age > oldest:
+            raise Unsigned(f"signature too old ({age:+.0f} s; at most {oldest:g} s)")
+        if -age > self.max_age:
+            raise Unsigned(f"signature from the future ({age:+.0f} s; at most "
+                           f"{self.max_age:g} s ahead)")
 
     def entry(self, raw: str, now: float) -> str:
         """A prepare-queue entry -> the entry to route: the payload of a signed one
@@ -76,7 +82,7 @@ class Signatures:
         payload, key_id, ts = data["payload"], data["key_id"], data["ts"]
         self.check(key_id, ts, f"{VERSION}\n{key_id}\n{ts}\n".encode() +
                    payload.encode("utf-8", "surrogateescape"), data["sig"])
-        self.fresh(ts, now)
+        self.fresh(ts, now, QUEUE_MAX_AGE)
         return payload
 
     def request(self, environ, body: bytes, now: float) -> None:
@@ -92,8 +98,10 @@ class Signatures:
             return
         query = environ.get("QUERY_STRING") or ""
         target = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+        # the Content-Type too: it says how the body is read (a form, or JSON)
         self.check(key_id, ts, f"{VERSION}\n{key_id}\n{ts}\n"
-                   f"{environ.get('REQUEST_METHOD', '')} {target}\n".encode() + body, sig)
+                   f"{environ.get('REQUEST_METHOD', '')} {target}\n"
+                   f"{environ.get('CONTENT_TYPE', '')}\n".encode() + body, sig)
         self.fresh(ts, now)
 
 
@@ -103,7 +111,7 @@ def read_keys(path: str) -> tuple[tuple[str, bytes], ...]:
     keys = []
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
-            words = line.partition("#")[0].split()
+            words = comment_cut(line)
             if not words:
                 continue
             if len(words) != 2 or not KEY_ID.match(words[0]) or len(words[1]) < 16:
@@ -115,3 +123,13 @@ def read_keys(path: str) -> tuple[tuple[str, bytes], ...]:
     if not keys:
         raise ValueError("no key in it")
     return tuple(keys)
+
+
+def comment_cut(line: str) -> list[str]:
+    """The words of a line of a keys or tokens file, up to a word that starts with '#'
+    (a '#' inside a secret is part of it)."""
+    words = line.split()
+    for i, word in enumerate(words):
+        if word.startswith("#"):
+            return words[:i]
+    return words

@@ -204,3 +204,20 @@ def test_a_socket_every_user_may_write_to_is_warned_about(coyotes_factory, tmp_p
                what="the API on its unix socket")
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
     assert f"every local user may write to {sock} (mode 666)" in daemon.log()
+
+
+def test_commands_do_not_inherit_the_daemons_secrets(coyotes_factory, tmp_path):
+    daemon = coyotes_factory(start=False)
+    daemon.start(env={**os.environ, "COYOTES_API_TOKEN": ENV,
+                      "COYOTES_REDIS_URL": f"redis://127.0.0.1:{daemon.redis_port}",
+                      "COYOTES_NOT_A_SECRET": "kept"})
+    show_env = "import json, os; print(json.dumps(dict(os.environ)))"
+    pushed = ok_data(daemon.request("POST", "/channels/default/tasks", {"command": {
+        "name": sys.executable, "args": ["-c", show_env]}}, headers=bearer(ENV)))
+
+    def record():
+        return ok_data(daemon.request("GET", f"/tasks/{pushed['task_id']}", headers=bearer(ENV)))
+    wait_until(lambda: record()["status"] == "succeeded", what="the task")
+    seen = json.loads(record()["stdout"])
+    assert "COYOTES_API_TOKEN" not in seen and "COYOTES_REDIS_URL" not in seen
+    assert seen["COYOTES_NOT_A_SECRET"] == "kept"

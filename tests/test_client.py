@@ -104,6 +104,8 @@ def test_exit_statuses_say_what_went_wrong(daemon, tmp_path):
     assert unknown.returncode == 5 and "unknown" in unknown.stderr
     assert cli("pause", "no-such-channel", addr=addr).returncode == 5
     assert cli("resize", "default", "many", addr=addr).returncode == 2
+    no_port = cli("status", addr="localhost")
+    assert no_port.returncode == 2 and "expected host:port" in no_port.stderr
     assert cli("frobnicate", addr=addr).returncode == 2   # a daemon flag error, as before
 
 
@@ -126,3 +128,21 @@ def test_the_address_and_token_from_the_daemons_settings(coyotes_factory, tmp_pa
                               capture_output=True, text=True, timeout=60, env=environ)
     wait_until(lambda: status().returncode == 0, what="the client through the unix socket")
     assert "default" in status().stdout
+
+
+def test_push_wait_streams_the_output_while_the_task_runs(daemon):
+    script = "import time; print('first', flush=True); time.sleep(2); print('last')"
+    environ = {**os.environ, "COYOTES_HTTP_ADDR": addr_of(daemon), "COYOTES_API_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "push", "--wait", "--id", "streamed",
+                             "--", sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            text=True, env=environ)
+    try:
+        assert proc.stdout.readline() == "first\n"
+        record = ok_data(daemon.request("GET", "/tasks/streamed",
+                                        headers={"Authorization": f"Bearer {TOKEN}"}))
+        assert record["status"] == "running"   # the line came before the task ended
+        assert proc.stdout.read() == "last\n"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

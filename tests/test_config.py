@@ -592,6 +592,12 @@ def test_bad_token_files_are_refused_with_the_line(tmp_path, text, words):
     assert words in str(err.value) and "-api-token-file" in str(err.value), str(err.value)
 
 
+def test_a_hash_sign_inside_a_token_is_part_of_it(tmp_path):
+    path = tokens_file(tmp_path, "abc#def0123456789xyz read-only # for the dashboard\n")
+    c = configuration.parse(["-api-token-file", path], USAGE, {})
+    assert c.api_tokens == ((configuration.token_digest("abc#def0123456789xyz"), False),)
+
+
 def test_token_file_problems_and_a_bad_environment_token(tmp_path):
     with pytest.raises(UsageError, match="No such file"):
         parse("-api-token-file", str(tmp_path / "missing"))

@@ -136,8 +136,14 @@ def fuzz(url: str, doc: dict | None = None, *, max_examples: int, mode: str = "a
         "checks": {"enabled": False, **{name: {"enabled": True} for name in checks}},
         "phases": {"enabled": False, **{name: {"enabled": True} for name in phases}},
     })
-    schema = (schemathesis.openapi.from_url(url + "/openapi.json", config=config)
-              if doc is None else schemathesis.openapi.from_dict(doc, config=config))
+    if doc is None:
+        with urllib.request.urlopen(url + "/openapi.json", timeout=30) as reply:
+            doc = json.loads(reply.read())
+    # a task's output stream lasts as long as the task (a queued one: until it runs):
+    # tests/test_output.py reads it
+    doc = {**doc, "paths": {path: item for path, item in doc["paths"].items()
+                            if path != "/tasks/{task_id}/output"}}
+    schema = schemathesis.openapi.from_dict(doc, config=config)
     failures: list[str] = []
     statuses: dict[int, int] = {}
     for event in schemathesis.engine.from_schema(schema).execute():

@@ -256,3 +256,35 @@ def test_a_policy_from_the_config_file_is_applied_at_every_start(coyotes_factory
     assert settings["distinct"] is True
     assert "channel locked: settings from" in again.log()
     assert_error(push(again, "locked", ["true"]), 403)
+
+
+def test_a_twin_name_of_the_same_program_runs_as_the_allowed_name(tmp_path):
+    """A program that acts on the name it is called by (busybox, xz/unxz, bash/rbash):
+    a task naming the twin is allowed by real path, but the rule's own name runs."""
+    real = tmp_path / "multi"
+    real.write_text("#!/bin/sh\necho \"$0\"\n")
+    real.chmod(0o755)
+    (tmp_path / "safe").symlink_to(real)
+    (tmp_path / "evil").symlink_to(real)
+    policy = CommandPolicy.parse({"allow": [f"{tmp_path / 'safe'} ..."]})
+    argv, _ = policy.launch([str(tmp_path / "evil"), "x"])
+    assert argv == [str(tmp_path / "safe"), "x"]
+
+
+def test_a_relative_path_entry_is_found_in_the_commands_directory(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tool").write_text("#!/bin/sh\n")
+    (work / "tool").chmod(0o755)
+    policy = CommandPolicy.parse({"cwd": str(work), "env": ["PATH=.:/usr/bin"],
+                                  "allow": ["true"]})
+    with pytest.raises(Refused):   # ./tool in the command's directory: not allowed
+        policy.program(["tool"])
+    assert CommandPolicy.parse({"cwd": str(work), "env": ["PATH=.:/usr/bin"]}).program(
+        ["tool"]) == str(work / "tool")
+
+
+def test_a_huge_user_or_group_number_is_refused_not_a_crash():
+    for data, words in (({"user": "9" * 30}, "no user"), ({"group": "9" * 30}, "no group")):
+        with pytest.raises(BadPolicy, match=words):
+            CommandPolicy.parse(data)

@@ -43,7 +43,7 @@ def test_a_signed_entry_gives_its_payload():
     (signed({"task": "true"}, secret="another-secret-0123456"), NOW, "wrong signature"),
     (signed({"task": "true"}, key_id="web-2"), NOW, "unknown signing key 'web-2'"),
     (signed({"task": "true"}, key_id="ключ"), NOW, "unknown signing key"),
-    (signed({"task": "true"}), NOW + 301, "signature too old (+301 s"),
+    (signed({"task": "true"}), NOW + 86401, "signature too old (+86401 s; at most 86400 s)"),
     (signed({"task": "true"}), NOW - 301, "signature from the future"),
     (signed({"task": "true"}).replace("true", "false"), NOW, "wrong signature"),
     (json.dumps({**json.loads(signed({"task": "true"})), "task": "rm -rf /"}), NOW,
@@ -57,6 +57,19 @@ def test_what_is_refused_and_why(entry, now, words):
     assert words in str(err.value), str(err.value)
 
 
+def test_a_queue_entry_may_wait_a_day_in_the_queue_and_a_push_only_minutes():
+    signatures = Signatures(KEYS, required=True)
+    assert signatures.entry(signed({"task": "true"}), NOW + 3600)   # a backlog of an hour
+    sig = hmac.new(SECRET.encode(), f"coyotes1\nweb-1\n{NOW}\nPOST /channels/default\n\n"
+                   .encode(), hashlib.sha256).hexdigest()
+    environ = {"PATH_INFO": "/channels/default", "REQUEST_METHOD": "POST",
+               "HTTP_X_COYOTES_KEY": "web-1", "HTTP_X_COYOTES_TIMESTAMP": str(NOW),
+               "HTTP_X_COYOTES_SIGNATURE": sig}
+    signatures.request(environ, b"", NOW + 300)
+    with pytest.raises(Unsigned, match="too old"):
+        signatures.request(environ, b"", NOW + 3600)
+
+
 def test_unsigned_entries_pass_unless_required_but_a_signed_one_is_always_checked():
     signatures = Signatures(KEYS, required=False)
     assert signatures.entry('{"task": "true"}', NOW) == '{"task": "true"}'
@@ -68,10 +81,12 @@ def test_an_http_push_is_signed_over_method_path_query_and_body():
     body = b"task=true"
 
     def headers(target: str, secret: str = SECRET) -> dict:
-        sig = hmac.new(secret.encode(), f"coyotes1\nweb-1\n{NOW}\nPOST {target}\n".encode()
-                       + body, hashlib.sha256).hexdigest()
+        sig = hmac.new(secret.encode(), f"coyotes1\nweb-1\n{NOW}\nPOST {target}\n"
+                       f"application/x-www-form-urlencoded\n".encode() + body,
+                       hashlib.sha256).hexdigest()
         return {"HTTP_X_COYOTES_KEY": "web-1", "HTTP_X_COYOTES_TIMESTAMP": str(NOW),
-                "HTTP_X_COYOTES_SIGNATURE": sig, "REQUEST_METHOD": "POST"}
+                "HTTP_X_COYOTES_SIGNATURE": sig, "REQUEST_METHOD": "POST",
+                "CONTENT_TYPE": "application/x-www-form-urlencoded"}
     signatures = Signatures(KEYS, required=True)
     signatures.request({**headers("/channels/default"), "PATH_INFO": "/channels/default"},
                        body, NOW)
@@ -81,7 +96,9 @@ def test_an_http_push_is_signed_over_method_path_query_and_body():
             ({"PATH_INFO": "/channels/default"}, "unsigned push"),
             ({**headers("/channels/default"), "PATH_INFO": "/channels/biz"}, "wrong signature"),
             ({**headers("/channels/default"), "PATH_INFO": "/channels/default",
-              "QUERY_STRING": "delay=60"}, "wrong signature")):
+              "QUERY_STRING": "delay=60"}, "wrong signature"),
+            ({**headers("/channels/default"), "PATH_INFO": "/channels/default",
+              "CONTENT_TYPE": "application/json"}, "wrong signature")):
         with pytest.raises(Unsigned, match=words):
             signatures.request(environ, body, NOW)
 
@@ -98,7 +115,7 @@ $redis->lPush('task:prepare:queue', coyotes_signed_entry($task('good'), 'web-1',
 $redis->lPush('task:prepare:queue', coyotes_signed_entry($task('wrong-key'), 'web-1',
                                                          'not-the-secret-0123456789'));
 $redis->lPush('task:prepare:queue', coyotes_signed_entry($task('old'), 'web-1', $secret,
-                                                         time() - 3600));
+                                                         time() - 2 * 86400));
 $tampered = json_decode(coyotes_signed_entry($task('tampered'), 'web-1', $secret), true);
 $tampered['payload'] = str_replace('tampered', 'tampered-too', $tampered['payload']);
 $redis->lPush('task:prepare:queue', json_encode($tampered, JSON_UNESCAPED_SLASHES));
@@ -112,7 +129,8 @@ require $argv[1];
 $body = http_build_query(['task' => $task]);
 $headers = "Content-Type: application/x-www-form-urlencoded\r\n";
 if ($sign !== 'no') {
-    foreach (coyotes_signature_headers('POST', $path, $body, 'web-1',
+    foreach (coyotes_signature_headers('POST', $path, 'application/x-www-form-urlencoded',
+             $body, 'web-1',
              $sign === 'yes' ? $secret : 'not-the-secret-0123456789') as $name => $value) {
         $headers .= "$name: $value\r\n";
     }
@@ -152,8 +170,8 @@ def test_php_signed_entries_run_and_the_others_are_dead_letters(signing_daemon, 
     wait_until(lambda: r.llen("task:prepare:dead") == 4, what="four dead letters")
     reasons = sorted(json.loads(letter)["reason"] for letter in r.lrange("task:prepare:dead",
                                                                          0, -1))
-    assert reasons[0].startswith("signature too old (+36") and reasons[0].endswith(
-        " s; at most 300 s either way)"), reasons   # +3600 s, or a second more
+    assert reasons[0].startswith("signature too old (+1728") and reasons[0].endswith(
+        " s; at most 86400 s)"), reasons   # two days, or a second more
     assert reasons[1:] == ["unsigned entry (signatures are required)", "wrong signature",
                            "wrong signature"], reasons
     assert not any(ended(ledger, tag) for tag in ("wrong-key", "old", "tampered",

@@ -1,0 +1,76 @@
+"""A running task's output as it comes, for GET /tasks/{id}/output.
+
+The worker adds each line to its task's ``Live`` (the last LINES lines, at most
+KEPT_BYTES, numbered); readers replay what is kept and then wait for more.
+Nothing waits on a reader: one that falls behind the kept lines is told how
+many it missed. A reader on another node gets the task's record tails when the
+task ends (see routes.output_events).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import gevent
+import gevent.event
+
+LINES = 2000          # lines of a running task kept for readers who come late
+KEPT_BYTES = 1 << 20  # and at most this much text (a line may be 64 KiB)
+
+
+class Live:
+    def __init__(self, keep: int = LINES, keep_bytes: int = KEPT_BYTES):
+        self.lines: collections.deque[tuple[int, str, str]] = collections.deque()
+        self.keep, self.keep_bytes, self.size = keep, keep_bytes, 0
+        self.seq = 0
+        self.ended: dict | None = None   # how the command ended, once it has
+        self.tick = gevent.event.Event()   # set (and replaced) at each change
+
+    def add(self, stream: str, text: str) -> None:
+        self.seq += 1
+        self.lines.append((self.seq, stream, text))
+        self.size += len(text)
+        while len(self.lines) > self.keep or self.size > self.keep_bytes:
+            self.size -= len(self.lines.popleft()[2])
+        self._changed()
+
+    def end(self, how: dict) -> None:
+        self.ended = how
+        self._changed()
+
+    def _changed(self) -> None:
+        tick, self.tick = self.tick, gevent.event.Event()
+        tick.set()
+
+    def since(self, seq: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """(lines missed, the kept lines numbered after ``seq``)."""
+        if not self.lines or self.lines[-1][0] <= seq:
+            return 0, []
+        first = self.lines[0][0]
+        missed = max(0, first - seq - 1)
+        return missed, [line for line in self.lines if line[0] > seq]
+
+
+def event(kind: str, data) -> bytes:
+    """One server-sent event; a line's text is JSON so that it stays one line."""
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def follow(live: Live, wait: float = 15.0):
+    """Server-sent events of ``live``: what is kept, then each new line, until it
+    ends (-> how it ended); a comment every ``wait`` seconds keeps proxies open."""
+    seq = 0
+    while True:
+        tick = live.tick
+        missed, lines = live.since(seq)
+        if missed:
+            yield event("dropped", {"lines": missed})
+        for number, stream, text in lines:
+            yield event(stream, text)
+            seq = number
+        if live.ended is not None and not live.since(seq)[1]:
+            return live.ended
+        if not tick.wait(wait):
+            yield b": waiting\n\n"
+        gevent.sleep(0)
