@@ -30,12 +30,13 @@ class ChannelSpec:
     max_running: int = 0   # most of its tasks running on all nodes together, 0 = no limit
     command_policy: CommandPolicy | None = None   # what its tasks may run, and how
 
-    def to_json(self) -> str:
+    def to_json(self, shown: bool = False) -> str:
+        """As ``task:channels`` holds it; ``shown``: for the log (see ``to_dict``)."""
         more = {"paused": True} if self.paused else {}
         if self.max_running:
             more["max_running"] = self.max_running
         if self.command_policy is not None:
-            more["command_policy"] = self.command_policy.to_dict()
+            more["command_policy"] = self.command_policy.to_dict(shown)
         return json.dumps({"name": self.name, "distinct": self.distinct,
                            "worker_count": self.worker_count, **self.policy.to_dict(),
                            **more})
@@ -46,7 +47,7 @@ class ChannelSpec:
                 "max_running": self.max_running, "paused": self.paused,
                 **dataclasses.asdict(self.policy),
                 "command_policy": None if self.command_policy is None
-                else self.command_policy.to_dict()}
+                else self.command_policy.to_dict(shown=True)}
 
 
 def from_file(name: str, fields: dict, base: ChannelSpec) -> ChannelSpec:

@@ -130,12 +130,15 @@ class CommandPolicy:
         except Refused as exc:
             raise BadPolicy(f"command_policy: {exc}") from None
 
-    def to_dict(self) -> dict:
+    def to_dict(self, shown: bool = False) -> dict:
+        """As stored; ``shown``: for the API and the log, the values the environment
+        sets hidden (they may be secrets)."""
         out: dict = {"allow": [rule.text() for rule in self.allow]} if self.allow else {}
         if self.cwd:
             out["cwd"] = self.cwd
         if self.env is not None:
-            out["env"] = list(self.env)
+            out["env"] = [f"{item.partition('=')[0]}=***" if shown and "=" in item else item
+                          for item in self.env]
         if self.user:
             out["user"] = self.user
         if self.group:

@@ -232,7 +232,7 @@ def add_channel(api: Api):
                        command_policy=command_policy(body.get("command_policy")))
     if not broker.add_channel(spec):
         raise fail(409, f"channel {name!r} already exists")
-    log.info("channel %s: created via HTTP (%s)", name, spec.to_json())
+    log.info("channel %s: created via HTTP (%s)", name, spec.to_json(shown=True))
     if api.on_channel_changed:
         api.on_channel_changed(name, spec)
     return ok(None)
@@ -330,7 +330,7 @@ def changed(api: Api, name: str, spec: ChannelSpec | None, what: str) -> str:
     if spec is None:
         raise fail(404, f"channel {name!r} does not exist")
     api.known.pop(name, None)
-    log.info("channel %s: %s via HTTP (%s)", name, what, spec.to_json())
+    log.info("channel %s: %s via HTTP (%s)", name, what, spec.to_json(shown=True))
     if api.on_channel_changed:
         api.on_channel_changed(name, spec)
     return ok(spec.settings())

@@ -131,7 +131,7 @@ class Scheduler:
                 name, lambda spec, name=name, fields=fields: from_file(name, fields, spec))
             if after is not None and before is not None and after != before:
                 log.info("channel %s: settings from %s (%s)", name, self.config.config,
-                         after.to_json())
+                         after.to_json(shown=True))
 
     def _load_schedules(self) -> None:
         """Store the schedules of the config file (checked when it was read); one

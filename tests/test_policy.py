@@ -126,6 +126,8 @@ def test_what_a_policy_allows_runs_there_and_so(coyotes_factory, tmp_path, runne
         "env": ["PATH", "APP_ENV=production"],
         "limits": {"nofile": 64, "cpu": 300, "nproc": 4096, "as": 4 << 30}})
     assert shown["allow"] == [f"{PY} -c ..."] and shown["limits"]["nofile"] == 64
+    assert shown["env"] == ["PATH", "APP_ENV=***"]   # a value may be a secret
+    assert "production" not in daemon.log()
     task = ok_data(push(daemon, "jobs", [PY, "-c", PROBE]))
     record = finished(daemon, task["task_id"])
     assert record["status"] == "succeeded", record
