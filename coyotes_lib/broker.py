@@ -357,6 +357,15 @@ class Broker(Listings):
         found = self._waiting(keys=queues, args=[self.keys.high]) if queues else []
         return [queues[i - 1] for i in found]
 
+    def output_subscriber(self, task_id: str) -> Subscriber:
+        return Subscriber(self.redis, self.keys.output(task_id))
+
+    def want_output(self, task_id: str) -> None:
+        self.redis.publish(self.keys.wake, self.keys.output_wanted(task_id))
+
+    def send_output(self, task_id: str, message: str) -> None:
+        self.redis.publish(self.keys.output(task_id), message)
+
     def wakeups(self) -> Subscriber:
         """A subscription to the queue keys that get entries (see ``scripts._WAKE``):
         each message is a queue key, followed by a newline and the node that queued

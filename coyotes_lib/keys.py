@@ -83,6 +83,15 @@ class Keys:
         as long as its heartbeat; a ``drain`` field asks it to drain and exit."""
         return f"{self.prefix}task:node:{node}:info"
 
+    def output(self, task_id: str) -> str:
+        """Pub/sub channel (not a key): the lines of a running task, sent by its node
+        while a reader on another node asks (``output_wanted`` on ``wake``)."""
+        return f"{self.prefix}task:output:{task_id}"
+
+    def output_wanted(self, task_id: str) -> str:
+        """A message on ``wake``: a reader wants this task's lines."""
+        return f"{self.prefix}task:output-wanted:{task_id}"
+
     def drain(self, node: str) -> str:
         """The message on ``wake`` that tells ``node`` to drain (not a key)."""
         return f"{self.prefix}task:node:{node}:drain"

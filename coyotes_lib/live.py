@@ -3,8 +3,9 @@
 The worker adds each line to its task's ``Live`` (the last LINES lines, at most
 KEPT_BYTES, numbered); readers replay what is kept and then wait for more.
 Nothing waits on a reader: one that falls behind the kept lines is told how
-many it missed. A reader on another node gets the task's record tails when the
-task ends (see routes.output_events).
+many it missed. A reader on another node asks over Redis: the running node then
+``relay``s the task's lines on a pub/sub channel while someone keeps asking, so
+a task nobody watches costs nothing but its buffer.
 """
 
 from __future__ import annotations
@@ -74,3 +75,38 @@ def follow(live: Live, wait: float = 15.0):
         if not tick.wait(wait):
             yield b": waiting\n\n"
         gevent.sleep(0)
+
+
+RELAY_IDLE = 10.0     # seconds a relay goes on after the last reader asked
+
+
+class Relay:
+    """Sends one running task's lines to readers on other nodes: each message is
+    JSON, ``{"missed": n, "lines": [[seq, stream, text]...]}``, then ``{"end": true}``.
+    A new reader's request sends everything kept again (readers skip what they had)."""
+
+    def __init__(self, live: Live, send):
+        self.live, self.send = live, send
+        self.wanted = 0.0          # monotonic time of the last request
+        self.replay = True
+
+    def asked(self, now: float) -> None:
+        self.wanted, self.replay = now, True
+        self.live._changed()   # wake the loop: a new reader waits
+
+    def run(self, clock) -> None:
+        seq = 0
+        while clock() - self.wanted < RELAY_IDLE:
+            tick = self.live.tick
+            if self.replay:
+                seq, self.replay = 0, False
+            missed, lines = self.live.since(seq)
+            for start in range(0, len(lines), 200):   # messages of bounded size
+                self.send(json.dumps({"missed": missed if start == 0 else 0,
+                                      "lines": lines[start:start + 200]}))
+            if lines:
+                seq = lines[-1][0]
+            if self.live.ended is not None and not self.live.since(seq)[1]:
+                self.send(json.dumps({"end": True}))
+                return
+            tick.wait(1.0)

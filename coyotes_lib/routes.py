@@ -29,6 +29,7 @@ log = logging.getLogger("coyotes.api")
 
 SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
 OUTPUT_POLL = 0.5   # seconds between looks at a task whose output is not here (yet)
+RELAY_ASK = 2.0     # seconds between a reader's requests to the node that runs its task
 FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "canceled", "killed"})
 # the fields PATCH /channels/<name> takes
 SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
@@ -558,7 +559,9 @@ def output_events(api: Api, task_id: str):
                     yield event(stream, line)
             break
         if record.get("status") == "running" and record.get("node") != api.broker.node:
-            yield b": running on another node; its output comes when it ends\n\n"
+            relayed = yield from from_other_node(api, task_id)
+            if relayed:
+                break
         gevent.sleep(OUTPUT_POLL)
         live = api.live(task_id) if api.live else None
     else:
@@ -570,6 +573,37 @@ def output_events(api: Api, task_id: str):
         gevent.sleep(OUTPUT_POLL)
     yield event("end", {key: record.get(key) for key in ("status", "exit_code", "signal",
                                                           "error")})
+
+
+def from_other_node(api: Api, task_id: str):
+    """The lines of a task another node runs, relayed through Redis while this reader
+    asks (every RELAY_ASK seconds) -> whether they came to the end; False if its node
+    does not answer (the task ended meanwhile, or its node is gone): the caller falls
+    back on the record."""
+    subscriber = api.broker.output_subscriber(task_id)
+    try:
+        seq, asked, heard = 0, 0.0, time.monotonic()
+        while time.monotonic() - heard < 3 * RELAY_ASK:
+            if time.monotonic() - asked >= RELAY_ASK:
+                api.broker.want_output(task_id)
+                asked = time.monotonic()
+            for data in subscriber.messages(OUTPUT_POLL):
+                heard = time.monotonic()
+                message = json.loads(data)
+                if message.get("end"):
+                    return True
+                if message["missed"] and seq == 0:
+                    yield event("dropped", {"lines": message["missed"]})
+                for number, stream, text in message["lines"]:
+                    if number > seq:
+                        yield event(stream, text)
+                        seq = number
+            status = (api.broker.record(task_id) or {}).get("status")
+            if status != "running" and time.monotonic() - heard > RELAY_ASK:
+                return False
+        return False
+    finally:
+        subscriber.close()
 
 
 def delete_task(api: Api, task_id):

@@ -26,7 +26,7 @@ import redis
 
 from .broker import Broker
 from .channel import Channel, Limits
-from .live import Live
+from .live import Live, Relay
 from .model import ChannelSpec, Enqueued, from_file
 from .outage import Outage, insist, redis_trouble
 from .pidfile import pid_alive
@@ -68,6 +68,7 @@ class Scheduler:
         self.resync = gevent.event.Event()   # a node said the settings changed
         self.unnoted: dict[str, int] = {}    # see ``Channel.unnoted``
         self.lives: dict[str, Live] = {}     # task id -> output of a task running here
+        self.relays: dict[str, Relay] = {}   # task id -> its lines sent to other nodes
         self.drain_asked = False             # through the API (POST /nodes/<id>/drain)
         self.specs: dict[str, ChannelSpec] = {}
         self.greenlets: list[gevent.Greenlet] = []
@@ -448,6 +449,7 @@ class Scheduler:
         after a reconnection, finds what was pushed without a message."""
         outage = Outage("wake-ups", self.stop)
         subscriber, scanned = None, 0.0
+        wanted = self.broker.keys.output_wanted("")
         while not self.stop.is_set():
             try:
                 if subscriber is None:
@@ -460,6 +462,9 @@ class Scheduler:
                 for message in subscriber.messages(SCAN_EVERY):
                     if message == self.broker.keys.drain(self.broker.node):
                         self._drain_asked()
+                        continue
+                    if message.startswith(wanted):   # a reader elsewhere: is it ours?
+                        self._relay(message[len(wanted):])
                         continue
                     queue, _, node = message.partition("\n")
                     if queue == self.broker.keys.channels:   # settings changed
@@ -479,6 +484,26 @@ class Scheduler:
                 self.stop.wait(1)
         if subscriber is not None:
             subscriber.close()
+
+    def _relay(self, task_id: str) -> None:
+        """A reader on another node wants a task's lines: send them if it runs here."""
+        relay = self.relays.get(task_id)
+        if relay is None:
+            live = self.lives.get(task_id)
+            if live is None:
+                return
+            relay = self.relays[task_id] = Relay(
+                live, lambda message: self.broker.send_output(task_id, message))
+
+            def run() -> None:
+                try:
+                    relay.run(time.monotonic)
+                except redis.RedisError as exc:   # the reader falls back on the record
+                    log.debug("output of task %s: relay stopped: %s", task_id, exc)
+                finally:
+                    self.relays.pop(task_id, None)
+            gevent.spawn(run)
+        relay.asked(time.monotonic())
 
     def _wake_waiting(self) -> None:
         """Wake the channels whose queue holds entries (the slow path: entries pushed

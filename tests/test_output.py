@@ -73,10 +73,20 @@ def test_a_late_reader_gets_what_is_kept_and_what_it_missed(coyotes):
 def test_a_finished_task_and_one_followed_through_another_node(coyotes_factory):
     runner = coyotes_factory(node_id="runs")
     viewer = coyotes_factory("-task-mode=false", node_id="views")   # runs nothing
-    task_id = push(runner, "import time; time.sleep(1); print('done here')")
-    got = events(viewer, task_id)   # started before the task ended: waits for it
-    assert got == [("stdout", "done here"), ("end", {"status": "succeeded", "exit_code": "0",
-                                                      "signal": None, "error": None})]
+    task_id = push(runner, "import time\nfor i in range(3):\n    print(i, flush=True)\n"
+                           "    time.sleep(0.7)\nprint('done here')")
+    wait_until(lambda: ok_data(runner.request("GET", f"/tasks/{task_id}"))["status"] ==
+               "running")
+    seen_running = []
+
+    def note(kind, data):
+        if data == "0":   # relayed by the running node while the task runs
+            seen_running.append(ok_data(viewer.request("GET", f"/tasks/{task_id}"))["status"])
+    got = events(viewer, task_id, note)
+    assert seen_running == ["running"]
+    assert got == [("stdout", "0"), ("stdout", "1"), ("stdout", "2"), ("stdout", "done here"),
+                   ("end", {"status": "succeeded", "exit_code": "0", "signal": None,
+                            "error": None})]
     assert events(runner, task_id) == got   # finished: from the record, on any node
     assert_error(runner.request("GET", "/tasks/no-such-task/output"), 404)
 
