@@ -122,13 +122,14 @@ monkey.patch_all()
 
 import sys
 
-from coyotes_lib import client, daemon
 from coyotes_lib import config as configuration
+from coyotes_lib import daemon
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in client.COMMANDS:   # a subcommand: the client, not the daemon
+    if argv and argv[0] in configuration.CLIENT_COMMANDS:   # the client, not the daemon
+        from coyotes_lib import client  # here: a daemon does not keep it in memory
         return client.run(argv)
     try:
         config = configuration.parse(argv, __doc__)

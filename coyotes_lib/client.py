@@ -51,9 +51,6 @@ import urllib.parse
 
 from .signing import comment_cut
 
-COMMANDS = ("push", "status", "show", "logs", "cancel", "kill", "retry", "failed", "pause",
-            "resume", "resize", "nodes", "schedules")
-
 
 class Failure(Exception):
     """Said in one line on stderr; ``code`` is the exit status."""

@@ -51,6 +51,9 @@ SECRET_ENV = (TOKEN_ENV, "COYOTES_REDIS_PASSWORD", "COYOTES_PASSWORD", "COYOTES_
               "COYOTES_REDIS_SENTINEL_PASSWORD")
 TOKEN = re.compile(r"^[!-~]{16,256}$")   # printable ASCII, no spaces, at least 16
 ENV_PREFIX = "COYOTES_"
+# a first word that makes coyotes the command-line client (client.py), not the daemon
+CLIENT_COMMANDS = ("push", "status", "show", "logs", "cancel", "kill", "retry", "failed",
+                   "pause", "resume", "resize", "nodes", "schedules")
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
