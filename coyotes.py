@@ -62,9 +62,9 @@ Options (new in this version):
                                The sentinels' own password, if they require one
                                (better from COYOTES_REDIS_SENTINEL_PASSWORD) [default: ]
   --api-token-file=<path>      API tokens, one a line, each optionally followed by
-                               read-only; with a token (or COYOTES_API_TOKEN, one
-                               read-write token) every route but /health needs
-                               Authorization: Bearer <token> [default: ]
+                               read-only or push; with a token (or one read-write
+                               token in COYOTES_API_TOKEN) every route but /health
+                               needs Authorization: Bearer <token> [default: ]
   --http-insecure=<bool>       Serve the API beyond loopback without a token
                                (refused otherwise) [default: false]
   --http-socket-mode=<mode>    Mode of the API's unix socket [default: 0660]

@@ -50,6 +50,8 @@ TOKEN_ENV = "COYOTES_API_TOKEN"
 SECRET_ENV = (TOKEN_ENV, "COYOTES_REDIS_PASSWORD", "COYOTES_PASSWORD", "COYOTES_REDIS_URL",
               "COYOTES_REDIS_SENTINEL_PASSWORD")
 TOKEN = re.compile(r"^[!-~]{16,256}$")   # printable ASCII, no spaces, at least 16
+# what a token may do: everything; read (GET, HEAD, OPTIONS); or push tasks and read them
+TOKEN_SCOPES = ("read-write", "read-only", "push")
 ENV_PREFIX = "COYOTES_"
 # a first word that makes coyotes the command-line client (client.py), not the daemon
 CLIENT_COMMANDS = ("push", "status", "show", "logs", "cancel", "kill", "retry", "failed",
@@ -111,8 +113,8 @@ class Config:
     http_socket_group: str = ""
     http_insecure: bool = False            # beyond loopback without a token: allowed
     api_token_file: str = ""
-    # (SHA-256 of a token, read-write?): with any, every route but /health needs one
-    api_tokens: tuple[tuple[bytes, bool], ...] = ()
+    # with any, every route but /health needs one
+    api_tokens: tuple[tuple[bytes, str], ...] = ()   # (SHA-256, one of TOKEN_SCOPES)
     warnings: tuple[str, ...] = ()         # said in the log at start
     signatures: Signatures | None = None   # -signature-keys: pushes signed by producers
     config: str = ""                       # the TOML file read, if any
@@ -390,10 +392,10 @@ def read_secret(flag: str, path: str) -> str:
                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
-def read_tokens(path: str) -> tuple[list[tuple[str, bool]], list[str]]:
-    """-api-token-file: one token a line, then optionally ``read-only`` (or
-    ``read-write``, the default); ``#`` starts a comment. -> ([(token, writable)],
-    warnings about the file's mode)."""
+def read_tokens(path: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """-api-token-file: one token a line, then optionally its scope, ``read-only`` or
+    ``push`` (``read-write`` by default); a word starting with ``#`` starts a comment.
+    -> ([(token, scope)], warnings about the file's mode)."""
     def bad(why: str) -> UsageError:
         return UsageError(f'invalid value "{path}" for flag -api-token-file: {why}')
     try:
@@ -406,12 +408,12 @@ def read_tokens(path: str) -> tuple[list[tuple[str, bool]], list[str]]:
         words = comment_cut(line)
         if not words:
             continue
-        if len(words) > 2 or (words[1:] and words[1] not in ("read-only", "read-write")):
-            raise bad(f"line {number}: expected a token, then read-only or read-write")
+        if len(words) > 2 or (words[1:] and words[1] not in TOKEN_SCOPES):
+            raise bad(f"line {number}: expected a token, then read-write, read-only or push")
         if not TOKEN.match(words[0]):
             raise bad(f"line {number}: a token is 16 to 256 printable characters "
                       "without spaces (openssl rand -hex 32 makes one)")
-        tokens.append((words[0], words[1:] != ["read-only"]))
+        tokens.append((words[0], words[1] if words[1:] else "read-write"))
     if not tokens:
         raise bad("no token in it")
     if not mode & 0o044:
@@ -477,7 +479,7 @@ def secure(config: Config, environ, on_line: set[str], opts: dict) -> Config:
         if not TOKEN.match(environ[TOKEN_ENV]):
             raise UsageError(f"{TOKEN_ENV}: a token is 16 to 256 printable characters "
                              "without spaces (openssl rand -hex 32 makes one)")
-        tokens.append((environ[TOKEN_ENV], True))
+        tokens.append((environ[TOKEN_ENV], "read-write"))
     if not tokens and not config.http_loopback and not config.http_insecure:
         raise UsageError(f"flag -http-addr: {config.http_where} can be reached from other "
                          "machines, and the API runs commands: give it a token "
@@ -492,7 +494,7 @@ def secure(config: Config, environ, on_line: set[str], opts: dict) -> Config:
                         "where every local user can read it: use -redis-password-file or "
                         "COYOTES_REDIS_PASSWORD (COYOTES_REDIS_URL...) instead")
     return dataclasses.replace(config, api_tokens=tuple(
-        (token_digest(token), writable) for token, writable in tokens),
+        (token_digest(token), scope) for token, scope in tokens),
         warnings=tuple(warnings))
 
 

@@ -52,6 +52,7 @@ LINGER = 2.0            # seconds, at most, that a closing connection's unread b
 HOST_VERDICTS = 256     # Host headers whose verdict a Guard keeps (then it starts over)
 READING = frozenset({"GET", "HEAD", "OPTIONS"})   # what a read-only token may do
 OPEN_PATHS = frozenset({"/health"})   # answered without a token (load balancers, probes)
+PUSH_PATH = re.compile(r"^/channels/[A-Za-z0-9_.\-]{1,64}(/tasks)?$")   # a push token's
 # accept() errors that say "not now" rather than "this listener is broken"
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -170,14 +171,20 @@ class Guard:
         if scheme.lower() != "bearer" or not token.strip():
             return 401, "this API needs a token: send Authorization: Bearer <token>"
         digest = token_digest(token.strip())
-        writable = None
-        for known, may_write in self.config.api_tokens:   # every one: no early exit
+        scope = None
+        for known, its_scope in self.config.api_tokens:   # every one: no early exit
             if hmac.compare_digest(digest, known):
-                writable = may_write
-        if writable is None:
+                scope = its_scope
+        if scope is None:
             return 401, "the API token is not valid"
-        if not writable and environ.get("REQUEST_METHOD") not in READING:
+        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", "")
+        if scope == "read-only" and method not in READING:
             return 403, "this API token is read-only"
+        if scope == "push" and not (
+                (method == "POST" and PUSH_PATH.match(path))
+                or (method in READING and path.startswith("/tasks/"))):
+            return 403, ("this API token may only push tasks (POST /channels/{name}, "
+                         "/channels/{name}/tasks) and read them (GET /tasks/...)")
         return None
 
     def host_known_allowed(self, host: str) -> bool:

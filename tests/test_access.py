@@ -21,11 +21,12 @@ from conftest import assert_error, ended, free_port, ledger_command, ok_data, wa
 from needs import missing
 
 RW, RO, ENV = "rw-" + "1" * 29, "ro-" + "2" * 29, "env-" + "3" * 28
+PUSH = "push-" + "4" * 27
 
 
 def token_file(tmp_path) -> str:
     path = tmp_path / "tokens"
-    path.write_text(f"# one line a token\n{RW}\n{RO} read-only\n")
+    path.write_text(f"# one line a token\n{RW}\n{RO} read-only\n{PUSH} push  # producers\n")
     path.chmod(0o600)
     return str(path)
 
@@ -221,3 +222,24 @@ def test_commands_do_not_inherit_the_daemons_secrets(coyotes_factory, tmp_path):
     seen = json.loads(record()["stdout"])
     assert "COYOTES_API_TOKEN" not in seen and "COYOTES_REDIS_URL" not in seen
     assert seen["COYOTES_NOT_A_SECRET"] == "kept"
+
+
+def test_a_push_token_pushes_and_reads_its_tasks_and_nothing_else(coyotes_factory, tmp_path):
+    daemon = coyotes_factory("-api-token-file", token_file(tmp_path))
+    task = {"task": ledger_command(tmp_path / "ledger", "p")}
+    pushed = ok_data(daemon.request("POST", "/channels/default/tasks", task,
+                                    headers=bearer(PUSH)))
+    ok_data(daemon.request("POST", "/channels/default", {"task": "true pushed-too"},
+                           headers=bearer(PUSH)))   # the express lane, the Go route
+    wait_until(lambda: ok_data(daemon.request("GET", f"/tasks/{pushed['task_id']}", headers=bearer(
+        PUSH)))["status"] == "succeeded", what="its own task, read back")
+    for method, path, data in (("PATCH", "/channels/default", {"command_policy": None}),
+                               ("POST", "/channels", {"name": "mine"}),
+                               ("POST", "/schedules", {"name": "s", "cron": "* * * * *",
+                                                       "command": "true"}),
+                               ("GET", "/channels", None), ("GET", "/nodes", None),
+                               ("DELETE", f"/tasks/{pushed['task_id']}", None),
+                               ("POST", "/channels/default/pause", None)):
+        message = assert_error(daemon.request(method, path, data, headers=bearer(PUSH)), 403,
+                               f"{method} {path}")
+        assert "may only push tasks" in message

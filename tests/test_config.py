@@ -569,11 +569,12 @@ def tokens_file(tmp_path, text: str, mode: int = 0o600) -> str:
 
 def test_tokens_from_a_file_and_the_environment_are_kept_as_digests(tmp_path):
     path = tokens_file(tmp_path, "# deploy\n" + "a" * 32 + "\n\n" + "b" * 16 + " read-only  # ci\n"
-                       + "c" * 20 + " read-write\n")
+                       + "c" * 20 + " read-write\n" + "e" * 20 + " push\n")
     c = configuration.parse(["-api-token-file", path], USAGE, {"COYOTES_API_TOKEN": "d" * 40})
     digest = configuration.token_digest
-    assert c.api_tokens == ((digest("a" * 32), True), (digest("b" * 16), False),
-                            (digest("c" * 20), True), (digest("d" * 40), True))
+    assert c.api_tokens == ((digest("a" * 32), "read-write"), (digest("b" * 16), "read-only"),
+                            (digest("c" * 20), "read-write"), (digest("e" * 20), "push"),
+                            (digest("d" * 40), "read-write"))
     assert "a" * 32 not in repr(c) and c.warnings == ()
     # a token from the environment alone is enough to listen beyond loopback
     c = configuration.parse(["-http-addr", "0.0.0.0:7000"], USAGE, {"COYOTES_API_TOKEN": "e" * 16})
@@ -583,7 +584,7 @@ def test_tokens_from_a_file_and_the_environment_are_kept_as_digests(tmp_path):
 @pytest.mark.parametrize(("text", "words"), [
     ("", "no token in it"), ("# nothing\n", "no token in it"),
     ("short\n", "line 1: a token is 16 to 256 printable characters"),
-    ("a" * 16 + " admin\n", "line 1: expected a token, then read-only or read-write"),
+    ("a" * 16 + " admin\n", "line 1: expected a token, then read-write, read-only or push"),
     ("a" * 16 + "\n" + "b" * 16 + " read-only extra\n", "line 2: expected a token"),
 ])
 def test_bad_token_files_are_refused_with_the_line(tmp_path, text, words):
@@ -595,7 +596,7 @@ def test_bad_token_files_are_refused_with_the_line(tmp_path, text, words):
 def test_a_hash_sign_inside_a_token_is_part_of_it(tmp_path):
     path = tokens_file(tmp_path, "abc#def0123456789xyz read-only # for the dashboard\n")
     c = configuration.parse(["-api-token-file", path], USAGE, {})
-    assert c.api_tokens == ((configuration.token_digest("abc#def0123456789xyz"), False),)
+    assert c.api_tokens == ((configuration.token_digest("abc#def0123456789xyz"), "read-only"),)
 
 
 def test_token_file_problems_and_a_bad_environment_token(tmp_path):
