@@ -174,14 +174,22 @@ def settings(opts: dict, environ) -> tuple[str, str]:
     return str(addr), token
 
 
-def table(rows: list[list], header: list[str], tty: bool) -> str:
-    """Aligned columns; a bold header on a terminal."""
+RED, YELLOW = "\033[31m", "\033[33m"
+
+
+def table(rows: list[list], header: list[str], tty: bool, tint=None) -> str:
+    """Aligned columns; on a terminal, a bold header and each row in the colour
+    ``tint(row)`` gives ('' for none)."""
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
     if tty:
         lines[0] = f"\033[1m{lines[0]}\033[0m"
+        for i, row in enumerate(rows, 1):
+            colour = tint(row) if tint else ""
+            if colour:
+                lines[i] = f"{colour}{lines[i]}\033[0m"
     return "\n".join(lines)
 
 
@@ -266,7 +274,7 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
                          settings_["worker"], "paused" if view["paused"] else "",
                          ",".join(view["nodes"])])
         say(table(rows, ["CHANNEL", "RUNNING", "QUEUED", "FAILED", "WORKERS", "STATE",
-                         "NODES"], tty))
+                         "NODES"], tty, lambda row: RED if row[3] else YELLOW if row[5] else ""))
         return 0
     if opts["show"]:
         record = api.call("GET", f"/tasks/{quote(task_id)}")
@@ -300,7 +308,7 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
             for task in api.call("GET", f"/channels/{quote(name)}/failed-tasks")["tasks"]:
                 rows.append([name, task.get("task_id", ""), task.get("status", ""),
                              task.get("exit_code", ""), task.get("task_name", "")[:60]])
-        say(table(rows, ["CHANNEL", "ID", "STATUS", "EXIT", "COMMAND"], tty))
+        say(table(rows, ["CHANNEL", "ID", "STATUS", "EXIT", "COMMAND"], tty, lambda row: RED))
         return 0
     if opts["pause"] or opts["resume"] or opts["resize"]:
         name = quote(opts["<channel>"])
@@ -321,7 +329,8 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
                  "draining" if n["draining"] else ""]
                 for n in api.call("GET", "/nodes")["nodes"]]
         say(table(rows, ["NODE", "STATE", "HOST", "PID", "VERSION", "RUNNING", "HEARTBEAT",
-                         ""], tty))
+                         ""], tty, lambda row: RED if row[1] == "down" else
+                  YELLOW if row[7] else ""))
         return 0
     if opts["schedules"]:
         rows = [[s["name"], s["cron"], s["timezone"], s["channel"],

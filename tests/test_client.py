@@ -146,3 +146,17 @@ def test_push_wait_streams_the_output_while_the_task_runs(daemon):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_tables_are_aligned_and_coloured_only_on_a_terminal():
+    from coyotes_lib.client import RED, table
+    rows = [["default", 0, 3, 1], ["a-longer-name", 12, 0, 0]]
+    plain = table(rows, ["CHANNEL", "RUNNING", "QUEUED", "FAILED"], False,
+                  lambda row: RED if row[3] else "")
+    assert plain.splitlines() == ["CHANNEL        RUNNING  QUEUED  FAILED",
+                                  "default        0        3       1",
+                                  "a-longer-name  12       0       0"]
+    coloured = table(rows, ["CHANNEL", "RUNNING", "QUEUED", "FAILED"], True,
+                     lambda row: RED if row[3] else "").splitlines()
+    assert coloured[0].startswith("\033[1m") and coloured[1].startswith(RED)
+    assert coloured[2] == "a-longer-name  12       0       0"
