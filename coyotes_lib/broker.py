@@ -30,7 +30,7 @@ from . import __version__, scripts
 from .config import Config
 from .connection import BLOCK, MAX_CONNECTIONS, Lean, Subscriber
 from .keys import Keys
-from .listings import Listings
+from .listings import Listings, count_commands, counts_of
 from .model import ChannelSpec, Claim, Deleted, Enqueued, Outcome, Started
 from .policy import CommandPolicy
 from .task import Policy, Task, high
@@ -558,18 +558,16 @@ class Broker(Listings):
         names = sorted(specs)
         commands = [("LLEN", k.dead), ("ZCARD", k.delayed)]
         for chan in names:
-            commands += [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)),
-                         ("LLEN", k.queue_high(chan)), ("ZCARD", k.failed_index(chan)),
-                         ("HGETALL", k.stats(chan))]
+            commands += [*count_commands(k, chan), ("HGETALL", k.stats(chan))]
         replies = [0 if isinstance(reply, Exception) else reply
                    for reply in self.lean.round_trip(commands)]
         channels = {}
         for i, chan in enumerate(names):
-            running, queued, highs, failed, stats = replies[2 + 5 * i:7 + 5 * i]
+            counts, stats = counts_of(replies[2 + 5 * i:6 + 5 * i]), replies[6 + 5 * i]
             spec = specs[chan]
             channels[chan] = {
-                "running_tasks": running, "queued_tasks": queued + highs,
-                "failed_tasks": failed, "channel_paused": int(spec.paused),
+                "running_tasks": counts["running"], "queued_tasks": counts["queued"],
+                "failed_tasks": counts["failed"], "channel_paused": int(spec.paused),
                 "channel_workers": spec.worker_count,
                 "channel_max_running": spec.max_running,
                 "stats": stats if isinstance(stats, dict)   # a RESP3 map, or RESP2 pairs

@@ -49,8 +49,6 @@ import sys
 import time
 import urllib.parse
 
-from .signing import comment_cut
-
 
 class Failure(Exception):
     """Said in one line on stderr; ``code`` is the exit status."""
@@ -145,33 +143,25 @@ class Api:
 
 
 def settings(opts: dict, environ) -> tuple[str, str]:
-    """(address, token) from the options, the environment and the config file."""
+    """(address, token) from the options, the environment and the config file, read
+    as the daemon reads them."""
+    from .config import UsageError, read_file, read_tokens
     conf = opts.get("--config") or environ.get("COYOTES_CONFIG", "")
-    from_file: dict = {}
-    if conf:
-        import tomllib
-        try:
-            with open(conf, "rb") as file:
-                from_file = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise Failure(f"config file {conf}: {exc}", 2) from None
-    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR") or from_file.get(
-        "http-addr") or from_file.get("http_addr") or "127.0.0.1:60001")
+    try:
+        from_file = read_file(conf)[0] if conf else {}
+    except UsageError as exc:
+        raise Failure(str(exc), 2) from None
+    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR")
+            or from_file.get("http-addr") or "127.0.0.1:60001")
     token = environ.get("COYOTES_API_TOKEN", "")
-    token_file = (environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
-                  or from_file.get("api_token_file"))
+    token_file = environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
     if not token and token_file:
         try:
-            with open(token_file, encoding="utf-8") as file:
-                for line in file:
-                    words = comment_cut(line)
-                    if words and words[1:] != ["read-only"]:
-                        token = words[0]
-                        break
-        except OSError as exc:
-            raise Failure(f"cannot read the API token file {token_file}: {exc.strerror}",
-                          4) from None
-    return str(addr), token
+            tokens = read_tokens(token_file)[0]
+        except UsageError as exc:
+            raise Failure(str(exc), 4) from None
+        token = next((token for token, scope in tokens if scope != "read-only"), "")
+    return addr, token
 
 
 RED, YELLOW = "\033[31m", "\033[33m"

@@ -70,15 +70,11 @@ class Listings:
 
     def channel_counts(self, chan: str) -> dict[str, int]:
         """How many of a channel's tasks run, wait and failed (one round trip)."""
-        k = self.keys
-        replies = self.lean.round_trip(
-            [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)), ("LLEN", k.queue_high(chan)),
-             ("ZCARD", k.failed_index(chan))])
+        replies = self.lean.round_trip(count_commands(self.keys, chan))
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        running, queued, highs, failed = replies
-        return {"running": running, "queued": queued + highs, "failed": failed}
+        return counts_of(replies)
 
     def record(self, task_id: str) -> dict | None:
         data = self.redis.hgetall(self.keys.record(task_id))
@@ -148,3 +144,15 @@ class Listings:
                 pipe_range(pipe)
             total, *page = pipe.execute()
         return (page[0] if page else []), total
+
+
+def count_commands(k, chan: str) -> list[tuple]:
+    """The commands that count a channel's running, queued (both queues) and failed
+    tasks; ``counts_of`` reads their replies."""
+    return [("SCARD", k.running(chan)), ("LLEN", k.queue(chan)), ("LLEN", k.queue_high(chan)),
+            ("ZCARD", k.failed_index(chan))]
+
+
+def counts_of(replies) -> dict[str, int]:
+    running, queued, highs, failed = replies
+    return {"running": running, "queued": queued + highs, "failed": failed}

@@ -26,7 +26,10 @@ class Live:
         self.keep, self.keep_bytes, self.size = keep, keep_bytes, 0
         self.seq = 0
         self.ended: dict | None = None   # how the command ended, once it has
-        self.tick = gevent.event.Event()   # set (and replaced) at each change
+        # set (and replaced) at a change that a reader waits for: a task nobody reads
+        # makes no event per line
+        self.tick = gevent.event.Event()
+        self.awaited = False
 
     def add(self, stream: str, text: str) -> None:
         self.seq += 1
@@ -41,8 +44,15 @@ class Live:
         self._changed()
 
     def _changed(self) -> None:
-        tick, self.tick = self.tick, gevent.event.Event()
-        tick.set()
+        if self.awaited:
+            self.awaited = False
+            tick, self.tick = self.tick, gevent.event.Event()
+            tick.set()
+
+    def reader_tick(self) -> gevent.event.Event:
+        """The event the next change sets (look at ``since`` after taking it)."""
+        self.awaited = True
+        return self.tick
 
     def since(self, seq: int) -> tuple[int, list[tuple[int, str, str]]]:
         """(lines missed, the kept lines numbered after ``seq``)."""
@@ -63,7 +73,7 @@ def follow(live: Live, wait: float = 15.0):
     ends (-> how it ended); a comment every ``wait`` seconds keeps proxies open."""
     seq = 0
     while True:
-        tick = live.tick
+        tick = live.reader_tick()
         missed, lines = live.since(seq)
         if missed:
             yield event("dropped", {"lines": missed})
@@ -97,7 +107,7 @@ class Relay:
     def run(self, clock) -> None:
         seq = 0
         while clock() - self.wanted < RELAY_IDLE:
-            tick = self.live.tick
+            tick = self.live.reader_tick()
             if self.replay:
                 seq, self.replay = 0, False
             missed, lines = self.live.since(seq)

@@ -598,8 +598,8 @@ def from_other_node(api: Api, task_id: str):
                     if number > seq:
                         yield event(stream, text)
                         seq = number
-            status = (api.broker.record(task_id) or {}).get("status")
-            if status != "running" and time.monotonic() - heard > RELAY_ASK:
+            if time.monotonic() - heard > RELAY_ASK and (   # silent: is it still running?
+                    api.broker.record(task_id) or {}).get("status") != "running":
                 return False
         return False
     finally:

@@ -128,9 +128,11 @@ class Scheduler:
                 log.info("channel %s: created from %s", name, self.config.config)
                 continue
             before = self.broker.channel(name)
+            if before is None or from_file(name, fields, before) == before:
+                continue   # as the file says already: no write, no resync on every node
             after = self.broker.change_channel(
                 name, lambda spec, name=name, fields=fields: from_file(name, fields, spec))
-            if after is not None and before is not None and after != before:
+            if after is not None:
                 log.info("channel %s: settings from %s (%s)", name, self.config.config,
                          after.to_json(shown=True))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import urllib.request
 
 from conftest import assert_error, ok_data, wait_until
@@ -56,13 +55,12 @@ def test_lines_arrive_while_the_task_runs_then_the_end(coyotes):
                                "error": None})
 
 
-def test_a_late_reader_gets_what_is_kept_and_what_it_missed(coyotes):
-    script = ("import sys, time\nfor i in range(3000):\n    print(i)\n"
-              "sys.stdout.flush()\ntime.sleep(2)")
+def test_a_late_reader_gets_what_is_kept_and_what_it_missed(coyotes, tmp_path):
+    printed = tmp_path / "printed"
+    script = ("import pathlib, sys, time\nfor i in range(3000):\n    print(i)\n"
+              f"sys.stdout.flush()\npathlib.Path({str(printed)!r}).touch()\ntime.sleep(2)")
     task_id = push(coyotes, script)
-    wait_until(lambda: ok_data(coyotes.request("GET", f"/tasks/{task_id}"))["status"] ==
-               "running")
-    time.sleep(0.8)   # all printed, still running
+    wait_until(printed.exists, what="all printed, the task still running")
     got = events(coyotes, task_id)
     assert got[0] == ("dropped", {"lines": 1000})
     lines = [d for k, d in got if k == "stdout"]
