@@ -9,6 +9,7 @@
 #   make install [PREFIX=/usr/local] [DESTDIR=]
 #   make clean   (build products; `make distclean` also removes .venv)
 #   make bench   [BENCH_ARGS='--quick' | '--only throughput --tasks 2000'] [PEER=path/to/coyotes-go]
+#   make screenshots  (the dashboard's pictures in docs/images, taken by its browser tests)
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -32,9 +33,9 @@ BENCH_STAMP := $(BENCH_VENV)/.requirements.stamp
 BENCH_ARGS  ?=
 # Another daemon taking the Go original's flags, measured beside Coyotes in the same rounds.
 PEER        ?=
-SOURCES := coyotes.py $(wildcard coyotes_lib/*.py) pyproject.toml requirements.txt
+SOURCES := coyotes.py $(wildcard coyotes_lib/*.py coyotes_lib/ui/*) pyproject.toml requirements.txt
 
-.PHONY: venv run test lint build install clean distclean bench
+.PHONY: venv run test lint build install clean distclean bench screenshots
 
 venv: $(STAMP)
 
@@ -67,7 +68,8 @@ build: $(OUT)
 $(OUT): $(STAMP) $(SOURCES)
 	mkdir -p $(dir $(OUT))
 	stage='$(abspath $(OUT)).src' && rm -rf "$$stage" && trap 'rm -rf "$$stage"' EXIT && \
-	mkdir -p "$$stage/coyotes_lib" && cp coyotes_lib/*.py "$$stage/coyotes_lib/" && \
+	mkdir -p "$$stage/coyotes_lib/ui" && cp coyotes_lib/*.py "$$stage/coyotes_lib/" && \
+	cp coyotes_lib/ui/* "$$stage/coyotes_lib/ui/" && \
 	cp coyotes.py pyproject.toml requirements.txt "$$stage" && \
 	$(VENV)/bin/shiv --console-script coyotes --output-file $(OUT) --python '$(SHEBANG)' \
 		--compile-pyc --reproducible --quiet --disable-pip-version-check \
@@ -94,3 +96,9 @@ $(BENCH_STAMP): requirements.txt requirements-bench.txt
 bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk missing: HTTP figures will be skipped"; }
 	$(BENCH_VENV)/bin/python -m bench $(if $(PEER),--peer '$(PEER)') $(BENCH_ARGS)
+
+# The browser tests save every page; this keeps them as the docs' pictures. Chinese
+# labels need a CJK font (fonts-noto-cjk, installed when we are root).
+screenshots: $(STAMP)
+	@fc-list :lang=zh | grep -q . || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq fonts-noto-cjk; } || echo "no CJK font: Chinese pages will show boxes"
+	COYOTES_SCREENSHOTS=$(abspath docs/images) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_browser.py

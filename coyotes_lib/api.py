@@ -34,6 +34,10 @@ def make_app(api: routes.Api) -> bottle.Bottle:
 
     mount("GET", "/health", routes.health)
     mount("GET", "/", routes.home)
+    mount("GET", "/ui", routes.ui_root)
+    mount("GET", "/ui/", routes.ui_file)
+    mount("GET", "/ui/<path:path>", routes.ui_file)
+    mount("GET", "/overview", routes.overview)
     mount("GET", "/openapi.json", routes.openapi)
     mount("GET", "/metrics", routes.metrics)
     mount("GET", "/channels", routes.channels)
@@ -69,6 +73,9 @@ def make_app(api: routes.Api) -> bottle.Bottle:
     mount("GET", "/delay-tasks/<task_id>", routes.delay_task)
     mount("DELETE", "/delay-tasks/<task_id>", routes.delete_delay_task)
     mount("GET", "/dead-letters", routes.dead_letters)
+    mount("GET", "/dead-letters/<letter>", routes.dead_letter)
+    mount("DELETE", "/dead-letters/<letter>", routes.delete_dead_letter)
+    mount("POST", "/dead-letters/<letter>/requeue", routes.requeue_dead_letter)
     app.install(redis_outage)
     app.default_error_handler = on_error
     return app

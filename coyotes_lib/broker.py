@@ -84,6 +84,7 @@ class Broker(Listings):
         self._delete_channel = lean.script(scripts.DELETE_CHANNEL)
         self._note_pids = lean.script(scripts.NOTE_PIDS)
         self._fire = lean.script(scripts.FIRE)
+        self._revive = lean.script(scripts.REVIVE)
 
     def load_scripts(self) -> None:
         """Load every script now: a pipelined call finds it there (one that does not,
@@ -229,6 +230,14 @@ class Broker(Listings):
         self._dead(keys=[self.keys.dead, staging, staging, self.keys.dead_trimmed],
                    args=[self._dead_record(entry, reason), entry, self.dead_max,
                          "1" if source else "0"])
+
+    def revive(self, letter: str, entry: str) -> bool:
+        """Take a dead letter (its exact text) out of the list and queue ``entry`` in
+        the prepare queue instead; False if the letter is no longer there."""
+        return self._revive(keys=[self.keys.dead, self.keys.prepare], args=[letter, entry]) == 1
+
+    def drop_dead_letter(self, letter: str) -> bool:
+        return self.redis.lrem(self.keys.dead, 1, letter) == 1
 
     def _dead_record(self, entry: str, reason: str, **more) -> str:
         """A dead letter: the entry (an oversized one cut, with its length and hash),

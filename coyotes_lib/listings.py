@@ -8,7 +8,7 @@ import redis
 
 from .connection import Lean, Script
 from .keys import Keys
-from .task import legacy_id
+from .task import legacy_id, locate
 
 
 class Listings:
@@ -134,6 +134,22 @@ class Listings:
             lambda pipe: pipe.lrange(self.keys.dead, offset, offset + limit - 1),
             ("llen", self.keys.dead), limit)
         return entries, count, int(self.redis.get(self.keys.dead_trimmed) or 0)
+
+    def all_dead_letters(self) -> list[str]:
+        """Every dead letter, newest first (the list is capped: -dead-letters-max)."""
+        return self.redis.lrange(self.keys.dead, 0, -1)
+
+    def delayed_channels(self, most: int) -> tuple[dict[str, int], bool]:
+        """({channel: its delayed tasks} among the ``most`` soonest, whether that was
+        every delayed task): the set is one for all channels, so counting each
+        channel's means reading entries, and a huge set is only sampled."""
+        entries, count = self._page(lambda pipe: pipe.zrange(self.keys.delayed, 0, most - 1),
+                                    ("zcard", self.keys.delayed), most)
+        out: dict[str, int] = {}
+        for raw in entries:
+            chan = locate(raw)[0]
+            out[chan] = out.get(chan, 0) + 1
+        return out, count <= most
 
     def _page(self, pipe_range, count: tuple[str, str], limit: int) -> tuple[list, int]:
         """(a page, the total) in one round trip; no range at all for limit 0 (a range

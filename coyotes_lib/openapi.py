@@ -13,6 +13,7 @@ from .config import CHANNEL_NAME
 from .replies import MAX_LIMIT, MAX_OFFSET
 from .routes import MAX_DELAY, MAX_RUNNING, MAX_WORKERS
 from .schedules import CRON_MAX, MISSED, OVERLAP
+from .scripts import MINUTES
 from .task import MAX_COMMAND, MAX_ID, POLICY_LIMITS
 
 DEFAULT_SERVER = "http://127.0.0.1:60001"
@@ -41,6 +42,7 @@ ERRORS = {400: "a bad field, query parameter or body",
 # what the guard in front of every route may answer (400: a broken Content-Length or
 # body), and a bug; 503 comes from every route that reads Redis
 EVERY_ROUTE = (400, 401, 403, 408, 413, 500)
+BROWSER_HOME = "a browser (Accept: text/html) is sent to the dashboard, /ui/"
 
 
 def ref(kind: str, name: str) -> dict:
@@ -66,10 +68,14 @@ def error(status: int) -> dict:
 
 
 def operation(op_id: str, summary: str, reply: dict, *statuses: int, params=(),
-              body: dict | None = None, redis: bool = True, open_to_all: bool = False) -> dict:
+              body: dict | None = None, redis: bool = True, open_to_all: bool = False,
+              redirect: tuple[int, str] | None = None) -> dict:
     """One operation: its 200 reply and the error statuses it may answer besides
-    those of every route; ``open_to_all``: it needs no token, ever."""
+    those of every route; ``open_to_all``: it needs no token, ever; ``redirect``:
+    (status, when) it may answer with a Location instead."""
     responses = {"200": reply}
+    if redirect:
+        responses[str(redirect[0])] = {"description": redirect[1]}
     for status in sorted({*statuses, *EVERY_ROUTE, *([503] if redis else [])}
                          - ({401} if open_to_all else set())):
         responses[str(status)] = ref("responses", str(status))
@@ -80,6 +86,18 @@ def operation(op_id: str, summary: str, reply: dict, *statuses: int, params=(),
         op["parameters"] = [ref("parameters", p) for p in params]
     if body is not None:
         op["requestBody"] = body
+    return op
+
+
+def page_operation(op_id: str, summary: str, params=(), redirect: int = 0) -> dict:
+    """A file of the dashboard: open to all (it holds no data), not in the envelope."""
+    op = operation(op_id, summary, {"description": "the file", "content": {
+        kind: {"schema": {"type": "string"}} for kind in (
+            "text/html", "text/javascript", "text/css")}}, 404, params=params, redis=False,
+        open_to_all=True)
+    if redirect:   # the only answer but the errors
+        del op["responses"]["200"]
+        op["responses"][str(redirect)] = {"description": summary}
     return op
 
 
@@ -284,6 +302,13 @@ def components() -> dict:
             **{key: {"name": key, "in": "query", "required": False, "schema": schema,
                      "description": "page size" if key == "limit" else "entries skipped"}
                for key, schema in page.items()},
+            "letter": {"name": "letter", "in": "path", "required": True,
+                       "description": "a dead letter's id (from GET /dead-letters)",
+                       "example": "3f2a9c0b7d1e4a65", "schema": {"type": "string",
+                                                                "minLength": 1}},
+            "path": {"name": "path", "in": "path", "required": True,
+                     "description": "a file of the dashboard", "example": "app.js",
+                     "schema": {"type": "string", "minLength": 1}},
             "node_id": {"name": "node_id", "in": "path", "required": True,
                         "description": "a node's id (-node-id)", "example": "web1",
                         "schema": {"type": "string", "minLength": 1}},
@@ -319,6 +344,25 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                "properties": {"count": {"type": "integer", "minimum": 0}}}
     delayed = ref("schemas", "ListedTask")
     page = ("limit", "offset")
+    count = {"type": "integer", "minimum": 0}
+    minutes = {"type": "array", "items": count, "minItems": MINUTES, "maxItems": MINUTES,
+               "description": "one a minute, oldest first, the current minute last"}
+    overview = {"type": "object", "required": [
+        "node", "version", "now", "channels", "nodes", "delayed", "delayed_counted",
+        "dead_letters"], "properties": {
+        "node": {"type": "string"}, "version": {"type": "string"}, "now": {"type": "number"},
+        "channels": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "queued": count, "running": count, "delayed": count,
+            "failed": count, "paused": {"type": "boolean"}, "worker": count,
+            "max_running": count, "finished_per_minute": minutes,
+            "failed_per_minute": minutes}}},
+        "nodes": {"type": "array", "items": ref("schemas", "Node")},
+        "delayed": count, "dead_letters": count,
+        "delayed_counted": {"type": "boolean", "description": "false: the channels' delayed "
+                            "counts come from the soonest 10,000 delayed tasks only"}}}
+    letter = {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string"}, "entry": {"type": "string"}, "reason": {"type": "string"},
+        "ts": {"type": "integer"}, "node": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -338,7 +382,15 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                 "properties": {"name": {"const": "coyotes"}, "version": {"type": "string"},
                                "node": {"type": "string"},
                                "task_mode": {"type": "boolean"}}}, "this daemon"),
-                                  redis=False)},
+                                  redis=False, redirect=(302, BROWSER_HOME))},
+            "/ui": {"get": page_operation("dashboard_root", "to /ui/", redirect=301)},
+            "/ui/": {"get": page_operation("dashboard", "the dashboard (a page for a browser; "
+                                           "its data comes from this API, with the token)")},
+            "/ui/{path}": {"get": page_operation("dashboard_file", "a file of the dashboard "
+                                                 "(script, style)", params=("path",))},
+            "/overview": {"get": operation(
+                "overview", "what the dashboard's first page shows, in one reply",
+                ok(overview, "every channel's counts and last hour, the nodes"))},
             "/health": {"get": operation(
                 "health", "200 once this node is ready to work (its channels exist and it "
                 "is registered); 503 before that, and while Redis is unreachable",
@@ -499,11 +551,27 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                  ok({"type": "object",
                                      "required": ["entries", "count", "trimmed"],
                                      "properties": {
-                                         "entries": {"type": "array",
-                                                     "items": {"type": "object"}},
+                                         "entries": {"type": "array", "items": letter},
                                          "count": {"type": "integer", "minimum": 0},
                                          "trimmed": {"type": "integer", "minimum": 0}}},
                                     "newest first"), params=page)},
+            "/dead-letters/{letter}": {
+                "get": operation("dead_letter", "one dead letter", ok(letter, "the letter"),
+                                 404, params=("letter",)),
+                "delete": operation("delete_dead_letter", "delete a dead letter", ok(
+                    {"type": "object", "required": ["id", "deleted"], "properties": {
+                        "id": {"type": "string"}, "deleted": {"const": True}}}, "deleted"),
+                    404, params=("letter",))},
+            "/dead-letters/{letter}/requeue": {"post": operation(
+                "requeue_dead_letter", "put a dead letter's entry (or the entry given, "
+                "edited) back into the prepare queue, where it is checked again",
+                ok({"type": "object", "required": ["id", "requeued"], "properties": {
+                    "id": {"type": "string"}, "requeued": {"const": True}}}, "queued"),
+                404, 409, params=("letter",), body={"required": False, "content": {
+                    media: {"schema": {"type": "object", "properties": {"entry": {
+                        "type": "string", "minLength": 1, "pattern": r"\S",
+                        "description": "the entry to queue instead of the letter's"}}}}
+                    for media in (JSON, URLENCODED, MULTIPART)}})},
         },
         "components": components(),
     }

@@ -44,6 +44,20 @@ def ok(data=None) -> str:
     return envelope(200, "ok", data)
 
 
+UI_PREFIX = "/ui"   # the dashboard's files: no data in them, so no token to get them
+
+
+def is_page(environ) -> bool:
+    """Whether a request asks for the dashboard's files: GET /ui/..., or GET / from a
+    browser (which is sent there), not an API call."""
+    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        return False
+    path = environ.get("PATH_INFO", "")
+    if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        return True
+    return path == "/" and "text/html" in environ.get("HTTP_ACCEPT", "")
+
+
 def describe(raw: str, channel: str, status: str) -> dict:
     """A task in a listing: the Go fields, plus ours where known."""
     try:

@@ -7,9 +7,11 @@ settings) and of its URL's parts; ``api.make_app`` mounts them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import bottle
 import gevent
@@ -20,10 +22,21 @@ from .config import CHANNEL_NAME, Config
 from .live import event, follow
 from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
-from .replies import BODY_READ, Body, describe, fail, ok, page_args, record_view, whole
+from .replies import (
+    BODY_READ,
+    Body,
+    describe,
+    fail,
+    is_page,
+    ok,
+    page_args,
+    record_view,
+    whole,
+)
 from .schedules import BadSchedule, Schedule, last_firing, parse
+from .scripts import MINUTES
 from .signing import Unsigned
-from .task import BOOLEANS, POLICY_LIMITS, BadTask, Policy, build, locate
+from .task import BOOLEANS, MAX_ENTRY, POLICY_LIMITS, BadTask, Policy, build, locate
 
 log = logging.getLogger("coyotes.api")
 
@@ -34,6 +47,15 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "canceled", "kil
 # the fields PATCH /channels/<name> takes
 SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 MAX_DELAY = 366 * 86400
+UI_FILES = Path(__file__).with_name("ui")   # the dashboard, shipped in the package
+# what the dashboard's files may do: nothing from elsewhere, and not be framed
+UI_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                         "frame-ancestors 'none'; base-uri 'none'; "
+                                         "form-action 'none'",
+              "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+              "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+DELAYED_SCAN = 10_000   # delayed tasks read to count each channel's (the set is shared)
+DELAYED_TTL = 5.0       # seconds those counts are reused
 
 
 class Api:
@@ -51,6 +73,7 @@ class Api:
         self.live = live   # task id -> its Live, if it runs on this node
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
         self.metrics = None   # the /metrics registry, made at the first scrape
+        self.delayed_seen: tuple[float, dict[str, int], bool] = (0.0, {}, True)
 
     def spec_of(self, name: str) -> ChannelSpec:
         """A channel's settings, read again from Redis when older than SPEC_TTL
@@ -98,8 +121,70 @@ def health(api: Api):
 
 
 def home(api: Api):
+    if is_page(bottle.request.environ):   # a browser: to the dashboard
+        raise bottle.HTTPResponse(status=302, Location="/ui/")
     return ok({"name": "coyotes", "version": __version__, "node": api.broker.node,
                "task_mode": api.config.task_mode})
+
+
+def ui_file(api: Api, path="index.html"):
+    """The dashboard's files (a page and its script and style), from the package."""
+    if path == "":
+        path = "index.html"
+    reply = bottle.static_file(path, root=str(UI_FILES))
+    if reply.status_code in (403, 404):   # outside the folder, or missing: our envelope
+        raise fail(404, "not found")
+    for name, value in UI_HEADERS.items():
+        reply.set_header(name, value)
+    return reply
+
+
+def ui_root(api: Api):
+    raise bottle.HTTPResponse(status=301, Location="/ui/")
+
+
+def overview(api: Api):
+    """The dashboard's first page in one reply: each channel's counts, state and
+    tasks finished per minute over the last hour, the nodes, the dead letters."""
+    broker = api.broker
+    snap = broker.metrics_snapshot()
+    now = broker.now()
+    when, delayed, exact = api.delayed_seen
+    if time.monotonic() - when >= DELAYED_TTL:
+        delayed, exact = broker.delayed_channels(DELAYED_SCAN)
+        api.delayed_seen = (time.monotonic(), delayed, exact)
+    channels = []
+    for name, row in sorted(snap["channels"].items()):
+        done, failed = per_minute(row["stats"], now)
+        channels.append({
+            "name": name, "queued": row["queued_tasks"], "running": row["running_tasks"],
+            "delayed": delayed.get(name, 0), "failed": row["failed_tasks"],
+            "paused": bool(row["channel_paused"]), "worker": row["channel_workers"],
+            "max_running": row["channel_max_running"], "finished_per_minute": done,
+            "failed_per_minute": failed})
+    return ok({"node": broker.node, "version": __version__, "now": now,
+               "channels": channels, "nodes": snap["nodes"], "delayed": snap["delayed"],
+               "delayed_counted": exact, "dead_letters": snap["dead"]})
+
+
+def per_minute(stats: dict, now: float) -> tuple[list[int], list[int]]:
+    """(tasks finished, of which not succeeded) in each of the last MINUTES minutes,
+    oldest first, the current minute last, from the ring FINISH keeps."""
+    minute = int(now // 60)
+    done, failed = [], []
+    for past in range(minute - MINUTES + 1, minute + 1):
+        slot = past % MINUTES
+        fresh = stats.get(f"minute:{slot}") == str(past)
+        done.append(count(stats.get(f"done:{slot}")) if fresh else 0)
+        failed.append(count(stats.get(f"failed:{slot}")) if fresh else 0)
+    return done, failed
+
+
+def count(value) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:   # a field edited by hand
+        return 0
 
 
 def openapi(api: Api):
@@ -706,10 +791,67 @@ def dead_letters(api: Api):
     broker = api.broker
     offset, limit = page_args()
     entries, count, trimmed = broker.dead_letters(offset, limit)
-    items = []
-    for entry in entries:
-        try:
-            items.append(json.loads(entry))
-        except ValueError:
-            items.append({"entry": entry})
-    return ok({"entries": items, "count": count, "trimmed": trimmed})
+    return ok({"entries": [letter_view(entry) for entry in entries], "count": count,
+               "trimmed": trimmed})
+
+
+def letter_view(text: str) -> dict:
+    try:
+        item = json.loads(text)
+    except ValueError:
+        item = None
+    if not isinstance(item, dict):
+        item = {"entry": text}
+    item["id"] = letter_id(text)
+    return item
+
+
+def letter_id(text: str) -> str:
+    """A dead letter's id: from its text, so it stays while others come and go."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def the_letter(api: Api, letter: str) -> str:
+    for text in api.broker.all_dead_letters():
+        if letter_id(text) == letter:
+            return text
+    raise fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
+                    "meanwhile, or trimmed off)")
+
+
+def dead_letter(api: Api, letter):
+    return ok(letter_view(the_letter(api, letter)))
+
+
+def delete_dead_letter(api: Api, letter):
+    if not api.broker.drop_dead_letter(the_letter(api, letter)):
+        raise fail(404, f"dead letter {letter!r} is not in the list (deleted meanwhile)")
+    log.info("dead letter %s: deleted via HTTP", letter)
+    return ok({"id": letter, "deleted": True})
+
+
+def requeue_dead_letter(api: Api, letter):
+    """The letter's entry, or the ``entry`` given (the letter edited), goes back into
+    the prepare queue, where it is checked again like any producer's entry."""
+    text = the_letter(api, letter)
+    given = Body(bottle.request.environ).get("entry")
+    if given is not None and not isinstance(given, str):
+        raise fail(400, "entry must be text (a queue entry: JSON or a Go command line)")
+    view = letter_view(text)
+    if given is None:
+        if view.get("truncated"):
+            raise fail(409, "this dead letter kept only the start of its entry: give the "
+                            "whole entry to queue as entry")
+        given = view.get("entry")
+        if not isinstance(given, str):
+            raise fail(409, "this dead letter holds no entry: give one as entry")
+    if not given.strip():
+        raise fail(400, "entry must not be empty")
+    if len(given.encode("utf-8", "surrogateescape")) > MAX_ENTRY:
+        raise fail(413, f"entry larger than {MAX_ENTRY} bytes")
+    if not api.broker.revive(text, given):
+        raise fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
+                        "meanwhile)")
+    log.info("dead letter %s: requeued via HTTP%s", letter,
+             "" if given == view.get("entry") else " (edited)")
+    return ok({"id": letter, "requeued": True})

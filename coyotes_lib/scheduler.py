@@ -35,13 +35,12 @@ from .runners import runner
 from .schedules import Schedule, Timetable
 from .schedules import parse as schedule_from
 from .signing import Unsigned
-from .task import BadTask, Task, from_producer, locate
+from .task import MAX_ENTRY, BadTask, Task, from_producer, locate
 
 log = logging.getLogger("coyotes.scheduler")
 
 DEFAULT_CHANNELS = ("biz", "cron")   # besides -channel-default
 SYNC_EVERY = 2.0                     # seconds between reloads of task:channels
-MAX_ENTRY = 1 << 20                  # bytes of one prepare-queue entry
 BLOCK_WAIT = 3.0                     # seconds to let claim loops notice the stop flag
 ROUTE_BATCH = 100                    # prepare-queue entries routed per round trip
 STAGED_READ = 1000                   # staged entries read at a time to route again

@@ -334,11 +334,16 @@ return start(KEYS[2], KEYS[1], ARGV[1], ARGV[2])
 DURATION_BOUNDS = ("0.01", "0.05", "0.1", "0.5", "1", "5", "10", "30", "60", "300", "600",
                    "1800", "3600", "21600")
 
+# Minutes of history a channel's statistics keep (the dashboard's chart)
+MINUTES = 60
+
 # The statistics of a channel (the metrics' counters, so every node reports the same):
 # 'finished:<status>' per outcome ('retried' for an attempt that is retried), and the
 # durations: 'bucket:<bound>' (not cumulative; '+Inf' past the last), 'duration_sum',
-# 'duration_count'. Best effort: a statistics key or field that is not ours is left
-# alone and the task finishes all the same.
+# 'duration_count'. And a ring of the last MINUTES minutes, slot = minute % MINUTES:
+# 'minute:<slot>' (the unix minute it counts), 'done:<slot>' (tasks finished, retries
+# not counted) and 'failed:<slot>' (of those, not succeeded). Best effort: a
+# statistics key or field that is not ours is left alone and the task finishes.
 _STATS = """
 local BOUNDS = {""" + ", ".join(f"'{b}'" for b in DURATION_BOUNDS) + """}
 local function stats_fields(outcome, fields)
@@ -356,16 +361,32 @@ local function stats_fields(outcome, fields)
     end
     names = {names[1], 'bucket:' .. le, 'duration_sum', 'duration_count'}
   end
-  return names, duration
+  return names, duration, status
 end
 -- -> the HSET arguments that count this attempt, or nil when a value is not a number
-local function stats_update(key, names, duration)
+local function stats_update(key, names, duration, status, now)
   if redis.call('TYPE', key)['ok'] ~= 'hash' and redis.call('EXISTS', key) == 1 then
     return nil
   end
-  local now, out = redis.call('HMGET', key, unpack(names)), {}
-  for i, name in ipairs(names) do
-    local value = tonumber(now[i] or '0')
+  local minute = math.floor(tonumber(now) / 60)
+  local slot = tostring(minute % """ + str(MINUTES) + """)
+  local ring = status ~= 'retried'
+  if ring then
+    names = {'minute:' .. slot, 'done:' .. slot, 'failed:' .. slot, unpack(names)}
+  end
+  local values, out = redis.call('HMGET', key, unpack(names)), {}
+  local first = 1
+  if ring then
+    local fresh = tonumber(values[1]) ~= minute   -- the slot counts an older minute
+    local done, failed = tonumber(values[2] or '0'), tonumber(values[3] or '0')
+    if fresh then done, failed = 0, 0 end
+    if done == nil or failed == nil then return nil end
+    if status ~= 'succeeded' then failed = failed + 1 end
+    out = {names[1], tostring(minute), names[2], tostring(done + 1), names[3], tostring(failed)}
+    first = 4
+  end
+  for i = first, #names do
+    local name, value = names[i], tonumber(values[i] or '0')
     if value == nil then return nil end
     local add = (name == 'duration_sum') and duration or 1
     out[#out + 1] = name
@@ -388,8 +409,8 @@ local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash')
 if bad then return bad end
 local counted = nil
 if KEYS[8] then
-  local names, duration = stats_fields(ARGV[2], {unpack(ARGV, 6)})
-  counted = stats_update(KEYS[8], names, duration)
+  local names, duration, status = stats_fields(ARGV[2], {unpack(ARGV, 6)})
+  counted = stats_update(KEYS[8], names, duration, status, clock())
 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if counted then redis.call('HSET', KEYS[8], unpack(counted)) end
@@ -723,4 +744,17 @@ for i = 1, #KEYS, 2 do
   out[#out + 1] = redis.call('LLEN', KEYS[i + 1])
 end
 return out
+"""
+
+# A dead letter goes back to the producers' queue (edited or as it was), where the
+# router checks it again like any new entry.
+REVIVE = _TYPES + """
+-- KEYS[1] dead-letter list   KEYS[2] prepare queue
+-- ARGV[1] the dead letter (its exact text)   ARGV[2] the entry to queue
+-- returns 1, or 0 (nothing written) when the letter is no longer in the list
+local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list')
+if bad then return bad end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
 """

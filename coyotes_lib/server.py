@@ -42,7 +42,7 @@ from gevent import pywsgi
 
 from .config import Config, is_ip, is_loopback, token_digest
 from .express import CHALLENGE, Express, environ_key, send_all
-from .replies import BODY_READ, envelope
+from .replies import BODY_READ, envelope, is_page
 
 log = logging.getLogger("coyotes.http")
 
@@ -156,6 +156,8 @@ class Guard:
         host = environ.get("HTTP_HOST", "")
         if host and not self.host_known_allowed(host):
             return 403, f"host {host!r} is not allowed (DNS rebinding protection)"
+        if is_page(environ):   # the dashboard's files hold no data; a link may lead there
+            return None
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
             return 403, "cross-origin request refused"

@@ -19,6 +19,7 @@ import shlex
 import time
 
 MAX_COMMAND = 64 * 1024  # characters of command line, argv included
+MAX_ENTRY = 1 << 20      # bytes of one prepare-queue entry
 # a command line without quotes or backslashes: shlex.split only cuts it at
 # runs of these (and is ten times slower at it)
 UNQUOTED = re.compile(r"[^'\"\\]*")

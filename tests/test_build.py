@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def test_build_is_one_executable_zipapp(built):
     # The program and every runtime dependency travel inside, compiled parts too.
     for required in ("site-packages/coyotes.py", "site-packages/coyotes_lib/daemon.py",
                      "site-packages/bottle.py", "site-packages/docopt.py",
-                     "site-packages/redis/__init__.py"):
+                     "site-packages/redis/__init__.py", "site-packages/coyotes_lib/ui/app.js",
+                     "site-packages/coyotes_lib/ui/index.html"):
         assert required in names, required
     assert any(n.startswith("site-packages/gevent/") and n.endswith(".so") for n in names)
 
@@ -118,6 +120,10 @@ def test_built_file_runs_a_pushed_task(built, coyotes_factory, r, tmp_path):
                             capture_output=True, text=True, timeout=60,
                             env=os.environ | {"SHIV_ROOT": str(shiv_root)})
     assert (client.returncode, client.stdout) == (3, "from the client\n"), client
+    # the dashboard's files are inside too
+    for path, text in (("/ui/", b"app.js"), ("/ui/app.js", b"use strict")):
+        with urllib.request.urlopen(daemon.url + path, timeout=30) as reply:
+            assert text in reply.read()
 
     daemon.signal(signal.SIGUSR2)
     assert daemon.wait(30) == 0

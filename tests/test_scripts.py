@@ -855,6 +855,34 @@ def test_dead_refuses_wrong_types(db):
         assert_unchanged(before, dump(db))
 
 
+# -- REVIVE --------------------------------------------------------------------
+REVIVE_KEYS = [K.dead, K.prepare]
+
+
+def test_revive_moves_a_letter_back_to_the_prepare_queue(db):
+    raw = entry("a")
+    first, second = letter(raw, "one"), letter(raw, "two")
+    db.rpush(K.dead, first, second, first)   # the same letter twice: one goes
+    db.lpush(K.prepare, "older")
+    assert run(db, "REVIVE", REVIVE_KEYS, [first, "edited"]) == 1
+    assert state(db) == {K.dead: [second, first], K.prepare: ["edited", "older"]}
+    assert run(db, "REVIVE", REVIVE_KEYS, [second, raw]) == 1
+    assert state(db) == {K.dead: [first], K.prepare: [raw, "edited", "older"]}
+
+
+def test_revive_a_letter_no_longer_there_writes_nothing(db):
+    db.rpush(K.dead, letter(entry("a")))
+    before = dump(db)
+    assert run(db, "REVIVE", REVIVE_KEYS, [letter(entry("b")), "x"]) == 0
+    assert_unchanged(before, dump(db))
+
+
+def test_revive_refuses_wrong_types(db):
+    raw = entry("a")
+    assert_refuses(db, lambda: db.rpush(K.dead, letter(raw)), "REVIVE", REVIVE_KEYS,
+                   [letter(raw), raw], {K.dead: "list", K.prepare: "list"})
+
+
 # -- TAKE ----------------------------------------------------------------------
 TAKE_KEYS = [K.prepare, K.staging(NODE)]
 
@@ -2600,10 +2628,35 @@ def test_finish_counts_outcomes_and_durations(db):
     db.lpush(K.processing(NODE, CHAN), RAW)
     assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
         "failed", {"status": "timed_out", "duration": "99999"})) == 1
-    assert db.hgetall(STATS) == {
+    stats = db.hgetall(STATS)
+    ring = {name: stats.pop(name) for name in list(stats) if not name.startswith(
+        ("finished:", "bucket:", "duration_"))}
+    assert stats == {
         "finished:succeeded": "1", "finished:retried": "1", "finished:canceled": "1",
         "finished:timed_out": "1", "bucket:0.05": "1", "bucket:10": "1", "bucket:+Inf": "1",
         "duration_sum": "100006.542000", "duration_count": "3"}
+    # this minute's slot of the ring: three tasks finished (the retry is not one of
+    # them), two of them not succeeded (a minute may have turned meanwhile: two slots)
+    minute = int(now(db) // 60)
+    slots = {int(name.split(":")[1]) for name in ring}
+    assert slots <= {minute % scripts.MINUTES, (minute - 1) % scripts.MINUTES}
+    assert sum(int(ring[f"done:{slot}"]) for slot in slots) == 3
+    assert sum(int(ring[f"failed:{slot}"]) for slot in slots) == 2
+    assert {int(ring[f"minute:{slot}"]) for slot in slots} <= {minute, minute - 1}
+
+
+def test_finish_ring_starts_a_slot_over_for_a_new_minute(db):
+    minute = int(now(db) // 60)
+    slot = minute % scripts.MINUTES
+    # the slot still counts the same minute an hour ago: it starts over at 1
+    db.hset(STATS, mapping={f"minute:{slot}": minute - scripts.MINUTES, f"done:{slot}": 40,
+                            f"failed:{slot}": 7})
+    running(db)
+    assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
+        "done", {"status": "succeeded", "duration": "1"})) == 1
+    if int(now(db) // 60) == minute:   # else the minute turned: another slot counted it
+        assert db.hmget(STATS, f"minute:{slot}", f"done:{slot}", f"failed:{slot}") == [
+            str(minute), "1", "0"]
 
 
 def test_finish_statistics_never_stop_a_finish(db):
