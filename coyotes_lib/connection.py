@@ -55,7 +55,9 @@ class Packer:
                     if " " not in args[0]:
                         return [hiredis.pack_command(args)]
                 except TypeError:   # a bytes name, a bytearray or memoryview argument
-                    pass
+                    # (which redis-py's hiredis packer refuses before 8.0)
+                    args = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview))
+                                 else arg for arg in args)
                 return self.fast.pack(*args)
             except UnicodeEncodeError:
                 pass

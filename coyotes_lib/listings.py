@@ -135,9 +135,22 @@ class Listings:
             ("llen", self.keys.dead), limit)
         return entries, count, int(self.redis.get(self.keys.dead_trimmed) or 0)
 
-    def all_dead_letters(self) -> list[str]:
-        """Every dead letter, newest first (the list is capped: -dead-letters-max)."""
-        return self.redis.lrange(self.keys.dead, 0, -1)
+    def find_dead_letter(self, wanted, hint: int | None = None,
+                         chunk: int = 1000) -> str | None:
+        """The first dead letter for which ``wanted(text)`` holds: the one at index
+        ``hint`` if it does (where a listing showed it), else a chunk at a time from
+        the newest (the list may hold millions, of up to 16 KiB each)."""
+        if hint is not None:
+            text = self.redis.lindex(self.keys.dead, hint)
+            if text is not None and wanted(text):
+                return text
+        start = 0
+        while texts := self.redis.lrange(self.keys.dead, start, start + chunk - 1):
+            for text in texts:
+                if wanted(text):
+                    return text
+            start += chunk
+        return None
 
     def delayed_channels(self, most: int) -> tuple[dict[str, int], bool]:
         """({channel: its delayed tasks} among the ``most`` soonest, whether that was

@@ -306,6 +306,10 @@ def components() -> dict:
                        "description": "a dead letter's id (from GET /dead-letters)",
                        "example": "3f2a9c0b7d1e4a65", "schema": {"type": "string",
                                                                 "minLength": 1}},
+            "at": {"name": "at", "in": "query", "required": False,
+                   "description": "where the letter was in the list (its offset in a "
+                                  "listing): looked at first", "schema": number(
+                                      0, MAX_OFFSET, "integer")},
             "path": {"name": "path", "in": "path", "required": True,
                      "description": "a file of the dashboard", "example": "app.js",
                      "schema": {"type": "string", "minLength": 1}},
@@ -557,17 +561,17 @@ def document(server: str = DEFAULT_SERVER) -> dict:
                                     "newest first"), params=page)},
             "/dead-letters/{letter}": {
                 "get": operation("dead_letter", "one dead letter", ok(letter, "the letter"),
-                                 404, params=("letter",)),
+                                 404, params=("letter", "at")),
                 "delete": operation("delete_dead_letter", "delete a dead letter", ok(
                     {"type": "object", "required": ["id", "deleted"], "properties": {
                         "id": {"type": "string"}, "deleted": {"const": True}}}, "deleted"),
-                    404, params=("letter",))},
+                    404, params=("letter", "at"))},
             "/dead-letters/{letter}/requeue": {"post": operation(
                 "requeue_dead_letter", "put a dead letter's entry (or the entry given, "
                 "edited) back into the prepare queue, where it is checked again",
                 ok({"type": "object", "required": ["id", "requeued"], "properties": {
                     "id": {"type": "string"}, "requeued": {"const": True}}}, "queued"),
-                404, 409, params=("letter",), body={"required": False, "content": {
+                404, 409, params=("letter", "at"), body={"required": False, "content": {
                     media: {"schema": {"type": "object", "properties": {"entry": {
                         "type": "string", "minLength": 1, "pattern": r"\S",
                         "description": "the entry to queue instead of the letter's"}}}}

@@ -24,6 +24,7 @@ from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
 from .replies import (
     BODY_READ,
+    JSON_TYPE,
     Body,
     describe,
     fail,
@@ -56,6 +57,7 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' dat
               "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 DELAYED_SCAN = 10_000   # delayed tasks read to count each channel's (the set is shared)
 DELAYED_TTL = 5.0       # seconds those counts are reused
+OVERVIEW_TTL = 1.0      # seconds an overview is reused: many open dashboards cost one
 
 
 class Api:
@@ -74,6 +76,7 @@ class Api:
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
         self.metrics = None   # the /metrics registry, made at the first scrape
         self.delayed_seen: tuple[float, dict[str, int], bool] = (0.0, {}, True)
+        self.overview_seen: tuple[float, str] = (-OVERVIEW_TTL, "")
 
     def spec_of(self, name: str) -> ChannelSpec:
         """A channel's settings, read again from Redis when older than SPEC_TTL
@@ -146,6 +149,10 @@ def ui_root(api: Api):
 def overview(api: Api):
     """The dashboard's first page in one reply: each channel's counts, state and
     tasks finished per minute over the last hour, the nodes, the dead letters."""
+    when, text = api.overview_seen
+    if time.monotonic() - when < OVERVIEW_TTL:
+        bottle.response.content_type = JSON_TYPE
+        return text
     broker = api.broker
     snap = broker.metrics_snapshot()
     now = broker.now()
@@ -162,9 +169,11 @@ def overview(api: Api):
             "paused": bool(row["channel_paused"]), "worker": row["channel_workers"],
             "max_running": row["channel_max_running"], "finished_per_minute": done,
             "failed_per_minute": failed})
-    return ok({"node": broker.node, "version": __version__, "now": now,
+    text = ok({"node": broker.node, "version": __version__, "now": now,
                "channels": channels, "nodes": snap["nodes"], "delayed": snap["delayed"],
                "delayed_counted": exact, "dead_letters": snap["dead"]})
+    api.overview_seen = (time.monotonic(), text)
+    return text
 
 
 def per_minute(stats: dict, now: float) -> tuple[list[int], list[int]]:
@@ -812,9 +821,15 @@ def letter_id(text: str) -> str:
 
 
 def the_letter(api: Api, letter: str) -> str:
-    for text in api.broker.all_dead_letters():
-        if letter_id(text) == letter:
-            return text
+    """The letter's text; the query's ``at`` says where to look first."""
+    try:
+        hint = int(bottle.request.query.get("at", ""))
+    except ValueError:
+        hint = None
+    text = api.broker.find_dead_letter(lambda text: letter_id(text) == letter,
+                                       hint if hint is not None and hint >= 0 else None)
+    if text is not None:
+        return text
     raise fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
                     "meanwhile, or trimmed off)")
 

@@ -180,7 +180,7 @@ def packed_like_redis_py(port: int) -> dict:
         ours = b"".join(packer.pack(*args))
         try:
             theirs = b"".join(HiredisRespSerializer().pack(*args))
-        except UnicodeEncodeError:
+        except (UnicodeEncodeError, redis.DataError):   # redis-py < 8: no bytearray
             theirs = b"".join(python.pack(*args))
         same.append(ours == theirs)
     client = connect("127.0.0.1", port)

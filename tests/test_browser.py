@@ -147,6 +147,9 @@ def test_every_page_in_english_and_chinese(coyotes, r, open_page, shots, tmp_pat
             expect(page.locator("main")).to_contain_text(shown, timeout=WAIT)
             shoot(page, shots, f"dashboard-{name}{suffix}")
         expect(page.locator("nav")).to_contain_text("概览" if suffix else "Overview")
+        # a broken escape in the address is shown as it is, not an error
+        page.goto(f"{coyotes.url}/ui/#/channels/%zz")
+        expect(page.locator("h1")).to_contain_text("%zz", timeout=WAIT)
         # nothing wider than the phone: tables scroll inside their box
         if suffix:
             width = page.evaluate("document.documentElement.scrollWidth")
@@ -172,10 +175,15 @@ def test_pushed_tasks_appear_and_pause_shows_on_another_node(coyotes_factory, op
     expect(page_a.locator("main")).to_contain_text("job-4", timeout=WAIT)
     # resized on B, resumed on B: A's page shows both, and the tasks run
     page_b.goto(f"{second.url}/ui/#/channels/jobs")
+    expect(page_b.locator("#max_running")).to_have_value("0", timeout=WAIT)
     page_b.locator("#worker").fill("4")
+    # meanwhile, elsewhere: the limit changes; saving the workers keeps it
+    ok_data(first.request("PATCH", "/channels/jobs", {"max_running": 7}))
     page_b.locator("#resize").click()
     wait_until(lambda: ok_data(first.request("GET", "/channels/jobs"))["settings"]["worker"] == 4,
                20, what="the new worker count")
+    assert ok_data(first.request("GET", "/channels/jobs"))["settings"]["max_running"] == 7
+    expect(page_b.locator("#max_running")).to_have_value("7", timeout=WAIT)
     page_b.locator("#resume").click()
     expect(page_a.locator("h1 .badge")).to_have_text("active", timeout=WAIT)
     wait_until(lambda: ok_data(first.request("GET", "/channels/jobs"))["counts"]["queued"] == 0,
@@ -249,6 +257,14 @@ def test_delayed_schedules_and_dead_letters(coyotes, r, open_page, tmp_path):
     hourly.locator("button.toggle").click()
     expect(hourly.locator(".badge").first).to_have_text("enabled", timeout=WAIT)
 
+    # a letter that kept only the start of its entry is not queued as it is
+    r.lpush("task:prepare:queue", json.dumps({"chan": "missing", "task": "x" * 20_000}))
+    page.goto(f"{coyotes.url}/ui/#/dead-letters")
+    page.locator("button.view").first.click(timeout=WAIT)
+    expect(page.locator("#requeue")).to_be_disabled()
+    page.get_by_role("button", name="Delete").first.click()
+    expect(page.locator("button.view")).to_have_count(0, timeout=WAIT)
+
     marker = tmp_path / "revived"
     r.lpush("task:prepare:queue", json.dumps({"chan": "missing", "command": {
         "name": PY, "args": ["-c", f"open({str(marker)!r}, 'w').close()"]}}))
@@ -269,12 +285,17 @@ def test_behind_the_api_token(coyotes_factory, open_page, tmp_path):
     daemon = coyotes_factory("-api-token-file", token_file(tmp_path))
     page = open_page(f"{daemon.url}/")   # a browser at / is sent to the dashboard
     expect(page.locator("#token")).to_be_visible(timeout=WAIT)
+    # the menu while the form shows: the next page asks again
+    page.get_by_role("link", name="Failed").click()
+    expect(page.locator("#token")).to_be_visible(timeout=WAIT)
     page.locator("#token").fill("not-the-token")
     page.locator("form.token button").click()
     expect(page.locator("form.token")).to_contain_text("not valid", timeout=WAIT)
     # read-only: the pages show, the actions are refused with the API's reason
     page.locator("#token").fill(RO)
     page.locator("form.token button").click()
+    expect(page.locator("main")).to_contain_text("No channel has failed tasks", timeout=WAIT)
+    page.goto(f"{daemon.url}/ui/#/")
     expect(row(page, "default")).to_be_visible(timeout=WAIT)
     page.goto(f"{daemon.url}/ui/#/channels/default")
     page.locator("#pause").click()

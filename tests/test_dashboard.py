@@ -132,6 +132,18 @@ def test_dead_letters_view_delete_and_requeue(coyotes, r, tmp_path):
     assert_error(coyotes.request("DELETE", f"/dead-letters/{last['id']}"), 404)
 
 
+def test_a_letter_is_found_anywhere_in_a_long_list(coyotes, r):
+    letters = [json.dumps({"entry": f"e{n}", "reason": "test"}) for n in range(2500)]
+    r.rpush("task:prepare:dead", *letters)   # newest first: index n holds e{n}
+    deep = letter_id(letters[2345])
+    for hint in ("", "?at=2345", "?at=7", "?at=99999", "?at=-1", "?at=x"):
+        assert ok_data(coyotes.request("GET", f"/dead-letters/{deep}{hint}"))["entry"] == "e2345"
+    ok_data(coyotes.request("DELETE", f"/dead-letters/{deep}?at=2345"))
+    assert r.llen("task:prepare:dead") == 2499 and letters[2345] not in r.lrange(
+        "task:prepare:dead", 2300, 2400)
+    assert_error(coyotes.request("GET", f"/dead-letters/{deep}"), 404)
+
+
 def test_requeue_refusals_write_nothing(coyotes, r):
     r.lpush("task:prepare:dead", json.dumps({"entry": "x" * 10, "reason": "too long",
                                              "truncated": True}),

@@ -128,10 +128,10 @@ function fields(pairs) {
 }
 
 // seconds (unix, Redis's clock) -> "3 s ago" / "in 2 min", against the server's clock
-let skew = 0;   // server clock - browser clock, seconds
+let skew = null;   // server clock - browser clock, seconds (null: not known yet)
 function ago(unix) {
   if (!unix) return "";
-  const d = Date.now() / 1000 + skew - unix;
+  const d = Date.now() / 1000 + (skew || 0) - unix;
   const abs = Math.abs(d);
   const text = abs < 90 ? `${Math.round(abs)} s` : abs < 5400 ? `${Math.round(abs / 60)} min`
     : abs < 172800 ? `${Math.round(abs / 3600)} h` : `${Math.round(abs / 86400)} d`;
@@ -161,6 +161,7 @@ async function api(method, path, body) {
   } catch (err) {
     throw new ApiError(0, `${path}: ${err.message}`);
   }
+  if (skew === null && reply.headers.get("Date")) skew = Date.parse(reply.headers.get("Date")) / 1000 - Date.now() / 1000;
   let data = null;
   try { data = await reply.json(); } catch (err) { data = null; }
   if (reply.status === 401) { askToken(data && data.message); throw new ApiError(401, data ? data.message : "401"); }
@@ -306,15 +307,17 @@ pages.channel = {
     const head = h("h1", {}, t("channel"), " ", h("span", { class: "mono" }, name));
     const state = h("span"), buttons = h("span", { class: "actions" });
     head.append(state, buttons);
-    const worker = h("input", { type: "number", min: 1, name: "worker", id: "worker" });
-    const limit = h("input", { type: "number", min: 0, name: "max_running", id: "max_running" });
+    const worker = h("input", { type: "number", min: 1, name: "worker", id: "worker", "data-shown": "" });
+    const limit = h("input", { type: "number", min: 0, name: "max_running", id: "max_running", "data-shown": "" });
     const resize = h("form", {
       class: "inline", onsubmit: (ev) => {
         ev.preventDefault();
+        // only what was changed here: a field left alone keeps what others set meanwhile
         const body = {};
-        if (worker.value !== "") body.worker = Number(worker.value);
-        if (limit.value !== "") body.max_running = Number(limit.value);
-        act("PATCH", `/channels/${encodeURIComponent(name)}`, body).then(() => { filled = false; });
+        for (const input of [worker, limit]) {
+          if (input.value !== "" && input.value !== input.dataset.shown) body[input.name] = Number(input.value);
+        }
+        act("PATCH", `/channels/${encodeURIComponent(name)}`, body);
       },
     }, h("label", {}, t("worker"), worker), h("label", {}, t("max_running"), limit),
     h("button", { type: "submit", class: "primary", id: "resize" }, t("save")));
@@ -322,7 +325,12 @@ pages.channel = {
     const pager = h("div", { class: "pager" });
     el.append(head, cards, h("h2", {}, t("settings")), resize, settings, h("h2", {}, t("running")), running,
       h("h2", {}, t("queue")), queue, pager);
-    let filled = false;
+    // a field shows the server's value unless the user is editing it
+    const sync = (input, value) => {
+      const now = String(value);
+      if (input.value === input.dataset.shown && document.activeElement !== input) input.value = now;
+      if (input.value === now) input.dataset.shown = now;
+    };
     return async () => {
       const path = `/channels/${encodeURIComponent(name)}`;
       const c = await api("GET", `${path}?offset=${offset}&limit=${PAGE}`);
@@ -334,11 +342,8 @@ pages.channel = {
       put(cards, [[c.counts.queued, t("queued")], [c.counts.running, t("running")],
         [c.counts.failed, t("failed")], [c.nodes.length, t("nodes")]]
         .map(([n, label]) => h("div", { class: "card" }, h("b", {}, n), h("span", {}, label))));
-      if (!filled && document.activeElement !== worker && document.activeElement !== limit) {
-        worker.value = c.settings.worker;
-        limit.value = c.settings.max_running;
-        filled = true;
-      }
+      sync(worker, c.settings.worker);
+      sync(limit, c.settings.max_running);
       const s = c.settings;
       put(settings, fields([["distinct", String(s.distinct)], [t("timeout"), s.timeout],
         [t("retries"), s.retries], ["retry_on", (s.retry_on || []).join(", ")],
@@ -378,6 +383,7 @@ pages.task = {
     let streaming = false, ended = false;
     const me = current;   // this page, while it is shown
     const stream = async () => {
+      if (me !== current) return;   // left meanwhile: nobody would stop it
       streaming = true;
       out.replaceChildren();
       outState.textContent = t("output_live");
@@ -402,6 +408,7 @@ pages.task = {
       } catch (err) {
         if (err.name !== "AbortError") outState.textContent = err.message;
       }
+      if (!ended) streaming = false;   // cut off (a restart, the network): follow it again
     };
     const onEvent = (block) => {
       let name = "message";
@@ -428,6 +435,7 @@ pages.task = {
     };
     return async () => {
       const r = await api("GET", path);
+      if (me !== current) return;
       put(state, badge(r.status || "unknown"));
       const chan = r.channel || "";
       const acts = [];
@@ -541,14 +549,21 @@ pages.dead = {
       open = x.id;
       const text = h("textarea", { id: "letter-entry", spellcheck: "false" });
       text.value = x.entry || "";
+      // as it was, the server queues the letter's own entry (and refuses a cut one)
+      const requeue = h("button", { class: "primary", id: "requeue", disabled: !!x.truncated || !x.entry,
+        onclick: async () => {
+          const body = text.value === (x.entry || "") ? {} : { entry: text.value };
+          if (await act("POST", `/dead-letters/${x.id}/requeue?at=${x.at}`, body)) close();
+        } }, t("requeue"));
+      text.addEventListener("input", () => { requeue.disabled = !text.value.trim() || (!!x.truncated && text.value === x.entry); });
       put(editor, h("div", { class: "card" },
         h("p", {}, h("b", {}, x.reason || ""), " ", stamp(x.ts)),
         h("pre", { class: "letter" }, JSON.stringify(x, null, 2)),
         x.truncated ? h("p", { class: "muted" }, t("truncated")) : null,
         h("p", { class: "muted" }, t("edit_requeue")), text,
         h("div", { class: "actions" },
-          h("button", { class: "primary", id: "requeue", onclick: async () => { if (await act("POST", `/dead-letters/${x.id}/requeue`, { entry: text.value })) close(); } }, t("requeue")),
-          h("button", { class: "danger", onclick: async () => { if (await act("DELETE", `/dead-letters/${x.id}`, undefined, t("confirm"))) close(); } }, t("delete")),
+          requeue,
+          h("button", { class: "danger", onclick: async () => { if (await act("DELETE", `/dead-letters/${x.id}?at=${x.at}`, undefined, t("confirm"))) close(); } }, t("delete")),
           h("button", { onclick: () => close() }, t("close")))));
       text.focus();
     };
@@ -557,11 +572,11 @@ pages.dead = {
       const d = await api("GET", `/dead-letters?offset=${offset}&limit=${PAGE}`);
       summary.textContent = `${d.count} ${t("dead_total")}${d.trimmed ? `, ${d.trimmed} ${t("trimmed")}` : ""}`;
       put(list, table([t("when"), t("reason"), t("channel"), t("entry"), ""],
-        d.entries.map((x) => [stamp(x.ts), x.reason || "", x.channel || "",
+        d.entries.map((x, i) => { x.at = offset + i; return x; }).map((x) => [stamp(x.ts), x.reason || "", x.channel || "",
           h("span", { class: "mono" }, (x.entry || "").slice(0, 120)),
           h("span", { class: "actions" },
             h("button", { class: "view", disabled: open === x.id, onclick: () => edit(x) }, t("view")),
-            h("button", { class: "danger", onclick: () => act("DELETE", `/dead-letters/${x.id}`, undefined, t("confirm")) }, t("delete")))])));
+            h("button", { class: "danger", onclick: () => act("DELETE", `/dead-letters/${x.id}?at=${x.at}`, undefined, t("confirm")) }, t("delete")))])));
       put(pager, pagerOf(offset, d.count, (next) => { offset = next; refresh(); }));
     };
   },
@@ -576,14 +591,19 @@ const ROUTES = [
 const NAV = [["#/", "overview"], ["#/failed", "failed"], ["#/delayed", "delayed"],
   ["#/schedules", "schedules"], ["#/dead-letters", "dead_letters"]];
 
+function decoded(part) {
+  try { return decodeURIComponent(part); } catch (err) { return part; }   // a stray %
+}
+
 function route() {
   if (current && current.abort) current.abort();
   stopTimer();
+  asking = false;
   const hash = location.hash || "#/";
   let name = "overview", params = [];
   for (const [pattern, page] of ROUTES) {
     const m = hash.match(pattern);
-    if (m) { name = page; params = m.slice(1).filter((p) => p !== undefined).map(decodeURIComponent); break; }
+    if (m) { name = page; params = m.slice(1).filter((p) => p !== undefined).map(decoded); break; }
   }
   const page = pages[name];
   put(document.getElementById("nav"), NAV.map(([href, key]) =>
@@ -598,11 +618,14 @@ function route() {
   refresh();
 }
 
+let again = false;   // a refresh was asked for while one was in flight
 async function refresh() {
   stopTimer();
-  if (!current || busy || asking) return;
+  if (!current || asking) return;
+  if (busy) { again = true; return; }
   const mine = current;
   busy = true;
+  again = false;
   const live = document.getElementById("live");
   try {
     await mine.update();
@@ -615,7 +638,9 @@ async function refresh() {
   } finally {
     busy = false;
   }
-  if (mine === current && !asking && !document.hidden) timer = setTimeout(refresh, REFRESH_MS);
+  if (asking || document.hidden) return;
+  if (again || mine !== current) refresh();   // a new page, or an action's result
+  else timer = setTimeout(refresh, REFRESH_MS);
 }
 function stopTimer() { clearTimeout(timer); timer = null; }
 
