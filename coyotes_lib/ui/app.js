@@ -558,7 +558,7 @@ pages.dead = {
       text.addEventListener("input", () => { requeue.disabled = !text.value.trim() || (!!x.truncated && text.value === x.entry); });
       put(editor, h("div", { class: "card" },
         h("p", {}, h("b", {}, x.reason || ""), " ", stamp(x.ts)),
-        h("pre", { class: "letter" }, JSON.stringify(x, null, 2)),
+        h("pre", { class: "letter" }, JSON.stringify({ ...x, at: undefined }, null, 2)),
         x.truncated ? h("p", { class: "muted" }, t("truncated")) : null,
         h("p", { class: "muted" }, t("edit_requeue")), text,
         h("div", { class: "actions" },
@@ -572,7 +572,7 @@ pages.dead = {
       const d = await api("GET", `/dead-letters?offset=${offset}&limit=${PAGE}`);
       summary.textContent = `${d.count} ${t("dead_total")}${d.trimmed ? `, ${d.trimmed} ${t("trimmed")}` : ""}`;
       put(list, table([t("when"), t("reason"), t("channel"), t("entry"), ""],
-        d.entries.map((x, i) => { x.at = offset + i; return x; }).map((x) => [stamp(x.ts), x.reason || "", x.channel || "",
+        d.entries.map((x, i) => ({ ...x, at: offset + i })).map((x) => [stamp(x.ts), x.reason || "", x.channel || "",
           h("span", { class: "mono" }, (x.entry || "").slice(0, 120)),
           h("span", { class: "actions" },
             h("button", { class: "view", disabled: open === x.id, onclick: () => edit(x) }, t("view")),
