@@ -24,7 +24,6 @@ from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
 from .replies import (
     BODY_READ,
-    JSON_TYPE,
     Body,
     describe,
     fail,
@@ -56,8 +55,8 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' dat
               "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
               "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 DELAYED_SCAN = 10_000   # delayed tasks read to count each channel's (the set is shared)
-DELAYED_TTL = 5.0       # seconds those counts are reused
-OVERVIEW_TTL = 1.0      # seconds an overview is reused: many open dashboards cost one
+DELAYED_TTL = 5.0       # seconds those counts are reused, past DELAYED_FRESH tasks
+DELAYED_FRESH = 1000    # delayed tasks counted again at every call (a cheap read)
 
 
 class Api:
@@ -76,7 +75,6 @@ class Api:
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
         self.metrics = None   # the /metrics registry, made at the first scrape
         self.delayed_seen: tuple[float, dict[str, int], bool] = (0.0, {}, True)
-        self.overview_seen: tuple[float, str] = (-OVERVIEW_TTL, "")
 
     def spec_of(self, name: str) -> ChannelSpec:
         """A channel's settings, read again from Redis when older than SPEC_TTL
@@ -149,15 +147,11 @@ def ui_root(api: Api):
 def overview(api: Api):
     """The dashboard's first page in one reply: each channel's counts, state and
     tasks finished per minute over the last hour, the nodes, the dead letters."""
-    when, text = api.overview_seen
-    if time.monotonic() - when < OVERVIEW_TTL:
-        bottle.response.content_type = JSON_TYPE
-        return text
     broker = api.broker
     snap = broker.metrics_snapshot()
     now = broker.now()
     when, delayed, exact = api.delayed_seen
-    if time.monotonic() - when >= DELAYED_TTL:
+    if snap["delayed"] <= DELAYED_FRESH or time.monotonic() - when >= DELAYED_TTL:
         delayed, exact = broker.delayed_channels(DELAYED_SCAN)
         api.delayed_seen = (time.monotonic(), delayed, exact)
     channels = []
@@ -169,11 +163,9 @@ def overview(api: Api):
             "paused": bool(row["channel_paused"]), "worker": row["channel_workers"],
             "max_running": row["channel_max_running"], "finished_per_minute": done,
             "failed_per_minute": failed})
-    text = ok({"node": broker.node, "version": __version__, "now": now,
+    return ok({"node": broker.node, "version": __version__, "now": now,
                "channels": channels, "nodes": snap["nodes"], "delayed": snap["delayed"],
                "delayed_counted": exact, "dead_letters": snap["dead"]})
-    api.overview_seen = (time.monotonic(), text)
-    return text
 
 
 def per_minute(stats: dict, now: float) -> tuple[list[int], list[int]]:

@@ -74,9 +74,15 @@ def test_channels_nodes_and_schedules(daemon):
     addr = addr_of(daemon)
     status = cli("status", addr=addr)
     lines = status.stdout.splitlines()
-    assert status.returncode == 0 and lines[0].split()[:4] == ["CHANNEL", "RUNNING", "QUEUED",
-                                                                "FAILED"]
+    assert status.returncode == 0 and lines[0].split() == [
+        "CHANNEL", "RUNNING", "QUEUED", "DELAYED", "FAILED", "WORKERS", "STATE", "NODES"]
     assert {line.split()[0] for line in lines[1:]} == {"biz", "cron", "default"}
+    # a delayed task counts in its channel's row, and the nodes that consume it show
+    assert cli("push", "--delay", "600", "--", "true", addr=addr).returncode == 0
+    default = next(line.split() for line in cli("status", addr=addr).stdout.splitlines()
+                   if line.startswith("default"))
+    node = ok_data(daemon.request("GET", "/health", headers={}))["node"]
+    assert default[1:4] == ["0", "0", "1"] and default[-1] == node, default
     assert cli("pause", "cron", addr=addr).stdout.strip() == "cron: 5 worker(s), paused"
     assert "paused" in next(line for line in cli("status", addr=addr).stdout.splitlines()
                             if line.startswith("cron"))
