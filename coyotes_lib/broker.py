@@ -384,7 +384,8 @@ class Broker(Listings):
     def _claim_args(self, chan: str, most: int, limit: int = 0) -> tuple[list, list]:
         k = self.keys
         return ([k.queue(chan), k.processing(self.node, chan), k.running(chan),
-                 k.queue_high(chan)], [most, self.node, k.record(""), limit, k.heartbeat("")])
+                 k.queue_high(chan), k.channels],
+                [most, self.node, k.record(""), limit, k.heartbeat(""), chan])
 
     @staticmethod
     def _claims(replies) -> list[Claim]:

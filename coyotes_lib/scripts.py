@@ -274,17 +274,27 @@ end
 
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
 # processing list), each started where it can be (see _CLAIMED), and no more than
-# leaves the channel's tasks running on all nodes within its limit (ARGV[4]): the
-# running set holds them, and a task counts while its node's heartbeat lives.
+# leaves the channel's tasks running on all nodes within its limit: the running
+# set holds them, and a task counts while its node's heartbeat lives. The limit
+# is the one in the channel's settings (KEYS[5]) when they are there, so that a
+# change holds at once on every node, even one that has not read it yet.
 CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- KEYS[4] the channel's high queue (taken from first)
+-- KEYS[5] the channels' settings hash (optional)
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
 -- ARGV[4] most tasks of the channel running on all nodes together, 0 = no limit
+--         (this node's view: used when KEYS[5] has no settings for the channel)
 -- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
+-- ARGV[6] the channel's name (with KEYS[5])
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
+  or (KEYS[5] and wrongtype(KEYS[5], 'hash'))
 if bad then return bad end
 local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
+local settings = KEYS[5] and redis.call('HGET', KEYS[5], ARGV[6])
+if settings then   -- the JSON's top-level field (user text in it has its quotes escaped)
+  limit = tonumber(string.match(settings, '"max_running":%s*(%d+)') or '0')
+end
 if limit > 0 then
   local busy = 0
   for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do

@@ -238,10 +238,10 @@ def test_max_running_holds_across_three_nodes(coyotes_factory, r, tmp_path):
     nodes = [coyotes_factory(node_id=f"n{i}") for i in range(3)]
     assert_error(patch(nodes[0], "default", {"max_running": -1}), 400)
     assert_error(patch(nodes[0], "default", {"max_running": "one"}), 400)
-    # made with its limit: a node applies a changed limit within SYNC_EVERY, and one
-    # that still knew the channel without it could run a second task meanwhile
-    ok_data(nodes[0].request("POST", "/channels", {"name": "solo", "worker": 3,
-                                                   "max_running": 1}))
+    create(nodes[0], "solo", worker=3)
+    # the tasks come at once: a node that has not read the change yet (nodes[0] made
+    # the channel without a limit) claims within it all the same (CLAIM reads it)
+    assert ok_data(patch(nodes[1], "solo", {"max_running": 1}))["max_running"] == 1
     assert stored(r, "solo")["max_running"] == 1
     ledger = tmp_path / "ledger"
     for i in range(12):   # pushed through every node, each of which would run 3

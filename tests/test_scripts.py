@@ -926,9 +926,19 @@ def test_take_refusal_names_the_key(db):
 def claim_call(most: int = 1, node: str = NODE, keys: Keys = K, limit: int = 0,
                chan: str = CHAN) -> tuple[list, list]:
     """As ``Broker._claim_args``: ``limit`` the most tasks of the channel running on
-    all nodes together (0: none)."""
+    all nodes together (0: none) as the node knows it; the channel's settings in
+    ``keys.channels``, where they are, say it instead."""
     return ([keys.queue(chan), keys.processing(node, chan), keys.running(chan),
-             keys.queue_high(chan)], [most, node, keys.record(""), limit, keys.heartbeat("")])
+             keys.queue_high(chan), keys.channels],
+            [most, node, keys.record(""), limit, keys.heartbeat(""), chan])
+
+
+def limited(db: redis.Redis, most: int, chan: str = CHAN) -> None:
+    """The channel's settings with ``most`` as its max_running (0: none)."""
+    settings = {"name": chan, "distinct": False, "worker_count": 5, "timeout": 0}
+    if most:
+        settings["max_running"] = most
+    db.hset(K.channels, chan, json.dumps(settings))
 
 
 STALE = {"finished_at": "1", "exit_code": "1", "signal": "9", "duration": "1", "error": "e",
@@ -1040,6 +1050,7 @@ def test_claim_limit_counts_and_takes_across_both_queues(db):
     queued_in(db, K.queue_high(CHAN), h1)
     queued_in(db, K.queue(CHAN), q0)
     # limit 3, one slot held (r1): two claims, both high
+    limited(db, 3)
     assert run(db, "CLAIM", *claim_call(5, limit=3)) == [[h0, "", 0, 0, 0, 0],
                                                          [h1, "h1", 1, 0, 0, 0]]
     assert value(db, K.running(CHAN)) == {live, dead, h0, h1}   # h0 holds its slot
@@ -1053,9 +1064,36 @@ def test_claim_limit_counts_and_takes_across_both_queues(db):
     assert not db.exists(K.queue(CHAN))
     assert value(db, K.processing(NODE, CHAN)) == [q0, h1, h0]
     # without a limit, most alone counts
+    limited(db, 0)
     queued_in(db, K.queue_high(CHAN), high_entry("h2"))
     queued_in(db, K.queue(CHAN), entry("q1"))
     assert [claim[1] for claim in run(db, "CLAIM", *claim_call(5))] == ["h2", "q1"]
+
+
+def test_claim_takes_the_limit_from_the_channels_settings(db):
+    """A node that has not read a change yet claims within the new limit: the
+    settings in Redis win over the limit the node gives; without settings (a
+    channel being deleted), the node's own counts."""
+    db.hset(K.record("r1"), mapping={"id": "r1", "status": "running", "node": OTHER})
+    db.sadd(K.running(CHAN), entry("r1"))
+    db.set(K.heartbeat(OTHER), "alive", ex=30)
+    db.set(K.heartbeat(NODE), "alive", ex=30)   # what this node claims holds slots
+    queued_in(db, K.queue(CHAN), *(entry(f"q{n}") for n in range(4)))
+    limited(db, 1)   # lowered to 1 elsewhere; this node still thinks there is no limit
+    before = dump(db)
+    assert run(db, "CLAIM", *claim_call(5, limit=0)) == []
+    assert_unchanged(before, dump(db))
+    limited(db, 2)   # raised: one more, whatever the node still thinks
+    assert [c[1] for c in run(db, "CLAIM", *claim_call(5, limit=1))] == ["q0"]
+    limited(db, 0)   # lifted
+    assert [c[1] for c in run(db, "CLAIM", *claim_call(1, limit=2))] == ["q1"]
+    # a policy whose text names max_running is not the limit (its quotes are escaped)
+    db.hset(K.channels, CHAN, json.dumps({"name": CHAN, "command_policy": {
+        "allow": [["echo", '"max_running": 1']]}}))
+    assert [c[1] for c in run(db, "CLAIM", *claim_call(1))] == ["q2"]
+    db.hdel(K.channels, CHAN)   # no settings: the node's limit
+    assert run(db, "CLAIM", *claim_call(5, limit=3)) == []
+    assert run(db, "CLAIM", *claim_call(5, limit=5)) == [[entry("q3"), "q3", 1, 0, 0, 0]]
 
 
 def test_claim_leaves_entries_it_cannot_start_to_start(db):
@@ -1093,7 +1131,7 @@ def test_claim_refuses_wrong_types(db):
         db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
 
     wanted = {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
-              K.running(CHAN): "set", K.queue_high(CHAN): "list"}
+              K.running(CHAN): "set", K.queue_high(CHAN): "list", K.channels: "hash"}
     assert_refuses(db, setup, "CLAIM", *claim_call(), wanted)
 
     def high_setup():   # the same with the entry in the high queue
