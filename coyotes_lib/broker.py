@@ -171,7 +171,7 @@ class Broker(Listings):
             code, n = self._delete_channel(
                 keys=[k.channels, k.queue(name), k.queue(move_to) if move_to else k.queue(name),
                       k.dead, k.dead_trimmed, k.queue_high(name),
-                      k.queue_high(move_to) if move_to else k.queue_high(name)],
+                      k.queue_high(move_to) if move_to else k.queue_high(name), k.stats(name)],
                 args=[name, mode, move_to, batch, before, after, k.record(""), self.dead_max,
                       f"channel {name} was deleted", self.node, self.record_ttl, k.wake])
             if code != 4:

@@ -676,6 +676,7 @@ DELETE_CHANNEL = _CLOCK + _TYPES + _WAKE + _BURY + _ID + """
 -- KEYS[3] the queue to move tasks to (KEYS[2] again: none)
 -- KEYS[4] dead-letter list   KEYS[5] trimmed counter   KEYS[6] its high queue
 -- KEYS[7] the high queue to move its high tasks to (KEYS[6] again: none)
+-- KEYS[8] its statistics hash (optional: removed with the channel)
 -- ARGV[1] channel   ARGV[2] 'refuse' | 'move' | 'drop'   ARGV[3] channel to move to
 -- ARGV[4] most entries moved or dropped by this call
 -- ARGV[5], ARGV[6] a distinct flag's key around the task's name (they are removed)
@@ -713,6 +714,7 @@ end
 if n > 0 and ARGV[2] == 'move' then wake(ARGV[12], KEYS[3]) end
 if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[6]) > 0 then return {4, n} end
 redis.call('HDEL', KEYS[1], ARGV[1])
+if KEYS[8] then redis.call('DEL', KEYS[8]) end
 if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], KEYS[1] .. '\\n' .. ARGV[10]) end
 return {1, n}
 """

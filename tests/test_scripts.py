@@ -2120,7 +2120,7 @@ def delete_call(mode: str = "refuse", to: str = "", chan: str = CHAN, batch: int
     before, after = K.distinct_around(chan)
     return ([K.channels, K.queue(chan), K.queue(to) if to else K.queue(chan), K.dead,
              K.dead_trimmed, K.queue_high(chan),
-             K.queue_high(to) if to else K.queue_high(chan)],
+             K.queue_high(to) if to else K.queue_high(chan), K.stats(chan)],
             [chan, mode, to, batch, before, after, K.record(""), most, gone(chan), NODE, TTL,
              wake])
 
@@ -2197,6 +2197,7 @@ def test_delete_channel_with_an_empty_queue(db, heard):
     db.hset(K.failed(CHAN), "f", "{}")
     db.set(FLAG, "1", ex=1800)
     before = state(db)
+    db.hset(K.stats(CHAN), "finished:succeeded", 3)   # its statistics go with it
     assert delete_channel(db, "refuse", wake=K.wake) == [1, 0]
     assert state(db) == {**before, K.channels: channels_but(CHAN)}
     assert heard() == [RELOAD]   # every node stops the channel now
