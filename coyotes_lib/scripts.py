@@ -281,17 +281,17 @@ end
 CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- KEYS[4] the channel's high queue (taken from first)
--- KEYS[5] the channels' settings hash (optional)
+-- KEYS[5] the channels' settings hash (optional; of another type: not read, so
+--         that a broken key does not stop every channel)
 -- ARGV[1] how many at most   ARGV[2] node   ARGV[3] task record key prefix
 -- ARGV[4] most tasks of the channel running on all nodes together, 0 = no limit
 --         (this node's view: used when KEYS[5] has no settings for the channel)
 -- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
 -- ARGV[6] the channel's name (with KEYS[5])
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
-  or (KEYS[5] and wrongtype(KEYS[5], 'hash'))
 if bad then return bad end
 local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
-local settings = KEYS[5] and redis.call('HGET', KEYS[5], ARGV[6])
+local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
 if settings then   -- the JSON's top-level field (user text in it has its quotes escaped)
   limit = tonumber(string.match(settings, '"max_running":%s*(%d+)') or '0')
 end

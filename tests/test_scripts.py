@@ -1093,6 +1093,9 @@ def test_claim_takes_the_limit_from_the_channels_settings(db):
     assert [c[1] for c in run(db, "CLAIM", *claim_call(1))] == ["q2"]
     db.hdel(K.channels, CHAN)   # no settings: the node's limit
     assert run(db, "CLAIM", *claim_call(5, limit=3)) == []
+    db.delete(K.channels)
+    db.set(K.channels, "broken")   # nor when the settings' key is of another type
+    assert run(db, "CLAIM", *claim_call(5, limit=3)) == []
     assert run(db, "CLAIM", *claim_call(5, limit=5)) == [[entry("q3"), "q3", 1, 0, 0, 0]]
 
 
@@ -1131,7 +1134,7 @@ def test_claim_refuses_wrong_types(db):
         db.hset(K.record("a"), mapping={"id": "a", "status": "queued"})
 
     wanted = {K.queue(CHAN): "list", K.processing(NODE, CHAN): "list",
-              K.running(CHAN): "set", K.queue_high(CHAN): "list", K.channels: "hash"}
+              K.running(CHAN): "set", K.queue_high(CHAN): "list"}
     assert_refuses(db, setup, "CLAIM", *claim_call(), wanted)
 
     def high_setup():   # the same with the entry in the high queue
