@@ -275,9 +275,10 @@ end
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
 # processing list), each started where it can be (see _CLAIMED), and no more than
 # leaves the channel's tasks running on all nodes within its limit: the running
-# set holds them, and a task counts while its node's heartbeat lives. The limit
-# is the one in the channel's settings (KEYS[5]) when they are there, so that a
-# change holds at once on every node, even one that has not read it yet.
+# set holds them, and a task counts while its node's heartbeat lives. The limit,
+# and whether the channel is paused (then nothing is claimed), come from the
+# channel's settings (KEYS[5]) when they are there, so that a change holds at
+# once on every node, even one that has not read it yet.
 CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- KEYS[4] the channel's high queue (taken from first)
@@ -292,7 +293,8 @@ local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4],
 if bad then return bad end
 local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
 local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
-if settings then   -- the JSON's top-level field (user text in it has its quotes escaped)
+if settings then   -- the JSON's top-level fields (user text in it has its quotes escaped)
+  if string.find(settings, '"paused":%s*true') then return {} end
   limit = tonumber(string.match(settings, '"max_running":%s*(%d+)') or '0')
 end
 if limit > 0 then

@@ -234,6 +234,20 @@ def test_a_change_on_one_node_applies_on_the_other(coyotes_factory, tmp_path, ga
 
 
 # -- the limit on all nodes ---------------------------------------------------------
+def test_a_pause_holds_at_once_on_a_node_that_has_not_read_it(coyotes_factory, tmp_path):
+    """Paused through one node, a task pushed through another right away waits: the
+    other node claims from Redis, which knows (its own view follows within 2 s)."""
+    first, second = coyotes_factory(node_id="a"), coyotes_factory(node_id="b")
+    ledger = tmp_path / "ledger"
+    for n in range(3):   # each round: paused on a, pushed to b's idle channel at once
+        ok_data(first.request("POST", "/channels/default/pause"))
+        push(second, "default", ledger_command(ledger, f"p{n}"))
+        time.sleep(QUIET)
+        assert not started(ledger, f"p{n}"), n
+        ok_data(first.request("POST", "/channels/default/resume"))
+        wait_until(lambda n=n: ended(ledger, f"p{n}"), what="the task once resumed")
+
+
 def test_max_running_holds_across_three_nodes(coyotes_factory, r, tmp_path):
     nodes = [coyotes_factory(node_id=f"n{i}") for i in range(3)]
     assert_error(patch(nodes[0], "default", {"max_running": -1}), 400)

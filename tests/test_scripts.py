@@ -1071,9 +1071,10 @@ def test_claim_limit_counts_and_takes_across_both_queues(db):
 
 
 def test_claim_takes_the_limit_from_the_channels_settings(db):
-    """A node that has not read a change yet claims within the new limit: the
-    settings in Redis win over the limit the node gives; without settings (a
-    channel being deleted), the node's own counts."""
+    """A node that has not read a change yet claims within the new limit, and
+    nothing from a channel paused meanwhile: the settings in Redis win over the
+    limit the node gives; without settings (a channel being deleted), the node's
+    own counts."""
     db.hset(K.record("r1"), mapping={"id": "r1", "status": "running", "node": OTHER})
     db.sadd(K.running(CHAN), entry("r1"))
     db.set(K.heartbeat(OTHER), "alive", ex=30)
@@ -1091,6 +1092,11 @@ def test_claim_takes_the_limit_from_the_channels_settings(db):
     db.hset(K.channels, CHAN, json.dumps({"name": CHAN, "command_policy": {
         "allow": [["echo", '"max_running": 1']]}}))
     assert [c[1] for c in run(db, "CLAIM", *claim_call(1))] == ["q2"]
+    # paused elsewhere: nothing is claimed, whatever the node still thinks
+    db.hset(K.channels, CHAN, json.dumps({"name": CHAN, "paused": True}))
+    before = dump(db)
+    assert run(db, "CLAIM", *claim_call(5)) == []
+    assert_unchanged(before, dump(db))
     db.hdel(K.channels, CHAN)   # no settings: the node's limit
     assert run(db, "CLAIM", *claim_call(5, limit=3)) == []
     db.delete(K.channels)
