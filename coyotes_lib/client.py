@@ -145,16 +145,16 @@ class Api:
 def settings(opts: dict, environ) -> tuple[str, str]:
     """(address, token) from the options, the environment and the config file, read
     as the daemon reads them."""
-    from .config import UsageError, read_file, read_tokens
-    conf = opts.get("--config") or environ.get("COYOTES_CONFIG", "")
+    from .config import TOKEN_ENV, UsageError, env_name, read_file, read_tokens
+    conf = opts.get("--config") or environ.get(env_name("config"), "")
     try:
         from_file = read_file(conf)[0] if conf else {}
     except UsageError as exc:
         raise Failure(str(exc), 2) from None
-    addr = (opts.get("--addr") or environ.get("COYOTES_HTTP_ADDR")
+    addr = (opts.get("--addr") or environ.get(env_name("http-addr"))
             or from_file.get("http-addr") or "127.0.0.1:60001")
-    token = environ.get("COYOTES_API_TOKEN", "")
-    token_file = environ.get("COYOTES_API_TOKEN_FILE") or from_file.get("api-token-file")
+    token = environ.get(TOKEN_ENV, "")
+    token_file = environ.get(env_name("api-token-file")) or from_file.get("api-token-file")
     if not token and token_file:
         try:
             tokens = read_tokens(token_file)[0]
@@ -290,8 +290,8 @@ def command(api: Api, opts: dict, out, err, tty: bool) -> int:
         say(f"{task_id}: queued again")
         return 0
     if opts["failed"]:
-        names = [opts["<channel>"]] if opts["<channel>"] else sorted(
-            api.call("GET", "/channels?limit=0"))
+        names = [opts["<channel>"]] if opts["<channel>"] else [   # only those with some
+            chan["name"] for chan in api.call("GET", "/overview")["channels"] if chan["failed"]]
         rows = []
         for name in names:
             for task in api.call("GET", f"/channels/{quote(name)}/failed-tasks")["tasks"]:

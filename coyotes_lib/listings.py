@@ -152,17 +152,15 @@ class Listings:
             start += chunk
         return None
 
-    def delayed_channels(self, most: int) -> tuple[dict[str, int], bool]:
-        """({channel: its delayed tasks} among the ``most`` soonest, whether that was
-        every delayed task): the set is one for all channels, so counting each
-        channel's means reading entries, and a huge set is only sampled."""
-        entries, count = self._page(lambda pipe: pipe.zrange(self.keys.delayed, 0, most - 1),
-                                    ("zcard", self.keys.delayed), most)
+    def delayed_channels(self, most: int) -> dict[str, int]:
+        """{channel: its delayed tasks} among the ``most`` soonest: the set is one for
+        all channels, so counting each channel's means reading entries, and a huge
+        set is only sampled."""
         out: dict[str, int] = {}
-        for raw in entries:
+        for raw in self.redis.zrange(self.keys.delayed, 0, most - 1):
             chan = locate(raw)[0]
             out[chan] = out.get(chan, 0) + 1
-        return out, count <= most
+        return out
 
     def _page(self, pipe_range, count: tuple[str, str], limit: int) -> tuple[list, int]:
         """(a page, the total) in one round trip; no range at all for limit 0 (a range

@@ -11,6 +11,7 @@ a task nobody watches costs nothing but its buffer.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 
 import gevent
@@ -58,9 +59,11 @@ class Live:
         """(lines missed, the kept lines numbered after ``seq``)."""
         if not self.lines or self.lines[-1][0] <= seq:
             return 0, []
-        first = self.lines[0][0]
+        first, last = self.lines[0][0], self.lines[-1][0]
         missed = max(0, first - seq - 1)
-        return missed, [line for line in self.lines if line[0] > seq]
+        # numbers follow one another: the newest last - seq lines, not a scan of all
+        newer = list(itertools.islice(reversed(self.lines), last - max(seq, first - 1)))
+        return missed, newer[::-1]
 
 
 def event(kind: str, data) -> bytes:

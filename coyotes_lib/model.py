@@ -14,8 +14,9 @@ from .task import POLICY_LIMITS, BadTask, Policy, Task
 
 MAX_WORKERS = 1000
 MAX_RUNNING = 100_000
-# what a [channels.<name>] table of the config file may set
-FILE_SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
+# a channel's settings: the fields of PATCH /channels/<name> and of a config file's
+# [channels.<name>] table
+SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,10 @@ class ChannelSpec:
 def from_file(name: str, fields: dict, base: ChannelSpec) -> ChannelSpec:
     """``base`` with the settings of a config file's ``[channels.<name>]`` table (the
     fields of ``PATCH /channels/{name}``, TOML-typed); ValueError with the reason."""
-    unknown = sorted(set(fields) - set(FILE_SETTINGS))
+    unknown = sorted(set(fields) - set(SETTINGS))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; a channel's are "
-                         f"{', '.join(FILE_SETTINGS)}")
+                         f"{', '.join(SETTINGS)}")
     changes: dict = {}
     for key, attr, low, high in (("worker", "worker_count", 1, MAX_WORKERS),
                                  ("max_running", "max_running", 0, MAX_RUNNING)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import grp
 import os
 import pwd
@@ -149,8 +150,16 @@ class CommandPolicy:
             out["output_max"] = self.output_max
         return out
 
+    # What follows depends on the policy alone, and a channel keeps its policy object
+    # until its settings change: worked out once, not for every task (a PATH search
+    # per helper, user and group lookups, a realpath per rule).
     def environment(self) -> dict[str, str] | None:
-        """The command's environment: None for the daemon's own."""
+        """The command's environment (shared: not to be changed): None for the
+        daemon's own."""
+        return self._environment
+
+    @functools.cached_property
+    def _environment(self) -> dict[str, str] | None:
         if self.env is None:
             return None
         out = {}
@@ -165,6 +174,10 @@ class CommandPolicy:
     def ids(self) -> tuple[int, int] | None:
         """(uid, gid) to run as, or None to stay as we are; Refused when they are
         unknown here, or differ from ours and we are not root."""
+        return self._ids
+
+    @functools.cached_property
+    def _ids(self) -> tuple[int, int] | None:
         if not self.user and not self.group:
             return None
         try:
@@ -205,8 +218,8 @@ class CommandPolicy:
         if not self.allow:
             return path
         real = os.path.realpath(path) if path else ""
-        for rule in self.allow:
-            if real == os.path.realpath(rule.program) and rule.allows(argv[1:]):
+        for rule, rule_real in zip(self.allow, self._real_programs, strict=True):
+            if real == rule_real and rule.allows(argv[1:]):
                 # the rule's own path runs: a program that acts on the name it is called
                 # by (busybox, xz/unxz, bash/rbash) is what the rule allowed, not its twin
                 return rule.program
@@ -214,10 +227,20 @@ class CommandPolicy:
                       f"command policy (allow: "
                       f"{'; '.join(rule.text() for rule in self.allow)[:300]})")
 
+    @functools.cached_property
+    def _real_programs(self) -> tuple[str, ...]:
+        return tuple(os.path.realpath(rule.program) for rule in self.allow)
+
     def launch(self, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
         """(argv to start, environment) that run argv under the policy; Refused if it
         may not run."""
         path = self.program(argv)
+        return [*self._prefix, path, *argv[1:]], self.environment()
+
+    @functools.cached_property
+    def _prefix(self) -> tuple[str, ...]:
+        """The helpers that apply the limits, the user and group and the directory,
+        each exec'ing the next; Refused (not kept) when one is missing."""
         prefix: list[str] = []
         if self.limits:
             prefix += [tool("prlimit"), *(f"{LIMITS[name][0]}={value}:{value}"
@@ -228,7 +251,7 @@ class CommandPolicy:
                        "--init-groups" if self.user else "--clear-groups", "--"]
         if self.cwd:
             prefix += [tool("env"), "-C", self.cwd, "--"]
-        return [*prefix, path, *argv[1:]], self.environment()
+        return tuple(prefix)
 
 
 def rule_of(text: str, resolve: bool) -> Rule:

@@ -20,7 +20,7 @@ from . import __version__
 from .broker import Broker
 from .config import CHANNEL_NAME, Config
 from .live import event, follow
-from .model import MAX_RUNNING, MAX_WORKERS, ChannelSpec, Deleted, Enqueued
+from .model import MAX_RUNNING, MAX_WORKERS, SETTINGS, ChannelSpec, Deleted, Enqueued
 from .policy import BadPolicy, CommandPolicy, Refused
 from .replies import (
     BODY_READ,
@@ -44,8 +44,6 @@ SPEC_TTL = 1.0   # seconds a channel's settings are reused between requests
 OUTPUT_POLL = 0.5   # seconds between looks at a task whose output is not here (yet)
 RELAY_ASK = 2.0     # seconds between a reader's requests to the node that runs its task
 FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "canceled", "killed"})
-# the fields PATCH /channels/<name> takes
-SETTINGS = ("worker", "distinct", "max_running", *POLICY_LIMITS, "command_policy")
 MAX_DELAY = 366 * 86400
 UI_FILES = Path(__file__).with_name("ui")   # the dashboard, shipped in the package
 # what the dashboard's files may do: nothing from elsewhere, and not be framed
@@ -74,7 +72,7 @@ class Api:
         self.live = live   # task id -> its Live, if it runs on this node
         self.known: dict[str, tuple[float, ChannelSpec]] = {}   # name -> (when read, spec)
         self.metrics = None   # the /metrics registry, made at the first scrape
-        self.delayed_seen: tuple[float, dict[str, int], bool] = (0.0, {}, True)
+        self.delayed_seen: tuple[float, dict[str, int]] = (0.0, {})
 
     def spec_of(self, name: str) -> ChannelSpec:
         """A channel's settings, read again from Redis when older than SPEC_TTL
@@ -150,10 +148,13 @@ def overview(api: Api):
     broker = api.broker
     snap = broker.metrics_snapshot()
     now = broker.now()
-    when, delayed, exact = api.delayed_seen
-    if snap["delayed"] <= DELAYED_FRESH or time.monotonic() - when >= DELAYED_TTL:
-        delayed, exact = broker.delayed_channels(DELAYED_SCAN)
-        api.delayed_seen = (time.monotonic(), delayed, exact)
+    # the snapshot counted the delayed tasks: read them only when there are some
+    when, delayed = api.delayed_seen
+    if not snap["delayed"]:
+        delayed = {}
+    elif snap["delayed"] <= DELAYED_FRESH or time.monotonic() - when >= DELAYED_TTL:
+        delayed = broker.delayed_channels(DELAYED_SCAN)
+        api.delayed_seen = (time.monotonic(), delayed)
     channels = []
     for name, row in sorted(snap["channels"].items()):
         done, failed = per_minute(row["stats"], now)
@@ -165,7 +166,8 @@ def overview(api: Api):
             "failed_per_minute": failed})
     return ok({"node": broker.node, "version": __version__, "now": now,
                "channels": channels, "nodes": snap["nodes"], "delayed": snap["delayed"],
-               "delayed_counted": exact, "dead_letters": snap["dead"]})
+               "delayed_counted": snap["delayed"] <= DELAYED_SCAN,
+               "dead_letters": snap["dead"]})
 
 
 def per_minute(stats: dict, now: float) -> tuple[list[int], list[int]]:
@@ -820,10 +822,14 @@ def the_letter(api: Api, letter: str) -> str:
         hint = None
     text = api.broker.find_dead_letter(lambda text: letter_id(text) == letter,
                                        hint if hint is not None and hint >= 0 else None)
-    if text is not None:
-        return text
-    raise fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
-                    "meanwhile, or trimmed off)")
+    if text is None:
+        raise letter_gone(letter)
+    return text
+
+
+def letter_gone(letter: str) -> bottle.HTTPResponse:
+    return fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
+                     "meanwhile, or trimmed off)")
 
 
 def dead_letter(api: Api, letter):
@@ -832,7 +838,7 @@ def dead_letter(api: Api, letter):
 
 def delete_dead_letter(api: Api, letter):
     if not api.broker.drop_dead_letter(the_letter(api, letter)):
-        raise fail(404, f"dead letter {letter!r} is not in the list (deleted meanwhile)")
+        raise letter_gone(letter)
     log.info("dead letter %s: deleted via HTTP", letter)
     return ok({"id": letter, "deleted": True})
 
@@ -857,8 +863,7 @@ def requeue_dead_letter(api: Api, letter):
     if len(given.encode("utf-8", "surrogateescape")) > MAX_ENTRY:
         raise fail(413, f"entry larger than {MAX_ENTRY} bytes")
     if not api.broker.revive(text, given):
-        raise fail(404, f"dead letter {letter!r} is not in the list (requeued or deleted "
-                        "meanwhile)")
+        raise letter_gone(letter)
     log.info("dead letter %s: requeued via HTTP%s", letter,
              "" if given == view.get("entry") else " (edited)")
     return ok({"id": letter, "requeued": True})

@@ -377,9 +377,8 @@ local function stats_fields(outcome, fields)
 end
 -- -> the HSET arguments that count this attempt, or nil when a value is not a number
 local function stats_update(key, names, duration, status, now)
-  if redis.call('TYPE', key)['ok'] ~= 'hash' and redis.call('EXISTS', key) == 1 then
-    return nil
-  end
+  local hash, none = is_hash(key)
+  if not (hash or none) then return nil end
   local minute = math.floor(tonumber(now) / 60)
   local slot = tostring(minute % """ + str(MINUTES) + """)
   local ring = status ~= 'retried'

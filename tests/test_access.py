@@ -85,8 +85,11 @@ def test_the_challenge_header_and_a_keep_alive_connection(coyotes_factory, tmp_p
                  {"Content-Type": "application/x-www-form-urlencoded", **bearer(RW)})
     reply = conn.getresponse()
     assert reply.status == 200 and json.loads(reply.read())["data"]["result"] is True
-    conn.request("GET", "/channels/default", headers=bearer(RW))   # the same connection
+    assert not reply.will_close
+    sock = conn.sock
+    conn.request("GET", "/channels/default", headers=bearer(RW))
     assert conn.getresponse().status == 200
+    assert conn.sock is sock   # the same connection (http.client would open another)
     conn.close()
 
 

@@ -108,10 +108,10 @@ def python(script: str) -> dict:
     return {"name": PY, "args": ["-c", script]}
 
 
-def test_every_page_in_english_and_chinese(coyotes, r, open_page, shots, tmp_path):
+def test_every_page_in_english_and_chinese(coyotes, r, open_page, shots, gate):
     """Each page shows what it is about, on a desktop in English and on a phone in
     Chinese, and is saved as a screenshot."""
-    gate = tmp_path / "gate"   # the daemon's (and its commands') working directory
+    # the gate is in the daemon's (and its commands') working directory
     ok_data(coyotes.request("POST", "/channels", {"name": "emails", "worker": 3}))
     ok_data(coyotes.request("POST", "/channels", {"name": "reports", "worker": 1}))
     for _ in range(4):
@@ -214,8 +214,7 @@ def test_retry_a_failed_task(coyotes, open_page, tmp_path):
     expect(page.locator("#output")).to_contain_text("second time", timeout=WAIT)
 
 
-def test_live_output_arrives_while_the_task_runs(coyotes, open_page, tmp_path):
-    gate = tmp_path / "gate"
+def test_live_output_arrives_while_the_task_runs(coyotes, open_page, gate):
     task_id = push(coyotes, "default", python(
         f"import os, sys, time\nprint('before the gate', flush=True)\n"
         f"print('a warning', file=sys.stderr, flush=True)\n"
@@ -273,7 +272,9 @@ def test_delayed_schedules_and_dead_letters(coyotes, r, open_page, tmp_path):
     editor = page.locator("#letter-entry")
     fixed = editor.input_value().replace('"missing"', '"default"')
     editor.fill(fixed)
-    page.wait_for_timeout(1500)   # a refresh meanwhile keeps what was typed
+    for _ in range(2):   # a refresh (after the one that may be under way) keeps it
+        with page.expect_response(lambda reply: "/dead-letters?" in reply.url, timeout=WAIT):
+            pass
     assert editor.input_value() == fixed
     page.locator("#requeue").click()
     wait_until(marker.exists, 20, what="the edited entry ran")

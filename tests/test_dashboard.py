@@ -124,7 +124,8 @@ def test_dead_letters_view_delete_and_requeue(coyotes, r, tmp_path):
     nowhere = next(item for item in letters if item["entry"] != "{broken")
     ok_data(coyotes.request("POST", f"/dead-letters/{nowhere['id']}/requeue", {"entry": good}))
     wait_until(marker.exists, 20, what="the edited entry ran")
-    assert ok_data(coyotes.request("GET", "/tasks/revived"))["status"] in ("running", "succeeded")
+    wait_until(lambda: ok_data(coyotes.request("GET", "/tasks/revived"))["status"]
+               == "succeeded", 20, what="its record")
     # deleted
     (last,) = ok_data(coyotes.request("GET", "/dead-letters"))["entries"]
     ok_data(coyotes.request("DELETE", f"/dead-letters/{last['id']}"))

@@ -2695,16 +2695,22 @@ def test_finish_counts_outcomes_and_durations(db):
 
 def test_finish_ring_starts_a_slot_over_for_a_new_minute(db):
     minute = int(now(db) // 60)
-    slot = minute % scripts.MINUTES
-    # the slot still counts the same minute an hour ago: it starts over at 1
-    db.hset(STATS, mapping={f"minute:{slot}": minute - scripts.MINUTES, f"done:{slot}": 40,
-                            f"failed:{slot}": 7})
+    # this minute's slot and the next (should the minute turn meanwhile) still count
+    # the same minutes an hour ago: the one FINISH counts in starts over at 1
+    for past in (minute, minute + 1):
+        slot = past % scripts.MINUTES
+        db.hset(STATS, mapping={f"minute:{slot}": past - scripts.MINUTES,
+                                f"done:{slot}": 40, f"failed:{slot}": 7})
     running(db)
     assert run(db, "FINISH", [*FINISH_KEYS, STATS], finish_args(
         "done", {"status": "succeeded", "duration": "1"})) == 1
-    if int(now(db) // 60) == minute:   # else the minute turned: another slot counted it
-        assert db.hmget(STATS, f"minute:{slot}", f"done:{slot}", f"failed:{slot}") == [
-            str(minute), "1", "0"]
+    slots = {past: db.hmget(STATS, *(f"{field}:{past % scripts.MINUTES}"
+                                      for field in ("minute", "done", "failed")))
+             for past in (minute, minute + 1)}
+    fresh = [past for past, got in slots.items() if got == [str(past), "1", "0"]]
+    assert len(fresh) == 1, slots   # counted in one, started over; the other untouched
+    (other,) = {minute, minute + 1} - set(fresh)
+    assert slots[other] == [str(other - scripts.MINUTES), "40", "7"]
 
 
 def test_finish_statistics_never_stop_a_finish(db):
