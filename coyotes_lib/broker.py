@@ -369,8 +369,10 @@ class Broker(Listings):
     def output_subscriber(self, task_id: str) -> Subscriber:
         return Subscriber(self.redis, self.keys.output(task_id))
 
-    def want_output(self, task_id: str) -> None:
-        self.redis.publish(self.keys.wake, self.keys.output_wanted(task_id))
+    def want_output(self, task_id: str, seq: int = 0) -> None:
+        """Ask the node that runs a task for its lines after ``seq`` (the last line
+        this reader has; 0: all it keeps), and to go on sending."""
+        self.redis.publish(self.keys.wake, f"{self.keys.output_wanted(task_id)}\n{seq}")
 
     def send_output(self, task_id: str, message: str) -> None:
         self.redis.publish(self.keys.output(task_id), message)

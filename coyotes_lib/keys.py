@@ -89,7 +89,8 @@ class Keys:
         return f"{self.prefix}task:output:{task_id}"
 
     def output_wanted(self, task_id: str) -> str:
-        """A message on ``wake``: a reader wants this task's lines."""
+        """A message on ``wake``: a reader wants this task's lines (followed by a
+        newline and the last line it has)."""
         return f"{self.prefix}task:output-wanted:{task_id}"
 
     def drain(self, node: str) -> str:

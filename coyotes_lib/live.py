@@ -96,29 +96,33 @@ RELAY_IDLE = 10.0     # seconds a relay goes on after the last reader asked
 class Relay:
     """Sends one running task's lines to readers on other nodes: each message is
     JSON, ``{"missed": n, "lines": [[seq, stream, text]...]}``, then ``{"end": true}``.
-    A new reader's request sends everything kept again (readers skip what they had)."""
+    A request names the last line its reader has (0: a new reader): lines after it
+    are sent again, and a reader that is up to date only keeps the relay going."""
 
     def __init__(self, live: Live, send):
         self.live, self.send = live, send
         self.wanted = 0.0          # monotonic time of the last request
-        self.replay = True
+        self.sent = 0              # the last line sent
+        self.replay: int | None = 0   # send again from this line on
 
-    def asked(self, now: float) -> None:
-        self.wanted, self.replay = now, True
-        self.live._changed()   # wake the loop: a new reader waits
+    def asked(self, now: float, seq: int = 0) -> None:
+        self.wanted = now
+        if seq < self.sent:   # a reader behind (or new): what it lacks goes again
+            self.replay = seq if self.replay is None else min(self.replay, seq)
+            self.live._changed()   # wake the loop: a reader waits
 
     def run(self, clock) -> None:
-        seq = 0
         while clock() - self.wanted < RELAY_IDLE:
             tick = self.live.reader_tick()
-            if self.replay:
-                seq, self.replay = 0, False
+            if self.replay is not None:
+                self.sent, self.replay = min(self.sent, self.replay), None
+            seq = self.sent
             missed, lines = self.live.since(seq)
             for start in range(0, len(lines), 200):   # messages of bounded size
                 self.send(json.dumps({"missed": missed if start == 0 else 0,
                                       "lines": lines[start:start + 200]}))
             if lines:
-                seq = lines[-1][0]
+                seq = self.sent = lines[-1][0]
             if self.live.ended is not None and not self.live.since(seq)[1]:
                 self.send(json.dumps({"end": True}))
                 return

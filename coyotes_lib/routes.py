@@ -673,7 +673,7 @@ def from_other_node(api: Api, task_id: str):
         seq, asked, heard = 0, 0.0, time.monotonic()
         while time.monotonic() - heard < 3 * RELAY_ASK:
             if time.monotonic() - asked >= RELAY_ASK:
-                api.broker.want_output(task_id)
+                api.broker.want_output(task_id, seq)
                 asked = time.monotonic()
             for data in subscriber.messages(OUTPUT_POLL):
                 heard = time.monotonic()

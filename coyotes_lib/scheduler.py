@@ -465,7 +465,8 @@ class Scheduler:
                         self._drain_asked()
                         continue
                     if message.startswith(wanted):   # a reader elsewhere: is it ours?
-                        self._relay(message[len(wanted):])
+                        task_id, _, seq = message[len(wanted):].partition("\n")
+                        self._relay(task_id, int(seq) if seq.isdigit() else 0)
                         continue
                     queue, _, node = message.partition("\n")
                     if queue == self.broker.keys.channels:   # settings changed
@@ -486,7 +487,7 @@ class Scheduler:
         if subscriber is not None:
             subscriber.close()
 
-    def _relay(self, task_id: str) -> None:
+    def _relay(self, task_id: str, seq: int) -> None:
         """A reader on another node wants a task's lines: send them if it runs here."""
         relay = self.relays.get(task_id)
         if relay is None:
@@ -504,7 +505,7 @@ class Scheduler:
                 finally:
                     self.relays.pop(task_id, None)
             gevent.spawn(run)
-        relay.asked(time.monotonic())
+        relay.asked(time.monotonic(), seq)
 
     def _wake_waiting(self) -> None:
         """Wake the channels whose queue holds entries (the slow path: entries pushed

@@ -98,3 +98,26 @@ def test_what_a_live_buffer_keeps_is_bounded_in_lines_and_bytes():
     live.add("stderr", "0123456789")   # ten bytes alone: the others go
     assert live.since(0) == (4, [(5, "stderr", "0123456789")])
     assert live.since(5) == (0, [])
+
+
+def test_a_relay_sends_again_only_what_a_reader_lacks():
+    """A reader's request names the last line it has: a reader that is up to date
+    only keeps the relay going; one behind, or new, gets the lines after its own."""
+    from coyotes_lib.live import Live, Relay
+    live, sent = Live(), []
+    for n in range(5):
+        live.add("stdout", f"line {n}")
+    live.end({})
+    relay = Relay(live, lambda message: sent.append(json.loads(message)))
+    clock = iter(range(100)).__next__   # each look at the clock is a second later
+
+    def run(seq: int) -> list:
+        sent.clear()
+        relay.asked(clock(), seq)
+        relay.run(clock)
+        return [line[0] for message in sent for line in message.get("lines", [])]
+
+    assert run(0) == [1, 2, 3, 4, 5] and sent[-1] == {"end": True}
+    assert run(5) == [] and relay.replay is None   # up to date: nothing again
+    assert run(3) == [4, 5]                        # behind: what it lacks
+    assert run(0) == [1, 2, 3, 4, 5]               # a new reader: everything kept
