@@ -23,6 +23,7 @@ from coyotes_lib.signing import Signatures
 USAGE = ast.get_docstring(ast.parse(SCRIPT.read_text()), clean=False)
 TOKENS = Path(__file__).parent / "tokens.example"   # a token file fit for the value cases
 SIGNING_KEYS = Path(__file__).parent / "signing-keys.example"
+REDIS_PASSWORD = Path(__file__).parent / "redis-password.example"
 
 
 def parse(*argv: str) -> Config:
@@ -114,12 +115,13 @@ VALUE_CASES = [
     ("redis-sentinel-password", "sentinel-pw", {"redis_sentinel_password": "sentinel-pw"}),
     ("redis-host", "10.0.0.2:6380", {"redis_host": "10.0.0.2", "redis_port": 6380}),
     ("redis-password", "s3cret", {"redis_password": "s3cret"}),
-    ("redis-password-file", "/dev/null", {"redis_password": ""}),
+    ("redis-password-file", str(REDIS_PASSWORD), {"redis_password": "example-redis-password"}),
     ("api-token-file", str(TOKENS), {"api_token_file": str(TOKENS)}),
     ("http-socket-mode", "0600", {"http_socket_mode": 0o600}),
     ("signature-keys", str(SIGNING_KEYS), {"signatures": Signatures(
         (("example-1", b"example-secret-0123456789"),), False, 300.0)}),
-    ("signature-max-age", "60", {"signatures": None}),   # with no keys: nothing to sign
+    # with no keys, nothing to sign (the age with keys: test_signature_settings)
+    ("signature-max-age", "60", {"signatures": None}),
     ("http-socket-group", str(os.getgid()), {"http_socket_group": str(os.getgid())}),
     ("redis-db", "15", {"redis_db": 15}),
     ("host", "10.0.0.3:6381", {"redis_host": "10.0.0.3", "redis_port": 6381}),
