@@ -29,6 +29,7 @@ close_fd = get_original("os", "close")
 SIMPLE_QUEUE = get_original("queue", "SimpleQueue")           # waits without the GIL
 START_NEW_THREAD = get_original("_thread", "start_new_thread")
 MAX_UNCLAIMED_EXITS = 1000
+MAX_FILE_ACTIONS = 256   # kept file-action sets, one per (stdout, stderr) pair of descriptors
 # <spawn.h> values, the same in glibc and musl (os.posix_spawn does not export them)
 POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK, POSIX_SPAWN_SETSID = 0x04, 0x08, 0x80
 # Python ignores these; a command gets them back at their default, as with
@@ -93,6 +94,9 @@ class Spawner:
         libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(
             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         self.environ = environ_array(os.environ)   # the daemon's own, read once
+        # (stdout, stderr) -> its file actions, made once: glibc checks each descriptor
+        # against the rlimit as an action is added (a system call each)
+        self.actions: dict[tuple[int, int], ctypes.Array] = {}
         self.jobs = SIMPLE_QUEUE()
         self.done: collections.deque[SpawnJob] = collections.deque()
         self.exits: dict[int, tuple[int, int]] = {}   # pid -> (reap number, wait status)
@@ -114,9 +118,17 @@ class Spawner:
         (once the child has them: a greenlet killed meanwhile cannot close them
         under the spawning thread)."""
         try:
+            actions = self.actions.get((stdout, stderr))
+            owned = actions is None
+            if owned:
+                actions = file_actions(self.libc, stdout, stderr, self.closefrom)
+                if len(self.actions) < MAX_FILE_ACTIONS:
+                    # read only by posix_spawn, and two spawns in flight never share
+                    # a descriptor: safe to use again once this one is done
+                    self.actions[(stdout, stderr)], owned = actions, False
             job = SpawnJob(self.libc, [os.fsencode(a) for a in argv],
-                           self.environ if env is None else environ_array(env), stdout, stderr,
-                           self.closefrom)
+                           self.environ if env is None else environ_array(env), actions,
+                           (stdout, stderr), owned)
         except BaseException:
             close_fd(stdout)
             close_fd(stderr)
@@ -211,21 +223,28 @@ def environ_array(env) -> ctypes.Array:
     return c_strings([os.fsencode(f"{key}={value}") for key, value in env.items()])
 
 
-class SpawnJob:
-    """One posix_spawnp call, with the C data it needs kept alive until it is done."""
+def file_actions(libc, stdout: int, stderr: int, closefrom=None) -> ctypes.Array:
+    """A child's descriptors: stdin on /dev/null, these write ends as 1 and 2, and
+    (with ``closefrom``) nothing else."""
+    actions = ctypes.create_string_buffer(256)   # 80 bytes in glibc
+    libc.posix_spawn_file_actions_init(actions)
+    libc.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0)
+    libc.posix_spawn_file_actions_adddup2(actions, stdout, 1)
+    libc.posix_spawn_file_actions_adddup2(actions, stderr, 2)
+    if closefrom is not None:   # after the dup2s: their sources are 3 and up
+        closefrom(actions, 3)
+    return actions
 
-    def __init__(self, libc, argv: list[bytes], envp, stdout: int, stderr: int,
-                 closefrom=None):
+
+class SpawnJob:
+    """One posix_spawnp call, with the C data it needs kept alive until it is done
+    (``owned`` file actions are destroyed then; the others are the spawner's)."""
+
+    def __init__(self, libc, argv: list[bytes], envp, actions, fds: tuple[int, int],
+                 owned: bool = True):
         self.libc, self.argv, self.envp = libc, argv, envp
         self.argv_array = c_strings(argv)
-        self.actions = ctypes.create_string_buffer(256)   # 80 bytes in glibc
-        libc.posix_spawn_file_actions_init(self.actions)
-        libc.posix_spawn_file_actions_addopen(self.actions, 0, b"/dev/null", os.O_RDONLY, 0)
-        libc.posix_spawn_file_actions_adddup2(self.actions, stdout, 1)
-        libc.posix_spawn_file_actions_adddup2(self.actions, stderr, 2)
-        if closefrom is not None:   # after the dup2s: their sources are 3 and up
-            closefrom(self.actions, 3)
-        self.fds = (stdout, stderr)
+        self.actions, self.fds, self.owned = actions, fds, owned
         self.pid = ctypes.c_int()
         self.error = 0
         self.abandoned = False
@@ -236,7 +255,8 @@ class SpawnJob:
                                             attr, self.argv_array, self.envp)
 
     def close(self) -> None:
-        self.libc.posix_spawn_file_actions_destroy(self.actions)
+        if self.owned:
+            self.libc.posix_spawn_file_actions_destroy(self.actions)
         for fd in self.fds:
             close_fd(fd)
 

@@ -142,14 +142,17 @@ local function enqueue(KEYS, ARGV)
     return 0
   end
   redis.call('DEL', KEYS[5])
-  if #ARGV >= 9 then redis.call('HSET', KEYS[5], unpack(ARGV, 8)) end
-  redis.call('HSET', KEYS[5], 'queued_at', now, 'status', delayed and 'delayed' or 'queued')
+  local fields = {unpack(ARGV, 8)}
+  fields[#fields + 1], fields[#fields + 2] = 'queued_at', now
+  fields[#fields + 1], fields[#fields + 2] = 'status', delayed and 'delayed' or 'queued'
+  redis.call('HSET', KEYS[5], unpack(fields))
   if delayed then
     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
     return 2
   end
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-  wake(ARGV[5], KEYS[1], ARGV[6])
+  -- a queue that held entries already has every node that may take them at work or
+  -- told (the push that filled it was announced); the nodes' scan covers the rest
+  if redis.call('LPUSH', KEYS[1], ARGV[1]) == 1 then wake(ARGV[5], KEYS[1], ARGV[6]) end
   return 1
 end
 """
@@ -235,16 +238,19 @@ return 1
 # A claimed task starts: it joins the running set and its record says so.
 # Returns {attempt, redeliveries, kill requested (0/1), retries so far}.
 _START = """
-local function start(record, running, entry, node)
+-- ``known``: the record's HMGET of READ, if the caller has it
+local READ = {'status', 'attempt', 'redeliveries', 'kill_requested', 'retry_count'}
+local function start(record, running, entry, node, known)
+  local v = known or redis.call('HMGET', record, unpack(READ))
+  local function n(i) return tonumber(v[i] or '0') or 0 end
   redis.call('SADD', running, entry)
-  local attempt = number(record, 'attempt') + 1
+  local attempt = n(2) + 1
   redis.call('HSET', record, 'attempt', attempt, 'status', 'running', 'node', node,
              'started_at', clock())
   redis.call('HDEL', record, 'finished_at', 'exit_code', 'signal', 'duration', 'error',
              'retry_at', 'pid')
   redis.call('PERSIST', record)
-  return {attempt, number(record, 'redeliveries'), redis.call('HEXISTS', record, 'kill_requested'),
-          number(record, 'retry_count')}
+  return {attempt, n(3), v[4] and 1 or 0, n(5)}
 end
 """
 
@@ -261,8 +267,9 @@ local function claimed(entry, running, node, prefix)
   local id = ok and type(task) == 'table' and task.id
   if type(id) == 'string' and id ~= '' then
     local hash, none = is_hash(prefix .. id)
-    if hash and redis.call('HGET', prefix .. id, 'status') == 'queued' then
-      local started = start(prefix .. id, running, entry, node)
+    local known = hash and redis.call('HMGET', prefix .. id, unpack(READ))
+    if known and known[1] == 'queued' then
+      local started = start(prefix .. id, running, entry, node, known)
       return {entry, id, started[1], started[2], started[3], started[4]}
     elseif not (hash or none) then
       return {entry, id, -1, 0, 0, 0}
@@ -418,27 +425,31 @@ local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'set', KEYS[4], 'hash')
   or (ARGV[2] == 'retry' and wrongtype(KEYS[7], 'zset'))
   or (ARGV[2] == 'failed' and wrongtype(KEYS[5], 'hash', KEYS[6], 'zset'))
 if bad then return bad end
-local counted = nil
+local now, counted = clock(), nil
+local fields = {unpack(ARGV, 6)}
 if KEYS[8] then
-  local names, duration, status = stats_fields(ARGV[2], {unpack(ARGV, 6)})
-  counted = stats_update(KEYS[8], names, duration, status, clock())
+  local names, duration, status = stats_fields(ARGV[2], fields)
+  counted = stats_update(KEYS[8], names, duration, status, now)
 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if counted then redis.call('HSET', KEYS[8], unpack(counted)) end
 redis.call('SREM', KEYS[2], ARGV[1])
-if #ARGV >= 6 then redis.call('HSET', KEYS[4], unpack(ARGV, 6)) end
-local now = clock()
+-- the result's fields, then what this step sets (which wins over them): one HSET
+local function add(...)
+  for _, value in ipairs({...}) do fields[#fields + 1] = value end
+end
 if ARGV[2] == 'retry' then
   local at = tonumber(now) + tonumber(ARGV[5])
-  redis.call('HSET', KEYS[4], 'status', 'delayed', 'retry_at', at,
-             'retry_count', number(KEYS[4], 'retry_count') + 1)
+  add('status', 'delayed', 'retry_at', at, 'retry_count', number(KEYS[4], 'retry_count') + 1)
+  redis.call('HSET', KEYS[4], unpack(fields))
   redis.call('ZADD', KEYS[7], at, ARGV[1])
   return 2
 end
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[4], 'finished_at', now)
+add('finished_at', now)
+if ARGV[2] == 'failed' then add('failed_at', now, 'parked', '1') end
+redis.call('HSET', KEYS[4], unpack(fields))
 if ARGV[2] == 'failed' then
-  redis.call('HSET', KEYS[4], 'failed_at', now, 'parked', '1')
   redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
   redis.call('ZADD', KEYS[6], now, ARGV[3])
 else

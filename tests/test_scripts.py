@@ -2539,17 +2539,22 @@ def test_a_high_task_through_every_script(db):
 # -- wake-up messages and WAITING ---------------------------------------------
 def test_scripts_that_queue_a_task_publish_its_queue_key(db, heard):
     """Every script that puts an entry into a channel queue tells the nodes which
-    queue, on the wake-up channel it is given; one that queues nothing is silent."""
+    queue, on the wake-up channel it is given; one that queues nothing is silent.
+    ENQUEUE tells only when the queue was empty: a queue that held entries has
+    been told of already, and whoever takes them claims the next one itself."""
     raw = entry("a")
     queued_here = f"{K.queue(CHAN)}\n{NODE}"   # ENQUEUE says which node queued it
     assert enqueue(db, raw, "a", wake=K.wake) == 1
     assert heard() == [queued_here]
     assert enqueue(db, entry("b", task="later"), "b", name="later", at=4e9, wake=K.wake) == 2
-    assert enqueue(db, entry("c"), "c", distinct=60, wake=K.wake) == 1
+    assert enqueue(db, entry("c"), "c", distinct=60, wake=K.wake) == 1   # behind "a": silent
+    assert heard() == []
+    db.delete(K.queue(CHAN))
+    assert enqueue(db, entry("c2"), "c2", wake=K.wake) == 1
     assert enqueue(db, entry("d"), "d", distinct=60, wake=K.wake) == 0   # refused: distinct
     assert enqueue(db, entry("e"), "e") == 1                             # no channel given
     assert enqueue(db, entry("g", chan=GONE), "g", chan=GONE, wake=K.wake) == 6   # deleted
-    assert heard() == [queued_here]                                      # only for "c"
+    assert heard() == [queued_here]                                      # only for "c2"
     # a claimed entry given back
     db.lpush(K.processing(NODE, CHAN), raw)
     assert run(db, "REQUEUE", *requeue_call(raw, "1", K.wake)) == 1
