@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 if HIREDIS_AVAILABLE:
     import hiredis
+    from redis._parsers import hiredis as hiredis_parser
 
 BLOCK = 1            # seconds a blocking move waits, so the stop flag is seen quickly
 # bytes a connection reads at a time; its parser keeps a buffer this size for good
@@ -95,6 +96,65 @@ class Quick:
             return super().can_read(timeout)
         reader = getattr(self._parser, "_reader", None)   # hiredis: a reply read, not taken
         return bool(reader is not None and reader.has_data())
+
+    def send_packed(self, chunks: list[bytes]) -> None:
+        """``send_packed_command`` without gevent's ``sendall`` (a ``getsockopt`` and
+        a loop in Python per call): one ``send`` takes the usual few hundred bytes."""
+        if self._sock is None:
+            self.connect_check_health(check_health=False)
+        self.check_health()
+        sock = self._sock
+        try:
+            for chunk in chunks:
+                sent = sock.send(chunk)
+                if sent < len(chunk):
+                    sock.sendall(memoryview(chunk)[sent:])
+        except TimeoutError:
+            self.disconnect()
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            self.disconnect()
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
+        except BaseException:   # a greenlet killed mid-send: the connection is unusable
+            self.disconnect()
+            raise
+
+    def replies(self, count: int) -> list:
+        """The next ``count`` replies, each error reply (an exception) in its place:
+        ``read_response`` for each, without its layers per reply when hiredis parses
+        (what is left is reading the socket and ``gets``)."""
+        parser = self._parser
+        reader = getattr(parser, "_reader", None)
+        if reader is None or parser._next_response is not hiredis_parser.NOT_ENOUGH_DATA:
+            out = []
+            for _ in range(count):
+                try:
+                    out.append(self.read_response())
+                except redis.ResponseError as exc:
+                    out.append(exc)
+            return out
+        out, missing = [], hiredis_parser.NOT_ENOUGH_DATA
+        try:
+            while len(out) < count:
+                reply = reader.gets()
+                if reply is missing:
+                    parser.read_from_socket()   # raises redis-py's own errors
+                    continue
+                if isinstance(reply, redis.ConnectionError):
+                    raise reply
+                out.append(reply)
+        except TimeoutError:
+            self.disconnect()
+            raise redis.TimeoutError("Timeout reading from socket") from None
+        except OSError as exc:
+            self.disconnect()
+            raise redis.ConnectionError(f"Error while reading from socket: {exc}") from None
+        except BaseException:
+            self.disconnect()
+            raise
+        if self.health_check_interval:   # as read_response does: no PING before the next
+            self.next_health_check = time.monotonic() + self.health_check_interval
+        return out
 
     def fresh(self) -> None:
         """Ready to send: closed (to reconnect at the next send) if there is something
@@ -315,13 +375,8 @@ class Lean:
         conn = spare.pop() if spare else self.redis.connection_pool.make_connection()
         try:
             conn.fresh()   # it may yield (a closed socket): a kill there still puts it back
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
+            conn.send_packed(conn.pack_commands(commands))
+            replies = conn.replies(len(commands))
         except BaseException:
             conn.disconnect()
             raise
