@@ -109,15 +109,8 @@ class Quick:
                 sent = sock.send(chunk)
                 if sent < len(chunk):
                     sock.sendall(memoryview(chunk)[sent:])
-        except TimeoutError:
-            self.disconnect()
-            raise redis.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            self.disconnect()
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
-        except BaseException:   # a greenlet killed mid-send: the connection is unusable
-            self.disconnect()
-            raise
+        except BaseException as exc:
+            raise self._failed(exc, "writing to") from None
 
     def replies(self, count: int) -> list:
         """The next ``count`` replies, each error reply (an exception) in its place:
@@ -143,18 +136,21 @@ class Quick:
                 if isinstance(reply, redis.ConnectionError):
                     raise reply
                 out.append(reply)
-        except TimeoutError:
-            self.disconnect()
-            raise redis.TimeoutError("Timeout reading from socket") from None
-        except OSError as exc:
-            self.disconnect()
-            raise redis.ConnectionError(f"Error while reading from socket: {exc}") from None
-        except BaseException:
-            self.disconnect()
-            raise
+        except BaseException as exc:
+            raise self._failed(exc, "reading from") from None
         if self.health_check_interval:   # as read_response does: no PING before the next
             self.next_health_check = time.monotonic() + self.health_check_interval
         return out
+
+    def _failed(self, exc: BaseException, doing: str) -> BaseException:
+        """The connection closed (after any error, a greenlet killed midway included,
+        it is unusable) -> what to raise: redis-py's error for a socket's."""
+        self.disconnect()
+        if isinstance(exc, TimeoutError):
+            return redis.TimeoutError(f"Timeout {doing} socket")
+        if isinstance(exc, OSError):
+            return redis.ConnectionError(f"Error while {doing} socket: {exc}")
+        return exc
 
     def fresh(self) -> None:
         """Ready to send: closed (to reconnect at the next send) if there is something

@@ -68,10 +68,21 @@ def round_trip_errors_and_kills(port: int) -> dict:
                "the BLPOP to wait in redis")
     waiting.kill()
     client.lpush("later", "v")
+    next_replies = lean.round_trip([("PING",), ("LRANGE", "later", 0, -1)])
+    # more than the socket takes at once: one send, then the rest
+    big = lean.round_trip([("SET", "big", "x" * (32 << 20)), ("STRLEN", "big")])
+    # the server closes the connection while a call waits on it
+    waiting = gevent.spawn(lean.round_trip, [("CLIENT", "ID"), ("BLPOP", "never", 5)])
+    wait_until(lambda: client.info("clients")["blocked_clients"], 10, 0.01,
+               "the BLPOP to wait in redis")
+    [victim] = [c["id"] for c in client.client_list() if c["cmd"] == "blpop"]
+    client.execute_command("CLIENT", "KILL", "ID", victim)
+    waiting.join(10)
     return {"replies": [r if isinstance(r, str) else type(r).__name__ for r in replies],
-            "loading": loading, "after_loading": after_loading,
-            "next": lean.round_trip([("PING",), ("LRANGE", "later", 0, -1)]),
-            "blocked": client.info("clients")["blocked_clients"]}
+            "loading": loading, "after_loading": after_loading, "next": next_replies,
+            "blocked": client.info("clients")["blocked_clients"], "big": big,
+            "closed": type(waiting.exception).__name__, "after_close": lean.round_trip(
+                [("ECHO", "again")])}
 
 
 def close_spare(client, lean):

@@ -47,6 +47,10 @@ def test_round_trip_keeps_error_replies_in_place_and_never_reuses_a_half_read_co
     # and the value it waited for is still there
     assert result["next"] == ["PONG", ["v"]]
     assert result["blocked"] == 0
+    assert result["big"] == ["OK", 32 << 20]   # sent whole, though not in one send()
+    # a connection the server closed mid-call is redis-py's ConnectionError, and is
+    # not used again
+    assert result["closed"] == "ConnectionError" and result["after_close"] == ["again"]
 
 
 def test_round_trip_connections_are_reused_and_survive_the_server_closing_them(redis_server):
