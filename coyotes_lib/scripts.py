@@ -142,7 +142,7 @@ local function enqueue(KEYS, ARGV)
     return 0
   end
   redis.call('DEL', KEYS[5])
-  local fields = {unpack(ARGV, 8)}
+  local fields = #ARGV >= 9 and {unpack(ARGV, 8)} or {}
   fields[#fields + 1], fields[#fields + 2] = 'queued_at', now
   fields[#fields + 1], fields[#fields + 2] = 'status', delayed and 'delayed' or 'queued'
   redis.call('HSET', KEYS[5], unpack(fields))
