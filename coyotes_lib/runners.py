@@ -17,6 +17,8 @@ import errno
 import os
 import resource
 import signal
+import stat
+import time
 
 import gevent
 import gevent.event
@@ -29,6 +31,11 @@ close_fd = get_original("os", "close")
 SIMPLE_QUEUE = get_original("queue", "SimpleQueue")           # waits without the GIL
 START_NEW_THREAD = get_original("_thread", "start_new_thread")
 MAX_UNCLAIMED_EXITS = 1000
+# threads that call posix_spawn at once: each waits until its child has exec'ed
+# (most of a millisecond on a busy machine), so one thread alone caps the spawns
+MAX_SPAWN_THREADS = 8
+PATH_TTL = 2.0          # seconds a program found on PATH is run without looking again
+MAX_PROGRAMS = 1024     # programs found on PATH that are kept
 MAX_FILE_ACTIONS = 256   # kept file-action sets, one per (stdout, stderr) pair of descriptors
 # <spawn.h> values, the same in glibc and musl (os.posix_spawn does not export them)
 POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK, POSIX_SPAWN_SETSID = 0x04, 0x08, 0x80
@@ -52,14 +59,16 @@ class Process:
 
 
 class Spawner:
-    """The default runner: ``posix_spawnp`` (setsid, default signals), called by a
-    thread of its own through ctypes.
+    """The default runner: ``posix_spawnp`` (setsid, default signals), called by
+    threads of its own through ctypes.
 
     posix_spawn is vfork-like: no copy of this interpreter and no Python in the
     child before exec, much faster than fork+exec from Python. But the thread
     that calls it waits until the child has exec'ed, which takes long on a busy
     machine (the child queued behind other work on the other CPU). ctypes lets go
-    of the GIL during the call, so the hub goes on meanwhile. The plain
+    of the GIL during the call, so the hub goes on meanwhile; and several threads
+    (one more each time every one is busy, up to MAX_SPAWN_THREADS) wait for
+    their children at once, so that spawns do not queue behind one another. The plain
     ``posix_spawnp`` is used, not gevent's wrapper, which files every child in a
     table that each SIGCHLD scans.
 
@@ -94,6 +103,12 @@ class Spawner:
         libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(
             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         self.environ = environ_array(os.environ)   # the daemon's own, read once
+        # posix_spawnp searches the daemon's PATH (not the command's environment), in
+        # the child: a failed execve for every directory before the program's, on
+        # the command's CPU, for each command. The daemon looks once in a while
+        path = os.environ.get("PATH")
+        self.path = None if path is None else [os.fsencode(d or ".") for d in path.split(":")]
+        self.found: dict[bytes, tuple[bytes, float]] = {}   # program -> (its file, until)
         # (stdout, stderr) -> its file actions, made once: glibc checks each descriptor
         # against the rlimit as an action is added (a system call each)
         self.actions: dict[tuple[int, int], ctypes.Array] = {}
@@ -102,7 +117,8 @@ class Spawner:
         self.exits: dict[int, tuple[int, int]] = {}   # pid -> (reap number, wait status)
         self.reaps = 0                                 # exits seen so far
         self.waiters: dict[int, gevent.event.AsyncResult] = {}   # pid -> its Process.wait
-        self.pending = 0                           # jobs handed to the thread
+        self.pending = 0                           # jobs handed to the threads
+        self.threads = 0
         loop = gevent.get_hub().loop
         # libev's SIGCHLD handler only goes in with a first child watcher: a command
         # that ended before it would never be reaped
@@ -111,7 +127,36 @@ class Spawner:
         self.reaper.start(self._reaped, self.reaper)
         self.wake = loop.async_()
         self.wake.start(self._deliver)
+        self._add_thread()
+
+    def program(self, name: bytes) -> bytes | None:
+        """The file posix_spawnp would run for ``name``, found as it finds it (the
+        first regular, executable file of that name along PATH) at most once every
+        PATH_TTL seconds; None to leave it to posix_spawnp (a path, no PATH, or
+        nothing found: its error is then the command's)."""
+        if self.path is None or b"/" in name or not name:
+            return None
+        now = time.monotonic()
+        known = self.found.get(name)
+        if known is not None and known[1] > now:
+            return known[0]
+        for folder in self.path:
+            candidate = os.path.join(folder, name)
+            try:
+                regular = stat.S_ISREG(os.stat(candidate).st_mode)
+            except (OSError, ValueError):
+                continue
+            if regular and os.access(candidate, os.X_OK):
+                if len(self.found) >= MAX_PROGRAMS:
+                    self.found.clear()
+                self.found[name] = (candidate, now + PATH_TTL)
+                return candidate
+        self.found.pop(name, None)
+        return None
+
+    def _add_thread(self) -> None:
         START_NEW_THREAD(self._serve, ())
+        self.threads += 1
 
     def start(self, argv, env, stdout: int, stderr: int) -> Process:
         """Start argv with these write ends of its output pipes, which it closes
@@ -126,9 +171,9 @@ class Spawner:
                     # read only by posix_spawn, and two spawns in flight never share
                     # a descriptor: safe to use again once this one is done
                     self.actions[(stdout, stderr)], owned = actions, False
-            job = SpawnJob(self.libc, [os.fsencode(a) for a in argv],
-                           self.environ if env is None else environ_array(env), actions,
-                           (stdout, stderr), owned)
+            args = [os.fsencode(a) for a in argv]
+            job = SpawnJob(self.libc, args, self.environ if env is None else environ_array(env),
+                           actions, (stdout, stderr), owned, self.program(args[0]))
         except BaseException:
             close_fd(stdout)
             close_fd(stderr)
@@ -136,6 +181,8 @@ class Spawner:
         since = self.reaps   # an exit seen before this is an older process's, same pid
         if self.waiters or self.pending:
             self.pending += 1
+            if self.pending > self.threads and self.threads < MAX_SPAWN_THREADS:
+                self._add_thread()   # every thread is busy with a spawn
             self.jobs.put(job)
             try:
                 job.ready.wait()
@@ -165,7 +212,7 @@ class Spawner:
         return Process(pid, wait)
 
     def _serve(self) -> None:
-        """The thread: one spawn at a time, then a wake-up for the hub."""
+        """A thread: one spawn at a time, then a wake-up for the hub."""
         while True:
             job = self.jobs.get()
             try:
@@ -241,8 +288,8 @@ class SpawnJob:
     (``owned`` file actions are destroyed then; the others are the spawner's)."""
 
     def __init__(self, libc, argv: list[bytes], envp, actions, fds: tuple[int, int],
-                 owned: bool = True):
-        self.libc, self.argv, self.envp = libc, argv, envp
+                 owned: bool = True, program: bytes | None = None):
+        self.libc, self.argv, self.envp, self.program = libc, argv, envp, program
         self.argv_array = c_strings(argv)
         self.actions, self.fds, self.owned = actions, fds, owned
         self.pid = ctypes.c_int()
@@ -251,6 +298,12 @@ class SpawnJob:
         self.ready = gevent.event.Event()
 
     def run(self, attr) -> None:
+        if self.program is not None:
+            self.error = self.libc.posix_spawn(ctypes.byref(self.pid), self.program,
+                                               self.actions, attr, self.argv_array, self.envp)
+            if self.error not in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+                return
+            # the file went away or changed since it was found: search as usual
         self.error = self.libc.posix_spawnp(ctypes.byref(self.pid), self.argv[0], self.actions,
                                             attr, self.argv_array, self.envp)
 

@@ -248,7 +248,8 @@ def many_at_once(name: str) -> dict:
 
 def zombies_after_many() -> dict:
     cmd = Commands(runner("spawn"))
-    gevent.pool.Pool(20).map(lambda i: cmd(["true"]).run(), range(200))
+    codes = gevent.pool.Pool(20).map(lambda i: cmd(["sh", "-c", f"exit {i % 7}"]).run().exit_code,
+                                     range(200))
     me = os.getpid()
     zombies = 0
     for pid in os.listdir("/proc"):
@@ -259,4 +260,37 @@ def zombies_after_many() -> dict:
             except OSError:
                 continue
             zombies += stat[0] == "Z" and int(stat[1]) == me
-    return {"zombies": zombies}
+    return {"zombies": zombies, "codes": codes, "threads": cmd.runner.threads}
+
+
+def program_on_path(first: str, second: str) -> dict:
+    """PATH is first:second; a program found there is run by its file for a while
+    (runners.PATH_TTL, made short here), then looked for again."""
+    from coyotes_lib import runners
+    runners.PATH_TTL = 0.3
+    os.environ["PATH"] = f"{first}:{second}"
+    cmd = Commands(runner("spawn"))
+
+    def put(folder: str, text: str, mode: int = 0o755) -> None:
+        path = os.path.join(folder, "prog")
+        with open(path + ".new", "w") as f:
+            f.write(f"#!/bin/sh\necho {text}\n")
+        os.chmod(path + ".new", mode)
+        os.replace(path + ".new", path)
+
+    def run() -> str:
+        r = cmd(["prog"]).run()
+        return r.stdout.strip() or f"exit {r.exit_code}: {r.error}"
+
+    put(first, "not executable", 0o644)
+    put(second, "second")
+    out = {"skips_not_executable": run()}
+    put(first, "first")
+    out["within_ttl"] = run()
+    time.sleep(0.4)
+    out["after_ttl"] = run()
+    os.unlink(os.path.join(first, "prog"))
+    out["removed"] = run()   # the file found went away: searched again at once
+    os.unlink(os.path.join(second, "prog"))
+    out["none"] = run()
+    return out

@@ -19,6 +19,7 @@ from conftest import wait_until
 from gevent_child import call
 
 from coyotes_lib.command import Result
+from coyotes_lib.runners import MAX_SPAWN_THREADS
 
 RUNNERS = ["spawn", "subprocess"]
 
@@ -266,9 +267,29 @@ def test_many_at_once_stay_cooperative(runner):
 
 
 def test_spawn_reaps_every_child(tmp_path):
-    """No zombies left behind by the child watcher, even for fast exits."""
+    """No zombies left behind by the child watcher, even for fast exits; with 20
+    started at once, the spawner adds threads so that spawns wait for their
+    children's exec side by side, and each command still gets its own result."""
     result = call(child.zombies_after_many)
     assert result["zombies"] == 0
+    assert result["codes"] == [i % 7 for i in range(200)]
+    assert 1 < result["threads"] <= MAX_SPAWN_THREADS
+
+
+def test_spawn_finds_programs_on_path_as_posix_spawnp_does(tmp_path):
+    """The spawner looks programs up on PATH itself, as posix_spawnp would (the first
+    executable regular file), and keeps what it found for PATH_TTL: a program put
+    earlier on PATH is run once that time has passed, and one that went away is
+    looked for again at once."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    result = call(child.program_on_path, str(first), str(second))
+    assert result["skips_not_executable"] == "second"
+    assert result["within_ttl"] == "second"   # found a moment ago: not looked for again
+    assert result["after_ttl"] == "first"
+    assert result["removed"] == "second"
+    assert result["none"].startswith("exit 127") and "No such file" in result["none"]
 
 
 def test_the_daemon_runs_tasks_with_either_runner(coyotes_factory, r, tmp_path):
