@@ -5,7 +5,8 @@ starts argv in a new session (setsid) with stdin on /dev/null, the given
 write ends of its output pipes (which it closes), the default disposition of
 the signals Python ignores, and no other descriptor of the daemon's. It
 raises OSError when the process cannot be started. ``Spawner`` (``spawn``,
-the default) calls ``posix_spawnp``; ``Subprocess`` (``subprocess``) uses
+the default) calls ``posix_spawn`` (finding the program on PATH as
+``posix_spawnp`` does); ``Subprocess`` (``subprocess``) uses
 ``gevent.subprocess``, which forks the interpreter.
 """
 
@@ -59,8 +60,8 @@ class Process:
 
 
 class Spawner:
-    """The default runner: ``posix_spawnp`` (setsid, default signals), called by
-    threads of its own through ctypes.
+    """The default runner: ``posix_spawn`` (setsid, default signals) of the file
+    ``posix_spawnp`` would run, called by threads of its own through ctypes.
 
     posix_spawn is vfork-like: no copy of this interpreter and no Python in the
     child before exec, much faster than fork+exec from Python. But the thread
