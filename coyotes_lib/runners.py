@@ -35,6 +35,8 @@ MAX_UNCLAIMED_EXITS = 1000
 # threads that call posix_spawn at once: each waits until its child has exec'ed
 # (most of a millisecond on a busy machine), so one thread alone caps the spawns
 MAX_SPAWN_THREADS = 8
+SPAWN_THREAD_NAME = b"coyotes-spawn"   # what ps -L and top -H show for those threads
+PR_SET_NAME = 15                       # <linux/prctl.h>
 PATH_TTL = 2.0          # seconds a program found on PATH is run without looking again
 MAX_PROGRAMS = 1024     # programs found on PATH that are kept
 MAX_FILE_ACTIONS = 256   # kept file-action sets, one per (stdout, stderr) pair of descriptors
@@ -214,6 +216,7 @@ class Spawner:
 
     def _serve(self) -> None:
         """A thread: one spawn at a time, then a wake-up for the hub."""
+        self.libc.prctl(PR_SET_NAME, SPAWN_THREAD_NAME, 0, 0, 0)   # a name only: may fail
         while True:
             job = self.jobs.get()
             try:
