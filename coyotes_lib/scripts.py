@@ -45,6 +45,11 @@ end
 local function number(key, field)
   return tonumber(redis.call('HGET', key, field) or '0') or 0
 end
+-- the list with the values after it added at its end (HSET's field-value pairs)
+local function append(list, ...)
+  for _, value in ipairs({...}) do list[#list + 1] = value end
+  return list
+end
 """
 # Tell every node's listener that a channel queue got entries (ARGV gives the
 # pub/sub channel; '' or none: tell nobody), and which node did it, if it says
@@ -143,9 +148,8 @@ local function enqueue(KEYS, ARGV)
   end
   redis.call('DEL', KEYS[5])
   local fields = #ARGV >= 9 and {unpack(ARGV, 8)} or {}
-  fields[#fields + 1], fields[#fields + 2] = 'queued_at', now
-  fields[#fields + 1], fields[#fields + 2] = 'status', delayed and 'delayed' or 'queued'
-  redis.call('HSET', KEYS[5], unpack(fields))
+  redis.call('HSET', KEYS[5], unpack(append(fields, 'queued_at', now,
+                                            'status', delayed and 'delayed' or 'queued')))
   if delayed then
     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
     return 2
@@ -435,19 +439,17 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if counted then redis.call('HSET', KEYS[8], unpack(counted)) end
 redis.call('SREM', KEYS[2], ARGV[1])
 -- the result's fields, then what this step sets (which wins over them): one HSET
-local function add(...)
-  for _, value in ipairs({...}) do fields[#fields + 1] = value end
-end
 if ARGV[2] == 'retry' then
   local at = tonumber(now) + tonumber(ARGV[5])
-  add('status', 'delayed', 'retry_at', at, 'retry_count', number(KEYS[4], 'retry_count') + 1)
+  append(fields, 'status', 'delayed', 'retry_at', at,
+         'retry_count', number(KEYS[4], 'retry_count') + 1)
   redis.call('HSET', KEYS[4], unpack(fields))
   redis.call('ZADD', KEYS[7], at, ARGV[1])
   return 2
 end
 redis.call('DEL', KEYS[3])
-add('finished_at', now)
-if ARGV[2] == 'failed' then add('failed_at', now, 'parked', '1') end
+append(fields, 'finished_at', now)
+if ARGV[2] == 'failed' then append(fields, 'failed_at', now, 'parked', '1') end
 redis.call('HSET', KEYS[4], unpack(fields))
 if ARGV[2] == 'failed' then
   redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
