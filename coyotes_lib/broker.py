@@ -195,12 +195,17 @@ class Broker(Listings):
     def push_claiming(self, pushes, claim: dict[str, tuple[int, int]]):
         """``push_many``, and in the same round trip the claim (as ``claim``) of up to
         ``most`` tasks of each channel of ``claim`` ({channel: (most, its limit on
-        all nodes)}) -> (outcomes, {channel: claims, or Redis's refusal})."""
+        all nodes)}) -> (outcomes, {channel: claims, or Redis's refusal}).
+        The pushes into those channels wake no node: the claim takes what it can,
+        and tells the other nodes only of what it leaves (an idle channel's task
+        would otherwise wake every node, this one included, for nothing)."""
         names = list(claim)
         replies = self.lean.pipelined(
-            [(self._enqueue, *self._enqueue_args(task, distinct, source))
+            [(self._enqueue, *self._enqueue_args(task, distinct, source,
+                                                 wake=task.channel not in claim))
              for task, distinct, source in pushes]
-            + [(self._claim, *self._claim_args(chan, *claim[chan])) for chan in names],
+            + [(self._claim, *self._claim_args(chan, *claim[chan], wake=True))
+               for chan in names],
             errors=True)
         outcomes = [o if isinstance(o, redis.ResponseError) else Enqueued(o)
                     for o in replies[:len(pushes)]]
@@ -208,11 +213,12 @@ class Broker(Listings):
                           else self._claims(reply)
                           for chan, reply in zip(names, replies[len(pushes):], strict=True)}
 
-    def _enqueue_args(self, task: Task, distinct: bool, source: str) -> tuple[list, list]:
+    def _enqueue_args(self, task: Task, distinct: bool, source: str,
+                      wake: bool = True) -> tuple[list, list]:
         k, payload = self.keys, task.payload
         # the new record's fields, as flat() would give them (the push path's own copy)
         args = [task.raw, DISTINCT_TTL if distinct else 0, source,
-                payload.get("execute_at") or 0, k.wake, self.node, task.channel,
+                payload.get("execute_at") or 0, k.wake if wake else "", self.node, task.channel,
                 "id", task.id, "channel", task.channel, "task_name", task.name,
                 "argv", json.dumps(list(task.argv)), "raw", task.raw, "attempt", 0,
                 "retry_count", 0]
@@ -383,11 +389,13 @@ class Broker(Listings):
         there if it says."""
         return Subscriber(self.redis, self.keys.wake)
 
-    def _claim_args(self, chan: str, most: int, limit: int = 0) -> tuple[list, list]:
+    def _claim_args(self, chan: str, most: int, limit: int = 0,
+                    wake: bool = False) -> tuple[list, list]:
         k = self.keys
         return ([k.queue(chan), k.processing(self.node, chan), k.running(chan),
                  k.queue_high(chan), k.channels],
-                [most, self.node, k.record(""), limit, k.heartbeat(""), chan])
+                [most, self.node, k.record(""), limit, k.heartbeat(""), chan,
+                 *([k.wake] if wake else [])])
 
     @staticmethod
     def _claims(replies) -> list[Claim]:

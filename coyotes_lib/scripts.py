@@ -289,8 +289,11 @@ end
 # set holds them, and a task counts while its node's heartbeat lives. The limit,
 # and whether the channel is paused (then nothing is claimed), come from the
 # channel's settings (KEYS[5]) when they are there, so that a change holds at
-# once on every node, even one that has not read it yet.
-CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
+# once on every node, even one that has not read it yet. With ARGV[7], the claim
+# that follows a push whose ENQUEUE was told not to wake anyone (the routing loop
+# claims for an idle channel in the same round trip) tells the other nodes when it
+# leaves entries: only then do they have anything to take.
+CLAIM = _CLOCK + _TYPES + _WAKE + _START + _CLAIMED + _ID + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- KEYS[4] the channel's high queue (taken from first)
 -- KEYS[5] the channels' settings hash (optional; of another type: not read, so
@@ -300,6 +303,7 @@ CLAIM = _CLOCK + _TYPES + _START + _CLAIMED + _ID + """
 --         (this node's view: used when KEYS[5] has no settings for the channel)
 -- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
 -- ARGV[6] the channel's name (with KEYS[5])
+-- ARGV[7] wake-up channel, optional: published to when the queues still hold entries
 local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
 if bad then return bad end
 local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
@@ -326,6 +330,9 @@ for i = 1, most do
   out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
   -- one START will start later holds its slot from now on
   if limit > 0 and out[i][2] == '' then redis.call('SADD', KEYS[3], entry) end
+end
+if ARGV[7] and (redis.call('LLEN', KEYS[4]) > 0 or redis.call('LLEN', KEYS[1]) > 0) then
+  wake(ARGV[7], KEYS[1], ARGV[2])
 end
 return out
 """

@@ -169,6 +169,28 @@ def wake_ups(port: int) -> dict:
             "killed": killed}
 
 
+def loan_wake_ups(port: int) -> dict:
+    """Pushes that claim for their channel in the same round trip (the routing loop's
+    loan): what the wake-up subscription hears when the claim takes them all, and
+    when it leaves some behind."""
+    client, ours = broker(port)
+    sub = ours.wakeups()
+
+    def push(count: int, most: int) -> tuple[list, list]:
+        pushes = [(from_producer(f'{{"task": "true {i}"}}', "default"), False, "")
+                  for i in range(count)]
+        outcomes, claimed = ours.push_claiming(pushes, {"default": (most, 0)})
+        return [int(o) for o in outcomes], [c.task_id for c in claimed["default"]]
+
+    taken = push(2, most=3)
+    heard_taken = sub.messages(0.3)
+    left = push(3, most=2)
+    heard_left = sub.messages(2)
+    return {"taken": taken, "heard_taken": heard_taken, "left": left,
+            "heard_left": heard_left,
+            "queued": client.llen(ours.keys.queue("default"))}
+
+
 def claim_after_a_script_flush(port: int) -> dict:
     client, ours = broker(port)
     task = from_producer('{"task": "true 1"}', "default")

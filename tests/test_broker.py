@@ -100,6 +100,19 @@ def test_wake_up_messages_name_the_queue_that_got_a_task(redis_server):
     assert result["killed"] == "error"
 
 
+def test_a_push_that_claims_for_its_channel_wakes_nobody_unless_it_leaves_entries(
+        redis_server):
+    """The routing loop's pushes for an idle channel claim in the same round trip: no
+    node is woken for entries that claim takes (this one was about to run them), and
+    the other nodes hear of the queue as soon as the claim leaves some behind."""
+    result = call(child.loan_wake_ups, redis_server.port)
+    assert result["taken"][0] == [1, 1] and len(result["taken"][1]) == 2
+    assert result["heard_taken"] == []
+    assert result["left"][0] == [1, 1, 1] and len(result["left"][1]) == 2
+    assert result["heard_left"] == ["default:tasks:queue\nn1"]   # once, from the claim
+    assert result["queued"] == 1
+
+
 def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):
     """The fast path hands one-word commands to hiredis as they are; what it sends
     must be what redis-py's own packers send, and a value that is not UTF-8 (held
