@@ -45,6 +45,7 @@ POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK, POSIX_SPAWN_SETSID = 0x04, 0x08, 
 # Python ignores these; a command gets them back at their default, as with
 # subprocess's restore_signals (and Go's os/exec)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+SIG_IGN = 1   # the handler's value in a struct sigaction
 
 
 class Process:
@@ -100,8 +101,8 @@ class Spawner:
         libc.posix_spawnattr_init(self.attr)
         libc.sigemptyset(signals)
         libc.posix_spawnattr_setsigmask(self.attr, signals)   # nothing blocked
-        for sig in DEFAULT_SIGNALS:
-            libc.sigaddset(signals, sig)
+        for sig in default_signals(libc):
+            libc.sigaddset(signals, sig)   # refuses glibc's own signals: they are left out
         libc.posix_spawnattr_setsigdefault(self.attr, signals)
         libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(
             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
@@ -249,6 +250,24 @@ class Spawner:
         self.exits[watcher.rpid] = (self.reaps, watcher.rstatus)
         while len(self.exits) > MAX_UNCLAIMED_EXITS:
             del self.exits[next(iter(self.exits))]
+
+
+def default_signals(libc) -> list[int]:
+    """The signals a command gets at their default disposition: DEFAULT_SIGNALS and
+    every other one this process does not ignore (a handler does not survive exec;
+    one ignored, as nohup ignores SIGHUP, stays ignored, as with subprocess).
+    glibc's child sets each signal named so at once; any other it first asks about:
+    one system call more per signal before exec, for each command."""
+    action = ctypes.create_string_buffer(512)   # struct sigaction: 152 bytes in glibc
+    out = []
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if sig not in DEFAULT_SIGNALS and libc.sigaction(sig, None, action) == 0 \
+                and ctypes.c_void_p.from_buffer(action).value == SIG_IGN:
+            continue
+        out.append(sig)
+    return out
 
 
 def close_on_exec_from(first: int) -> None:

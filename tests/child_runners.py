@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import resource
@@ -84,6 +85,8 @@ def after_stale_exits() -> list:
 
 
 def signal_masks(name: str) -> dict:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # as under nohup
+    signal.signal(signal.SIGUSR1, lambda *_: None)   # a handler of Python's own
     cmd = Commands(runner(name))
     # the daemon's own handlers for these (so a shell that started it with them
     # ignored, as a background job without job control, leaves no trace)
@@ -91,6 +94,16 @@ def signal_masks(name: str) -> dict:
         gevent.signal_handler(sig, lambda: None)
     cmd(["grep", "^Sig[BI]", "/proc/self/status"]).run()
     return dict(line[1].split(":\t") for line in cmd.lines)
+
+
+def spawn_signal_defaults() -> list[int]:
+    """The signals the spawner names for glibc to set to their default in the child,
+    SIGHUP ignored here first."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    spawner = Spawner()
+    named = ctypes.create_string_buffer(128)
+    spawner.libc.posix_spawnattr_getsigdefault(spawner.attr, named)
+    return [sig for sig in range(1, signal.NSIG) if spawner.libc.sigismember(named, sig) == 1]
 
 
 def stdin_and_descriptor_count(name: str) -> dict:
