@@ -168,15 +168,21 @@ class Command:
         self.argv, self.on_line, self.env = list(argv), on_line, env
         self.output_max, self.output_seen = output_max, 0   # bytes: past the cap, it stops
         self.kill_grace, self.kill_group = kill_grace, kill_group
-        self.start = runner.start
+        self.spawn = runner.start
         self.tails = {"stdout": Tail(tail), "stderr": Tail(tail)}
         self.proc: Process | None = None
+        self.began: float | None = None      # when ``launch`` was called
+        self.unstarted: Result | None = None   # why it could not start
+        self.pipes: tuple[int, int] = (-1, -1)   # read ends of stdout and stderr
         self.stopped = ""   # why ``stop()`` ended it, if it did
 
-    def run(self, timeout: float = 0, on_start=None) -> Result:
-        """Start the command, wait for it (and its output); ``on_start(pid)`` is called
-        once the process exists."""
-        started = time.monotonic()
+    def launch(self) -> None:
+        """Start the process (once; ``run`` does if nobody did): a caller that has the
+        command ready starts it before the greenlet that waits for it gets its turn.
+        A command that cannot start leaves its result in ``unstarted``."""
+        if self.began is not None:
+            return
+        self.began = time.monotonic()
         out_r = err_r = None
         try:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -185,7 +191,7 @@ class Command:
             except BaseException:
                 close_fd(out_w)
                 raise
-            self.proc = self.start(self.argv, self.env, out_w, err_w)   # closes out_w, err_w
+            self.proc = self.spawn(self.argv, self.env, out_w, err_w)   # closes out_w, err_w
         except BaseException as exc:
             for fd in (out_r, err_r):
                 if fd is not None:
@@ -193,9 +199,19 @@ class Command:
             if not isinstance(exc, OSError):
                 raise
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-            return Result(code, duration=time.monotonic() - started,
-                          error=f"{exc.strerror}: {self.argv[0]}",
-                          transient=exc.errno in TRANSIENT_ERRORS)
+            self.unstarted = Result(code, duration=time.monotonic() - self.began,
+                                    error=f"{exc.strerror}: {self.argv[0]}",
+                                    transient=exc.errno in TRANSIENT_ERRORS)
+            return
+        self.pipes = (out_r, err_r)
+
+    def run(self, timeout: float = 0, on_start=None) -> Result:
+        """Start the command (unless ``launch`` did), wait for it (and its output);
+        ``on_start(pid)`` is called once the process exists."""
+        self.launch()
+        if self.unstarted is not None:
+            return self.unstarted
+        started, (out_r, err_r) = self.began, self.pipes
         if self.stopped:   # asked while it was being started
             gevent.spawn(self._end_group, self.kill_grace)
         if on_start is not None:

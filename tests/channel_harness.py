@@ -12,6 +12,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import dataclasses
 import errno
 import json
 import os
@@ -109,9 +110,12 @@ def loan(lost: bool):
         again = channel.lend()   # one loan at a time
         pushes = [(build("fake", f"fake print={i}", task_id=f"l{i}"), False, "") for i in "123"]
         outcomes, claimed = broker.push_claiming(pushes, {"fake": (most, 0)})
-        channel.repaid(None if lost else claimed["fake"])
+        parsed = {task.raw: task for task, _, _ in pushes}   # as the routing loop gives them
+        channel.repaid(None if lost else [dataclasses.replace(c, task=parsed[c.raw])
+                                          for c in claimed["fake"]])
         return {"most": most, "again": again, "outcomes": outcomes,
-                "claimed": [c.task_id for c in claimed["fake"]]}
+                "claimed": [c.task_id for c in claimed["fake"]],
+                "started_at_once": [argv[1:] for argv in channel.run_with.starts]}
     return then
 
 

@@ -68,11 +68,15 @@ def test_a_bad_entry_is_parked_and_the_worker_goes_on(redis_server):
 
 def test_the_routing_loop_claims_for_an_idle_channel_with_the_push(redis_server):
     """An idle channel lends its workers to the push: both are claimed in the same
-    round trip, and the third task runs once a worker is free."""
+    round trip, and the third task runs once a worker is free. The first claim's
+    command has started by the time the reply is handed over (before any worker's
+    greenlet had a turn), and its output still reaches its record."""
     result = run(redis_server, "loan")
     notes = result["notes"]
     assert notes["most"] == 2 and notes["again"] == 0 and notes["outcomes"] == [1, 1, 1]
     assert notes["claimed"] == ["l1", "l2"]   # oldest first
+    assert notes["started_at_once"] == [["print=1"]]
+    assert result["records"]["l1"]["stdout"] == "1\n"
     assert {r["status"] for r in result["records"].values()} == {"succeeded"}
     assert {r["attempt"] for r in result["records"].values()} == {"1"}
     assert result["processing"] == [] and result["running"] == []
