@@ -17,11 +17,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 
 from gevent.monkey import get_original
 
 from . import __version__
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+UNKNOWN_FILE = "(unknown file)"   # the pathname a record gets when no caller is looked for
 RESET = "\033[0m"
 LEVEL_COLOURS = {logging.DEBUG: "\033[90m", logging.INFO: "\033[32m",
                  logging.WARNING: "\033[33m", logging.ERROR: "\033[31m",
@@ -111,9 +114,33 @@ class OutputBudget:
                 f"(log budget of {human(self.total)} per task)")
 
 
+class Record(logging.LogRecord):
+    """logging's record as ``setup`` has it (no caller frame, thread or process), made
+    without the work that then always comes to the same: a command's start and its
+    end are logged for every task, and logging's own record cost a third of a line."""
+
+    def __init__(self, name, level, pathname, lineno, msg, args, exc_info, func=None,
+                 sinfo=None, **kwargs):
+        if pathname != UNKNOWN_FILE:   # a caller that gives a file: logging's own way
+            super().__init__(name, level, pathname, lineno, msg, args, exc_info, func,
+                             sinfo, **kwargs)
+            return
+        ct = time.time()
+        if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            args = args[0]   # as logging does: "%(a)s" % {"a": ...}
+        self.name, self.msg, self.args = name, msg, args
+        self.levelname, self.levelno = logging.getLevelName(level), level
+        self.pathname = self.filename = self.module = pathname   # as basename, splitext give
+        self.exc_info, self.exc_text, self.stack_info = exc_info, None, sinfo
+        self.lineno, self.funcName = lineno, func
+        self.created, self.msecs = ct, int((ct - int(ct)) * 1000) + 0.0
+        self.relativeCreated = (ct - logging._startTime) * 1000
+        self.thread = self.threadName = self.processName = self.process = None
+
+
 class Formatter(logging.Formatter):
     def __init__(self, colour: bool):
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        super().__init__(TEXT_FORMAT)
         self.colour = colour
         self.second, self.stamp = None, ""
 
@@ -126,11 +153,17 @@ class Formatter(logging.Formatter):
         return self.default_msec_format % (self.stamp, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        """The line without the traceback (which ``format`` adds after, unescaped)."""
-        return escape(super().formatMessage(record))
+        """The line without the traceback (which ``format`` adds after, unescaped):
+        TEXT_FORMAT, written out."""
+        return escape(f"{record.asctime} {record.levelname:<7} {record.name}: {record.message}")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        if record.exc_info or record.stack_info:
+            text = super().format(record)
+        else:   # what logging's format does for a plain line
+            record.message = record.getMessage()
+            record.asctime = self.formatTime(record)
+            text = self.formatMessage(record)
         if not self.colour:
             return text
         stream = getattr(record, "stream", None)
@@ -165,6 +198,7 @@ def setup(colour: bool = False, debug: bool = False, log_file: str = "",
     # the caller's frame, thread and process names)
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.setLogRecordFactory(Record)
     # a command line or output that is not UTF-8 is logged escaped, never an error
     handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
                if log_file else logging.StreamHandler(sys.stderr))

@@ -60,6 +60,40 @@ def test_a_traceback_stays_multi_line_and_only_the_message_is_escaped():
     assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
 
 
+@pytest.mark.parametrize("args, exc", [
+    (("task %s started (attempt %d): %s", "t1", 1, "echo a\nb"), False),
+    (("value %(a)s and %(b)d", {"a": "x", "b": 2}), False),
+    (("no arguments at all",), False),
+    (("loop %s failed", "x"), True),
+])
+def test_the_lean_record_is_logging_s_own_record(monkeypatch, args, exc):
+    """The record setup installs (made for two lines a task) holds what logging's own
+    record holds, with the settings setup makes, and comes out as the same line."""
+    monkeypatch.setattr(logging, "_srcfile", None)
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, False)
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    msg, *rest = args
+    made = [kind("coyotes.channel", logging.WARNING, logsetup.UNKNOWN_FILE, 0, msg,
+                  tuple(rest), exc_info, "(unknown function)")
+            for kind in (logsetup.Record, logging.LogRecord)]
+    made[1].created, made[1].msecs, made[1].relativeCreated = (
+        made[0].created, made[0].msecs, made[0].relativeCreated)
+    assert vars(made[0]) == vars(made[1])
+    ours, theirs = Formatter(colour=False), logging.Formatter(logsetup.TEXT_FORMAT)
+    line, expected = ours.format(made[0]), theirs.format(made[1])
+    if exc:   # the message (without a line break here) is escaped, not the traceback
+        first, _, traceback = expected.partition("\n")
+        assert line == f"{escape(first)}\n{traceback}" and traceback.endswith("boom")
+    else:
+        assert line == escape(expected)
+
+
 def test_setup_handler_escapes_what_it_writes(tmp_path):
     path = tmp_path / "coyotes.log"
     root = logging.getLogger("coyotes")
