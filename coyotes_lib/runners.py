@@ -29,7 +29,9 @@ from gevent.monkey import get_original
 # gevent's os.close first looks for watchers of the fd to cancel; ours are all
 # stopped before their fd is closed
 close_fd = get_original("os", "close")
-SIMPLE_QUEUE = get_original("queue", "SimpleQueue")           # waits without the GIL
+# a thread waits for a spawn in read() of a pipe, and is woken by a write() of one
+# byte: both let go of the GIL during the call (see ``Spawner.start``)
+READ, WRITE = get_original("os", "read"), get_original("os", "write")
 START_NEW_THREAD = get_original("_thread", "start_new_thread")
 MAX_UNCLAIMED_EXITS = 1000
 # threads that call posix_spawn at once: each waits until its child has exec'ed
@@ -116,7 +118,8 @@ class Spawner:
         # (stdout, stderr) -> its file actions, made once: glibc checks each descriptor
         # against the rlimit as an action is added (a system call each)
         self.actions: dict[tuple[int, int], ctypes.Array] = {}
-        self.jobs = SIMPLE_QUEUE()
+        self.jobs: collections.deque[SpawnJob] = collections.deque()
+        self.ring, self.bell = os.pipe2(os.O_CLOEXEC)   # a byte per job handed over
         self.done: collections.deque[SpawnJob] = collections.deque()
         self.exits: dict[int, tuple[int, int]] = {}   # pid -> (reap number, wait status)
         self.reaps = 0                                 # exits seen so far
@@ -187,7 +190,11 @@ class Spawner:
             self.pending += 1
             if self.pending > self.threads and self.threads < MAX_SPAWN_THREADS:
                 self._add_thread()   # every thread is busy with a spawn
-            self.jobs.put(job)
+            self.jobs.append(job)
+            # the thread this wakes takes the GIL the write lets go of, and gets to
+            # its spawn at once (a queue's lock, released with the GIL held, woke it
+            # only to wait for the GIL, and often took this CPU from us to do so)
+            WRITE(self.bell, b"\0")
             try:
                 job.ready.wait()
             except BaseException:
@@ -219,7 +226,8 @@ class Spawner:
         """A thread: one spawn at a time, then a wake-up for the hub."""
         self.libc.prctl(PR_SET_NAME, SPAWN_THREAD_NAME, 0, 0, 0)   # a name only: may fail
         while True:
-            job = self.jobs.get()
+            READ(self.ring, 1)   # a pipe wakes one reader per byte
+            job = self.jobs.popleft()
             try:
                 job.run(self.attr)
             except BaseException:   # never leave a job unanswered (nor the thread dead)
