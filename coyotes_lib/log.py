@@ -117,7 +117,7 @@ class OutputBudget:
 class Record(logging.LogRecord):
     """logging's record as ``setup`` has it (no caller frame, thread or process), made
     without the work that then always comes to the same: a command's start and its
-    end are logged for every task, and logging's own record cost a third of a line."""
+    end are logged for every task, and logging's own record cost a quarter of a line."""
 
     def __init__(self, name, level, pathname, lineno, msg, args, exc_info, func=None,
                  sinfo=None, **kwargs):
