@@ -84,7 +84,16 @@ def after_stale_exits() -> list:
     return results
 
 
+def ignored_here() -> list[int]:
+    """The signals this process ignores now: Python's own, and any it inherited ignored
+    (a shell's background job, as CI may run us, ignores SIGINT and SIGQUIT)."""
+    with open("/proc/self/status") as status:
+        mask = int(next(line.split()[1] for line in status if line.startswith("SigIgn:")), 16)
+    return [sig for sig in range(1, signal.NSIG) if mask & (1 << (sig - 1))]
+
+
 def signal_masks(name: str) -> dict:
+    inherited = ignored_here()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # as under nohup
     signal.signal(signal.SIGUSR1, lambda *_: None)   # a handler of Python's own
     cmd = Commands(runner(name))
@@ -93,17 +102,19 @@ def signal_masks(name: str) -> dict:
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, lambda: None)
     cmd(["grep", "^Sig[BI]", "/proc/self/status"]).run()
-    return dict(line[1].split(":\t") for line in cmd.lines)
+    return {**dict(line[1].split(":\t") for line in cmd.lines), "inherited": inherited}
 
 
-def spawn_signal_defaults() -> list[int]:
+def spawn_signal_defaults() -> dict:
     """The signals the spawner names for glibc to set to their default in the child,
-    SIGHUP ignored here first."""
+    SIGHUP ignored here first, and those this process ignored then."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ignored = ignored_here()
     spawner = Spawner()
     named = ctypes.create_string_buffer(128)
     spawner.libc.posix_spawnattr_getsigdefault(spawner.attr, named)
-    return [sig for sig in range(1, signal.NSIG) if spawner.libc.sigismember(named, sig) == 1]
+    return {"named": [sig for sig in range(1, signal.NSIG)
+                      if spawner.libc.sigismember(named, sig) == 1], "ignored": ignored}
 
 
 def stdin_and_descriptor_count(name: str) -> dict:
