@@ -319,75 +319,85 @@ class Channel:
                 task, (command, policy) = claim.task, launched
                 self.by_id[task.id] = worker
                 attempt, _, _, retries = claim.started
-                argv, env, label = command.argv, command.env, printable(task.name)
-            else:
-                command = None
-                try:
-                    task = claim.task or from_queue(raw, self.name)
-                    policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
-                except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
-                    reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
-                    self._park(raw, reason, what)
-                    return None
-                self.by_id[task.id] = worker
-                started = claim.started
-                if started is not None and claim.task_id != task.id:
-                    log.warning("%s: entry %.200r read as task %s by redis and as %s here; "
-                                "started as %s", what, raw, claim.task_id, task.id, task.id)
-                    started = None
-                if started is None:
-                    started = insist(what, lambda: self.broker.start(task), self.give_up)
-                if started is None:
-                    return None   # shutting down without redis: requeued when this node is back
-                attempt, redeliveries, kill, retries = started
-                if attempt == FOREIGN_RECORD:
-                    self._park(raw, f"its record key {self.broker.keys.record(task.id)} holds "
-                                    "another type", what)
-                    return None
                 label = printable(task.name)
-                if not attempt:
-                    log.warning("%s: task %s is no longer ours (this node was reaped and the "
-                                "task finished meanwhile); not run again: %s", what, task.id, label)
-                    return None
-                if kill:
-                    log.info("%s: task %s canceled before it started: %s", what, task.id, label)
-                    return self._finish(task, Outcome.DONE, {"status": "canceled"}, what)
-                if redeliveries > self.limits.max_redeliveries:
-                    log.error("%s: task %s moved to the failed tasks: its node died %d times while "
-                              "running it: %s", what, task.id, redeliveries, label)
-                    return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
-                        f"its node died {redeliveries} times while running it")}, what)
-                try:
-                    argv, env = task.argv, None
-                    if self.spec.command_policy is not None:
-                        argv, env = self.spec.command_policy.launch(task.argv)
-                except Refused as exc:
-                    log.error("%s: task %s refused by the channel's command policy: %s", what,
-                              task.id, exc, extra={"channel": self.name, "task_id": task.id})
-                    return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
-                        f"refused: {exc}")}, what)
-            result = self._execute(task, argv, env, policy, worker, attempt, label, what,
-                                   command)
-            if result.stopped == Stop.SHUTDOWN:   # it has not finished: it runs again later
-                insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
-                        self.give_up)
-                log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
+                result = self._execute(task, command.argv, command.env, policy, worker,
+                                       attempt, label, what, command)
+                return self._conclude(task, raw, policy, result, retries, what, label)
+            try:
+                task = claim.task or from_queue(raw, self.name)
+                policy = self.spec.policy.merge(task.payload)   # bad timeout etc.: BadTask
+            except Exception as exc:   # BadTask, or a bug of ours: never wedge the entry
+                reason = str(exc) if isinstance(exc, BadTask) else f"internal error: {exc!r}"
+                self._park(raw, reason, what)
                 return None
-            if result.transient:   # out of descriptors or memory: not the command's fault
-                self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
-                insist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
-                        self.give_up)
-                self.wake()   # it is back in our queue
-                log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
-                            result.error)
+            self.by_id[task.id] = worker
+            started = claim.started
+            if started is not None and claim.task_id != task.id:
+                log.warning("%s: entry %.200r read as task %s by redis and as %s here; "
+                            "started as %s", what, raw, claim.task_id, task.id, task.id)
+                started = None
+            if started is None:
+                started = insist(what, lambda: self.broker.start(task), self.give_up)
+            if started is None:
+                return None   # shutting down without redis: requeued when this node is back
+            attempt, redeliveries, kill, retries = started
+            if attempt == FOREIGN_RECORD:
+                self._park(raw, f"its record key {self.broker.keys.record(task.id)} holds "
+                                "another type", what)
                 return None
-            return self._record_result(task, policy, result, retries, what, label)
+            label = printable(task.name)
+            if not attempt:
+                log.warning("%s: task %s is no longer ours (this node was reaped and the "
+                            "task finished meanwhile); not run again: %s", what, task.id, label)
+                return None
+            if kill:
+                log.info("%s: task %s canceled before it started: %s", what, task.id, label)
+                return self._finish(task, Outcome.DONE, {"status": "canceled"}, what)
+            if redeliveries > self.limits.max_redeliveries:
+                log.error("%s: task %s moved to the failed tasks: its node died %d times while "
+                          "running it: %s", what, task.id, redeliveries, label)
+                return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
+                    f"its node died {redeliveries} times while running it")}, what)
+            try:
+                argv, env = self._launch_args(task)
+            except Refused as exc:
+                log.error("%s: task %s refused by the channel's command policy: %s", what,
+                          task.id, exc, extra={"channel": self.name, "task_id": task.id})
+                return self._finish(task, Outcome.FAILED, {"status": "failed", "error": (
+                    f"refused: {exc}")}, what)
+            result = self._execute(task, argv, env, policy, worker, attempt, label, what)
+            return self._conclude(task, raw, policy, result, retries, what, label)
         finally:
             if task is not None:
                 self.by_id.pop(task.id, None)
                 self.kill_wanted.discard(task.id)
             self.commands.pop(worker, None)
             self._unclaim(raw)
+
+    def _launch_args(self, task: Task) -> tuple:
+        """(argv, env) the task's command runs with, or Refused by the channel's policy."""
+        if self.spec.command_policy is None:
+            return task.argv, None
+        return self.spec.command_policy.launch(task.argv)
+
+    def _conclude(self, task: Task, raw: str, policy: Policy, result: Result, retries: int,
+                  what: str, label: str) -> Claim | None:
+        """After the command: requeue it (stopped by a shutdown, or it could not start for
+        want of resources) or record its result (-> the worker's next claim)."""
+        if result.stopped == Stop.SHUTDOWN:   # it has not finished: it runs again later
+            insist(what, lambda: self.broker.requeue(self.name, raw, task.id),
+                    self.give_up)
+            log.warning("%s: task %s requeued (stopped by shutdown)", what, task.id)
+            return None
+        if result.transient:   # out of descriptors or memory: not the command's fault
+            self.stop.wait(TRANSIENT_PAUSE)   # not at once: it would fail the same way
+            insist(what, lambda: self.broker.requeue(self.name, raw, task.id, ran=False),
+                    self.give_up)
+            self.wake()   # it is back in our queue
+            log.warning("%s: task %s requeued: it could not start (%s)", what, task.id,
+                        result.error)
+            return None
+        return self._record_result(task, policy, result, retries, what, label)
 
     def _execute(self, task: Task, argv: list[str], env, policy: Policy, worker: int,
                  attempt: int, label: str, what: str, command: Command | None = None) -> Result:
@@ -449,10 +459,7 @@ class Channel:
             return
         try:
             policy = self.spec.policy.merge(task.payload)
-            argv, env = task.argv, None
-            if self.spec.command_policy is not None:
-                argv, env = self.spec.command_policy.launch(task.argv)
-            command = self._command(argv, env, policy)
+            command = self._command(*self._launch_args(task), policy)
             command.launch()
         except Exception:   # BadTask, Refused, or a bug of ours: the worker sees it again
             return
