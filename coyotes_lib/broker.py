@@ -69,6 +69,7 @@ class Broker(Listings):
         self._dead = lean.script(scripts.DEAD)
         self._take = lean.script(scripts.TAKE)
         self._claim = lean.script(scripts.CLAIM)
+        self._route = lean.script(scripts.ROUTE)
         self._start = lean.script(scripts.START)
         self._finish = lean.script(scripts.FINISH)
         self._requeue = lean.script(scripts.REQUEUE)
@@ -198,20 +199,36 @@ class Broker(Listings):
         all nodes)}) -> (outcomes, {channel: claims, or Redis's refusal}).
         The pushes into those channels wake no node: the claim takes what it can,
         and tells the other nodes only of what it leaves (an idle channel's task
-        would otherwise wake every node, this one included, for nothing)."""
-        names = list(claim)
-        replies = self.lean.pipelined(
-            [(self._enqueue, *self._enqueue_args(task, distinct, source,
-                                                 wake=task.channel not in claim))
-             for task, distinct, source in pushes]
-            + [(self._claim, *self._claim_args(chan, *claim[chan], wake=True))
-               for chan in names],
-            errors=True)
-        outcomes = [o if isinstance(o, redis.ResponseError) else Enqueued(o)
-                    for o in replies[:len(pushes)]]
-        return outcomes, {chan: reply if isinstance(reply, redis.ResponseError)
-                          else self._claims(reply)
-                          for chan, reply in zip(names, replies[len(pushes):], strict=True)}
+        would otherwise wake every node, this one included, for nothing). The claim
+        goes with the channel's last push, in one ROUTE script (which starts that
+        task at once when it is all the channel holds); a channel without a push
+        gets a CLAIM of its own."""
+        last = {task.channel: i for i, (task, _, _) in enumerate(pushes) if task.channel in claim}
+        calls = []
+        for i, (task, distinct, source) in enumerate(pushes):
+            keys, args = self._enqueue_args(task, distinct, source, wake=task.channel not in claim)
+            if last.get(task.channel) == i:
+                claim_keys, claim_args = self._claim_args(task.channel, *claim[task.channel],
+                                                          wake=True)
+                calls.append((self._route, keys + claim_keys, claim_args + args))
+            else:
+                calls.append((self._enqueue, keys, args))
+        alone = [chan for chan in claim if chan not in last]
+        calls += [(self._claim, *self._claim_args(chan, *claim[chan], wake=True))
+                  for chan in alone]
+        replies = self.lean.pipelined(calls, errors=True)
+        outcomes, claimed = [], {}
+        for i, ((task, _, _), reply) in enumerate(zip(pushes, replies, strict=False)):
+            if last.get(task.channel) == i and not isinstance(reply, redis.ResponseError):
+                reply, claims, *refused = reply   # the ROUTE: {ENQUEUE's code, CLAIM's reply}
+                claimed[task.channel] = (redis.ResponseError(refused[0]) if refused
+                                         else self._claims(claims))
+            elif last.get(task.channel) == i:   # refused before anything was written
+                claimed[task.channel] = reply
+            outcomes.append(reply if isinstance(reply, redis.ResponseError) else Enqueued(reply))
+        for chan, reply in zip(alone, replies[len(pushes):], strict=True):
+            claimed[chan] = reply if isinstance(reply, redis.ResponseError) else self._claims(reply)
+        return outcomes, claimed
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str,
                       wake: bool = True) -> tuple[list, list]:

@@ -125,7 +125,10 @@ _ENQUEUE = """
 -- ARGV[3] source entry ('' = none)   ARGV[4] execute_at (unix s), 0 = now
 -- ARGV[5] wake-up channel ('' = none)   ARGV[6] this node's id   ARGV[7] channel
 -- ARGV[8..] record fields and values
-local function enqueue(KEYS, ARGV)
+-- ``into`` (ROUTE), {processing list, running set, node}: a task that is not delayed
+-- goes there at once, started (the record fields must begin with its id); enqueue
+-- then also returns the claim CLAIM would have made of it
+local function enqueue(KEYS, ARGV, into)
   local hash, none = is_hash(KEYS[5])
   if not (hash or none) then return 5 end
   local bad = wrongtype(KEYS[6], 'hash')
@@ -148,6 +151,13 @@ local function enqueue(KEYS, ARGV)
   end
   redis.call('DEL', KEYS[5])
   local fields = #ARGV >= 9 and {unpack(ARGV, 8)} or {}
+  if into and not delayed then   -- what START would write, with the record's first fields
+    redis.call('HSET', KEYS[5], unpack(append(fields, 'queued_at', now, 'status', 'running',
+                                              'attempt', 1, 'node', into[3], 'started_at', now)))
+    redis.call('LPUSH', into[1], ARGV[1])
+    redis.call('SADD', into[2], ARGV[1])
+    return 1, {ARGV[1], ARGV[9], 1, 0, 0, 0}
+  end
   redis.call('HSET', KEYS[5], unpack(append(fields, 'queued_at', now,
                                             'status', delayed and 'delayed' or 'queued')))
   if delayed then
@@ -283,6 +293,49 @@ local function claimed(entry, running, node, prefix)
 end
 """
 
+# CLAIM's steps, shared with ROUTE (KEYS and ARGV as CLAIM's): the type checks; how
+# many may be claimed (nil: the channel is paused), reading only; the claim itself.
+_CLAIM = """
+local function claim_bad(KEYS)
+  return wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
+end
+local function room(KEYS, ARGV)
+  local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
+  local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
+  if settings then   -- the JSON's top-level fields (user text in it has its quotes escaped)
+    if string.find(settings, '"paused":%s*true') then return nil end
+    limit = tonumber(string.match(settings, '"max_running":%s*(%d+)') or '0')
+  end
+  if limit > 0 then
+    local busy = 0
+    for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+      local id = id_of(member)
+      local node = id and is_hash(ARGV[3] .. id) and redis.call('HGET', ARGV[3] .. id, 'node')
+      -- no node known (an entry without a record): it holds its slot until it ends
+      if not node or redis.call('EXISTS', ARGV[5] .. node) == 1 then busy = busy + 1 end
+    end
+    most = math.min(most, limit - busy)
+  end
+  return most, limit
+end
+local function take(KEYS, ARGV, most, limit)
+  local out = {}
+  for i = 1, most do
+    local entry = redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT')
+      or redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+    if not entry then break end
+    out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
+    -- one START will start later holds its slot from now on
+    if limit > 0 and out[i][2] == '' then redis.call('SADD', KEYS[3], entry) end
+  end
+  if ARGV[7] and (redis.call('LLEN', KEYS[4]) > 0 or redis.call('LLEN', KEYS[1]) > 0) then
+    wake(ARGV[7], KEYS[1], ARGV[2])
+  end
+  return out
+end
+"""
+_CLAIM_PARTS = _CLOCK + _TYPES + _WAKE + _START + _CLAIMED + _ID + _CLAIM
+
 # Claim up to ARGV[1] tasks of a channel (right to left into this node's
 # processing list), each started where it can be (see _CLAIMED), and no more than
 # leaves the channel's tasks running on all nodes within its limit: the running
@@ -293,7 +346,7 @@ end
 # that follows a push whose ENQUEUE was told not to wake anyone (the routing loop
 # claims for an idle channel in the same round trip) tells the other nodes when it
 # leaves entries: only then do they have anything to take.
-CLAIM = _CLOCK + _TYPES + _WAKE + _START + _CLAIMED + _ID + """
+CLAIM = _CLAIM_PARTS + """
 -- KEYS[1] channel queue   KEYS[2] this node's processing list   KEYS[3] running set
 -- KEYS[4] the channel's high queue (taken from first)
 -- KEYS[5] the channels' settings hash (optional; of another type: not read, so
@@ -304,37 +357,40 @@ CLAIM = _CLOCK + _TYPES + _WAKE + _START + _CLAIMED + _ID + """
 -- ARGV[5] heartbeat key prefix: a task whose node's heartbeat expired holds no slot
 -- ARGV[6] the channel's name (with KEYS[5])
 -- ARGV[7] wake-up channel, optional: published to when the queues still hold entries
-local bad = wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
+local bad = claim_bad(KEYS)
 if bad then return bad end
-local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
-local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
-if settings then   -- the JSON's top-level fields (user text in it has its quotes escaped)
-  if string.find(settings, '"paused":%s*true') then return {} end
-  limit = tonumber(string.match(settings, '"max_running":%s*(%d+)') or '0')
-end
-if limit > 0 then
-  local busy = 0
-  for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-    local id = id_of(member)
-    local node = id and is_hash(ARGV[3] .. id) and redis.call('HGET', ARGV[3] .. id, 'node')
-    -- no node known (an entry without a record): it holds its slot until it ends
-    if not node or redis.call('EXISTS', ARGV[5] .. node) == 1 then busy = busy + 1 end
-  end
-  most = math.min(most, limit - busy)
-end
-local out = {}
-for i = 1, most do
-  local entry = redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT')
-    or redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not entry then break end
-  out[i] = claimed(entry, KEYS[3], ARGV[2], ARGV[3])
-  -- one START will start later holds its slot from now on
-  if limit > 0 and out[i][2] == '' then redis.call('SADD', KEYS[3], entry) end
-end
-if ARGV[7] and (redis.call('LLEN', KEYS[4]) > 0 or redis.call('LLEN', KEYS[1]) > 0) then
-  wake(ARGV[7], KEYS[1], ARGV[2])
-end
-return out
+local most, limit = room(KEYS, ARGV)
+if not most then return {} end
+return take(KEYS, ARGV, most, limit)
+"""
+
+# ENQUEUE of one task (told to wake nobody) and CLAIM for its channel in one script:
+# the routing loop's push for an idle channel (see ``Broker.push_claiming``). When the
+# task is queued and is all its channel's queues would hold, and the claim has room,
+# the task goes straight into the processing list, started, as CLAIM would have
+# taken and started it (no LPUSH and LMOVE, one record write): an idle daemon's task
+# costs Redis one script instead of two. Otherwise ENQUEUE then CLAIM, as they are;
+# the claim is made whatever the push's own outcome (earlier pushes of the batch
+# may wait for it). Returns {ENQUEUE's code, CLAIM's reply}, with a third item when
+# a claim key holds another type: that error (then nothing is claimed; the push is
+# made all the same, as it was made before the claim that failed). An error reply
+# of ENQUEUE's is the reply, with nothing written.
+ROUTE = _FINAL + _CLAIM_PARTS + _ENQUEUE + """
+-- KEYS[1..6] as ENQUEUE's   KEYS[7..11] as CLAIM's, for the task's channel
+-- ARGV[1..7] as CLAIM's (ARGV[7] given)   ARGV[8..] as ENQUEUE's
+local ck, ca = {KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}, {unpack(ARGV, 1, 7)}
+local bad = claim_bad(ck)
+local most, limit
+if not bad then most, limit = room(ck, ca) end
+local into = most and most > 0 and redis.call('LLEN', ck[1]) == 0
+  and redis.call('LLEN', ck[4]) == 0 and {ck[2], ck[3], ca[2]}
+local code, started = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
+                              {unpack(ARGV, 8)}, into)
+if type(code) == 'table' then return code end   -- an error reply: nothing written
+if bad then return {code, {}, bad['err']} end
+if started then return {code, {started}} end
+if not most then return {code, {}} end
+return {code, take(ck, ca, most, limit)}
 """
 
 # START for one claimed entry CLAIM left alone; attempt 0 when the claim is no

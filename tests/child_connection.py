@@ -186,9 +186,16 @@ def loan_wake_ups(port: int) -> dict:
     heard_taken = sub.messages(0.3)
     left = push(3, most=2)
     heard_left = sub.messages(2)
+    queued = client.llen(ours.keys.queue("default"))
+    # a claim key of another type: the push is made all the same, the claim says why not
+    client.delete(ours.keys.processing("n1", "default"))
+    client.set(ours.keys.processing("n1", "default"), "x")
+    outcomes, claimed = ours.push_claiming(
+        [(from_producer('{"task": "true 9"}', "default"), False, "")], {"default": (1, 0)})
     return {"taken": taken, "heard_taken": heard_taken, "left": left,
-            "heard_left": heard_left,
-            "queued": client.llen(ours.keys.queue("default"))}
+            "heard_left": heard_left, "queued": queued,
+            "broken": ([int(o) for o in outcomes], str(claimed["default"])),
+            "queued_after": client.llen(ours.keys.queue("default"))}
 
 
 def claim_after_a_script_flush(port: int) -> dict:

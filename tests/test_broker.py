@@ -111,6 +111,10 @@ def test_a_push_that_claims_for_its_channel_wakes_nobody_unless_it_leaves_entrie
     assert result["left"][0] == [1, 1, 1] and len(result["left"][1]) == 2
     assert result["heard_left"] == ["default:tasks:queue\nn1"]   # once, from the claim
     assert result["queued"] == 1
+    # a claim key of another type: the push is made all the same, the claim says why not
+    assert result["broken"] == [[1], "WRONGTYPE task:node:n1:processing:default holds a "
+                                     "string, not a list"]
+    assert result["queued_after"] == 2
 
 
 def test_packer_matches_redis_py_for_every_kind_of_argument(redis_server):

@@ -1151,6 +1151,133 @@ def test_claim_refuses_wrong_types(db):
     assert_refuses(db, high_setup, "CLAIM", *claim_call(), wanted)
 
 
+# -- ROUTE ---------------------------------------------------------------------
+def route_call(raw: str, task_id: str, most: int = 1, limit: int = 0, **kw) -> tuple[list, list]:
+    """As ``Broker.push_claiming`` gives ROUTE: the push (waking nobody), then the claim
+    for its channel (told to wake the other nodes if it leaves entries)."""
+    push_keys, push_args = enqueue_call(raw, task_id, **kw)
+    claim_keys, claim_args = claim_call(most, limit=limit)
+    return push_keys + claim_keys, [*claim_args, K.wake, *push_args]
+
+
+TIMES = ("queued_at", "started_at")
+
+
+def after_push_and_claim(db, heard, setup, calls) -> tuple:
+    """(replies, every key without the records' times, the wake-up messages) once
+    ``setup`` and then ``calls`` ran on an empty server; each time checked first."""
+    reset(db)
+    setup()
+    heard()
+    t0 = now(db)
+    replies = [run(db, name, keys, args) for name, keys, args in calls]
+    t1 = now(db)
+    got = state(db)
+    for key, fields in got.items():
+        if key.startswith(K.record("")) and isinstance(fields, dict):
+            for name in TIMES:
+                if name in fields:
+                    between(fields.pop(name), t0, t1)
+    return replies, got, heard()
+
+
+def older(*raws: str, key: str = K.queue(CHAN)):
+    """A setup: ``raws`` wait in ``key``, each with a queued record, the first oldest."""
+    return lambda db: queued_in(db, key, *raws)
+
+
+# case: (the push's options, the setup, the ids claimed with room for two)
+ROUTED = {
+    "idle channel": ({}, lambda db: None, ["a"]),
+    "idle channel, high task": ({"high": True}, lambda db: None, ["a"]),
+    "an older entry waits": ({}, older(entry("o1")), ["o1", "a"]),
+    "an older high entry waits": ({}, older(high_entry("o1"), key=K.queue_high(CHAN)),
+                                  ["o1", "a"]),
+    "paused": ({}, lambda db: db.hset(K.channels, CHAN, json.dumps({"name": CHAN,
+                                                                     "paused": True})), []),
+    "no room left": ({"limit": 1}, lambda db: (
+        limited(db, 1), db.sadd(K.running(CHAN), entry("r1")),
+        db.hset(K.record("r1"), mapping={"id": "r1", "status": "running", "node": NODE}),
+        db.set(K.heartbeat(NODE), "alive", ex=30)), []),
+    "delayed, an older entry waits": ({"at": 4e9}, older(entry("o1")), ["o1"]),
+    "refused as distinct, an older entry waits": ({"distinct": 1800}, lambda db: (
+        db.set(FLAG, "1"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
+    "id in use, an older entry waits": ({}, lambda db: (
+        db.hset(K.record("a"), mapping={"id": "a", "status": "running"}),
+        queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
+    "deleted channel": ({}, lambda db: db.hdel(K.channels, CHAN), []),
+}
+
+
+@pytest.mark.parametrize("case", ROUTED)
+@pytest.mark.parametrize("most", [1, 2])
+def test_route_leaves_what_enqueue_then_claim_leave(db, heard, case, most):
+    """ROUTE is ENQUEUE then CLAIM in one script: the same replies, keys, records and
+    wake-ups, whichever way it takes (straight into the processing list when the task
+    is all its channel holds and the claim has room; else the two as they are)."""
+    options, prepare, claimed = ROUTED[case]
+    limit = options.pop("limit", 0)
+    high = options.get("high", False)
+    raw = high_entry("a") if high else entry("a")
+
+    def setup():
+        db.lpush(K.staging(NODE), raw)
+        prepare(db)
+
+    push_keys, push_args = enqueue_call(raw, "a", source=raw, **options)
+    claim_keys, claim_args = claim_call(most, limit=limit)
+    route = route_call(raw, "a", most, limit, source=raw, **options)
+    fused = after_push_and_claim(db, heard, setup, [("ROUTE", *route)])
+    apart = after_push_and_claim(db, heard, setup, [("ENQUEUE", push_keys, push_args),
+                                                    ("CLAIM", claim_keys, [*claim_args, K.wake])])
+    assert fused[0] == [apart[0]]
+    assert [claim[1] for claim in fused[0][0][1]] == claimed[:most]
+    assert fused[1:] == apart[1:]
+
+
+def test_route_starts_an_idle_channel_s_task_at_once(db, heard):
+    """The way ROUTE saves: the task never waits in the queue, and its record is
+    written once, already running."""
+    raw = entry("a")
+    db.lpush(K.staging(NODE), raw)
+    t0 = now(db)
+    assert run(db, "ROUTE", *route_call(raw, "a", most=3, source=raw)) == [1, [[raw, "a", 1, 0,
+                                                                                  0, 0]]]
+    t1 = now(db)
+    got = state(db)
+    record = got[K.record("a")]
+    between(record.pop("queued_at"), t0, t1)
+    assert record.pop("started_at") is not None
+    assert got == {K.processing(NODE, CHAN): [raw], K.running(CHAN): {raw},
+                   K.record("a"): {**new_record("a", raw, "running"), "attempt": "1",
+                                   "node": NODE}}
+    assert heard() == []
+
+
+def test_route_refuses_wrong_types(db, heard):
+    """A key of the push of another type: an error reply, and nothing written. A key
+    only the claim uses: the push is made, as ENQUEUE alone makes it, and the claim's
+    error comes third in the reply, nothing claimed."""
+    raw = entry("a")
+
+    def setup():
+        db.lpush(K.staging(NODE), raw)
+
+    keys, args = route_call(raw, "a", source=raw, distinct=1800)
+    assert_refuses(db, setup, "ROUTE", keys, args,
+                   {K.queue(CHAN): "list", K.staging(NODE): "list"})
+    for key, kind in ((K.processing(NODE, CHAN), "list"), (K.running(CHAN), "set"),
+                      (K.queue_high(CHAN), "list")):
+        reset(db)
+        setup()
+        db.set(key, "x")
+        error = f"WRONGTYPE {key} holds a string, not a {kind}"
+        assert run(db, "ROUTE", keys, args) == [1, [], error]
+        got = state(db)
+        assert got[K.queue(CHAN)] == [raw] and got[K.record("a")]["status"] == "queued"
+        assert got[key] == "x" and heard() == []
+
+
 # -- START ---------------------------------------------------------------------
 def start_call(raw: str, task_id: str = "a") -> tuple[list, list]:
     missing = {"id": task_id, "channel": CHAN, "task_name": NAME, "argv": '["echo", "hi"]',
