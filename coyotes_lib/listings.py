@@ -33,6 +33,9 @@ class Listings:
             [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
         pages, ranges = {}, []
         for i, chan in enumerate(chans):
+            if not (counts[3 * i] or counts[3 * i + 1] or counts[3 * i + 2]):
+                pages[chan] = ([], 0)   # most of thousands of channels: nothing to read
+                continue
             running, highs, queued = members.get(chan, ()), counts[3 * i + 1], counts[3 * i + 2]
             if isinstance(running, Exception):
                 raise running
