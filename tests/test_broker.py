@@ -112,8 +112,8 @@ def test_a_push_that_claims_for_its_channel_wakes_nobody_unless_it_leaves_entrie
     assert result["heard_left"] == ["default:tasks:queue\nn1"]   # once, from the claim
     assert result["queued"] == 1
     # a claim key of another type: the push is made all the same, the claim says why not
-    assert result["broken"] == [[1], "WRONGTYPE task:node:n1:processing:default holds a "
-                                     "string, not a list"]
+    refused = "WRONGTYPE task:node:n1:processing:default holds a string, not a list"
+    assert result["broken"] == [[1], refused]
     assert result["queued_after"] == 2
 
 
