@@ -223,6 +223,8 @@ class Broker(Listings):
                 reply, claims, *refused = reply   # the ROUTE: {ENQUEUE's code, CLAIM's reply}
                 claimed[task.channel] = (redis.ResponseError(refused[0]) if refused
                                          else self._claims(claims))
+                if isinstance(reply, str):   # the push's refusal; the claim was made
+                    reply = redis.ResponseError(reply)
             elif last.get(task.channel) == i:   # refused before anything was written
                 claimed[task.channel] = reply
             outcomes.append(reply if isinstance(reply, redis.ResponseError) else Enqueued(reply))

@@ -5,8 +5,8 @@ A task record is a hash (``task:record:<id>``); its status is one of
 queued, delayed, running and the final ones (succeeded, failed, timed_out,
 canceled, killed). Times are Redis's clock (``TIME``), so nodes agree.
 Some scripts build key names from prefixes and suffixes ARGV gives (from
-``Keys``): REAP, DELETE_CHANNEL, NOTE_PIDS and CLAIM reach the record (CLAIM
-also the heartbeat) of an entry they read; REAP, WAITING and COUNTS a channel's
+``Keys``): REAP, DELETE_CHANNEL, NOTE_PIDS, CLAIM and ROUTE reach the record (CLAIM
+and ROUTE also the heartbeat) of an entry they read; REAP, WAITING and COUNTS a channel's
 high queue from its queue's key. Fine on one Redis, not on Cluster.
 
 Redis does not roll back a script that fails half-way, so every script checks
@@ -299,7 +299,9 @@ _CLAIM = """
 local function claim_bad(KEYS)
   return wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
 end
-local function room(KEYS, ARGV)
+-- ``pushed`` (ROUTE): the id whose record the push is about to write anew: a running
+-- entry of that id holds a slot, as it will once the record has no node, or ours
+local function room(KEYS, ARGV, pushed)
   local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
   local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
   if settings then   -- the JSON's top-level fields (user text in it has its quotes escaped)
@@ -312,7 +314,9 @@ local function room(KEYS, ARGV)
       local id = id_of(member)
       local node = id and is_hash(ARGV[3] .. id) and redis.call('HGET', ARGV[3] .. id, 'node')
       -- no node known (an entry without a record): it holds its slot until it ends
-      if not node or redis.call('EXISTS', ARGV[5] .. node) == 1 then busy = busy + 1 end
+      if not node or id == pushed or redis.call('EXISTS', ARGV[5] .. node) == 1 then
+        busy = busy + 1
+      end
     end
     most = math.min(most, limit - busy)
   end
@@ -370,25 +374,27 @@ return take(KEYS, ARGV, most, limit)
 # the task goes straight into the processing list, started, as CLAIM would have
 # taken and started it (no LPUSH and LMOVE, one record write): an idle daemon's task
 # costs Redis one script instead of two. Otherwise ENQUEUE then CLAIM, as they are;
-# the claim is made whatever the push's own outcome (earlier pushes of the batch
-# may wait for it). Returns {ENQUEUE's code, CLAIM's reply}, with a third item when
-# a claim key holds another type: that error (then nothing is claimed; the push is
-# made all the same, as it was made before the claim that failed). An error reply
-# of ENQUEUE's is the reply, with nothing written.
+# the claim is made whatever the push's own outcome, a refusal included (earlier
+# pushes of the batch may wait for it). Returns {ENQUEUE's code, or the text of its
+# error reply (then it wrote nothing), CLAIM's reply}, with a third item when a
+# claim key holds another type: that error (then nothing is claimed; the push is
+# made all the same, as it was made before the claim that failed).
 ROUTE = _FINAL + _CLAIM_PARTS + _ENQUEUE + """
 -- KEYS[1..6] as ENQUEUE's   KEYS[7..11] as CLAIM's, for the task's channel
--- ARGV[1..7] as CLAIM's (ARGV[7] given)   ARGV[8..] as ENQUEUE's
+-- ARGV[1..7] as CLAIM's (ARGV[7] given)   ARGV[8..] as ENQUEUE's (ARGV[16]: the id)
 local ck, ca = {KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}, {unpack(ARGV, 1, 7)}
 local bad = claim_bad(ck)
 local most, limit
-if not bad then most, limit = room(ck, ca) end
+-- the room as CLAIM would see it once the push has written its record
+if not bad then most, limit = room(ck, ca, ARGV[16]) end
 local into = most and most > 0 and redis.call('LLEN', ck[1]) == 0
   and redis.call('LLEN', ck[4]) == 0 and {ck[2], ck[3], ca[2]}
 local code, started = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
                               {unpack(ARGV, 8)}, into)
-if type(code) == 'table' then return code end   -- an error reply: nothing written
+if type(code) == 'table' then code = code['err'] end   -- refused, nothing written
 if bad then return {code, {}, bad['err']} end
 if started then return {code, {started}} end
+most, limit = room(ck, ca)   -- what the push did is written: as CLAIM sees it
 if not most then return {code, {}} end
 return {code, take(ck, ca, most, limit)}
 """

@@ -4,6 +4,7 @@ gevent in a child Python (``gevent_child.call``) and returns what its test check
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import time
@@ -182,6 +183,10 @@ def loan_wake_ups(port: int) -> dict:
         outcomes, claimed = ours.push_claiming(pushes, {"default": (most, 0)})
         return [int(o) for o in outcomes], [c.task_id for c in claimed["default"]]
 
+    alone = push(1, most=3)   # all the channel holds: started straight away
+    heard_alone = sub.messages(0.3)
+    alone_status = client.hget(ours.keys.record(alone[1][0]), "status")
+    processing = client.lrange(ours.keys.processing("n1", "default"), 0, -1)
     taken = push(2, most=3)
     heard_taken = sub.messages(0.3)
     left = push(3, most=2)
@@ -192,7 +197,9 @@ def loan_wake_ups(port: int) -> dict:
     client.set(ours.keys.processing("n1", "default"), "x")
     outcomes, claimed = ours.push_claiming(
         [(from_producer('{"task": "true 9"}', "default"), False, "")], {"default": (1, 0)})
-    return {"taken": taken, "heard_taken": heard_taken, "left": left,
+    return {"alone": alone, "heard_alone": heard_alone, "alone_status": alone_status,
+            "processing": [json.loads(raw)["id"] for raw in processing],
+            "taken": taken, "heard_taken": heard_taken, "left": left,
             "heard_left": heard_left, "queued": queued,
             "broken": ([int(o) for o in outcomes], str(claimed["default"])),
             "queued_after": client.llen(ours.keys.queue("default"))}

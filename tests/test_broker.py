@@ -106,6 +106,10 @@ def test_a_push_that_claims_for_its_channel_wakes_nobody_unless_it_leaves_entrie
     node is woken for entries that claim takes (this one was about to run them), and
     the other nodes hear of the queue as soon as the claim leaves some behind."""
     result = call(child.loan_wake_ups, redis_server.port)
+    # one task, all its channel holds: ROUTE starts it straight away, waking nobody
+    assert result["alone"][0] == [1] and len(result["alone"][1]) == 1
+    assert result["heard_alone"] == [] and result["alone_status"] == "running"
+    assert result["processing"] == result["alone"][1]
     assert result["taken"][0] == [1, 1] and len(result["taken"][1]) == 2
     assert result["heard_taken"] == []
     assert result["left"][0] == [1, 1, 1] and len(result["left"][1]) == 2

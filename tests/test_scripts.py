@@ -1163,14 +1163,23 @@ def route_call(raw: str, task_id: str, most: int = 1, limit: int = 0, **kw) -> t
 TIMES = ("queued_at", "started_at")
 
 
+def reply_of(db, name: str, keys, args):
+    """The script's reply, or the text of its error reply."""
+    try:
+        return run(db, name, keys, args)
+    except redis.ResponseError as exc:
+        return str(exc)
+
+
 def after_push_and_claim(db, heard, setup, calls) -> tuple:
-    """(replies, every key without the records' times, the wake-up messages) once
-    ``setup`` and then ``calls`` ran on an empty server; each time checked first."""
+    """(replies, every key without the records' times, which keys expire, the wake-up
+    messages) once ``setup`` and then ``calls`` ran on an empty server; each time
+    checked first."""
     reset(db)
     setup()
     heard()
     t0 = now(db)
-    replies = [run(db, name, keys, args) for name, keys, args in calls]
+    replies = [reply_of(db, name, keys, args) for name, keys, args in calls]
     t1 = now(db)
     got = state(db)
     for key, fields in got.items():
@@ -1178,12 +1187,23 @@ def after_push_and_claim(db, heard, setup, calls) -> tuple:
             for name in TIMES:
                 if name in fields:
                     between(fields.pop(name), t0, t1)
-    return replies, got, heard()
+    return replies, got, {key: db.ttl(key) >= 0 for key in db.keys("*")}, heard()
 
 
 def older(*raws: str, key: str = K.queue(CHAN)):
     """A setup: ``raws`` wait in ``key``, each with a queued record, the first oldest."""
     return lambda db: queued_in(db, key, *raws)
+
+
+def running_on(db, node: str, task_id: str = "r1", **record) -> None:
+    """A task of the channel runs on ``node`` (its record says so)."""
+    db.sadd(K.running(CHAN), entry(task_id))
+    db.hset(K.record(task_id), mapping={"id": task_id, "status": "running", "node": node,
+                                        **record})
+
+
+def alive(db, node: str) -> None:
+    db.set(K.heartbeat(node), "alive", ex=30)
 
 
 # case: (the push's options, the setup, the ids claimed with room for two)
@@ -1193,32 +1213,51 @@ ROUTED = {
     "an older entry waits": ({}, older(entry("o1")), ["o1", "a"]),
     "an older high entry waits": ({}, older(high_entry("o1"), key=K.queue_high(CHAN)),
                                   ["o1", "a"]),
+    "an older entry without a record, under a limit": ({"limit": 2}, lambda db: (
+        limited(db, 2), db.lpush(K.queue(CHAN), "sleep 1")), ["", "a"]),
     "paused": ({}, lambda db: db.hset(K.channels, CHAN, json.dumps({"name": CHAN,
                                                                      "paused": True})), []),
     "no room left": ({"limit": 1}, lambda db: (
-        limited(db, 1), db.sadd(K.running(CHAN), entry("r1")),
-        db.hset(K.record("r1"), mapping={"id": "r1", "status": "running", "node": NODE}),
-        db.set(K.heartbeat(NODE), "alive", ex=30)), []),
+        limited(db, 1), running_on(db, NODE), alive(db, NODE)), []),
+    "room left under a limit": ({"limit": 2}, lambda db: (
+        limited(db, 2), running_on(db, NODE), alive(db, NODE)), ["a"]),
+    "the running task's node died": ({"limit": 1}, lambda db: (
+        limited(db, 1), running_on(db, "n3")), ["a"]),
+    # an entry of the pushed id in the running set (pushed by hand, not started yet),
+    # its record finished on a dead node: once the push writes the record, it holds a slot
+    "the pushed id is a running entry's": ({"limit": 1}, lambda db: (
+        limited(db, 1), running_on(db, "n3", "a", status="succeeded")), []),
     "delayed, an older entry waits": ({"at": 4e9}, older(entry("o1")), ["o1"]),
     "refused as distinct, an older entry waits": ({"distinct": 1800}, lambda db: (
         db.set(FLAG, "1"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
     "id in use, an older entry waits": ({}, lambda db: (
         db.hset(K.record("a"), mapping={"id": "a", "status": "running"}),
         queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
+    "no longer staged, an older entry waits": ({}, lambda db: (
+        db.delete(K.staging(NODE)), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
+    "record key of another type, an older entry waits": ({}, lambda db: (
+        db.set(K.record("a"), "x"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
     "deleted channel": ({}, lambda db: db.hdel(K.channels, CHAN), []),
+    # the push refused with an error reply, by a key the claim does not use
+    "delayed set of another type, an older entry waits": ({"at": 4e9}, lambda db: (
+        db.set(K.delayed, "x"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
+    "channels key of another type, an older entry waits": ({}, lambda db: (
+        db.delete(K.channels), db.set(K.channels, "x"),
+        queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
 }
 
 
 @pytest.mark.parametrize("case", ROUTED)
 @pytest.mark.parametrize("most", [1, 2])
 def test_route_leaves_what_enqueue_then_claim_leave(db, heard, case, most):
-    """ROUTE is ENQUEUE then CLAIM in one script: the same replies, keys, records and
-    wake-ups, whichever way it takes (straight into the processing list when the task
-    is all its channel holds and the claim has room; else the two as they are)."""
+    """ROUTE is ENQUEUE then CLAIM in one script: the same replies (the push's error
+    reply as its text), keys, records, expiries and wake-ups, whichever way it takes
+    (straight into the processing list when the task is all its channel holds and the
+    claim has room; else the two as they are)."""
     options, prepare, claimed = ROUTED[case]
+    options = dict(options)
     limit = options.pop("limit", 0)
-    high = options.get("high", False)
-    raw = high_entry("a") if high else entry("a")
+    raw = high_entry("a") if options.get("high") else entry("a")
 
     def setup():
         db.lpush(K.staging(NODE), raw)
@@ -1247,25 +1286,35 @@ def test_route_starts_an_idle_channel_s_task_at_once(db, heard):
     got = state(db)
     record = got[K.record("a")]
     between(record.pop("queued_at"), t0, t1)
-    assert record.pop("started_at") is not None
+    between(record.pop("started_at"), t0, t1)
     assert got == {K.processing(NODE, CHAN): [raw], K.running(CHAN): {raw},
                    K.record("a"): {**new_record("a", raw, "running"), "attempt": "1",
                                    "node": NODE}}
-    assert heard() == []
+    assert db.ttl(K.record("a")) == -1 and heard() == []
 
 
 def test_route_refuses_wrong_types(db, heard):
-    """A key of the push of another type: an error reply, and nothing written. A key
-    only the claim uses: the push is made, as ENQUEUE alone makes it, and the claim's
-    error comes third in the reply, nothing claimed."""
+    """A key of the push of another type: its error's text in the push's place, the
+    push writing nothing, and the claim made (here with nothing to take). A key only
+    the claim uses: the push is made, as ENQUEUE alone makes it, and the claim's error
+    comes third in the reply, nothing claimed."""
     raw = entry("a")
 
     def setup():
         db.lpush(K.staging(NODE), raw)
 
     keys, args = route_call(raw, "a", source=raw, distinct=1800)
-    assert_refuses(db, setup, "ROUTE", keys, args,
-                   {K.queue(CHAN): "list", K.staging(NODE): "list"})
+    for key, kind in ((K.queue(CHAN), "list"), (K.staging(NODE), "list")):
+        reset(db)
+        setup()
+        db.set(key, "x")
+        before = dump(db)
+        error = f"WRONGTYPE {key} holds a string, not a {kind}"
+        # the queue is the claim's too: then its refusal comes third as well
+        assert run(db, "ROUTE", keys, args) == [error, [], *([error] if key == K.queue(CHAN)
+                                                             else [])]
+        assert_unchanged(before, dump(db))
+        assert heard() == []
     for key, kind in ((K.processing(NODE, CHAN), "list"), (K.running(CHAN), "set"),
                       (K.queue_high(CHAN), "list")):
         reset(db)
