@@ -154,9 +154,13 @@ def test_delete_refuses_queued_tasks_then_moves_them_in_order(coyotes, r, tmp_pa
     assert data == {"channel": "old", "moved": 3}
     wait_until(lambda: all(ended(ledger, tag) for tag in "123"), what="moved tasks ran")
     assert starts(ledger) == ["1", "2", "3"]   # in the order they were pushed
-    for task_id in ids:
-        record = ok_data(coyotes.request("GET", f"/tasks/{task_id}"))
-        assert record["channel"] == "new" and record["status"] == "succeeded", record
+    # a command's last line comes before its result is recorded: wait for the records
+    def record(task_id: str) -> dict:
+        return ok_data(coyotes.request("GET", f"/tasks/{task_id}"))
+
+    wait_until(lambda: all(record(i)["status"] == "succeeded" for i in ids),
+               what="the moved tasks recorded")
+    assert [record(i)["channel"] for i in ids] == ["new"] * 3
 
     assert not r.hexists(CHANNELS_KEY, "old")
     assert_error(coyotes.request("GET", "/channels/old"), 404)
