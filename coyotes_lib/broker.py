@@ -196,13 +196,13 @@ class Broker(Listings):
     def push_claiming(self, pushes, claim: dict[str, tuple[int, int]]):
         """``push_many``, and in the same round trip the claim (as ``claim``) of up to
         ``most`` tasks of each channel of ``claim`` ({channel: (most, its limit on
-        all nodes)}) -> (outcomes, {channel: claims, or Redis's refusal}).
+        all nodes)}, each a channel some of ``pushes`` go to) -> (outcomes, {channel:
+        claims, or Redis's refusal}).
         The pushes into those channels wake no node: the claim takes what it can,
         and tells the other nodes only of what it leaves (an idle channel's task
         would otherwise wake every node, this one included, for nothing). The claim
         goes with the channel's last push, in one ROUTE script (which starts that
-        task at once when it is all the channel holds); a channel without a push
-        gets a CLAIM of its own."""
+        task at once when it is all the channel holds)."""
         last = {task.channel: i for i, (task, _, _) in enumerate(pushes) if task.channel in claim}
         calls = []
         for i, (task, distinct, source) in enumerate(pushes):
@@ -213,12 +213,9 @@ class Broker(Listings):
                 calls.append((self._route, keys + claim_keys, claim_args + args))
             else:
                 calls.append((self._enqueue, keys, args))
-        alone = [chan for chan in claim if chan not in last]
-        calls += [(self._claim, *self._claim_args(chan, *claim[chan], wake=True))
-                  for chan in alone]
-        replies = self.lean.pipelined(calls, errors=True)
         outcomes, claimed = [], {}
-        for i, ((task, _, _), reply) in enumerate(zip(pushes, replies, strict=False)):
+        for i, ((task, _, _), reply) in enumerate(
+                zip(pushes, self.lean.pipelined(calls, errors=True), strict=True)):
             if last.get(task.channel) == i and not isinstance(reply, redis.ResponseError):
                 reply, claims, *refused = reply   # the ROUTE: {ENQUEUE's code, CLAIM's reply}
                 claimed[task.channel] = (redis.ResponseError(refused[0]) if refused
@@ -228,8 +225,6 @@ class Broker(Listings):
             elif last.get(task.channel) == i:   # refused before anything was written
                 claimed[task.channel] = reply
             outcomes.append(reply if isinstance(reply, redis.ResponseError) else Enqueued(reply))
-        for chan, reply in zip(alone, replies[len(pushes):], strict=True):
-            claimed[chan] = reply if isinstance(reply, redis.ResponseError) else self._claims(reply)
         return outcomes, claimed
 
     def _enqueue_args(self, task: Task, distinct: bool, source: str,
