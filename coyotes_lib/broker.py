@@ -197,7 +197,7 @@ class Broker(Listings):
         """``push_many``, and in the same round trip the claim (as ``claim``) of up to
         ``most`` tasks of each channel of ``claim`` ({channel: (most, its limit on
         all nodes)}, each a channel some of ``pushes`` go to) -> (outcomes, {channel:
-        claims, or Redis's refusal}).
+        claims, each with its task when it is one of ``pushes``, or Redis's refusal}).
         The pushes into those channels wake no node: the claim takes what it can,
         and tells the other nodes only of what it leaves (an idle channel's task
         would otherwise wake every node, this one included, for nothing). The claim
@@ -214,12 +214,13 @@ class Broker(Listings):
             else:
                 calls.append((self._enqueue, keys, args))
         outcomes, claimed = [], {}
+        parsed = {task.raw: task for task, _, _ in pushes} if claim else {}
         for i, ((task, _, _), reply) in enumerate(
                 zip(pushes, self.lean.pipelined(calls, errors=True), strict=True)):
             if last.get(task.channel) == i and not isinstance(reply, redis.ResponseError):
                 reply, claims, *refused = reply   # the ROUTE: {ENQUEUE's code, CLAIM's reply}
                 claimed[task.channel] = (redis.ResponseError(refused[0]) if refused
-                                         else self._claims(claims))
+                                         else self._claims(claims, parsed))
                 if isinstance(reply, str):   # the push's refusal; the claim was made
                     reply = redis.ResponseError(reply)
             elif last.get(task.channel) == i:   # refused before anything was written
@@ -412,10 +413,13 @@ class Broker(Listings):
                  *([k.wake] if wake else [])])
 
     @staticmethod
-    def _claims(replies) -> list[Claim]:
+    def _claims(replies, parsed: dict[str, Task] | None = None) -> list[Claim]:
+        """CLAIM's reply -> claims; ``parsed``: entries already read as tasks."""
         claims = []
         for raw, task_id, *started in replies:
-            claims.append(Claim(raw, task_id, Started.of(started)) if task_id else Claim(raw))
+            task = parsed.get(raw) if parsed else None
+            claims.append(Claim(raw, task_id, Started.of(started), task) if task_id
+                          else Claim(raw, task=task))
         return claims
 
     def start(self, task: Task) -> Started:

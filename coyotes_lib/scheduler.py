@@ -12,7 +12,6 @@ answers again.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -416,13 +415,8 @@ class Scheduler:
             log.exception("prepare queue: a batch could not be sent, routing its entries "
                           "one by one")
         finally:
-            parsed = {task.raw: task for task, _, _ in pushes} if loans else {}
             for name, channel in loans.items():
-                claims = claimed.get(name)   # None: the reply was lost
-                if isinstance(claims, list):   # the tasks just routed need no second reading
-                    claims = [dataclasses.replace(claim, task=parsed.get(claim.raw))
-                              for claim in claims]
-                channel.repaid(claims)
+                channel.repaid(claimed.get(name))   # None: the reply was lost
         outcomes = []
         for push in pushes:
             try:

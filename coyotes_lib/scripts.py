@@ -127,19 +127,20 @@ _ENQUEUE = """
 -- ARGV[8..] record fields and values
 -- ``into`` (ROUTE), {processing list, running set, node}: a task that is not delayed
 -- goes there at once, started (the record fields must begin with its id); enqueue
--- then also returns the claim CLAIM would have made of it
-local function enqueue(KEYS, ARGV, into)
+-- then also returns the claim CLAIM would have made of it. ``known`` (ROUTE): its
+-- caller has seen the queue hold a list (or nothing) and the channels hash the channel
+local function enqueue(KEYS, ARGV, into, known)
   local hash, none = is_hash(KEYS[5])
   if not (hash or none) then return 5 end
-  local bad = wrongtype(KEYS[6], 'hash')
+  local bad = not known and wrongtype(KEYS[6], 'hash')
   if bad then return bad end
-  if gone(KEYS[6], ARGV[7]) then return 6 end
+  if not known and gone(KEYS[6], ARGV[7]) then return 6 end
   local now = clock()
   local delayed = tonumber(ARGV[4]) > tonumber(now)
-  bad = wrongtype(KEYS[4], 'list')
-    or (delayed and wrongtype(KEYS[3], 'zset')) or (not delayed and wrongtype(KEYS[1], 'list'))
+  bad = wrongtype(KEYS[4], 'list') or (delayed and wrongtype(KEYS[3], 'zset'))
+    or (not delayed and not known and wrongtype(KEYS[1], 'list'))
   if bad then return bad end
-  local status = redis.call('HGET', KEYS[5], 'status')
+  local status = hash and redis.call('HGET', KEYS[5], 'status')
   if status and (not final[status] or redis.call('HEXISTS', KEYS[5], 'parked') == 1) then
     return 3   -- the id belongs to a task not finished, or kept in a failed list
   end
@@ -149,7 +150,7 @@ local function enqueue(KEYS, ARGV, into)
   if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
     return 0
   end
-  redis.call('DEL', KEYS[5])
+  if hash then redis.call('DEL', KEYS[5]) end
   local fields = #ARGV >= 9 and {unpack(ARGV, 8)} or {}
   if into and not delayed then   -- what START would write, with the record's first fields
     redis.call('HSET', KEYS[5], unpack(append(fields, 'queued_at', now, 'status', 'running',
@@ -300,7 +301,8 @@ local function claim_bad(KEYS)
   return wrongtype(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'set', KEYS[4], 'list')
 end
 -- ``pushed`` (ROUTE): the id whose record the push is about to write anew: a running
--- entry of that id holds a slot, as it will once the record has no node, or ours
+-- entry of that id holds a slot, as it will once the record has no node, or ours.
+-- The third value: whether the settings hash holds the channel
 local function room(KEYS, ARGV, pushed)
   local most, limit = tonumber(ARGV[1]), tonumber(ARGV[4] or '0')
   local settings = KEYS[5] and is_hash(KEYS[5]) and redis.call('HGET', KEYS[5], ARGV[6])
@@ -320,7 +322,7 @@ local function room(KEYS, ARGV, pushed)
     end
     most = math.min(most, limit - busy)
   end
-  return most, limit
+  return most, limit, settings and true
 end
 local function take(KEYS, ARGV, most, limit)
   local out = {}
@@ -383,14 +385,20 @@ ROUTE = _FINAL + _CLAIM_PARTS + _ENQUEUE + """
 -- KEYS[1..6] as ENQUEUE's   KEYS[7..11] as CLAIM's, for the task's channel
 -- ARGV[1..7] as CLAIM's (ARGV[7] given)   ARGV[8..] as ENQUEUE's (ARGV[16]: the id)
 local ck, ca = {KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}, {unpack(ARGV, 1, 7)}
-local bad = claim_bad(ck)
-local most, limit
+-- the queues' lengths, read first: an error (a key of another type) is reported below
+local queued, high_queued = redis.pcall('LLEN', ck[1]), redis.pcall('LLEN', ck[4])
+local bad
+if type(queued) == 'number' and type(high_queued) == 'number' then
+  bad = wrongtype(ck[2], 'list', ck[3], 'set')
+else
+  bad = claim_bad(ck)
+end
+local most, limit, listed
 -- the room as CLAIM would see it once the push has written its record
-if not bad then most, limit = room(ck, ca, ARGV[16]) end
-local into = most and most > 0 and redis.call('LLEN', ck[1]) == 0
-  and redis.call('LLEN', ck[4]) == 0 and {ck[2], ck[3], ca[2]}
+if not bad then most, limit, listed = room(ck, ca, ARGV[16]) end
+local into = most and most > 0 and queued + high_queued == 0 and {ck[2], ck[3], ca[2]}
 local code, started = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
-                              {unpack(ARGV, 8)}, into)
+                              {unpack(ARGV, 8)}, into, into and listed)
 if type(code) == 'table' then code = code['err'] end   -- refused, nothing written
 if bad then return {code, {}, bad['err']} end
 if started then return {code, {started}} end

@@ -1238,6 +1238,13 @@ ROUTED = {
     "record key of another type, an older entry waits": ({}, lambda db: (
         db.set(K.record("a"), "x"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
     "deleted channel": ({}, lambda db: db.hdel(K.channels, CHAN), []),
+    # no settings at all (lost with Redis's data): the channel is taken to exist
+    "no channels hash": ({}, lambda db: db.delete(K.channels), ["a"]),
+    # the record of the id's earlier, finished run is replaced, not added to
+    "the id's earlier run finished": ({}, lambda db: db.hset(K.record("a"), mapping={
+        "id": "a", "status": "failed", "exit_code": "3", "stdout": "old", "pid": "7"}), ["a"]),
+    "the id's earlier run is kept in the failed list": ({}, lambda db: db.hset(
+        K.record("a"), mapping={"id": "a", "status": "failed", "parked": "1"}), []),
     # the push refused with an error reply, by a key the claim does not use
     "delayed set of another type, an older entry waits": ({"at": 4e9}, lambda db: (
         db.set(K.delayed, "x"), queued_in(db, K.queue(CHAN), entry("o1"))), ["o1"]),
