@@ -217,14 +217,15 @@ class Broker(Listings):
         parsed = {task.raw: task for task, _, _ in pushes} if claim else {}
         for i, ((task, _, _), reply) in enumerate(
                 zip(pushes, self.lean.pipelined(calls, errors=True), strict=True)):
-            if last.get(task.channel) == i and not isinstance(reply, redis.ResponseError):
+            routed = last.get(task.channel) == i   # the ROUTE of a lent channel
+            if routed and isinstance(reply, redis.ResponseError):   # nothing written
+                claimed[task.channel] = reply
+            elif routed:
                 reply, claims, *refused = reply   # the ROUTE: {ENQUEUE's code, CLAIM's reply}
                 claimed[task.channel] = (redis.ResponseError(refused[0]) if refused
                                          else self._claims(claims, parsed))
                 if isinstance(reply, str):   # the push's refusal; the claim was made
                     reply = redis.ResponseError(reply)
-            elif last.get(task.channel) == i:   # refused before anything was written
-                claimed[task.channel] = reply
             outcomes.append(reply if isinstance(reply, redis.ResponseError) else Enqueued(reply))
         return outcomes, claimed
 

@@ -33,10 +33,11 @@ class Listings:
             [("SMEMBERS", k.running(chan)) for chan in busy]) if busy else [], strict=True))
         pages, ranges = {}, []
         for i, chan in enumerate(chans):
-            if not (counts[3 * i] or counts[3 * i + 1] or counts[3 * i + 2]):
+            n_running, highs, queued = counts[3 * i:3 * i + 3]
+            if not (n_running or highs or queued):
                 pages[chan] = ([], 0)   # most of thousands of channels: nothing to read
                 continue
-            running, highs, queued = members.get(chan, ()), counts[3 * i + 1], counts[3 * i + 2]
+            running = members.get(chan, ())
             if isinstance(running, Exception):
                 raise running
             running = sorted(running)

@@ -177,6 +177,15 @@ def loan_wake_ups(port: int) -> dict:
     client, ours = broker(port)
     sub = ours.wakeups()
 
+    def heard() -> list[str]:
+        """What the subscription got so far: every message published before a marker
+        of our own has arrived by the time the marker does (one Redis, in order)."""
+        client.publish(ours.keys.wake, "marker")
+        got, deadline = [], time.monotonic() + 10
+        while "marker" not in got and time.monotonic() < deadline:
+            got += sub.messages(0.5)
+        return got[:got.index("marker")] if "marker" in got else got
+
     def push(count: int, most: int) -> tuple[list, list]:
         pushes = [(from_producer(f'{{"task": "true {i}"}}', "default"), False, "")
                   for i in range(count)]
@@ -184,13 +193,13 @@ def loan_wake_ups(port: int) -> dict:
         return [int(o) for o in outcomes], [c.task_id for c in claimed["default"]]
 
     alone = push(1, most=3)   # all the channel holds: started straight away
-    heard_alone = sub.messages(0.3)
+    heard_alone = heard()
     alone_status = client.hget(ours.keys.record(alone[1][0]), "status")
     processing = client.lrange(ours.keys.processing("n1", "default"), 0, -1)
     taken = push(2, most=3)
-    heard_taken = sub.messages(0.3)
+    heard_taken = heard()
     left = push(3, most=2)
-    heard_left = sub.messages(2)
+    heard_left = heard()
     queued = client.llen(ours.keys.queue("default"))
     # a claim key of another type: the push is made all the same, the claim says why not
     client.delete(ours.keys.processing("n1", "default"))
